@@ -1,0 +1,39 @@
+# ask-batch front door: `make run` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint sandbox bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python requirements.txt requirements-dev.txt
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run the whole pipeline on the sandbox (starts one if none is running)
+run: install
+	$(BIN)/python -m flows.ask_batch --sandbox .sandbox --params deployments/example.yaml
+
+## install the test needs and run every test
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+## run the sandbox in the foreground (state in .sandbox/)
+sandbox: install
+	$(BIN)/python -m sandbox serve --dir .sandbox
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .sandbox outputs
