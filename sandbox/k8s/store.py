@@ -427,9 +427,9 @@ class Store:
         new = clone(current)
         nmeta = new["metadata"]
         finalizers = list(nmeta.get("finalizers") or [])
-        if propagation_policy == "Foreground" and self.dependents_of.get(meta["uid"]):
-            if "foregroundDeletion" not in finalizers:
-                finalizers.append("foregroundDeletion")
+        if (propagation_policy == "Foreground" and self.dependents_of.get(meta["uid"])
+                and "foregroundDeletion" not in finalizers):
+            finalizers.append("foregroundDeletion")
         graceful = (
             plural == "pods"
             and (current.get("spec") or {}).get("nodeName")

@@ -1,0 +1,101 @@
+"""`python -m sandbox serve --dir DIR`: run the local cloud in the foreground until SIGINT/SIGTERM.
+
+Other commands talk to a running sandbox through its control endpoint (read from DIR/endpoints.json):
+  python -m sandbox faults --dir DIR error_rate=0.1 watch_drop_after_s=5
+  python -m sandbox settings --dir DIR cluster_create_delay_s=0
+  python -m sandbox status --dir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import urllib.request
+from pathlib import Path
+
+from .faults import Faults
+from .k8s.cluster import NodeConfig
+from .server import Sandbox, Settings
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"expected key=value, got {item!r}")
+        out[key] = value
+    return out
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    faults = Faults()
+    faults.update(_pairs(args.fault or []))
+    node = NodeConfig(cpu=args.node_cpu, memory=args.node_memory, pods=args.node_pods)
+    settings = Settings(cluster_create_delay_s=args.cluster_create_delay, node=node)
+    sandbox = Sandbox(args.dir, region=args.region, faults=faults, settings=settings)
+    await sandbox.start()
+    endpoints = sandbox.endpoints()
+    print(f"sandbox ready: kubernetes {endpoints['kubernetes']['server']}, oss {endpoints['oss']['endpoint']}, "
+          f"cs {endpoints['cs']['endpoint']}, nas {endpoints['nas']['endpoint']}", flush=True)
+    print(f"  kubeconfig: {sandbox.data_dir / 'kubeconfig'}", flush=True)
+    print(f"  endpoints:  {sandbox.data_dir / 'endpoints.json'}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("sandbox stopping", flush=True)
+    await sandbox.stop()
+
+
+def _control(args: argparse.Namespace, path: str, body: dict[str, str] | None) -> None:
+    endpoints_file = Path(args.dir) / "endpoints.json"
+    if not endpoints_file.exists():
+        raise SystemExit(f"no sandbox at {args.dir}: {endpoints_file} is missing (start one with "
+                         f"`python -m sandbox serve --dir {args.dir}`)")
+    base = json.loads(endpoints_file.read_text())["control"]["endpoint"]
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, method="PUT" if body is not None else "GET",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            print(json.dumps(json.loads(response.read()), indent=2))
+    except OSError as exc:
+        raise SystemExit(f"the sandbox at {base} did not answer: {exc}") from exc
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the sandbox in the foreground")
+    serve.add_argument("--dir", required=True, help="data directory (state, kubeconfig, endpoints.json)")
+    serve.add_argument("--region", default="cn-sandbox")
+    serve.add_argument("--fault", action="append", metavar="KEY=VALUE", help="initial fault knob")
+    serve.add_argument("--node-cpu", default="64")
+    serve.add_argument("--node-memory", default="256Gi")
+    serve.add_argument("--node-pods", type=int, default=1000)
+    serve.add_argument("--cluster-create-delay", type=float, default=2.0)
+    for name in ("faults", "settings"):
+        p = sub.add_parser(name, help=f"show or change the running sandbox's {name}")
+        p.add_argument("--dir", required=True)
+        p.add_argument("values", nargs="*", metavar="KEY=VALUE")
+    status = sub.add_parser("status", help="request counts, objects and memory of the running sandbox")
+    status.add_argument("--dir", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "serve":
+        asyncio.run(_serve(args))
+    elif args.command in ("faults", "settings"):
+        _control(args, f"/{args.command}", _pairs(args.values) if args.values else None)
+    else:
+        _control(args, "/stats", None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

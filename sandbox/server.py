@@ -1,0 +1,335 @@
+"""The sandbox: a local Alibaba Cloud region on 127.0.0.1.
+
+One `Sandbox` serves, on one asyncio loop:
+- one Kubernetes API server per cluster (`KubeCluster`), the default cluster ready from the start and
+  more created through the Container Service API;
+- OSS, the Container Service (CS) and NAS OpenAPIs, each on its own port;
+- a control endpoint (`/healthz`, `/faults`, `/settings`, `/stats`) to change fault knobs while running.
+
+State lives in the data directory, so a restarted sandbox keeps its objects, buckets, clusters and file
+systems; ports are remembered too and reused when free, so kubeconfigs keep working across restarts.
+Once ready it writes `DIR/kubeconfig` (the default cluster) and `DIR/endpoints.json` (every endpoint, the
+region and the sandbox's access key pair; mode 0600).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import resource
+import secrets
+import socket
+import string
+import threading
+from collections.abc import Coroutine
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from aiohttp import web
+
+from .faults import Faults
+from .k8s.cluster import KubeCluster, NodeConfig
+
+log = logging.getLogger("sandbox")
+T = TypeVar("T")
+
+NAS_CSI_DRIVER = "nasplugin.csi.alibabacloud.com"
+
+
+@dataclass
+class Settings:
+    """Behaviour knobs of the simulated cloud (not faults): changeable through `PUT /settings`."""
+
+    cluster_create_delay_s: float = 2.0  # time a new ASK cluster stays `initial` before `running`
+    cluster_fail_next: bool = False  # the next CreateCluster ends `failed`
+    nas_ready_delay_s: float = 0.5  # file system Pending -> Running, mount target Pending -> Active
+    node: NodeConfig = field(default_factory=NodeConfig)
+
+
+def _free_port(preferred: int | None) -> int:
+    if preferred:
+        with socket.socket() as s:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", preferred))
+                return preferred
+            except OSError:
+                pass
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _random_id(alphabet: str, n: int) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+class Sandbox:
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        region: str = "cn-sandbox",
+        faults: Faults | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.region = region
+        self.faults = faults or Faults()
+        self.settings = settings or Settings()
+        self.kube_clusters: dict[str, KubeCluster] = {}
+        self._meta_file = self.data_dir / "sandbox.json"
+        self.meta = self._load_meta()
+        self.credentials: dict[str, str] = {self.meta["access_key_id"]: self.meta["access_key_secret"]}
+        self.default_cluster_id: str = self.meta["default_cluster_id"]
+        self._runners: list[web.AppRunner] = []
+        self.ports: dict[str, int] = dict(self.meta.get("ports", {}))
+
+    # ------------------------------------------------------------------ identity
+
+    def _load_meta(self) -> dict[str, Any]:
+        if self._meta_file.exists():
+            return dict(json.loads(self._meta_file.read_text()))
+        meta = {
+            "access_key_id": "LTAI" + _random_id(string.ascii_letters + string.digits, 20),
+            "access_key_secret": _random_id(string.ascii_letters + string.digits, 30),
+            "default_cluster_id": "c" + secrets.token_hex(16),
+            "vpc_id": "vpc-" + _random_id(string.ascii_lowercase + string.digits, 22),
+            "vswitch_id": "vsw-" + _random_id(string.ascii_lowercase + string.digits, 22),
+            "zone_id": f"{self.region}-a",
+            "ports": {},
+        }
+        self._write_private(self._meta_file, json.dumps(meta, indent=2))
+        return meta
+
+    def _save_meta(self) -> None:
+        self.meta["ports"] = self.ports
+        self._write_private(self._meta_file, json.dumps(self.meta, indent=2))
+
+    @staticmethod
+    def _write_private(path: Path, text: str) -> None:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+
+    @property
+    def access_key_id(self) -> str:
+        return str(self.meta["access_key_id"])
+
+    @property
+    def access_key_secret(self) -> str:
+        return str(self.meta["access_key_secret"])
+
+    # ------------------------------------------------------------------ kubernetes clusters
+
+    async def create_kube_cluster(self, cluster_id: str) -> KubeCluster:
+        """Start (or restart) the Kubernetes of one sandbox cluster; its state lives under clusters/<id>."""
+        if cluster_id in self.kube_clusters:
+            return self.kube_clusters[cluster_id]
+        port = _free_port(self.ports.get(f"k8s:{cluster_id}"))
+        tokens = self.meta.setdefault("cluster_tokens", {})
+        token = tokens.setdefault(cluster_id, secrets.token_hex(16))
+        name = "sandbox" if cluster_id == self.default_cluster_id else cluster_id
+        cluster = KubeCluster(
+            name,
+            self.data_dir / "clusters" / cluster_id,
+            faults=self.faults,
+            node=self.settings.node,
+            token=token,
+            port=port,
+        )
+        cluster.csi_resolver = self._csi_resolver
+        await cluster.start()
+        self.kube_clusters[cluster_id] = cluster
+        self.ports[f"k8s:{cluster_id}"] = cluster.port
+        self._save_meta()
+        return cluster
+
+    async def delete_kube_cluster(self, cluster_id: str) -> None:
+        cluster = self.kube_clusters.pop(cluster_id, None)
+        if cluster is not None:
+            await cluster.stop()
+        self.ports.pop(f"k8s:{cluster_id}", None)
+        self.meta.get("cluster_tokens", {}).pop(cluster_id, None)
+        self._save_meta()
+        import shutil
+
+        shutil.rmtree(self.data_dir / "clusters" / cluster_id, ignore_errors=True)
+
+    @property
+    def default_cluster(self) -> KubeCluster:
+        return self.kube_clusters[self.default_cluster_id]
+
+    def _csi_resolver(self, driver: str, handle: str, attributes: dict[str, str]) -> Path | None:
+        if driver != NAS_CSI_DRIVER:
+            return None
+        from . import nas
+
+        return nas.resolve(self, attributes.get("server", ""), attributes.get("path", "/"))
+
+    # ------------------------------------------------------------------ services
+
+    async def _serve(self, key: str, app: web.Application) -> int:
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        port = _free_port(self.ports.get(key))
+        site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
+        await site.start()
+        self._runners.append(runner)
+        self.ports[key] = port
+        return port
+
+    async def start(self) -> None:
+        from . import cs, nas, oss
+
+        await self.create_kube_cluster(self.default_cluster_id)
+        for cluster_id in cs.load_clusters(self):
+            if cluster_id != self.default_cluster_id:
+                await self.create_kube_cluster(cluster_id)
+        await self._serve("oss", oss.make_app(self.data_dir / "oss", credentials=self.credentials,
+                                              region=self.region, faults=self.faults))
+        await self._serve("cs", cs.make_app(self))
+        await self._serve("nas", nas.make_app(self))
+        await self._serve("control", self._control_app())
+        self._save_meta()
+        self.write_files()
+
+    async def stop(self) -> None:
+        for runner in reversed(self._runners):
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+        self._runners.clear()
+        for cluster_id in list(self.kube_clusters):
+            cluster = self.kube_clusters.pop(cluster_id)
+            await cluster.stop()
+
+    # ------------------------------------------------------------------ files for clients
+
+    def endpoints(self) -> dict[str, Any]:
+        cluster = self.default_cluster
+        return {
+            "region": self.region,
+            "access_key_id": self.access_key_id,
+            "access_key_secret": self.access_key_secret,
+            "zone_id": self.meta["zone_id"],
+            "vpc_id": self.meta["vpc_id"],
+            "vswitch_id": self.meta["vswitch_id"],
+            "kubernetes": {
+                "server": cluster.url,
+                "kubeconfig": str(self.data_dir / "kubeconfig"),
+                "cluster_id": self.default_cluster_id,
+                "cluster_name": cluster.name,
+            },
+            "oss": {"endpoint": f"http://127.0.0.1:{self.ports['oss']}"},
+            "cs": {"endpoint": f"127.0.0.1:{self.ports['cs']}", "protocol": "http"},
+            "nas": {"endpoint": f"127.0.0.1:{self.ports['nas']}", "protocol": "http"},
+            "control": {"endpoint": f"http://127.0.0.1:{self.ports['control']}"},
+        }
+
+    def write_files(self) -> None:
+        self._write_private(self.data_dir / "kubeconfig",
+                            yaml.safe_dump(self.default_cluster.kubeconfig(), sort_keys=False))
+        self._write_private(self.data_dir / "endpoints.json", json.dumps(self.endpoints(), indent=2))
+
+    # ------------------------------------------------------------------ control endpoint
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "clusters": {
+                cid: {"url": c.url, "requests": c.request_count,
+                      "objects": {p: len(objs) for p, objs in c.store.objects.items() if objs}}
+                for cid, c in self.kube_clusters.items()
+            },
+        }
+
+    def _control_app(self) -> web.Application:
+        app = web.Application()
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.json_response({"status": "ok"})
+
+        async def get_faults(_: web.Request) -> web.Response:
+            return web.json_response({k: v for k, v in self.faults.as_dict().items() if not k.startswith("_")})
+
+        async def put_faults(request: web.Request) -> web.Response:
+            try:
+                self.faults.update(await request.json())
+            except (ValueError, TypeError) as exc:
+                return web.json_response({"error": str(exc)}, status=400)
+            return await get_faults(request)
+
+        async def get_settings(_: web.Request) -> web.Response:
+            return web.json_response(asdict(self.settings))
+
+        async def put_settings(request: web.Request) -> web.Response:
+            body = await request.json()
+            for key, value in body.items():
+                if key == "node" or not hasattr(self.settings, key):
+                    return web.json_response({"error": f"unknown or read-only setting {key!r}"}, status=400)
+                current = getattr(self.settings, key)
+                if isinstance(current, bool):
+                    value = str(value).lower() in ("1", "true", "yes")
+                setattr(self.settings, key, type(current)(value))
+            return await get_settings(request)
+
+        async def stats(_: web.Request) -> web.Response:
+            return web.json_response(self.stats())
+
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/faults", get_faults)
+        app.router.add_put("/faults", put_faults)
+        app.router.add_get("/settings", get_settings)
+        app.router.add_put("/settings", put_settings)
+        app.router.add_get("/stats", stats)
+        return app
+
+
+class SandboxThread:
+    """Run a Sandbox on its own event loop in a background thread (for tests and scripts).
+
+    >>> with SandboxThread(tmp_path) as sb:
+    ...     endpoints = sb.endpoints()
+    """
+
+    def __init__(self, data_dir: Path | str, **kwargs: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="sandbox", daemon=True)
+        self._kwargs = kwargs
+        self._data_dir = data_dir
+        self.sandbox: Sandbox | None = None
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def run(self, fn: Any, *args: Any) -> Any:
+        """Run a plain function on the sandbox's loop (the store is not thread-safe)."""
+        async def wrapper() -> Any:
+            return fn(*args)
+        return self.call(wrapper())
+
+    def __enter__(self) -> Sandbox:
+        self._thread.start()
+
+        async def make() -> Sandbox:
+            sb = Sandbox(self._data_dir, **self._kwargs)
+            await sb.start()
+            return sb
+
+        self.sandbox = self.call(make())
+        return self.sandbox
+
+    def __exit__(self, *exc: object) -> None:
+        if self.sandbox is not None:
+            self.call(self.sandbox.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
