@@ -1,0 +1,114 @@
+"""State and helpers shared by the OSS handlers: storage, settings, and the small checks every operation does."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from .errors import OssError, http_date, no_such_bucket, request_id
+from .storage import Bucket, Storage, Written
+
+# Sandbox account id shown as Owner/ID (real OSS shows the account UID).
+OWNER_ID = "1000000000000001"
+MAX_OBJECT_KEY_BYTES = 1023
+MAX_PUT_SIZE = 5 * 1024**3
+CHUNK = 1 << 20
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+# Standard headers OSS stores with an object and returns on GET/HEAD.
+STORED_HEADERS = ("Cache-Control", "Content-Disposition", "Content-Encoding", "Content-Language", "Expires")
+
+
+@dataclass
+class Service:
+    storage: Storage
+    credentials: dict[str, str]
+    region: str
+    host_suffix: str | None = None
+    completing: set[str] = field(default_factory=set)  # upload ids being assembled right now
+
+    @property
+    def location(self) -> str:
+        return f"oss-{self.region}"
+
+    def bucket(self, name: str | None) -> Bucket:
+        bucket = self.storage.buckets.get(name or "")
+        if bucket is None:
+            raise no_such_bucket(name or "")
+        return bucket
+
+
+def valid_bucket_name(name: str) -> bool:
+    return bool(_BUCKET_RE.match(name))
+
+
+def check_key(key: str) -> None:
+    if len(key.encode("utf-8")) > MAX_OBJECT_KEY_BYTES:
+        raise OssError(400, "InvalidObjectName", "The length of the object name must be between 1 and 1023 bytes.")
+    if key.startswith(("/", "\\")):
+        raise OssError(400, "InvalidObjectName", "The object name must not start with '/' or '\\'.")
+
+
+def user_meta_from(request: web.Request) -> dict[str, str]:
+    return {k.lower()[len("x-oss-meta-"):]: v for k, v in request.headers.items()
+            if k.lower().startswith("x-oss-meta-")}
+
+
+def stored_headers_from(request: web.Request) -> dict[str, str]:
+    return {h: request.headers[h] for h in STORED_HEADERS if h in request.headers}
+
+
+def expected_md5(request: web.Request) -> bytes | None:
+    """The decoded Content-MD5 header, or None when absent. Malformed values are InvalidDigest (400)."""
+    value = request.headers.get("Content-MD5")
+    if value is None:
+        return None
+    try:
+        digest = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        digest = b""
+    if len(digest) != 16:
+        raise OssError(400, "InvalidDigest", "The Content-MD5 you specified is not valid.")
+    return digest
+
+
+async def receive_body(svc: Service, request: web.Request, max_size: int = MAX_PUT_SIZE) -> Written:
+    """Stream the request body to a temp file (1 MiB at a time), verifying Content-MD5 if sent."""
+    want_md5 = expected_md5(request)
+    declared = request.content_length
+    if declared is not None and declared > max_size:
+        raise OssError(400, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed object size.")
+    writer = svc.storage.new_writer()
+    try:
+        async for chunk in request.content.iter_chunked(CHUNK):
+            writer.write(chunk)
+            if writer.size > max_size:  # chunked bodies have no Content-Length
+                raise OssError(400, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed object size.")
+        written = writer.finish()
+    except BaseException:
+        writer.discard()
+        raise
+    if want_md5 is not None and want_md5 != written.md5:
+        written.path.unlink(missing_ok=True)
+        # Unverified: OSS documents InvalidDigest for a bad Content-MD5; for a well-formed MD5 that does
+        # not match the body, S3 says BadDigest, and so do we.
+        raise OssError(400, "BadDigest", "The Content-MD5 you specified did not match what we received.")
+    return written
+
+
+def md5_b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def base_headers(request: web.Request) -> dict[str, str]:
+    return {"x-oss-request-id": request_id(request), "Date": http_date(), "Server": "AliyunOSS"}
+
+
+def empty(request: web.Request, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    hdrs = base_headers(request)
+    hdrs.update(headers or {})
+    return web.Response(status=status, headers=hdrs)

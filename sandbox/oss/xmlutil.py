@@ -1,0 +1,64 @@
+"""Small XML helpers: build OSS response documents and read request bodies.
+
+ElementTree does the escaping, so keys holding `&`, `<` or control-free unicode come out well formed.
+Times use the two formats the SDK parses: ISO 8601 with milliseconds and `Z` in XML, RFC 1123 in headers.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import quote
+from xml.etree import ElementTree as ET
+
+from aiohttp import web
+
+from .errors import OssError, http_date, request_id
+
+XML_DECL = b'<?xml version="1.0" encoding="UTF-8"?>\n'
+
+
+def iso_time(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+
+
+def rfc1123(ts: float) -> str:
+    return formatdate(ts, usegmt=True)
+
+
+def url_encode(value: str, enabled: bool) -> str:
+    """`encoding-type=url` values; the SDK `unquote`s them, keeping `/` readable like real OSS."""
+    return quote(value, safe="/") if enabled else value
+
+
+def sub(parent: ET.Element, tag: str, text: Any = None) -> ET.Element:
+    el = ET.SubElement(parent, tag)
+    if text is not None:
+        el.text = str(text).lower() if isinstance(text, bool) else str(text)
+    return el
+
+
+def xml_response(request: web.Request, root: ET.Element, status: int = 200,
+                 headers: dict[str, str] | None = None) -> web.Response:
+    body = XML_DECL + ET.tostring(root, encoding="utf-8")
+    hdrs = {"x-oss-request-id": request_id(request), "Date": http_date(), "Server": "AliyunOSS"}
+    hdrs.update(headers or {})
+    return web.Response(status=status, body=body, headers=hdrs, content_type="application/xml")
+
+
+def parse_body(data: bytes, expect_root: str) -> ET.Element:
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as exc:
+        raise OssError(400, "MalformedXML", "The XML you provided was not well-formed or did not validate "
+                                            "against our published schema.") from exc
+    if root.tag.rpartition("}")[2] != expect_root:
+        raise OssError(400, "MalformedXML", f"Expected root element {expect_root}, got {root.tag}.")
+    return root
+
+
+def owner(parent: ET.Element, owner_id: str) -> None:
+    el = sub(parent, "Owner")
+    sub(el, "ID", owner_id)
+    sub(el, "DisplayName", owner_id)
