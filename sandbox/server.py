@@ -47,6 +47,7 @@ class Settings:
 
     cluster_create_delay_s: float = 2.0  # time a new ASK cluster stays `initial` before `running`
     cluster_fail_next: bool = False  # the next CreateCluster ends `failed`
+    cluster_delete_delay_s: float = 1.0  # time a deleted cluster stays `deleting` before it is gone
     nas_ready_delay_s: float = 0.5  # file system Pending -> Running, mount target Pending -> Active
     node: NodeConfig = field(default_factory=NodeConfig)
 

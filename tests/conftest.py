@@ -1,0 +1,24 @@
+"""Shared fixtures: one sandbox per test session, started in-process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# tea (CS/NAS SDKs) ignores NO_PROXY: a proxy in the environment would swallow loopback calls.
+for _var in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+    os.environ.pop(_var, None)
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A running sandbox (Kubernetes, OSS, CS, NAS) for the whole session; yields the SandboxThread."""
+    from sandbox.server import SandboxThread, Settings
+
+    data_dir: Path = tmp_path_factory.mktemp("sandbox")
+    runner = SandboxThread(data_dir, settings=Settings(cluster_create_delay_s=0.5, nas_ready_delay_s=0.2))
+    with runner:
+        yield runner
