@@ -1,0 +1,184 @@
+"""Stage ensure_cluster: find the ASK cluster by name or create it; or take an existing cluster's kubeconfig.
+
+Find-then-create, safe to repeat: the lookup filters on the exact name (the CS ``name`` filter is fuzzy), ASK's
+current type (``ManagedKubernetes`` + ``Serverless``) and a live state; creation carries a ``client_token`` derived
+from region and name, so two racing attempts get one cluster. Listing uses ``DescribeClustersForRegion`` because
+``DescribeClustersV1`` is being switched off in 2026 (alibaba.md §0.2); V1 is only a fallback.
+
+Alibaba closed ASK creation to new accounts in February 2025: when CreateCluster is refused, the error says so
+and names the way out (cluster mode 'existing').
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tasks.clients import kube_api_client, kubeconfig_from_block, load_kubeconfig
+from tasks.handles import ClusterHandle
+from tasks.manifests import create_cluster_body
+from tasks.retry import CloudError, call
+from tasks.spec import BatchSpec
+
+log = logging.getLogger("ask_batch.cluster")
+
+DEAD_STATES = {"deleting", "deleted", "delete_failed", "failed"}
+CREATION_REFUSED_HINT = (
+    "Alibaba Cloud stopped ACK Serverless (ASK) cluster creation for accounts that never created one (since "
+    "2025-02-17; they are offered ACS instead). If that is the case here, run against a cluster you already have: "
+    "set cluster.mode to 'existing' with cluster.existing.kubeconfig_path (or a KubernetesCredentials block).")
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot be found, created or reached; the message says what to change."""
+
+
+def _as_map(obj: Any) -> dict[str, Any]:
+    return obj.to_map() if hasattr(obj, "to_map") else dict(obj or {})
+
+
+def find_ask_cluster(cs: Any, *, region: str, name: str) -> dict[str, Any] | None:
+    """The live ASK cluster named exactly ``name`` in ``region``, as a CS cluster map, or None."""
+    from alibabacloud_cs20151215 import models as m
+
+    matches: list[dict[str, Any]] = []
+    page = 1
+    while True:
+        req = m.DescribeClustersForRegionRequest(cluster_type="ManagedKubernetes", profile="Serverless",
+                                                 name=name, page_number=page, page_size=100)
+        try:
+            resp = call(cs.describe_clusters_for_region, region, req, service="CS",
+                        operation="DescribeClustersForRegion")
+        except CloudError as err:
+            if err.status != 404:
+                raise
+            req_v1 = m.DescribeClustersV1Request(cluster_type="ManagedKubernetes", profile="Serverless",
+                                                 name=name, region_id=region, page_number=page, page_size=100)
+            resp = call(cs.describe_clusters_v1, req_v1, service="CS", operation="DescribeClustersV1")
+        body = _as_map(resp.body)
+        clusters = body.get("clusters") or []
+        for c in clusters:
+            if (c.get("name") == name and c.get("cluster_type") == "ManagedKubernetes"
+                    and c.get("profile") == "Serverless" and c.get("state") not in DEAD_STATES):
+                matches.append(c)
+        total = (body.get("page_info") or {}).get("total_count") or 0
+        if not clusters or page * 100 >= total:
+            break
+        page += 1
+    if len(matches) > 1:
+        ids = ", ".join(c["cluster_id"] for c in matches)
+        raise ClusterError(f"{len(matches)} ASK clusters are named {name!r} in {region} ({ids}); fix: give "
+                           f"cluster.ask.name a unique name")
+    return matches[0] if matches else None
+
+
+def create_ask_cluster(cs: Any, spec: BatchSpec, *, run_key: str) -> str:
+    """CreateCluster for ASK; returns the cluster id. A refusal carries the ASK-closed-to-new-accounts hint."""
+    from alibabacloud_cs20151215 import models as m
+
+    body = create_cluster_body(spec.cluster.ask, region=spec.target.region, run_key=run_key)
+    try:
+        resp = call(cs.create_cluster, m.CreateClusterRequest().from_map(body), service="CS",
+                    operation="CreateCluster")
+    except CloudError as err:
+        if err.status is not None and 400 <= err.status < 500:
+            raise ClusterError(f"{err}\n{CREATION_REFUSED_HINT}") from err
+        raise
+    return _as_map(resp.body)["cluster_id"]
+
+
+def wait_cluster_running(cs: Any, cluster_id: str, *, timeout: float, poll: float = 10.0,
+                         sleep: Callable[[float], None] = time.sleep,
+                         clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+    """Poll DescribeClusterDetail until ``running`` (CS has no watch); log each state change."""
+    deadline, last = clock() + timeout, None
+    while True:
+        detail = _as_map(call(cs.describe_cluster_detail, cluster_id, service="CS",
+                              operation="DescribeClusterDetail").body)
+        state = detail.get("state")
+        if state != last:
+            log.info("cluster %s: %s", cluster_id, state)
+            last = state
+        if state == "running":
+            return detail
+        if state in DEAD_STATES:
+            raise ClusterError(f"cluster {cluster_id} is {state!r}; fix: see its events in the ACK console, "
+                               f"delete it, and run again")
+        if clock() > deadline:
+            raise ClusterError(f"cluster {cluster_id} still {state!r} after {timeout:.0f}s; fix: raise "
+                               f"cluster.ask.ready_timeout_seconds or check the ACK console")
+        sleep(poll)
+
+
+def ensure_cluster(spec: BatchSpec, *, run_key: str, cs: Any | None) -> ClusterHandle:
+    """Find (or create) the cluster and return its handle; the kubeconfig is fetched by ``connect``.
+
+    Args:
+        spec: the validated parameters.
+        run_key: the run key (tags a cluster this run creates).
+        cs: a CS client (mode 'ask'); None in mode 'existing'.
+    """
+    ns = spec.cluster.namespace
+    if spec.cluster.mode == "existing":
+        ex = spec.cluster.existing
+        if ex.kubeconfig_path:
+            source = f"file:{Path(ex.kubeconfig_path).expanduser().resolve()}"
+        elif ex.credentials_block:
+            source = f"block:{ex.credentials_block}"
+        else:
+            source = f"secret:{ex.kubeconfig_secret_block}"
+        return ClusterHandle(mode="existing", region=spec.target.region, namespace=ns,
+                             vpc_id=spec.storage.nas.vpc_id,
+                             vswitch_ids=[spec.storage.nas.vswitch_id] if spec.storage.nas.vswitch_id else [],
+                             kubeconfig_source=source)
+    assert cs is not None, "mode 'ask' needs a CS client"
+    ask = spec.cluster.ask
+    found = find_ask_cluster(cs, region=spec.target.region, name=ask.name)
+    created = False
+    if found:
+        cluster_id = found["cluster_id"]
+        log.info("cluster %s found: %s (%s)", ask.name, cluster_id, found.get("state"))
+    elif not ask.create_if_missing:
+        raise ClusterError(f"no ASK cluster named {ask.name!r} in {spec.target.region}; fix: create it, set "
+                           f"cluster.ask.create_if_missing, or use cluster.mode 'existing'")
+    else:
+        log.info("cluster %s not found: creating it in %s", ask.name, spec.target.region)
+        cluster_id = create_ask_cluster(cs, spec, run_key=run_key)
+        created = True
+    detail = wait_cluster_running(cs, cluster_id, timeout=ask.ready_timeout_seconds)
+    vswitches = detail.get("vswitch_ids") or ([detail["vswitch_id"]] if detail.get("vswitch_id") else [])
+    return ClusterHandle(mode="ask", region=spec.target.region, namespace=ns, cluster_id=cluster_id,
+                         name=ask.name, vpc_id=detail.get("vpc_id"), vswitch_ids=list(vswitches),
+                         created=created, kubeconfig_source=f"cs:{cluster_id}")
+
+
+def fetch_kubeconfig(handle: ClusterHandle, spec: BatchSpec, *, cs: Any | None,
+                     load_secret: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """The cluster's kubeconfig, fetched from its source each time (never stored in a handle or result)."""
+    kind, _, ref = handle.kubeconfig_source.partition(":")
+    if kind == "cs":
+        from alibabacloud_cs20151215 import models as m
+
+        ask = spec.cluster.ask
+        req = m.DescribeClusterUserKubeconfigRequest(private_ip_address=ask.private_kubeconfig,
+                                                     temporary_duration_minutes=ask.kubeconfig_minutes)
+        resp = call(cs.describe_cluster_user_kubeconfig, ref, req, service="CS",
+                    operation="DescribeClusterUserKubeconfig")
+        return load_kubeconfig(_as_map(resp.body)["config"])
+    if kind == "file":
+        return load_kubeconfig(Path(ref))
+    if kind == "block":
+        return kubeconfig_from_block(ref)
+    if kind == "secret":
+        if load_secret is None:
+            from tasks.clients import _load_prefect_secret as load_secret  # noqa: N813
+        return load_kubeconfig(load_secret(ref))
+    raise ValueError(f"unknown kubeconfig source {handle.kubeconfig_source!r}")
+
+
+def connect(handle: ClusterHandle, spec: BatchSpec, *, cs: Any | None) -> Any:
+    """A ``kubernetes.client.ApiClient`` for the cluster (endpoint override applied)."""
+    kubeconfig = fetch_kubeconfig(handle, spec, cs=cs)
+    return kube_api_client(kubeconfig, context=spec.cluster.existing.context if handle.mode == "existing" else None,
+                           server_override=spec.target.endpoints.kubernetes)

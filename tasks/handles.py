@@ -1,0 +1,69 @@
+"""The small, serialisable values the stages hand forward (design.md "What flows through the house").
+
+Handles hold identities and names, never secrets or kubeconfig text: they are task results, may be persisted by
+Prefect and shown in the UI. Whatever a later stage needs that is secret (a kubeconfig, an AccessKey) it fetches
+again from its source.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class ClusterHandle(BaseModel):
+    mode: Literal["ask", "existing"] = Field(description="How the cluster was found.")
+    region: str = Field(description="Region of the cluster.")
+    namespace: str = Field(description="Namespace the run uses.")
+    cluster_id: str | None = Field(None, description="CS cluster id (mode 'ask').")
+    name: str | None = Field(None, description="Cluster name.")
+    vpc_id: str | None = Field(None, description="VPC of the cluster, for the NAS mount target.")
+    vswitch_ids: list[str] = Field(default_factory=list, description="vSwitches of the cluster.")
+    created: bool = Field(False, description="True when this run created the cluster.")
+    kubeconfig_source: str = Field(description="Where the kubeconfig comes from (cs:<id>, file:<path>, "
+                                   "block:<name>, secret:<name>); never the kubeconfig itself.")
+
+
+class VolumeHandle(BaseModel):
+    mode: Literal["none", "pvc", "nas"] = Field(description="Storage mode.")
+    claim_name: str | None = Field(None, description="PVC mounted by the pods.")
+    pv_name: str | None = Field(None, description="PV created by this run (mode 'nas').")
+    file_system_id: str | None = Field(None, description="NAS file system id.")
+    mount_target: str | None = Field(None, description="NAS mount target domain.")
+    created_file_system: bool = Field(False, description="True when this run created the file system.")
+    created_mount_target: bool = Field(False, description="True when this run created the mount target.")
+
+
+class ConfigHandle(BaseModel):
+    namespace: str = Field(description="Namespace of the objects.")
+    config_map: str | None = Field(None, description="ConfigMap name (content-hashed, immutable).")
+    secret: str | None = Field(None, description="Secret name (content-hashed, immutable).")
+    secret_file_keys: tuple[str, ...] = Field((), description="Secret keys mounted as files.")
+    secret_env_keys: tuple[str, ...] = Field((), description="Env vars backed by the Secret.")
+
+
+class JobHandle(BaseModel):
+    namespace: str = Field(description="Namespace of the Job.")
+    name: str = Field(description="Job name (run key + spec hash).")
+    uid: str = Field(description="Job uid: pods carry it in their controller-uid label.")
+    adopted: bool = Field(False, description="True when an existing Job was re-attached instead of created.")
+    completions: int = Field(description="Indexes the Job needs.")
+
+
+class IndexRecord(BaseModel):
+    index: int = Field(description="Completion index.")
+    status: Literal["succeeded", "failed", "pending", "running", "unknown"] = Field(description="Final state.")
+    attempts: int = Field(0, description="Pods created for this index.")
+    pod: str | None = Field(None, description="Last pod of this index.")
+    exit_code: int | None = Field(None, description="Exit code of the last pod's container.")
+    reason: str | None = Field(None, description="Why it failed, if it did.")
+    started: str | None = Field(None, description="RFC 3339 start of the last attempt.")
+    finished: str | None = Field(None, description="RFC 3339 end of the last attempt.")
+    seconds: float = Field(0.0, description="Running time summed over attempts (for the cost estimate).")
+    log_key: str | None = Field(None, description="Where the pod log was saved (OSS key).")
+
+
+class JobReport(BaseModel):
+    job: JobHandle = Field(description="The Job.")
+    succeeded: bool = Field(description="The Job completed.")
+    reason: str | None = Field(None, description="Why it failed (Job condition or fail-fast diagnosis).")
+    indexes: list[IndexRecord] = Field(default_factory=list, description="Per-index record.")

@@ -1,0 +1,461 @@
+"""Pure builders: Kubernetes objects and cloud API requests, as plain dicts.
+
+Why pure: every object the run will create can be rendered without a network (``--dry-run``, unit tests), and
+the *same* rendering is what the stages send, so the dry run cannot drift from the real run. Names come from the
+run key and content hashes (``tasks.naming``), so rendering twice gives byte-equal objects and a retried flow finds
+what an earlier attempt created.
+
+Secrets: ``secret_manifest`` necessarily holds secret values (base64 is not encryption). Anything rendered for a
+human goes through ``redact()`` first, which blanks Secret data and scrubs any known secret value from every string.
+
+The pod contract (what the workload can rely on), all set as env vars on the container:
+
+============================  ===========================================================================
+``JOB_COMPLETION_INDEX``      set by Kubernetes for Indexed Jobs: this pod's shard
+``ASK_BATCH_RUN_KEY``         the run key
+``ASK_BATCH_CONFIG_DIR``      the ConfigMap mount (if any config files)
+``ASK_BATCH_SECRET_DIR``      the Secret mount (if any secret files)
+``ASK_BATCH_DATA_DIR``        the shared volume mount (if storage is not 'none')
+``ASK_BATCH_OSS_*``           ENDPOINT, REGION, BUCKET of the outputs
+``ASK_BATCH_OUTPUT_PREFIX``   the index's prefix, with a literal ``{index}`` field to format
+``ASK_BATCH_MARKER_NAME``     name of the done-marker object (``completeness: marker``)
+``OSS_ACCESS_KEY_ID/SECRET``  from the Secret (secretKeyRef), unless the pods use a RAM role
+============================  ===========================================================================
+"""
+
+import base64
+import copy
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tasks.naming import (
+    config_map_name,
+    content_hash,
+    format_tags,
+    job_name,
+    run_labels,
+    secret_name,
+    short_hash,
+)
+from tasks.spec import AskClusterOptions, BatchSpec, EciOptions, NasOptions, OutputsSpec, Target
+
+CONTAINER_NAME = "workload"
+SECRET_ENV_KEY_PREFIX = "env."  # Secret keys that back env vars; kept apart from secret *files*
+NAS_CSI_DRIVER = "nasplugin.csi.alibabacloud.com"
+NAS_PV_LABEL = "alicloud-pvname"
+ECI = "k8s.aliyun.com/"
+REDACTED = "<redacted>"
+
+# --------------------------------------------------------------------------------------------- config objects
+
+
+@dataclass(frozen=True)
+class ConfigContent:
+    """Resolved content for the ConfigMap and the Secret (file bytes, secret values), before rendering."""
+
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    secret_files: Mapping[str, bytes] = field(default_factory=dict)
+    secret_env: Mapping[str, str] = field(default_factory=dict)
+
+    def secret_values(self) -> list[str]:
+        """Every secret value as text, for ``redact(..., secrets=...)`` and log masking."""
+        values = [v for v in self.secret_env.values() if v]
+        values += [b.decode("utf-8", "replace") for b in self.secret_files.values() if b]
+        return values
+
+
+def _data_split(files: Mapping[str, bytes]) -> tuple[dict[str, str], dict[str, str]]:
+    """ConfigMap ``data`` (UTF-8 text) and ``binaryData`` (base64) from file bytes."""
+    data, binary = {}, {}
+    for name, raw in sorted(files.items()):
+        try:
+            data[name] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            binary[name] = base64.b64encode(raw).decode()
+    return data, binary
+
+
+def config_map_manifest(run_key: str, files: Mapping[str, bytes], *, namespace: str) -> dict[str, Any]:
+    """An immutable ConfigMap named ``askb-cfg-<run>-<content hash>``."""
+    data, binary = _data_split(files)
+    digest = content_hash({"data": data, "binaryData": binary})
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": config_map_name(run_key, digest), "namespace": namespace,
+                     "labels": run_labels(run_key), "annotations": {"ask-batch.io/content-hash": digest}},
+        "immutable": True,
+        "data": data,
+    }
+    if binary:
+        body["binaryData"] = binary
+    return body
+
+
+def secret_data(content: ConfigContent) -> dict[str, bytes]:
+    """Secret keys -> raw bytes: files under their names, env values under ``env.<NAME>``."""
+    out = {name: bytes(raw) for name, raw in content.secret_files.items()}
+    out.update({SECRET_ENV_KEY_PREFIX + name: value.encode() for name, value in content.secret_env.items()})
+    return out
+
+
+def secret_manifest(run_key: str, content: ConfigContent, *, namespace: str) -> dict[str, Any]:
+    """An immutable Opaque Secret named ``askb-sec-<run>-<hash>``.
+
+    The hash is salted with the run key and truncated, so the name identifies the content within a run (a
+    changed token gives a new object) but cannot be matched against a guessed value in another run's logs.
+    """
+    raw = secret_data(content)
+    encoded = {k: base64.b64encode(v).decode() for k, v in sorted(raw.items())}
+    digest = content_hash(encoded, salt=f"secret:{run_key}")
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": secret_name(run_key, digest), "namespace": namespace, "labels": run_labels(run_key),
+                     "annotations": {"ask-batch.io/content-hash": digest}},
+        "immutable": True,
+        "data": encoded,
+    }
+
+
+# --------------------------------------------------------------------------------------------- NAS volume
+
+
+def nas_pv_manifest(pv_name: str, *, run_key: str, server: str, path: str, nas: NasOptions) -> dict[str, Any]:
+    """Static PV for the Alibaba NAS CSI driver (alibaba.md §3.1): volumeHandle must equal the PV name."""
+    labels = {**run_labels(run_key), NAS_PV_LABEL: pv_name}
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": pv_name, "labels": labels},
+        "spec": {
+            "capacity": {"storage": f"{nas.capacity_gib}Gi"},
+            "accessModes": ["ReadWriteMany"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "csi": {"driver": NAS_CSI_DRIVER, "volumeHandle": pv_name,
+                    "volumeAttributes": {"server": server, "path": path}},
+            "mountOptions": list(nas.mount_options),
+        },
+    }
+
+
+def nas_pvc_manifest(pvc_name: str, pv_name: str, *, run_key: str, namespace: str,
+                     capacity_gib: int) -> dict[str, Any]:
+    """PVC bound to exactly that PV: label selector + ``storageClassName: ""`` (no dynamic provisioning)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": pvc_name, "namespace": namespace, "labels": run_labels(run_key)},
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": "",
+            "volumeName": pv_name,
+            "resources": {"requests": {"storage": f"{capacity_gib}Gi"}},
+            "selector": {"matchLabels": {NAS_PV_LABEL: pv_name}},
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------- OSS layout
+
+
+def run_prefix(outputs: OutputsSpec, *, run_key: str, flow_run_name: str) -> str:
+    """The run's OSS prefix, e.g. ``ask-batch/<run key>/``."""
+    return outputs.prefix_template.format(run_key=run_key, flow_run_name=flow_run_name)
+
+
+def index_prefix(outputs: OutputsSpec, prefix: str, index: int) -> str:
+    """One index's OSS prefix under the run prefix."""
+    return prefix + outputs.index_template.format(index=index)
+
+
+def pod_oss_endpoint(outputs: OutputsSpec, target: Target) -> str:
+    """The OSS endpoint the pods use: explicit, else the flow's override, else the region's internal one."""
+    if outputs.pod_endpoint:
+        return outputs.pod_endpoint
+    if target.endpoints.oss:
+        return target.endpoints.oss
+    return f"https://oss-{target.region}-internal.aliyuncs.com"
+
+
+def pod_oss_env(spec: BatchSpec, *, run_key: str, flow_run_name: str) -> dict[str, str]:
+    """The plain (non-secret) env telling the workload where its outputs go."""
+    prefix = run_prefix(spec.outputs, run_key=run_key, flow_run_name=flow_run_name)
+    # The pods format {index} themselves; escape any other braces the prefix might contain.
+    escaped = prefix.replace("{", "{{").replace("}", "}}")
+    return {
+        "ASK_BATCH_OSS_ENDPOINT": pod_oss_endpoint(spec.outputs, spec.target),
+        "ASK_BATCH_OSS_REGION": spec.target.region,
+        "ASK_BATCH_OSS_BUCKET": spec.outputs.bucket,
+        "ASK_BATCH_OUTPUT_PREFIX": escaped + spec.outputs.index_template,
+        "ASK_BATCH_MARKER_NAME": spec.outputs.marker_name,
+    }
+
+
+# --------------------------------------------------------------------------------------------- Job
+
+
+def eci_annotations(eci: EciOptions) -> dict[str, str]:
+    """ECI options as pod-template annotations (alibaba.md §3.2); they only act at pod creation."""
+    ann: dict[str, str] = {}
+    if eci.use_specs:
+        ann[ECI + "eci-use-specs"] = ",".join(eci.use_specs)
+    if eci.spot_strategy != "None":
+        ann[ECI + "eci-spot-strategy"] = eci.spot_strategy
+        if eci.spot_price_limit is not None:
+            ann[ECI + "eci-spot-price-limit"] = f"{eci.spot_price_limit:.3f}".rstrip("0").rstrip(".")
+        if eci.spot_duration_hours is not None:
+            ann[ECI + "eci-spot-duration"] = str(eci.spot_duration_hours)
+        if eci.spot_fallback:
+            ann[ECI + "eci-spot-fallback"] = "true"
+    if eci.image_snapshot_id:
+        ann[ECI + "eci-image-snapshot-id"] = eci.image_snapshot_id
+    elif eci.image_cache:
+        ann[ECI + "eci-image-cache"] = "true"
+    if eci.extra_ephemeral_storage:
+        ann[ECI + "eci-extra-ephemeral-storage"] = eci.extra_ephemeral_storage
+    if eci.ram_role_name:
+        ann[ECI + "eci-ram-role-name"] = eci.ram_role_name
+    if eci.fail_on_create_error:
+        ann[ECI + "pod-fail-on-create-err"] = "true"
+    ann.update(eci.extra_annotations)
+    return ann
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """What the earlier stages produced that the Job refers to (names only, never content)."""
+
+    config_map: str | None = None
+    secret: str | None = None
+    secret_file_keys: tuple[str, ...] = ()
+    secret_env_keys: tuple[str, ...] = ()  # env var names, backed by Secret keys "env.<NAME>"
+    claim_name: str | None = None
+    oss_env: Mapping[str, str] = field(default_factory=dict)
+
+
+def _container_env(spec: BatchSpec, run_key: str, inputs: JobInputs) -> list[dict[str, Any]]:
+    env: dict[str, str] = {"ASK_BATCH_RUN_KEY": run_key}
+    if inputs.config_map:
+        env["ASK_BATCH_CONFIG_DIR"] = spec.config.mount_path
+    if inputs.secret and inputs.secret_file_keys:
+        env["ASK_BATCH_SECRET_DIR"] = spec.config.secret_mount_path
+    if inputs.claim_name:
+        env["ASK_BATCH_DATA_DIR"] = spec.storage.mount_path
+    env.update(inputs.oss_env)
+    env.update(spec.config.env)
+    env.update(spec.job.env)
+    out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
+    for name in sorted(inputs.secret_env_keys):
+        if not inputs.secret:
+            raise ValueError(f"secret env {name!r} given without a Secret object")
+        out.append({"name": name, "valueFrom": {"secretKeyRef": {
+            "name": inputs.secret, "key": SECRET_ENV_KEY_PREFIX + name}}})
+    return out
+
+
+def _volumes(spec: BatchSpec, run_key: str, inputs: JobInputs) -> tuple[list[dict], list[dict]]:
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if inputs.config_map:
+        volumes.append({"name": "config", "configMap": {"name": inputs.config_map}})
+        mounts.append({"name": "config", "mountPath": spec.config.mount_path, "readOnly": True})
+    if inputs.secret and inputs.secret_file_keys:
+        items = [{"key": k, "path": k} for k in sorted(inputs.secret_file_keys)]
+        volumes.append({"name": "secret", "secret": {"secretName": inputs.secret, "items": items,
+                                                     "defaultMode": 0o400}})
+        mounts.append({"name": "secret", "mountPath": spec.config.secret_mount_path, "readOnly": True})
+    if inputs.claim_name:
+        volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": inputs.claim_name}})
+        mount: dict[str, Any] = {"name": "data", "mountPath": spec.storage.mount_path}
+        if spec.storage.per_run_subdir:
+            mount["subPath"] = run_key
+        mounts.append(mount)
+    return volumes, mounts
+
+
+def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs) -> dict[str, Any]:
+    """The Indexed Job, named ``askb-<run>-<hash of everything else in it>``.
+
+    Hashing the rendered body (ConfigMap/Secret names included, which carry their own content hashes) means:
+    the same parameters re-render the same name (a retry adopts the running Job), and any change yields a new
+    name (an old Job is never adopted for different work).
+    """
+    job = spec.job
+    labels = {**job.labels, **run_labels(run_key)}
+    volumes, mounts = _volumes(spec, run_key, inputs)
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": job.image,
+        "imagePullPolicy": job.image_pull_policy,
+        "env": _container_env(spec, run_key, inputs),
+        "resources": {
+            "requests": {"cpu": job.cpu, "memory": job.memory},
+            "limits": {"cpu": job.cpu_limit or job.cpu, "memory": job.memory_limit or job.memory},
+        },
+    }
+    if job.command:
+        container["command"] = list(job.command)
+    if job.args:
+        container["args"] = list(job.args)
+    if mounts:
+        container["volumeMounts"] = mounts
+    pod_spec: dict[str, Any] = {"restartPolicy": job.restart_policy, "containers": [container]}
+    if volumes:
+        pod_spec["volumes"] = volumes
+    if job.service_account:
+        pod_spec["serviceAccountName"] = job.service_account
+    if job.node_selector:
+        pod_spec["nodeSelector"] = dict(job.node_selector)
+    if job.tolerations:
+        pod_spec["tolerations"] = copy.deepcopy(job.tolerations)
+    job_spec: dict[str, Any] = {
+        "completions": job.completions,
+        "parallelism": job.parallelism,
+        "completionMode": job.completion_mode,
+        "template": {"metadata": {"labels": labels, "annotations": eci_annotations(job.eci)}, "spec": pod_spec},
+    }
+    optional = {
+        "backoffLimit": job.backoff_limit,
+        "backoffLimitPerIndex": job.backoff_limit_per_index,
+        "maxFailedIndexes": job.max_failed_indexes,
+        "activeDeadlineSeconds": job.active_deadline_seconds,
+        "ttlSecondsAfterFinished": job.ttl_seconds_after_finished,
+        "podFailurePolicy": copy.deepcopy(job.pod_failure_policy) if job.pod_failure_policy else None,
+    }
+    job_spec.update({k: v for k, v in optional.items() if v is not None})
+    body: dict[str, Any] = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"namespace": spec.cluster.namespace, "labels": labels},
+        "spec": job_spec,
+    }
+    digest = content_hash(body)
+    body["metadata"] = {"name": job_name(run_key, digest), **body["metadata"],
+                        "annotations": {"ask-batch.io/spec-hash": digest}}
+    return body
+
+
+# --------------------------------------------------------------------------------------------- cloud requests
+
+
+def cloud_tags(run_key: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Tags for a cloud resource created by a run (shared resources keep the run that created them)."""
+    return {**(extra or {}), "app.kubernetes.io/managed-by": "ask-batch", "ask-batch.io/created-by-run": run_key}
+
+
+def create_cluster_body(ask: AskClusterOptions, *, region: str, run_key: str) -> dict[str, Any]:
+    """CS CreateCluster body for an ASK cluster (alibaba.md §1.5), snake_case for ``CreateClusterRequest``.
+
+    Logging off means: no ``logging_type`` and no log addon. ``load_balancer_spec`` is deprecated (CLB is
+    pay-by-usage), so the smallest SLB is what the service gives.
+    """
+    body: dict[str, Any] = {
+        "name": ask.name,
+        "region_id": region,
+        "cluster_type": "ManagedKubernetes",
+        "profile": "Serverless",
+        "cluster_spec": ask.cluster_spec,
+        "snat_entry": ask.snat_entry,
+        "endpoint_public_access": ask.endpoint_public_access,
+        "deletion_protection": ask.deletion_protection,
+        "tags": format_tags(cloud_tags(run_key, ask.tags)),
+        "client_token": "askb-" + short_hash(f"{region}/{ask.name}", 20),
+    }
+    if ask.kubernetes_version:
+        body["kubernetes_version"] = ask.kubernetes_version
+    if ask.vpc_id:
+        body["vpcid"] = ask.vpc_id
+    if ask.vswitch_ids:
+        body["vswitch_ids"] = list(ask.vswitch_ids)
+    if ask.service_cidr:
+        body["service_cidr"] = ask.service_cidr
+    return body
+
+
+NAS_NAME_TAG = "ask-batch.io/nas"
+
+
+def nas_description(nas: NasOptions) -> str:
+    """NAS description: 2-128 chars, starting with a letter (alibaba.md §2.2)."""
+    return f"ask-batch-{nas.name}"[:128]
+
+
+def nas_create_file_system_request(nas: NasOptions, *, region: str, run_key: str) -> dict[str, Any]:
+    """``CreateFileSystemRequest`` map (PascalCase); ClientToken makes a retried create idempotent."""
+    tags = cloud_tags(run_key, {NAS_NAME_TAG: nas.name})
+    req: dict[str, Any] = {
+        "FileSystemType": "standard",
+        "ProtocolType": nas.protocol_type,
+        "StorageType": nas.storage_type,
+        "ChargeType": "PayAsYouGo",
+        "Description": nas_description(nas),
+        "ClientToken": "askb-" + short_hash(f"{region}/{nas.name}", 32),
+        "Tag": [{"Key": k, "Value": v} for k, v in sorted(tags.items())],
+    }
+    if nas.zone_id:
+        req["ZoneId"] = nas.zone_id
+    return req
+
+
+def nas_describe_file_systems_request(nas: NasOptions, *, page: int = 1) -> dict[str, Any]:
+    """``DescribeFileSystemsRequest`` map: by id if given, else by our name tag (there is no name filter)."""
+    req: dict[str, Any] = {"PageNumber": page, "PageSize": 100}
+    if nas.file_system_id:
+        req["FileSystemId"] = nas.file_system_id
+    else:
+        req["Tag"] = [{"Key": NAS_NAME_TAG, "Value": nas.name}]
+    return req
+
+
+def nas_create_mount_target_request(file_system_id: str, *, vpc_id: str, vswitch_id: str) -> dict[str, Any]:
+    """``CreateMountTargetRequest`` map in the cluster's VPC, default permission group."""
+    return {"FileSystemId": file_system_id, "NetworkType": "Vpc", "VpcId": vpc_id, "VSwitchId": vswitch_id,
+            "AccessGroupName": "DEFAULT_VPC_GROUP_NAME"}
+
+
+# --------------------------------------------------------------------------------------------- redaction
+
+_SENSITIVE_KEY = re.compile(r"(secret|password|passwd|token|access_?key|credential|private_?key)", re.I)
+# Keys that *refer to* a secret without holding it (object names, block names, paths) stay readable.
+_REFERENCE_KEY = re.compile(r"(name|_block|path|dir|mode|type)$", re.I)
+
+
+def redact(obj: Any, *, secrets: Iterable[str] = ()) -> Any:
+    """A deep copy of ``obj`` that is safe to print or log.
+
+    - Secret objects: every ``data``/``stringData`` value becomes ``<redacted>`` (the keys stay, they are useful).
+    - Any mapping key that looks sensitive (token, secret, password, access key...) with a scalar value.
+    - Every occurrence of a known secret value (``secrets``) inside any string, base64 form included.
+    """
+    needles = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+    needles += [base64.b64encode(s.encode()).decode() for s in list(needles)]
+    return _redact(obj, needles)
+
+
+def _redact(obj: Any, needles: list[str]) -> Any:
+    if isinstance(obj, Mapping):
+        is_secret = obj.get("kind") == "Secret"
+        out: dict[Any, Any] = {}
+        for key, value in obj.items():
+            if is_secret and key in ("data", "stringData") and isinstance(value, Mapping):
+                out[key] = {k: REDACTED for k in value}
+            elif (isinstance(key, str) and _SENSITIVE_KEY.search(key) and not _REFERENCE_KEY.search(key)
+                  and isinstance(value, str | bytes)):
+                out[key] = REDACTED
+            else:
+                out[key] = _redact(value, needles)
+        return out
+    if isinstance(obj, list | tuple):
+        return [_redact(v, needles) for v in obj]
+    if isinstance(obj, bytes):
+        return REDACTED
+    if isinstance(obj, str):
+        for needle in needles:
+            if needle in obj:
+                obj = obj.replace(needle, REDACTED)
+        return obj
+    return obj

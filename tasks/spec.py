@@ -1,0 +1,880 @@
+"""The parameters of one ask-batch run, as pydantic v2 models.
+
+Why models and not a dict: the flow takes one ``BatchSpec`` parameter, Prefect turns its JSON schema into the form
+in the UI (every ``Field`` here has a description for that reason), the server validates deployment parameters
+against the schema, and the flow process validates the rest (cross-field rules, local files) *before any cloud API
+call*. Every error names the field and says how to fix it; typos in field names are errors too
+(``extra="forbid"``), because a silently ignored ``paralelism`` would run the wrong job and bill for it.
+
+The models only describe intent. Reading local files, resolving Prefect Secret blocks and building manifests live
+elsewhere (``tasks.manifests``, ``tasks.config``), so this module stays pure and cheap to import.
+
+No ``from __future__ import annotations`` here: Prefect builds the parameter schema of the flow from these
+annotations at import time (see research/prefect.md §2.11).
+"""
+
+import re
+import string
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from tasks.naming import DNS1123_LABEL_RE, is_dns1123_label
+
+# --------------------------------------------------------------------------------------------- syntax helpers
+
+REGION_RE = re.compile(r"^[a-z]{2,}(-[a-z0-9]+)+$")
+DNS1123_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+CS_CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9\u4e00-\u9fa5][-A-Za-z0-9_\u4e00-\u9fa5]{0,62}$")
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+ENV_NAME_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+CONFIG_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
+QUANTITY_RE = re.compile(r"^(?P<num>[0-9]+(\.[0-9]+)?|\.[0-9]+)(?P<suffix>m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+ECI_SPEC_RE = re.compile(r"^([0-9]+(\.[0-9]+)?-[0-9]+(\.[0-9]+)?Gi|ecs\.[a-z0-9][a-z0-9.-]*)$")
+ENDPOINT_RE = re.compile(r"^(https?://)?[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$")
+ANNOTATION_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+#: Env vars ask-batch sets itself for the workload; users may not override them.
+RESERVED_ENV_PREFIX = "ASK_BATCH_"
+#: Env vars that carry the OSS credentials into the pod (read by the OSS v2 SDK's EnvironmentVariable provider).
+OSS_CREDENTIAL_ENV = ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_SESSION_TOKEN")
+
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+
+
+def parse_quantity(text: str) -> float:
+    """A Kubernetes resource quantity as a float in base units ("500m" -> 0.5, "2Gi" -> 2147483648.0)."""
+    m = QUANTITY_RE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity")
+    num, suffix = float(m["num"]), m["suffix"] or ""
+    return num * (_BINARY.get(suffix) or _DECIMAL.get(suffix) or 1.0)
+
+
+def cpu_cores(text: str) -> float:
+    """CPU quantity in cores."""
+    return parse_quantity(text)
+
+
+def memory_gib(text: str) -> float:
+    """Memory quantity in GiB."""
+    return parse_quantity(text) / 2**30
+
+
+def _check_cpu(value: str) -> str:
+    value = str(value).strip()
+    if not QUANTITY_RE.match(value):
+        raise ValueError(f"{value!r} is not a CPU quantity; fix: use cores like '1', '0.5' or millicores like '500m'")
+    if parse_quantity(value) <= 0:
+        raise ValueError(f"{value!r} must be more than zero; fix: use at least '250m'")
+    return value
+
+
+def _check_memory(value: str) -> str:
+    value = str(value).strip()
+    m = QUANTITY_RE.match(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a memory quantity; fix: use a binary suffix like '512Mi' or '2Gi'")
+    if m["suffix"] == "m":
+        raise ValueError(f"{value!r} means milli-bytes; fix: write 'Mi' for mebibytes, e.g. '{m['num']}Mi'")
+    if parse_quantity(value) < 2**20:
+        raise ValueError(f"{value!r} is less than 1Mi; fix: use a binary suffix like '512Mi' or '2Gi'")
+    return value
+
+
+def _check_dns_label(value: str, what: str) -> str:
+    if not is_dns1123_label(value):
+        raise ValueError(
+            f"{value!r} is not a valid {what} (DNS-1123 label: lowercase letters, digits and '-', "
+            f"starting and ending with a letter or digit, at most 63 characters); fix: e.g. "
+            f"{_suggest_label(value)!r}"
+        )
+    return value
+
+
+def _suggest_label(value: str) -> str:
+    s = re.sub(r"[^a-z0-9-]+", "-", value.lower()).strip("-")[:63].strip("-")
+    return s or "my-name"
+
+
+def _check_dns_subdomain(value: str, what: str) -> str:
+    if len(value) > 253 or not DNS1123_SUBDOMAIN_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid {what} (DNS-1123 subdomain: lowercase letters, digits, '-' and '.'); "
+            f"fix: e.g. {_suggest_label(value)!r}"
+        )
+    return value
+
+
+def _check_existing_file(value: str, what: str) -> str:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{what} {value!r} does not exist or is not a file (relative to {Path.cwd()}); "
+                         f"fix: give the path of an existing file")
+    return value
+
+
+def _check_env_names(env: Mapping[str, str], what: str) -> None:
+    for name in env:
+        if not ENV_NAME_RE.match(name):
+            raise ValueError(f"{what} name {name!r} is not a valid environment variable name; "
+                             f"fix: use letters, digits, '_', '-' or '.', not starting with a digit")
+        if name.startswith(RESERVED_ENV_PREFIX) or name in OSS_CREDENTIAL_ENV:
+            raise ValueError(f"{what} name {name!r} is reserved: ask-batch sets it for the workload; "
+                             f"fix: rename it")
+
+
+class _Model(BaseModel):
+    """Base: unknown keys are errors (a typo must not be ignored), values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=False)
+
+
+# --------------------------------------------------------------------------------------------- target
+
+
+class CredentialsSpec(_Model):
+    """Where the Alibaba Cloud AccessKey comes from. Secrets are never parameters: only block *names* are."""
+
+    mode: Literal["default_chain", "secret_blocks"] = Field(
+        "default_chain",
+        description="'default_chain': the Alibaba Cloud default credential chain (env vars "
+        "ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET, ~/.alibabacloud/credentials profile, ECS RAM role, OIDC). "
+        "'secret_blocks': Prefect Secret blocks named below.",
+    )
+    access_key_id_block: str | None = Field(
+        None, description="Name of the Prefect Secret block holding the AccessKey ID (mode 'secret_blocks')."
+    )
+    access_key_secret_block: str | None = Field(
+        None, description="Name of the Prefect Secret block holding the AccessKey secret (mode 'secret_blocks')."
+    )
+    security_token_block: str | None = Field(
+        None, description="Optional Prefect Secret block holding an STS security token (mode 'secret_blocks')."
+    )
+
+    @model_validator(mode="after")
+    def _blocks_given(self) -> "CredentialsSpec":
+        if self.mode == "secret_blocks" and not (self.access_key_id_block and self.access_key_secret_block):
+            raise ValueError("mode 'secret_blocks' needs access_key_id_block and access_key_secret_block; "
+                             "fix: name both Prefect Secret blocks, or use mode 'default_chain'")
+        return self
+
+
+class EndpointOverrides(_Model):
+    """Endpoint overrides: VPC endpoints, a proxy, or a local emulation of the services. Empty means public."""
+
+    cs: str | None = Field(None, description="Container Service API endpoint, e.g. 'cs-vpc.cn-hangzhou.aliyuncs.com'"
+                           " or 'http://127.0.0.1:8081'. Empty: cs.<region>.aliyuncs.com.")
+    nas: str | None = Field(None, description="NAS API endpoint. Empty: nas.<region>.aliyuncs.com.")
+    oss: str | None = Field(None, description="OSS endpoint used by the flow, e.g. 'http://127.0.0.1:9000'. "
+                            "Empty: oss-<region>.aliyuncs.com.")
+    kubernetes: str | None = Field(None, description="Kubernetes API server URL replacing the one in the "
+                                   "cluster's kubeconfig (e.g. through a tunnel). Empty: as in the kubeconfig.")
+
+    @field_validator("cs", "nas", "oss", "kubernetes")
+    @classmethod
+    def _endpoint_syntax(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or value == "":
+            return None
+        if not ENDPOINT_RE.match(value):
+            raise ValueError(f"{value!r} is not an endpoint; fix: write 'host[:port]' or 'http(s)://host[:port]'")
+        return value.rstrip("/")
+
+
+class Target(_Model):
+    """Which Alibaba Cloud region and account to work in, and how to reach the APIs."""
+
+    region: str = Field("cn-hangzhou", description="Region id, e.g. 'cn-hangzhou', 'cn-beijing', 'ap-southeast-1'.")
+    credentials: CredentialsSpec = Field(default_factory=CredentialsSpec,
+                                         description="Where the AccessKey comes from.")
+    endpoints: EndpointOverrides = Field(default_factory=EndpointOverrides,
+                                         description="Optional API endpoint overrides.")
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if not REGION_RE.match(value):
+            raise ValueError(f"{value!r} is not a region id; fix: use the lowercase id such as 'cn-hangzhou' "
+                             f"(not the display name 'China (Hangzhou)')")
+        return value
+
+
+# --------------------------------------------------------------------------------------------- cluster
+
+
+class AskClusterOptions(_Model):
+    """An ACK Serverless (ASK) cluster found by name, created if missing and allowed."""
+
+    name: str = Field("ask-batch", description="Cluster name; an existing ASK cluster with exactly this name "
+                      "in the region is reused.")
+    create_if_missing: bool = Field(True, description="Create the cluster when none has this name. Note: "
+                                    "Alibaba stopped ASK creation for new accounts in 2025 (use ACS, or "
+                                    "cluster mode 'existing').")
+    kubernetes_version: str | None = Field(None, description="Kubernetes version for a new cluster, e.g. "
+                                           "'1.32.1-aliyun.1'. Empty: the latest offered.")
+    cluster_spec: Literal["ack.standard", "ack.pro.small"] = Field(
+        "ack.standard", description="'ack.standard' (Basic, no management fee) or 'ack.pro.small' (Pro).")
+    vpc_id: str | None = Field(None, description="VPC of a new cluster, e.g. 'vpc-bp1...'.")
+    vswitch_ids: list[str] = Field(default_factory=list, description="vSwitches for pods (ECI) of a new cluster; "
+                                   "several zones improve spot and stock availability.")
+    service_cidr: str | None = Field(None, description="Service CIDR; must not overlap the VPC. Empty: "
+                                     "172.19.0.0/20.")
+    snat_entry: bool = Field(True, description="Create a NAT gateway + SNAT so pods reach the Internet "
+                             "(public image registries). The NAT gateway is billed.")
+    endpoint_public_access: bool = Field(True, description="Expose the API server through an EIP so this flow "
+                                         "can reach it from outside the VPC. The EIP is billed.")
+    deletion_protection: bool = Field(False, description="Deletion protection for a new cluster; must stay off "
+                                      "if teardown should delete the cluster.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Extra tags for a new cluster (ask-batch "
+                                 "adds its own managed-by tag).")
+    private_kubeconfig: bool = Field(False, description="Ask CS for the intranet kubeconfig (when this flow "
+                                     "runs inside the VPC).")
+    kubeconfig_minutes: int | None = Field(None, ge=15, le=4320, description="Validity of a temporary "
+                                           "kubeconfig (15..4320 min). Empty: the long-lived user kubeconfig.")
+    ready_timeout_seconds: int = Field(1800, ge=60, description="How long to wait for a new cluster to run.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not CS_CLUSTER_NAME_RE.match(value):
+            raise ValueError(f"{value!r} is not a valid cluster name; fix: 1-63 letters, digits, '-' or '_', "
+                             f"not starting with '-'")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > 19:
+            raise ValueError("at most 19 extra tags (CS allows 20 and ask-batch uses one); fix: drop some")
+        for key in value:
+            if key.startswith(("aliyun", "acs:", "http://", "https://")):
+                raise ValueError(f"tag key {key!r} uses a reserved prefix; fix: rename it")
+        return value
+
+
+class ExistingClusterOptions(_Model):
+    """A cluster ask-batch does not manage: reached through a kubeconfig file or a prefect-kubernetes block."""
+
+    kubeconfig_path: str | None = Field(None, description="Path to a kubeconfig file on the flow's host.")
+    context: str | None = Field(None, description="Kubeconfig context. Empty: the current context.")
+    credentials_block: str | None = Field(None, description="Name of a prefect-kubernetes KubernetesCredentials "
+                                          "block (or a Secret block holding kubeconfig YAML, see secret_block).")
+    kubeconfig_secret_block: str | None = Field(None, description="Name of a Prefect Secret block holding the "
+                                                "kubeconfig YAML as a string (kept masked by Prefect).")
+
+    @field_validator("kubeconfig_path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        return None if value in (None, "") else _check_existing_file(value, "kubeconfig")
+
+
+class ClusterSpec(_Model):
+    """Where the Job runs."""
+
+    mode: Literal["ask", "existing"] = Field("ask", description="'ask': find or create an ASK cluster by name. "
+                                             "'existing': use a kubeconfig or a KubernetesCredentials block.")
+    namespace: str = Field("default", description="Namespace for the Job, ConfigMap, Secret and PVC.")
+    ask: AskClusterOptions = Field(default_factory=AskClusterOptions, description="Options for mode 'ask'.")
+    existing: ExistingClusterOptions = Field(default_factory=ExistingClusterOptions,
+                                             description="Options for mode 'existing'.")
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        return _check_dns_label(value, "namespace")
+
+    @model_validator(mode="after")
+    def _existing_source(self) -> "ClusterSpec":
+        if self.mode == "existing":
+            given = [x for x in (self.existing.kubeconfig_path, self.existing.credentials_block,
+                                 self.existing.kubeconfig_secret_block) if x]
+            if len(given) != 1:
+                raise ValueError("mode 'existing' needs exactly one of existing.kubeconfig_path, "
+                                 "existing.credentials_block, existing.kubeconfig_secret_block; fix: set one")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- storage
+
+
+class NasOptions(_Model):
+    """A General-purpose NAS file system, found by tag or id, created if missing, mounted through a static PV."""
+
+    name: str = Field("ask-batch", description="Logical name: tag 'ask-batch.io/nas' and description of the "
+                      "file system, so a later run finds the same one.")
+    file_system_id: str | None = Field(None, description="Use this file system instead of finding one by name.")
+    create_if_missing: bool = Field(True, description="Create the file system when none is found.")
+    storage_type: Literal["Capacity", "Performance"] = Field("Capacity", description="'Capacity' (cheaper) or "
+                                                             "'Performance' (lower latency).")
+    protocol_type: Literal["NFS"] = Field("NFS", description="Only NFS is mountable from Linux pods.")
+    zone_id: str | None = Field(None, description="Zone for a new file system; empty lets NAS choose.")
+    vpc_id: str | None = Field(None, description="VPC for the mount target. Empty: the cluster's VPC.")
+    vswitch_id: str | None = Field(None, description="vSwitch for the mount target. Empty: the cluster's first.")
+    path: str = Field("/", description="Directory on the file system that the volume exposes.")
+    capacity_gib: int = Field(100, ge=1, description="Capacity written on the PV/PVC (informational: NAS "
+                              "grows on demand and bills used bytes).")
+    mount_options: list[str] = Field(default_factory=lambda: ["nolock,tcp,noresvport", "vers=3"],
+                                     description="NFS mount options of the PV (Alibaba recommends NFSv3).")
+    ready_timeout_seconds: int = Field(600, ge=30, description="Wait for the file system to be Running and the "
+                                       "mount target Active, at most this long.")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/") or ".." in value.split("/"):
+            raise ValueError(f"{value!r} must be an absolute path without '..'; fix: e.g. '/' or '/batch'")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_dns_label(value, "NAS name")
+
+
+class StorageSpec(_Model):
+    """Shared storage mounted into every pod."""
+
+    mode: Literal["none", "pvc", "nas"] = Field("none", description="'none', an existing 'pvc', or a 'nas' "
+                                                "file system managed by ask-batch.")
+    mount_path: str = Field("/mnt/data", description="Where the volume appears in the container; the workload "
+                            "gets it as ASK_BATCH_DATA_DIR.")
+    per_run_subdir: bool = Field(True, description="Mount a sub-directory named after the run key (subPath), so "
+                                 "runs do not see each other's scratch data.")
+    claim_name: str | None = Field(None, description="Existing PVC name (mode 'pvc').")
+    nas: NasOptions = Field(default_factory=NasOptions, description="Options for mode 'nas'.")
+
+    @field_validator("mount_path")
+    @classmethod
+    def _mount(cls, value: str) -> str:
+        return _check_mount_path(value)
+
+    @field_validator("claim_name")
+    @classmethod
+    def _claim(cls, value: str | None) -> str | None:
+        return None if not value else _check_dns_subdomain(value, "PVC name")
+
+    @model_validator(mode="after")
+    def _claim_needed(self) -> "StorageSpec":
+        if self.mode == "pvc" and not self.claim_name:
+            raise ValueError("mode 'pvc' needs claim_name; fix: set storage.claim_name to an existing PVC")
+        return self
+
+
+def _check_mount_path(value: str) -> str:
+    if not value.startswith("/") or value == "/" or ".." in value.split("/") or ":" in value:
+        raise ValueError(f"{value!r} is not a usable mount path; fix: an absolute path like '/mnt/data'")
+    return value.rstrip("/")
+
+
+# --------------------------------------------------------------------------------------------- config
+
+
+class SecretItem(_Model):
+    """One secret value: from a Prefect Secret block (preferred) or a local file. Its value never enters logs."""
+
+    name: str = Field(..., description="File name under the secret mount (secret_files) or environment "
+                      "variable name (secret_env).")
+    block: str | None = Field(None, description="Name of a Prefect Secret block holding the value (a string).")
+    file: str | None = Field(None, description="Path of a local file holding the value.")
+
+    @field_validator("file")
+    @classmethod
+    def _file(cls, value: str | None) -> str | None:
+        return None if not value else _check_existing_file(value, "secret file")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SecretItem":
+        if bool(self.block) == bool(self.file):
+            raise ValueError(f"secret {self.name!r} needs exactly one of block or file; fix: name a Prefect "
+                             f"Secret block, or a local file")
+        return self
+
+
+class ConfigSpec(_Model):
+    """What the pods read: files (ConfigMap), secrets (Secret), env. Content-hashed, immutable objects."""
+
+    files: dict[str, str] = Field(default_factory=dict, description="Inline files: name -> content, mounted "
+                                  "under mount_path (ASK_BATCH_CONFIG_DIR).")
+    local_paths: list[str] = Field(default_factory=list, description="Local files or directories (top-level "
+                                   "files) added to the ConfigMap under their base names.")
+    mount_path: str = Field("/etc/ask-batch/config", description="Where the ConfigMap is mounted.")
+    env: dict[str, str] = Field(default_factory=dict, description="Plain environment variables for the "
+                                "workload (not secret: they appear in the Job manifest).")
+    secret_files: list[SecretItem] = Field(default_factory=list, description="Secret files mounted under "
+                                           "secret_mount_path (ASK_BATCH_SECRET_DIR).")
+    secret_env: list[SecretItem] = Field(default_factory=list, description="Secret environment variables "
+                                         "(through secretKeyRef; values never appear in the Job manifest).")
+    secret_mount_path: str = Field("/etc/ask-batch/secret", description="Where the Secret is mounted.")
+
+    @field_validator("files")
+    @classmethod
+    def _file_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not CONFIG_KEY_RE.match(name) or name in (".", ".."):
+                raise ValueError(f"config file name {name!r} is not a valid ConfigMap key; fix: use letters, "
+                                 f"digits, '-', '_' and '.' only (no '/')")
+        return value
+
+    @field_validator("local_paths")
+    @classmethod
+    def _local_paths(cls, value: list[str]) -> list[str]:
+        for item in value:
+            path = Path(item).expanduser()
+            if not path.exists():
+                raise ValueError(f"local config path {item!r} does not exist (relative to {Path.cwd()}); "
+                                 f"fix: give an existing file or directory")
+            if path.is_file() and not CONFIG_KEY_RE.match(path.name):
+                raise ValueError(f"file name {path.name!r} is not a valid ConfigMap key; fix: rename it")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        _check_env_names(value, "config.env")
+        return value
+
+    @field_validator("mount_path", "secret_mount_path")
+    @classmethod
+    def _mounts(cls, value: str) -> str:
+        return _check_mount_path(value)
+
+    @model_validator(mode="after")
+    def _secret_names(self) -> "ConfigSpec":
+        seen: set[str] = set()
+        for item in self.secret_files:
+            if not CONFIG_KEY_RE.match(item.name):
+                raise ValueError(f"secret file name {item.name!r} is not a valid Secret key; fix: letters, "
+                                 f"digits, '-', '_' and '.' only")
+            if item.name in seen:
+                raise ValueError(f"secret file {item.name!r} is listed twice; fix: keep one")
+            seen.add(item.name)
+        _check_env_names({i.name: "" for i in self.secret_env}, "config.secret_env")
+        for item in self.secret_env:
+            if item.name in self.env:
+                raise ValueError(f"{item.name!r} is both in config.env and config.secret_env; fix: keep one")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- job
+
+
+class EciOptions(_Model):
+    """Elastic Container Instance options, written as annotations on the pod template (ASK pods are ECIs)."""
+
+    use_specs: list[str] = Field(default_factory=list, description="Up to 5 candidate instance specs, tried in "
+                                 "order: '2-4Gi' (vCPU-memory) or ECS types like 'ecs.c6.large'. Empty: from "
+                                 "the container resources.")
+    spot_strategy: Literal["None", "SpotAsPriceGo", "SpotWithPriceLimit"] = Field(
+        "None", description="Preemptible (spot) instances: 'None' (pay-as-you-go), 'SpotAsPriceGo' (market "
+        "price), 'SpotWithPriceLimit' (capped by spot_price_limit).")
+    spot_price_limit: float | None = Field(None, gt=0, description="Max hourly price (CNY/USD per hour, ≤3 "
+                                           "decimals) for 'SpotWithPriceLimit'.")
+    spot_duration_hours: int | None = Field(None, ge=0, le=6, description="Spot protection period in hours "
+                                            "(default 1; 0 = none).")
+    spot_fallback: bool = Field(True, description="Fall back to pay-as-you-go when there is no spot stock.")
+    image_cache: bool = Field(True, description="Let ECI match an image cache automatically (faster starts).")
+    image_snapshot_id: str | None = Field(None, description="A specific image cache id ('imc-...').")
+    extra_ephemeral_storage: str | None = Field(None, description="Extra temporary storage beyond the free "
+                                                "30 GiB, e.g. '50Gi' (billed).")
+    ram_role_name: str | None = Field(None, description="RAM role assumed by the pods (e.g. to reach OSS "
+                                      "without AccessKeys).")
+    fail_on_create_error: bool = Field(True, description="Mark a pod Failed when ECI cannot create it, instead "
+                                       "of leaving it Pending while ECI retries.")
+    extra_annotations: dict[str, str] = Field(default_factory=dict, description="Other pod annotations, e.g. "
+                                              "'k8s.aliyun.com/eci-vswitch'.")
+
+    @field_validator("use_specs")
+    @classmethod
+    def _specs(cls, value: list[str]) -> list[str]:
+        if len(value) > 5:
+            raise ValueError("at most 5 specs; fix: keep the 5 you prefer, in order")
+        for spec in value:
+            if not ECI_SPEC_RE.match(spec):
+                raise ValueError(f"{spec!r} is not an ECI spec; fix: write '2-4Gi' or an ECS type like "
+                                 f"'ecs.c6.large'")
+        return value
+
+    @field_validator("spot_price_limit")
+    @classmethod
+    def _price(cls, value: float | None) -> float | None:
+        if value is not None and round(value, 3) != value:
+            raise ValueError(f"{value} has more than 3 decimals; fix: round it, e.g. {round(value, 3)}")
+        return value
+
+    @field_validator("image_snapshot_id")
+    @classmethod
+    def _snapshot(cls, value: str | None) -> str | None:
+        if value and not value.startswith("imc-"):
+            raise ValueError(f"{value!r} is not an image cache id; fix: ids start with 'imc-'")
+        return value or None
+
+    @field_validator("extra_ephemeral_storage")
+    @classmethod
+    def _storage(cls, value: str | None) -> str | None:
+        return None if not value else _check_memory(value)
+
+    @field_validator("extra_annotations")
+    @classmethod
+    def _annotations(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not ANNOTATION_KEY_RE.match(key):
+                raise ValueError(f"annotation key {key!r} is invalid; fix: 'prefix/name' with a DNS prefix")
+        return value
+
+    @model_validator(mode="after")
+    def _price_needed(self) -> "EciOptions":
+        if self.spot_strategy == "SpotWithPriceLimit" and self.spot_price_limit is None:
+            raise ValueError("spot_strategy 'SpotWithPriceLimit' needs spot_price_limit; fix: set the max hourly "
+                             "price, or use 'SpotAsPriceGo'")
+        if self.spot_strategy != "SpotWithPriceLimit" and self.spot_price_limit is not None:
+            raise ValueError("spot_price_limit is only used with spot_strategy 'SpotWithPriceLimit'; fix: set "
+                             "that strategy or remove the limit")
+        return self
+
+
+class JobSpec(_Model):
+    """The Kubernetes Job: what runs, how many times, how failures are handled."""
+
+    image: str = Field(..., description="Container image, e.g. 'registry.cn-hangzhou.aliyuncs.com/me/app:1.0'.")
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field("IfNotPresent",
+                                                                         description="Image pull policy.")
+    command: list[str] | None = Field(None, description="Container command (entrypoint). Empty: the image's.")
+    args: list[str] = Field(default_factory=list, description="Container arguments.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables of the container.")
+    cpu: str = Field("1", description="CPU request per pod: cores ('1', '0.5') or millicores ('500m').")
+    memory: str = Field("2Gi", description="Memory request per pod, e.g. '512Mi', '2Gi'.")
+    cpu_limit: str | None = Field(None, description="CPU limit. Empty: equal to the request (ECI sizes the "
+                                  "instance from it).")
+    memory_limit: str | None = Field(None, description="Memory limit. Empty: equal to the request.")
+    completions: int = Field(1, ge=1, le=100_000, description="How many indexes (successful pods) the Job needs.")
+    parallelism: int = Field(1, ge=1, le=100_000, description="How many pods run at once (≤ completions).")
+    completion_mode: Literal["Indexed", "NonIndexed"] = Field(
+        "Indexed", description="'Indexed': each pod gets JOB_COMPLETION_INDEX 0..completions-1 (its shard).")
+    backoff_limit: int | None = Field(3, ge=0, description="Pod failures allowed for the whole Job before it "
+                                      "fails. Empty with backoff_limit_per_index: unlimited.")
+    backoff_limit_per_index: int | None = Field(None, ge=0, description="Retries allowed per index (Indexed "
+                                                "only); a failing index does not stop the others.")
+    max_failed_indexes: int | None = Field(None, ge=0, description="With backoff_limit_per_index: fail the Job "
+                                           "once this many indexes failed.")
+    pod_failure_policy: dict[str, Any] | None = Field(None, description="Kubernetes podFailurePolicy, e.g. "
+                                                      "{'rules': [{'action': 'FailJob', 'onExitCodes': "
+                                                      "{'operator': 'In', 'values': [42]}}]}.")
+    active_deadline_seconds: int | None = Field(3600, ge=1, description="Kill the Job after this many seconds "
+                                                "(a cost cap). Empty: no deadline.")
+    restart_policy: Literal["Never", "OnFailure"] = Field("Never", description="'Never': a failed container "
+                                                          "makes a new pod (keeps its log and exit code).")
+    ttl_seconds_after_finished: int | None = Field(3600, ge=0, description="Kubernetes deletes the finished "
+                                                   "Job after this long (logs are saved before).")
+    service_account: str | None = Field(None, description="Service account of the pods.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector (rarely needed on "
+                                          "ASK).")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations, as Kubernetes "
+                                              "objects.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the Job and its pods.")
+    eci: EciOptions = Field(default_factory=EciOptions, description="ECI options (pod annotations).")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("the image is missing; fix: set job.image, e.g. 'python:3.11-slim'")
+        if any(c.isspace() for c in value) or value != value.strip("/:@"):
+            raise ValueError(f"{value!r} is not an image reference; fix: 'registry/repo:tag'")
+        return value
+
+    @field_validator("cpu", "cpu_limit")
+    @classmethod
+    def _cpu(cls, value: str | None) -> str | None:
+        return None if value is None else _check_cpu(value)
+
+    @field_validator("memory", "memory_limit")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        return None if value is None else _check_memory(value)
+
+    @field_validator("parallelism")
+    @classmethod
+    def _parallelism(cls, value: int, info: ValidationInfo) -> int:
+        completions = info.data.get("completions")
+        if completions is not None and value > completions:
+            raise ValueError(f"parallelism {value} is more than completions {completions}: the extra pods would "
+                             f"never get an index; fix: set parallelism to at most {completions}")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        _check_env_names(value, "job.env")
+        return value
+
+    @field_validator("service_account")
+    @classmethod
+    def _sa(cls, value: str | None) -> str | None:
+        return None if not value else _check_dns_subdomain(value, "service account name")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if not ANNOTATION_KEY_RE.match(key) or key.startswith(("ask-batch.io/", "app.kubernetes.io/managed-by")):
+                raise ValueError(f"label key {key!r} is invalid or reserved; fix: 'prefix/name', not ask-batch.io/")
+            if val and not re.match(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$", val):
+                raise ValueError(f"label value {val!r} is invalid; fix: ≤63 letters, digits, '-', '_', '.'")
+        return value
+
+    @field_validator("pod_failure_policy")
+    @classmethod
+    def _pfp(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not value:
+            return None
+        rules = value.get("rules")
+        if not isinstance(rules, list) or not rules or set(value) != {"rules"}:
+            raise ValueError("pod_failure_policy must be {'rules': [...]} with at least one rule; fix: see "
+                             "kubernetes.io/docs/tasks/job/pod-failure-policy")
+        for rule in rules:
+            if not isinstance(rule, dict) or rule.get("action") not in ("FailJob", "Ignore", "Count", "FailIndex"):
+                raise ValueError("each pod_failure_policy rule needs action FailJob, Ignore, Count or FailIndex")
+            if ("onExitCodes" in rule) == ("onPodConditions" in rule):
+                raise ValueError("each pod_failure_policy rule needs exactly one of onExitCodes, onPodConditions")
+        return value
+
+    @model_validator(mode="after")
+    def _cross(self) -> "JobSpec":
+        if self.backoff_limit_per_index is not None and self.completion_mode != "Indexed":
+            raise ValueError("backoff_limit_per_index needs completion_mode 'Indexed'; fix: set it or remove the "
+                             "per-index limit")
+        if self.max_failed_indexes is not None and self.backoff_limit_per_index is None:
+            raise ValueError("max_failed_indexes needs backoff_limit_per_index; fix: set both")
+        uses_fail_index = any(r.get("action") == "FailIndex" for r in (self.pod_failure_policy or {}).get("rules", []))
+        if uses_fail_index and self.backoff_limit_per_index is None:
+            raise ValueError("pod_failure_policy action FailIndex needs backoff_limit_per_index; fix: set it")
+        if (self.pod_failure_policy or self.backoff_limit_per_index is not None) and self.restart_policy != "Never":
+            raise ValueError("pod_failure_policy and backoff_limit_per_index need restart_policy 'Never'")
+        for req, lim, what in ((self.cpu, self.cpu_limit, "cpu"), (self.memory, self.memory_limit, "memory")):
+            if lim is not None and parse_quantity(lim) < parse_quantity(req):
+                raise ValueError(f"{what}_limit {lim} is below the {what} request {req}; fix: raise the limit "
+                                 f"or lower the request")
+        return self
+
+
+class WaitSpec(_Model):
+    """How wait_for_job watches the Job and when it gives up early."""
+
+    fail_fast_grace_seconds: int = Field(90, ge=0, description="A pod stuck in ImagePullBackOff, Unschedulable, "
+                                         "CreateContainerConfigError or ECI creation failure for this long fails "
+                                         "the run (a registry can be briefly unreachable).")
+    timeout_seconds: int | None = Field(None, ge=1, description="Give up waiting after this long. Empty: the "
+                                        "Job's active deadline plus 10 minutes.")
+    stream_logs: bool = Field(True, description="Stream every pod's log lines into the Prefect run log.")
+    log_tail_lines: int = Field(20, ge=0, le=1000, description="Lines of a failed pod's log quoted in the error.")
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+class OutputsSpec(_Model):
+    """Where the pods put their results in OSS, what counts as complete, and what the flow does with them."""
+
+    bucket: str = Field("ask-batch-outputs", description="OSS bucket for outputs (and saved pod logs).")
+    create_bucket: bool = Field(True, description="Create the bucket if it does not exist.")
+    prefix_template: str = Field("ask-batch/{run_key}/", description="Prefix of one run's outputs. Fields: "
+                                 "{run_key}, {flow_run_name}.")
+    index_template: str = Field("index-{index:05d}/", description="Sub-prefix of one index, under the run "
+                                "prefix. Must contain {index}.")
+    completeness: Literal["marker", "min_objects"] = Field(
+        "marker", description="'marker': every index wrote marker_name; 'min_objects': every index wrote at "
+        "least min_objects objects.")
+    marker_name: str = Field("_SUCCESS", description="Name of the per-index done-marker object.")
+    min_objects: int = Field(1, ge=1, description="For 'min_objects': objects each index must write.")
+    download: bool = Field(True, description="Download the outputs (checksums verified); off: record only.")
+    download_dir: str = Field("outputs", description="Local directory; files land in "
+                              "<download_dir>/<flow-run-name>/.")
+    presigned_links: bool = Field(False, description="Put presigned download links in the outputs table.")
+    presign_expiry_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600, description="Validity of presigned links.")
+    pod_endpoint: str | None = Field(None, description="OSS endpoint the pods use. Empty: the OSS endpoint "
+                                     "override if set, else the region's internal endpoint "
+                                     "(oss-<region>-internal.aliyuncs.com).")
+    pod_credentials: Literal["target", "ram_role"] = Field(
+        "target", description="'target': the flow's AccessKey reaches pods through the Secret (env "
+        "OSS_ACCESS_KEY_ID/_SECRET); 'ram_role': pods use job.eci.ram_role_name, no keys are shipped.")
+    max_parallel_downloads: int = Field(8, ge=1, le=64, description="Parallel downloads.")
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        if not BUCKET_RE.match(value):
+            raise ValueError(f"{value!r} is not an OSS bucket name; fix: 3-63 lowercase letters, digits and "
+                             f"'-', starting and ending with a letter or digit")
+        return value
+
+    @field_validator("prefix_template")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        fields = _template_fields(value, "prefix_template")
+        unknown = fields - {"run_key", "flow_run_name"}
+        if unknown:
+            raise ValueError(f"unknown field(s) {sorted(unknown)} in prefix_template; fix: use {{run_key}} or "
+                             f"{{flow_run_name}}")
+        if value.startswith("/"):
+            raise ValueError("prefix_template must not start with '/'; fix: drop the leading slash")
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("index_template")
+    @classmethod
+    def _index(cls, value: str) -> str:
+        fields = _template_fields(value, "index_template")
+        if fields != {"index"}:
+            raise ValueError("index_template must use exactly the field {index}; fix: e.g. 'index-{index:05d}/'")
+        try:
+            value.format(index=0)
+        except (ValueError, IndexError) as exc:
+            raise ValueError(f"index_template cannot be formatted ({exc}); fix: e.g. 'index-{{index:05d}}/'") from exc
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("marker_name")
+    @classmethod
+    def _marker(cls, value: str) -> str:
+        if not value or "/" in value:
+            raise ValueError(f"{value!r} is not a marker object name; fix: a plain name like '_SUCCESS'")
+        return value
+
+
+def _template_fields(template: str, what: str) -> set[str]:
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{what} is not a valid template ({exc}); fix: balance the braces") from exc
+    return {name for _, name, _, _ in parsed if name is not None}
+
+
+# --------------------------------------------------------------------------------------------- teardown
+
+Policy = Literal["always", "on_success", "never"]
+
+
+class TeardownSpec(_Model):
+    """What to delete at the end (after success, failure or cancellation)."""
+
+    job: Policy = Field("always", description="The Job and its pods (logs are saved to OSS before).")
+    config: Policy = Field("always", description="The ConfigMap and Secret.")
+    volume: Policy = Field("always", description="The run's PV and PVC (the data on NAS stays).")
+    nas: Policy = Field("never", description="The NAS file system and its mount target (data is lost!).")
+    cluster: Policy = Field("never", description="The ASK cluster (only one ask-batch created).")
+    delete_everything: bool = Field(False, description="Pure pay-per-use: delete all of the above always, "
+                                    "whatever the per-resource settings say.")
+
+    def effective(self) -> dict[str, Policy]:
+        """The policy per resource after applying ``delete_everything``."""
+        names = ("job", "config", "volume", "nas", "cluster")
+        if self.delete_everything:
+            return {n: "always" for n in names}
+        return {n: getattr(self, n) for n in names}
+
+
+# --------------------------------------------------------------------------------------------- the whole
+
+
+class BatchSpec(_Model):
+    """One ask-batch run: where, what, and what to do with the results."""
+
+    run_key: str | None = Field(None, description="Stable key naming everything this run creates, so a retry "
+                                "re-attaches instead of starting again. Empty: derived from the flow run name.")
+    target: Target = Field(default_factory=Target, description="Region, credentials, endpoints.")
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="The cluster the Job runs on.")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="Shared volume for the pods.")
+    config: ConfigSpec = Field(default_factory=ConfigSpec, description="Files, secrets and env for the pods.")
+    job: JobSpec = Field(..., description="The batch Job.")
+    wait: WaitSpec = Field(default_factory=WaitSpec, description="Watching the Job.")
+    outputs: OutputsSpec = Field(default_factory=OutputsSpec, description="Outputs in OSS.")
+    teardown: TeardownSpec = Field(default_factory=TeardownSpec, description="Cleanup policy.")
+
+    @field_validator("run_key")
+    @classmethod
+    def _run_key(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if len(value) > 40 or not DNS1123_LABEL_RE.match(value):
+            raise ValueError(f"{value!r} is not a valid run key (DNS-1123 label of at most 40 characters); fix: "
+                             f"e.g. {_suggest_label(value)[:40].strip('-')!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _cross(self) -> "BatchSpec":
+        mounts = {"config.mount_path": self.config.mount_path,
+                  "config.secret_mount_path": self.config.secret_mount_path}
+        if self.storage.mode != "none":
+            mounts["storage.mount_path"] = self.storage.mount_path
+        items = list(mounts.items())
+        for i, (name_a, a) in enumerate(items):
+            for name_b, b in items[i + 1:]:
+                if a == b or a.startswith(b + "/") or b.startswith(a + "/"):
+                    raise ValueError(f"{name_a} {a!r} and {name_b} {b!r} overlap; fix: give them separate "
+                                     f"directories")
+        clash = set(self.config.env) & set(self.job.env)
+        if clash:
+            raise ValueError(f"{sorted(clash)} set in both config.env and job.env; fix: keep one")
+        if self.outputs.pod_credentials == "ram_role" and not self.job.eci.ram_role_name:
+            raise ValueError("outputs.pod_credentials 'ram_role' needs job.eci.ram_role_name; fix: set the RAM "
+                             "role, or use 'target'")
+        if (self.storage.mode == "nas" and self.cluster.mode == "existing"
+                and not (self.storage.nas.vpc_id and self.storage.nas.vswitch_id)):
+            raise ValueError("storage.nas with cluster mode 'existing' needs storage.nas.vpc_id and "
+                             "storage.nas.vswitch_id (the cluster's VPC is unknown); fix: set both")
+        if (self.cluster.mode == "ask" and self.teardown.effective()["cluster"] != "never"
+                and self.cluster.ask.deletion_protection):
+            raise ValueError("teardown deletes the cluster but cluster.ask.deletion_protection is on; fix: turn "
+                             "one of them off")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+class SpecError(ValueError):
+    """Invalid parameters: one line per problem, each naming the field (dotted path) and the fix."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        lines = "\n".join(f"  - {field}: {msg}" for field, msg in problems)
+        super().__init__(f"invalid ask-batch parameters ({len(problems)} problem(s)):\n{lines}")
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(spec)"
+
+
+def spec_error_from(exc: ValidationError, *, root: str = "") -> SpecError:
+    """Turn a pydantic ValidationError into a SpecError with dotted field paths and readable messages."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        field = _loc(tuple(err["loc"]))
+        if root:
+            field = f"{root}.{field}" if field != "(spec)" else root
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field; fix: check the spelling (see the parameter form for the known fields)"
+        elif err["type"] == "missing":
+            msg = "required; fix: set it"
+        problems.append((field, msg))
+    return SpecError(problems)
+
+
+def parse_spec(data: Mapping[str, Any] | BatchSpec) -> BatchSpec:
+    """Validate parameters into a ``BatchSpec``; raise ``SpecError`` naming every bad field.
+
+    Example:
+        >>> parse_spec({"job": {"image": "python:3.11", "completions": 2, "parallelism": 3}})
+        Traceback (most recent call last):
+        tasks.spec.SpecError: invalid ask-batch parameters (1 problem(s)):
+          - job.parallelism: parallelism 3 is more than completions 2: ...
+    """
+    if isinstance(data, BatchSpec):
+        data = data.model_dump(mode="json")
+    try:
+        return BatchSpec.model_validate(dict(data))
+    except ValidationError as exc:
+        raise spec_error_from(exc) from None

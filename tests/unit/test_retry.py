@@ -1,0 +1,73 @@
+"""Retry helper: transient errors are retried with backoff, permanent ones surface the service's code."""
+
+import pytest
+from alibabacloud_tea_openapi.exceptions import ClientException, ServerException, ThrottlingException
+
+from tasks.retry import CloudError, backoff_delays, call, classify
+
+
+class Flaky:
+    def __init__(self, errors, result="ok"):
+        self.errors, self.result, self.calls = list(errors), result, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.result
+
+
+def api_exception(status, body=""):
+    from kubernetes.client.exceptions import ApiException
+
+    exc = ApiException(status=status, reason="r")
+    exc.body = body
+    return exc
+
+
+TRANSIENT = [
+    ServerException(code="InternalError", message="boom", status_code=500, request_id="R1"),
+    ThrottlingException(code="Throttling", message="slow down", status_code=400, retry_after=1),
+    ClientException(code="Throttling.User", message="too many", status_code=400),
+    ConnectionResetError("reset by peer"),
+    api_exception(503),
+    api_exception(429),
+    api_exception(0),
+]
+
+
+@pytest.mark.parametrize("error", TRANSIENT, ids=lambda e: type(e).__name__)
+def test_transient_errors_are_retried(error):
+    sleeps = []
+    fn = Flaky([error, error])
+    assert call(fn, service="CS", operation="Op", sleep=sleeps.append) == "ok"
+    assert fn.calls == 3 and len(sleeps) == 2
+
+
+def test_permanent_error_surfaces_code_and_message_at_once():
+    fn = Flaky([ClientException(code="ErrorClusterNotFound", message="no such cluster", status_code=404,
+                                request_id="RID-7")])
+    with pytest.raises(CloudError) as err:
+        call(fn, service="CS", operation="DescribeClusterDetail", sleep=lambda s: None)
+    assert fn.calls == 1
+    assert err.value.code == "ErrorClusterNotFound" and err.value.status == 404
+    assert "ErrorClusterNotFound" in str(err.value) and "RID-7" in str(err.value)
+    assert "no such cluster" in str(err.value)
+
+
+def test_gives_up_after_the_attempts():
+    fn = Flaky([ServerException(code="InternalError", message="x", status_code=503)] * 10)
+    with pytest.raises(CloudError) as err:
+        call(fn, service="NAS", operation="Op", attempts=3, sleep=lambda s: None)
+    assert fn.calls == 3 and err.value.transient
+
+
+def test_kubernetes_status_reason_is_used():
+    err = classify(api_exception(409, '{"reason": "AlreadyExists", "message": "jobs \\"x\\" exists"}'),
+                   service="Kubernetes", operation="create Job")
+    assert err.code == "AlreadyExists" and not err.transient and err.status == 409
+
+
+def test_backoff_grows_and_is_capped():
+    delays = backoff_delays(8, base=1, cap=10, jitter=0)
+    assert delays[:4] == [1, 2, 4, 8] and max(delays) == 10

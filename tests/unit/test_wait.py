@@ -1,0 +1,51 @@
+"""wait_for_job pieces that need no cluster: per-index records and the log follower."""
+
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+from tasks.wait import PodLog, build_records
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def pod(name, index, phase, code=None, created="2026-01-01T11:00:00Z"):
+    state = {"terminated": {"exitCode": code, "reason": "Error" if code else "Completed",
+                            "startedAt": "2026-01-01T11:00:00Z", "finishedAt": "2026-01-01T11:00:30Z"}}
+    return {"metadata": {"name": name, "creationTimestamp": created,
+                         "annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
+            "status": {"phase": phase, "containerStatuses": [{"name": "workload", "state": state}]}}
+
+
+def test_records_take_the_last_attempt_and_sum_time():
+    pods = {"a": pod("a", 0, "Failed", 1, "2026-01-01T11:00:00Z"),
+            "b": pod("b", 0, "Succeeded", 0, "2026-01-01T11:01:00Z"),
+            "c": pod("c", 1, "Failed", 42)}
+    recs = build_records(pods, 3, now=NOW)
+    assert [r.status for r in recs] == ["succeeded", "failed", "pending"]
+    assert recs[0].attempts == 2 and recs[0].pod == "b" and recs[0].seconds == 60
+    assert recs[1].exit_code == 42 and recs[1].reason == "Error"
+
+
+class FakeCore:
+    def __init__(self, chunks_per_call):
+        self.calls = list(chunks_per_call)
+
+    def read_namespaced_pod_log(self, *args, **kwargs):
+        chunks = self.calls.pop(0)
+        if isinstance(chunks, Exception):
+            raise chunks
+        return SimpleNamespace(stream=lambda n: iter(chunks))
+
+    def read_namespaced_pod(self, *args, **kwargs):
+        phase = "Running" if self.calls else "Succeeded"
+        return SimpleNamespace(status=SimpleNamespace(phase=phase))
+
+
+def test_pod_log_reconnects_without_duplicates(tmp_path):
+    emitted = []
+    core = FakeCore([[b"one\ntw", b"o\n"], [b"one\ntwo\nthree\n"]])  # second stream replays from the start
+    pl = PodLog(core, "ns", "p-1", 4, emitted.append, tmp_path)
+    pl.start()
+    assert pl.finished.wait(10)
+    assert emitted == ["[idx=4 pod=p-1] one", "[idx=4 pod=p-1] two", "[idx=4 pod=p-1] three"]
+    assert (tmp_path / "p-1.log").read_text() == "one\ntwo\nthree\n"
