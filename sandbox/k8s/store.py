@@ -269,13 +269,14 @@ class Store:
                 if self._key(rt, meta.get("namespace"), candidate) not in self.objects[plural]:
                     meta["name"] = candidate
                     break
+        meta.pop("uid", None)  # a client's uid never survives; admission may assign one (a Job's selector)
         self._admit(plural, "CREATE", obj, None)
         key = self._key(rt, meta.get("namespace"), meta["name"])
         if key in self.objects[plural]:
             raise errors.already_exists(rt.group, plural, meta["name"])
         for k in ("deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion", "selfLink"):
             meta.pop(k, None)
-        meta["uid"] = str(uuid.uuid4())
+        meta["uid"] = meta.get("uid") or str(uuid.uuid4())
         meta["creationTimestamp"] = now_iso()
         if rt.has_status or plural == "jobs":
             meta["generation"] = 1
@@ -376,13 +377,42 @@ class Store:
         if dry_run:
             return clone(new)
         new["metadata"]["resourceVersion"] = str(self._next_rv())
-        # A finalizer list emptied on an object being deleted completes its deletion.
-        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+        # A finalizer list emptied on an object being deleted completes its deletion, unless a graceful
+        # deletion is still running (a pod whose kubelet has not finished: grace > 0), as the real
+        # registry's shouldDeleteDuringUpdate decides.
+        if (new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers")
+                and not current["metadata"].get("deletionGracePeriodSeconds")):
             self._put(plural, key, new)
             self._finish_delete(plural, key)
             return clone(new)
         self._put(plural, key, new)
         self._emit("MODIFIED", plural, new, current)
+        return clone(new)
+
+    def bind(self, namespace: str | None, name: str, node_name: str, *, uid: str | None = None) -> Obj:
+        """The pods/binding subresource: set `spec.nodeName` and `PodScheduled=True` in one write.
+
+        Like the real registry it refuses a pod that is already bound (409) or being deleted."""
+        key = self._key(self.rtype("pods"), namespace, name)
+        current = self.objects["pods"].get(key)
+        if current is None or (uid and current["metadata"]["uid"] != uid):
+            raise errors.not_found("", "pods", name)
+        if (current.get("spec") or {}).get("nodeName"):
+            raise errors.ApiError(409, "Conflict", f"pod {name} is already assigned to node "
+                                  f"\"{current['spec']['nodeName']}\"")
+        if current["metadata"].get("deletionTimestamp"):
+            raise errors.ApiError(409, "Conflict", f"pod {name} is being deleted, cannot be assigned to a host")
+        new = clone(current)
+        new.setdefault("spec", {})["nodeName"] = node_name
+        status = new.setdefault("status", {})
+        status.setdefault("phase", "Pending")
+        conditions = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]
+        conditions.append({"type": "PodScheduled", "status": "True", "lastProbeTime": None,
+                           "lastTransitionTime": now_iso()})
+        status["conditions"] = conditions
+        new["metadata"]["resourceVersion"] = str(self._next_rv())
+        self._put("pods", key, new)
+        self._emit("MODIFIED", "pods", new, current)
         return clone(new)
 
     def mutate(self, plural: str, namespace: str | None, name: str, fn: Callable[[Obj], None],
@@ -471,11 +501,28 @@ class Store:
         self._emit("DELETED", plural, obj)
 
     def finish_delete(self, plural: str, namespace: str | None, name: str) -> None:
-        """Remove an object whose graceful deletion is over (what the kubelet does with grace 0)."""
+        """End a graceful deletion (what the kubelet's final delete with grace 0 does).
+
+        Like the real registry, an object that still has finalizers (e.g. the Job controller's
+        `batch.kubernetes.io/job-tracking`) is not removed: its grace period drops to 0 and removing
+        the last finalizer then removes it."""
         rt = self.rtype(plural)
         key = self._key(rt, namespace, name)
-        if key in self.objects[plural]:
+        current = self.objects[plural].get(key)
+        if current is None:
+            return
+        meta = current["metadata"]
+        if not meta.get("finalizers"):
             self._finish_delete(plural, key)
+            return
+        if meta.get("deletionTimestamp") and meta.get("deletionGracePeriodSeconds") == 0:
+            return
+        new = clone(current)
+        new["metadata"].setdefault("deletionTimestamp", now_iso())
+        new["metadata"]["deletionGracePeriodSeconds"] = 0
+        new["metadata"]["resourceVersion"] = str(self._next_rv())
+        self._put(plural, key, new)
+        self._emit("MODIFIED", plural, new, current)
 
     def _orphan_dependents(self, owner_uid: str) -> None:
         for plural, key in list(self.dependents_of.get(owner_uid, ())):
