@@ -67,3 +67,63 @@ class JobReport(BaseModel):
     succeeded: bool = Field(description="The Job completed.")
     reason: str | None = Field(None, description="Why it failed (Job condition or fail-fast diagnosis).")
     indexes: list[IndexRecord] = Field(default_factory=list, description="Per-index record.")
+
+
+class OutputObject(BaseModel):
+    key: str = Field(description="OSS object key.")
+    size: int = Field(description="Size in bytes, as listed.")
+    etag: str | None = Field(None, description="ETag, as listed.")
+    crc64: str | None = Field(None, description="CRC-64/ECMA the server reported (x-oss-hash-crc64ecma).")
+    local_path: str | None = Field(None, description="Where it was saved (only when downloaded and verified).")
+    verified: bool = Field(False, description="The local copy matched the size and checksum.")
+    link: str | None = Field(None, description="Presigned download link, when enabled.")
+
+
+class IndexOutputs(BaseModel):
+    index: int = Field(description="Completion index.")
+    prefix: str = Field(description="The index's OSS prefix.")
+    complete: bool = Field(description="Complete per outputs.completeness and, if downloaded, verified.")
+    problem: str | None = Field(None, description="Why it is not complete.")
+    objects: list[OutputObject] = Field(default_factory=list, description="Objects under the prefix.")
+    log_keys: list[str] = Field(default_factory=list, description="Saved pod logs of this index (OSS keys).")
+
+
+class OutputManifest(BaseModel):
+    bucket: str = Field(description="OSS bucket.")
+    prefix: str = Field(description="The run's OSS prefix.")
+    download_dir: str | None = Field(None, description="Local directory holding this run's files (None: "
+                                     "record only).")
+    complete: bool = Field(description="Every index complete (and verified, when downloaded).")
+    missing: list[int] = Field(default_factory=list, description="Indexes that are not complete.")
+    indexes: list[IndexOutputs] = Field(default_factory=list, description="Per-index outputs.")
+    log_keys: dict[str, str] = Field(default_factory=dict, description="Pod name -> saved log key.")
+    other_keys: list[str] = Field(default_factory=list, description="Objects under the run prefix that belong "
+                                  "to no index (besides logs).")
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(o.size for i in self.indexes for o in i.objects)
+
+
+class TeardownItem(BaseModel):
+    kind: str = Field(description="Job, ConfigMap, Secret, PersistentVolumeClaim, PersistentVolume, "
+                      "NasMountTarget, NasFileSystem, Cluster.")
+    name: str = Field(description="Name or id.")
+    why: str = Field(description="What happened and why (policy, already gone, the error).")
+
+
+class TeardownReport(BaseModel):
+    deleted: list[TeardownItem] = Field(default_factory=list, description="Deleted (or found already gone).")
+    kept: list[TeardownItem] = Field(default_factory=list, description="Kept on purpose, with the reason.")
+    failed: list[TeardownItem] = Field(default_factory=list, description="Could not be deleted: the error.")
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def lines(self) -> list[str]:
+        """One human line per item, for logs and summaries."""
+        out = []
+        for label, items in (("deleted", self.deleted), ("kept", self.kept), ("FAILED", self.failed)):
+            out += [f"{label}: {i.kind} {i.name} ({i.why})" for i in items]
+        return out

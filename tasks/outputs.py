@@ -1,0 +1,439 @@
+"""Stage collect_outputs: check that every index wrote its outputs to OSS, save the pod logs next to them, and
+bring the files home verified.
+
+Why each step is the way it is:
+
+- **Completeness is judged per index, for every index 0..completions-1**, from the listing of the run prefix
+  (paginated: a run of 10 000 tiny files is 10+ pages). An index is complete when its done-marker exists
+  (``completeness: marker``; the workload writes it last) or when it has at least ``min_objects`` objects. A
+  Job that "succeeded" but whose pods silently skipped the upload is caught here, not by the user a week later.
+- **Pod logs are uploaded first** to ``<run prefix>logs/<pod>.log`` from the files ``wait_for_job`` wrote, so
+  they outlive pod deletion and ``ttlSecondsAfterFinished`` even when the outputs turn out incomplete.
+- **Downloads are verified**: each object streams to a temporary name while its CRC-64/ECMA is computed, and is
+  renamed into place only when size and CRC match what OSS reports (``x-oss-hash-crc64ecma``; the listing has
+  no CRC, so the GET response's header is used, or a HEAD for a file already on disk). A file already downloaded
+  and still matching is not fetched again, so re-running the stage is cheap; a corrupted local copy is replaced.
+- **Half-collected is never complete**: a missing marker, too few objects, or a download that cannot be
+  verified marks the index incomplete, and the stage raises ``OutputsIncomplete`` naming the indexes and the
+  prefix, with the manifest attached (what *was* collected is still useful for debugging).
+
+Presigned links, when enabled, carry the AccessKey *id* (never the secret) and, with STS credentials, the
+security token: anyone holding such a link can read that object until it expires. That is what they are for.
+"""
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.handles import IndexOutputs, JobReport, OutputManifest, OutputObject
+from tasks.manifests import index_prefix, run_prefix
+from tasks.retry import CloudError, call
+from tasks.spec import BatchSpec, OutputsSpec
+from tasks.stage import RETRY_DELAYS, Scrubber, credentials, stage_logs, transient_only
+
+log = logging.getLogger("ask_batch.outputs")
+
+LOGS_DIR = "logs/"
+DOWNLOAD_ATTEMPTS = 3
+CHUNK = 1 << 20
+ARTIFACT_MAX_ROWS = 500
+
+
+class OutputsIncomplete(RuntimeError):
+    """Some indexes did not produce (verifiable) outputs; ``manifest`` has everything that was found."""
+
+    def __init__(self, manifest: OutputManifest, missing: list[int]):
+        self.manifest, self.missing = manifest, missing
+        problems = {i.index: i.problem for i in manifest.indexes if not i.complete}
+        shown = "; ".join(f"index {i}: {problems.get(i) or 'incomplete'}" for i in missing[:10])
+        more = f"; and {len(missing) - 10} more" if len(missing) > 10 else ""
+        super().__init__(f"outputs incomplete: {len(missing)} of {len(manifest.indexes)} indexes under "
+                         f"oss://{manifest.bucket}/{manifest.prefix}: {shown}{more}")
+
+
+class ChecksumMismatch(RuntimeError):
+    """The bytes received do not match the size or checksum OSS reported."""
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One object from the listing."""
+
+    key: str
+    size: int
+    etag: str | None
+
+
+# --------------------------------------------------------------------------------------------- bucket
+
+
+def ensure_bucket(spec: BatchSpec, oss: Any) -> bool:
+    """Make sure the outputs bucket exists (before the Job starts). Returns True when it was created.
+
+    Raises:
+        ValueError: the bucket is missing and ``outputs.create_bucket`` is off.
+    """
+    import alibabacloud_oss_v2 as o
+
+    bucket = spec.outputs.bucket
+    if call(oss.is_bucket_exist, bucket, service="OSS", operation="GetBucketAcl"):
+        return False
+    if not spec.outputs.create_bucket:
+        raise ValueError(f"OSS bucket {bucket!r} (outputs.bucket) does not exist; fix: create it, or turn on "
+                         f"outputs.create_bucket")
+    try:
+        call(oss.put_bucket, o.PutBucketRequest(bucket=bucket), service="OSS", operation="PutBucket")
+    except CloudError as err:
+        if err.code not in ("BucketAlreadyExists", "BucketAlreadyOwnedByYou"):
+            raise
+        if err.code == "BucketAlreadyExists":  # owned by another account: our pods could not write to it
+            raise ValueError(f"OSS bucket name {bucket!r} is taken by another account; fix: choose another "
+                             f"outputs.bucket") from err
+        return False
+    log.info("OSS bucket %s created", bucket)
+    return True
+
+
+# --------------------------------------------------------------------------------------------- listing
+
+
+def list_prefix(oss: Any, bucket: str, prefix: str, *, max_keys: int = 1000) -> list[Listed]:
+    """Every object under ``prefix`` (ListObjectsV2 paginator; retried as a whole on transient errors)."""
+    import alibabacloud_oss_v2 as o
+
+    def listing() -> list[Listed]:
+        out: list[Listed] = []
+        paginator = oss.list_objects_v2_paginator(limit=max_keys)
+        for page in paginator.iter_page(o.ListObjectsV2Request(bucket=bucket, prefix=prefix)):
+            out += [Listed(obj.key, int(obj.size or 0), obj.etag) for obj in page.contents or []]
+        return out
+
+    return call(listing, service="OSS", operation="ListObjectsV2")
+
+
+def group_by_index(listed: Iterable[Listed], outputs: OutputsSpec, prefix: str,
+                   completions: int) -> tuple[dict[int, list[Listed]], list[str]]:
+    """(index -> its objects, keys that belong to no index). Saved logs are neither."""
+    by_prefix = {index_prefix(outputs, prefix, i): i for i in range(completions)}
+    groups: dict[int, list[Listed]] = {i: [] for i in range(completions)}
+    others: list[str] = []
+    for obj in listed:
+        if obj.key.startswith(prefix + LOGS_DIR):
+            continue
+        owner = next((i for p, i in by_prefix.items() if obj.key.startswith(p)), None)
+        if owner is None:
+            others.append(obj.key)
+        else:
+            groups[owner].append(obj)
+    return groups, others
+
+
+def completeness_problem(outputs: OutputsSpec, idx_prefix: str, objects: list[Listed]) -> str | None:
+    """Why an index is not complete per ``outputs.completeness`` (None: complete)."""
+    if outputs.completeness == "marker":
+        if not any(o.key == idx_prefix + outputs.marker_name for o in objects):
+            return f"no marker {outputs.marker_name!r} under {idx_prefix} ({len(objects)} object(s))"
+        return None
+    if len(objects) < outputs.min_objects:
+        return f"{len(objects)} object(s) under {idx_prefix}, expected at least {outputs.min_objects}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------- pod logs
+
+
+def _index_of_pod(pod: str, report: JobReport) -> int | None:
+    """The index a pod ran: from the report (last pods), else the Indexed Job pod name <job>-<index>-<suffix>."""
+    for record in report.indexes:
+        if record.pod == pod:
+            return record.index
+    m = re.match(rf"^{re.escape(report.job.name)}-(\d+)-[a-z0-9]+$", pod)
+    return int(m.group(1)) if m else None
+
+
+def save_pod_logs(oss: Any, bucket: str, prefix: str, log_dir: Path | None) -> dict[str, str]:
+    """Upload every ``<pod>.log`` in ``log_dir`` to ``<prefix>logs/<pod>.log``. Returns pod -> key."""
+    import alibabacloud_oss_v2 as o
+
+    saved: dict[str, str] = {}
+    if not log_dir or not log_dir.is_dir():
+        return saved
+    for path in sorted(log_dir.glob("*.log")):
+        pod = path.name.removesuffix(".log")
+        key = f"{prefix}{LOGS_DIR}{pod}.log"
+        call(oss.put_object, o.PutObjectRequest(bucket=bucket, key=key, body=path.read_bytes(),
+                                                content_type="text/plain"),
+             service="OSS", operation="PutObject")
+        saved[pod] = key
+    if saved:
+        log.info("saved %d pod log(s) to oss://%s/%s%s", len(saved), bucket, prefix, LOGS_DIR)
+    return saved
+
+
+# --------------------------------------------------------------------------------------------- downloads
+
+
+def crc64_of_file(path: Path) -> str:
+    """CRC-64/ECMA of a file, as OSS writes it (decimal string)."""
+    from alibabacloud_oss_v2.crc import Crc64
+
+    crc = Crc64(0)
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            crc.update(chunk)
+    return str(crc.sum64())
+
+
+def _plain_md5(etag: str | None) -> str | None:
+    """The MD5 in an ETag of a simple upload (multipart ETags are not an MD5)."""
+    value = (etag or "").strip('"').lower()
+    return value if re.fullmatch(r"[0-9a-f]{32}", value) else None
+
+
+def local_path_for(root: Path, outputs: OutputsSpec, idx_prefix: str, index: int, key: str) -> Path:
+    """``<root>/<index dir>/<key below the index prefix>``, refusing keys that would escape ``root``."""
+    rel = outputs.index_template.format(index=index) + key[len(idx_prefix):]
+    parts = [p for p in rel.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise ChecksumMismatch(f"object key {key!r} cannot be saved safely under {root}")
+    path = root.joinpath(*parts)
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ChecksumMismatch(f"object key {key!r} would be saved outside {root}")
+    return path
+
+
+def _already_there(oss: Any, bucket: str, obj: Listed, dest: Path) -> str | None:
+    """The CRC when ``dest`` already holds exactly this object (so it need not be fetched again)."""
+    import alibabacloud_oss_v2 as o
+
+    if not dest.is_file() or dest.stat().st_size != obj.size:
+        return None
+    head = call(oss.head_object, o.HeadObjectRequest(bucket=bucket, key=obj.key), service="OSS",
+                operation="HeadObject")
+    local = crc64_of_file(dest)
+    if head.hash_crc64 and head.hash_crc64 == local:
+        return local
+    log.warning("local copy %s does not match oss://%s/%s: downloading it again", dest, bucket, obj.key)
+    return None
+
+
+def _fetch_verified(oss: Any, bucket: str, obj: Listed, dest: Path) -> str:
+    """GET into a temp file beside ``dest``, verify size + CRC64 (or MD5), rename. Returns the CRC."""
+    import alibabacloud_oss_v2 as o
+    from alibabacloud_oss_v2.crc import Crc64
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        result = call(oss.get_object, o.GetObjectRequest(bucket=bucket, key=obj.key), service="OSS",
+                      operation="GetObject")
+        crc, md5, size = Crc64(0), hashlib.md5(usedforsecurity=False), 0
+        with tmp.open("wb") as fh:
+            for chunk in result.body.iter_bytes(block_size=CHUNK):
+                fh.write(chunk)
+                crc.update(chunk)
+                md5.update(chunk)
+                size += len(chunk)
+        result.body.close()
+        got = str(crc.sum64())
+        if size != obj.size:
+            raise ChecksumMismatch(f"oss://{bucket}/{obj.key}: got {size} bytes, listed {obj.size}")
+        if result.hash_crc64 and result.hash_crc64 != got:
+            raise ChecksumMismatch(f"oss://{bucket}/{obj.key}: CRC64 {got} does not match the server's "
+                                   f"{result.hash_crc64}")
+        expected_md5 = _plain_md5(result.etag or obj.etag)
+        if not result.hash_crc64 and expected_md5 and expected_md5 != md5.hexdigest():
+            raise ChecksumMismatch(f"oss://{bucket}/{obj.key}: MD5 does not match the ETag")
+        os.replace(tmp, dest)
+        return got
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def download_object(oss: Any, bucket: str, obj: Listed, dest: Path) -> OutputObject:
+    """One object, verified (retried on a mismatch or a transient error). Raises ChecksumMismatch/CloudError."""
+    crc = _already_there(oss, bucket, obj, dest)
+    last: Exception | None = None
+    for attempt in range(DOWNLOAD_ATTEMPTS if crc is None else 0):
+        try:
+            crc = _fetch_verified(oss, bucket, obj, dest)
+            break
+        except (ChecksumMismatch, CloudError) as exc:
+            last = exc
+            log.warning("download %d/%d of %s failed: %s", attempt + 1, DOWNLOAD_ATTEMPTS, obj.key, exc)
+    if crc is None:
+        assert last is not None
+        raise last
+    return OutputObject(key=obj.key, size=obj.size, etag=obj.etag, crc64=crc, local_path=str(dest), verified=True)
+
+
+def presign(oss: Any, bucket: str, key: str, *, seconds: int) -> str:
+    import alibabacloud_oss_v2 as o
+
+    return str(oss.presign(o.GetObjectRequest(bucket=bucket, key=key), expires=timedelta(seconds=seconds)).url)
+
+
+# --------------------------------------------------------------------------------------------- the stage
+
+
+def _download_indexes(oss: Any, spec: BatchSpec, root: Path, entries: list[IndexOutputs],
+                      groups: dict[int, list[Listed]]) -> None:
+    """Download the objects of every complete index in parallel; an unverifiable object fails its index."""
+    outputs = spec.outputs
+    jobs = [(entry, pos, groups[entry.index][pos]) for entry in entries if entry.complete
+            for pos in range(len(entry.objects))]
+
+    def one(item: tuple[IndexOutputs, int, Listed]) -> tuple[IndexOutputs, int, OutputObject | Exception]:
+        entry, pos, obj = item
+        try:
+            dest = local_path_for(root, outputs, entry.prefix, entry.index, obj.key)
+            return entry, pos, download_object(oss, outputs.bucket, obj, dest)
+        except Exception as exc:  # noqa: BLE001 - recorded on the index; the stage then raises OutputsIncomplete
+            return entry, pos, exc
+
+    with ThreadPoolExecutor(max_workers=outputs.max_parallel_downloads, thread_name_prefix="download") as pool:
+        for entry, pos, result in pool.map(one, jobs):
+            if isinstance(result, Exception):
+                entry.complete = False
+                entry.problem = f"download of {entry.objects[pos].key} failed: {result}"
+            else:
+                result.link = entry.objects[pos].link
+                entry.objects[pos] = result
+
+
+def _copy_logs(log_dir: Path | None, root: Path) -> None:
+    if log_dir and log_dir.is_dir():
+        (root / "logs").mkdir(parents=True, exist_ok=True)
+        for path in log_dir.glob("*.log"):
+            shutil.copyfile(path, root / "logs" / path.name)
+
+
+def collect_outputs(spec: BatchSpec, *, run_key: str, flow_run_name: str, report: JobReport, oss: Any,
+                    log_dir: Path | None, max_keys: int = 1000) -> OutputManifest:
+    """List, check, save logs, download and verify the run's outputs.
+
+    Args:
+        spec: validated parameters (``spec.outputs``).
+        run_key: the run key (part of the prefix template).
+        flow_run_name: the flow run's name (prefix template, and the local directory name).
+        report: from ``wait_for_job``: completions and the pods of each index.
+        oss: an ``alibabacloud_oss_v2.Client``.
+        log_dir: where ``wait_for_job`` wrote ``<pod>.log`` files (None: no logs to save).
+        max_keys: listing page size (tests use a small one to exercise paging).
+
+    Returns:
+        The manifest; ``complete`` is True.
+
+    Raises:
+        OutputsIncomplete: some index lacks its outputs or could not be verified (the manifest is attached).
+
+    Example:
+        >>> m = collect_outputs(spec, run_key="demo", flow_run_name="demo-1", report=rep, oss=oss, log_dir=None)
+        >>> m.download_dir
+        'outputs/demo-1'
+    """
+    outputs = spec.outputs
+    prefix = run_prefix(outputs, run_key=run_key, flow_run_name=flow_run_name)
+    completions = report.job.completions
+    saved_logs = save_pod_logs(oss, outputs.bucket, prefix, log_dir)
+    listed = list_prefix(oss, outputs.bucket, prefix, max_keys=max_keys)
+    groups, others = group_by_index(listed, outputs, prefix, completions)
+    entries: list[IndexOutputs] = []
+    for index in range(completions):
+        idx_prefix = index_prefix(outputs, prefix, index)
+        objects = groups[index]
+        problem = completeness_problem(outputs, idx_prefix, objects)
+        entries.append(IndexOutputs(
+            index=index, prefix=idx_prefix, complete=problem is None, problem=problem,
+            objects=[OutputObject(key=o.key, size=o.size, etag=o.etag,
+                                  link=presign(oss, outputs.bucket, o.key, seconds=outputs.presign_expiry_seconds)
+                                  if outputs.presigned_links else None) for o in objects],
+            log_keys=sorted(k for pod, k in saved_logs.items() if _index_of_pod(pod, report) == index)))
+    root: Path | None = None
+    if outputs.download:
+        root = Path(outputs.download_dir).expanduser() / flow_run_name
+        _download_indexes(oss, spec, root, entries, groups)
+        _copy_logs(log_dir, root)
+    missing = [e.index for e in entries if not e.complete]
+    manifest = OutputManifest(bucket=outputs.bucket, prefix=prefix, download_dir=str(root) if root else None,
+                              complete=not missing, missing=missing, indexes=entries, log_keys=saved_logs,
+                              other_keys=others)
+    if missing:
+        raise OutputsIncomplete(manifest, missing)
+    log.info("outputs complete: %d indexes, %d objects, %d bytes%s", completions, len(listed) - len(saved_logs),
+             manifest.total_bytes, f", saved under {root}" if root else "")
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------- Prefect task
+
+
+def artifact_key(kind: str, run_key: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) for ``kind`` and the run."""
+    text = re.sub(r"[^a-z0-9-]+", "-", f"{kind}-{run_key}".lower())
+    return re.sub(r"-{2,}", "-", text).strip("-")
+
+
+def outputs_table(manifest: OutputManifest) -> list[dict[str, Any]]:
+    """Rows (index, key, size, link/path, complete) for the table artifact; capped for huge runs."""
+    rows = [{"index": e.index, "key": o.key, "size": o.size, "link": o.link or o.local_path or "",
+             "complete": e.complete}
+            for e in manifest.indexes for o in e.objects]
+    rows += [{"index": e.index, "key": f"(nothing: {e.problem})", "size": 0, "link": "", "complete": False}
+             for e in manifest.indexes if not e.objects]
+    return rows[:ARTIFACT_MAX_ROWS]
+
+
+def _publish(manifest: OutputManifest, run_key: str) -> None:
+    from prefect.artifacts import create_table_artifact
+
+    total = sum(len(e.objects) for e in manifest.indexes)
+    note = f" (first {ARTIFACT_MAX_ROWS} of {total})" if total > ARTIFACT_MAX_ROWS else ""
+    state = "complete" if manifest.complete else f"INCOMPLETE, missing indexes {manifest.missing}"
+    create_table_artifact(outputs_table(manifest), key=artifact_key("outputs", run_key),
+                          description=f"Outputs in oss://{manifest.bucket}/{manifest.prefix}: {state}{note}")
+
+
+def _oss(spec: BatchSpec) -> tuple[Any, Scrubber]:
+    from tasks.clients import oss_client
+
+    creds = credentials(spec)
+    return oss_client(spec.target, creds), Scrubber(creds.secret_values())
+
+
+@task(name="ensure_bucket", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=transient_only)
+def ensure_bucket_task(spec: BatchSpec) -> bool:
+    """Prefect task: ``ensure_bucket`` with an OSS client built from ``spec.target``."""
+    oss, scrub = _oss(spec)
+    with stage_logs(scrub):
+        return ensure_bucket(spec, oss)
+
+
+@task(name="collect_outputs", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=transient_only)
+def collect_outputs_task(spec: BatchSpec, *, run_key: str, flow_run_name: str, report: JobReport,
+                         log_dir: Path | None = None) -> OutputManifest:
+    """Prefect task: ``collect_outputs``, then a table artifact ``outputs-<run key>`` (also when incomplete)."""
+    oss, scrub = _oss(spec)
+    with stage_logs(scrub):
+        try:
+            manifest = collect_outputs(spec, run_key=run_key, flow_run_name=flow_run_name, report=report,
+                                       oss=oss, log_dir=log_dir)
+        except OutputsIncomplete as exc:
+            _publish(exc.manifest, run_key)
+            raise
+    _publish(manifest, run_key)
+    return manifest

@@ -1,0 +1,406 @@
+"""Stage teardown: delete what the run created, per policy, whatever happened before — and say what it did.
+
+Why it is shaped like this:
+
+- **It runs after success, failure and cancellation**, so any handle may be missing (the failure happened before
+  that stage returned). Every kind is therefore *also* found by the run label ``ask-batch.io/run=<run key>``
+  (Kubernetes) or by our tags (NAS, cluster): a crashed run can be swept later with ``sweep`` and nothing else
+  than the run key and the spec.
+- **It never raises for one failure**: each deletion is recorded as deleted, kept (on purpose: the policy, or
+  the object is not ours) or failed (with the error), and the next one is tried. A 404 is "already gone", which
+  makes teardown idempotent — Prefect may fire both a ``finally`` and an ``on_crashed`` hook.
+- **Jobs are deleted with propagationPolicy Background.** The batch/v1 API defaults to *Orphan* for Jobs
+  deleted through the API: the Job disappears and its pods keep running (and billing) on ECI. We then wait,
+  with a watch, until the run's pods are gone.
+- **Order matters**: Job (pods release the PVC) -> ConfigMap/Secret -> PVC (wait: pvc-protection holds it while
+  a pod uses it) -> PV -> NAS mount targets (wait: DeleteFileSystem is refused while any exists) -> file system
+  -> cluster. A user's own PVC (mode 'pvc'), a file system or a cluster that ask-batch did not create (no
+  ``app.kubernetes.io/managed-by: ask-batch`` tag) are never deleted.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, TeardownItem, TeardownReport, VolumeHandle
+from tasks.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE, run_selector
+from tasks.retry import CloudError, call
+from tasks.spec import BatchSpec
+from tasks.stage import Scrubber, credentials, cs_for, kube_for, stage_logs
+from tasks.volume import describe_file_system, find_file_systems_by_name, list_mount_targets
+
+log = logging.getLogger("ask_batch.teardown")
+
+GONE_CODES = {"InvalidFileSystem.NotFound", "InvalidMountTarget.NotFound", "ErrorClusterNotFound", "NotFound"}
+
+
+class _Recorder:
+    """Collects the report; each step adds its items here."""
+
+    def __init__(self) -> None:
+        self.report = TeardownReport()
+
+    def deleted(self, kind: str, name: str, why: str) -> None:
+        log.info("teardown: deleted %s %s (%s)", kind, name, why)
+        self.report.deleted.append(TeardownItem(kind=kind, name=name, why=why))
+
+    def kept(self, kind: str, name: str, why: str) -> None:
+        log.info("teardown: kept %s %s (%s)", kind, name, why)
+        self.report.kept.append(TeardownItem(kind=kind, name=name, why=why))
+
+    def failed(self, kind: str, name: str, why: str) -> None:
+        log.warning("teardown: FAILED to delete %s %s: %s", kind, name, why)
+        self.report.failed.append(TeardownItem(kind=kind, name=name, why=why))
+
+
+def decide(policy: str, succeeded: bool) -> tuple[bool, str]:
+    """(delete?, why) for a policy and the run's outcome."""
+    if policy == "always":
+        return True, "policy 'always'"
+    if policy == "on_success":
+        return (True, "policy 'on_success', the run succeeded") if succeeded else (
+            False, "policy 'on_success' and the run did not succeed (kept for inspection)")
+    return False, f"policy {policy!r}"
+
+
+def _gone(err: CloudError) -> bool:
+    return err.status == 404 or (err.code or "") in GONE_CODES
+
+
+def _delete(rec: _Recorder, kind: str, name: str, why: str, fn: Callable[[], Any], *,
+            service: str = "Kubernetes") -> bool:
+    """Run one deletion and record it; a 404 counts as deleted. Returns True unless it failed."""
+    try:
+        call(fn, service=service, operation=f"delete {kind} {name}")
+    except CloudError as err:
+        if _gone(err):
+            rec.deleted(kind, name, f"{why}; already gone")
+            return True
+        rec.failed(kind, name, str(err))
+        return False
+    except Exception as exc:  # noqa: BLE001 - recorded; teardown goes on
+        rec.failed(kind, name, f"{type(exc).__name__}: {exc}")
+        return False
+    rec.deleted(kind, name, why)
+    return True
+
+
+def wait_gone(list_fn: Callable[..., Any], *, timeout: float, **kwargs: Any) -> list[str]:
+    """Watch a listing until it is empty; returns the names still there at the timeout ([] when all gone)."""
+    from kubernetes import watch
+
+    deadline = time.monotonic() + timeout
+    while True:
+        listing = list_fn(**kwargs)
+        names = {item.metadata.name for item in listing.items or []}
+        remaining = deadline - time.monotonic()
+        if not names or remaining <= 0:
+            return sorted(names)
+        w = watch.Watch()
+        try:
+            for event in w.stream(list_fn, resource_version=listing.metadata.resource_version,
+                                  timeout_seconds=max(1, int(remaining)), **kwargs):
+                name = event["object"].metadata.name
+                if event["type"] == "DELETED":
+                    names.discard(name)
+                elif event["type"] == "ADDED":
+                    names.add(name)
+                if not names:
+                    w.stop()
+                    return []
+        except Exception as exc:  # noqa: BLE001 - a dropped watch: relist
+            log.debug("watch dropped (%s); relisting", type(exc).__name__)
+            time.sleep(0.5)
+
+
+def _names(listing: Any) -> set[str]:
+    return {item.metadata.name for item in listing.items or []}
+
+
+# --------------------------------------------------------------------------------------------- kubernetes
+
+
+def _teardown_jobs(rec: _Recorder, *, delete: bool, why: str, ns: str, selector: str, job: JobHandle | None,
+                   core_v1: Any, batch_v1: Any, timeout: float) -> None:
+    names = {job.name} if job else set()
+    names |= _names(call(batch_v1.list_namespaced_job, ns, label_selector=selector, service="Kubernetes",
+                         operation="list Jobs"))
+    if not delete:
+        for name in sorted(names):
+            rec.kept("Job", name, why)
+        return
+    for name in sorted(names):
+        # Background: the Job goes now, the garbage collector deletes its pods (the API default is Orphan).
+        _delete(rec, "Job", name, why, lambda n=name: batch_v1.delete_namespaced_job(
+            n, ns, propagation_policy="Background"))
+    left = wait_gone(core_v1.list_namespaced_pod, namespace=ns, label_selector=selector, timeout=timeout)
+    for pod in left:
+        rec.failed("Pod", pod, f"still present {timeout:.0f}s after its Job was deleted")
+
+
+def _teardown_config(rec: _Recorder, *, delete: bool, why: str, ns: str, selector: str,
+                     config: ConfigHandle | None, core_v1: Any) -> None:
+    kinds = {
+        "ConfigMap": (core_v1.list_namespaced_config_map, core_v1.delete_namespaced_config_map,
+                      config.config_map if config else None),
+        "Secret": (core_v1.list_namespaced_secret, core_v1.delete_namespaced_secret,
+                   config.secret if config else None),
+    }
+    for kind, (list_fn, delete_fn, known) in kinds.items():
+        names = ({known} if known else set()) | _names(call(list_fn, ns, label_selector=selector,
+                                                            service="Kubernetes", operation=f"list {kind}s"))
+        for name in sorted(names):
+            if delete:
+                _delete(rec, kind, name, why, lambda n=name, f=delete_fn: f(n, ns))
+            else:
+                rec.kept(kind, name, why)
+
+
+def _teardown_volume(rec: _Recorder, *, delete: bool, why: str, ns: str, selector: str,
+                     volume: VolumeHandle | None, core_v1: Any, timeout: float) -> None:
+    if volume and volume.mode == "pvc" and volume.claim_name:
+        rec.kept("PersistentVolumeClaim", volume.claim_name, "the user's own claim (storage mode 'pvc')")
+    ours = volume if volume and volume.mode == "nas" else None
+    pvcs = ({ours.claim_name} if ours and ours.claim_name else set()) | _names(call(
+        core_v1.list_namespaced_persistent_volume_claim, ns, label_selector=selector, service="Kubernetes",
+        operation="list PersistentVolumeClaims"))
+    pvs = ({ours.pv_name} if ours and ours.pv_name else set()) | _names(call(
+        core_v1.list_persistent_volume, label_selector=selector, service="Kubernetes",
+        operation="list PersistentVolumes"))
+    if not delete:
+        for kind, names in (("PersistentVolumeClaim", pvcs), ("PersistentVolume", pvs)):
+            for name in sorted(names):
+                rec.kept(kind, name, why)
+        return
+    for name in sorted(pvcs):
+        _delete(rec, "PersistentVolumeClaim", name, why,
+                lambda n=name: core_v1.delete_namespaced_persistent_volume_claim(n, ns))
+    if pvcs:
+        left = wait_gone(core_v1.list_namespaced_persistent_volume_claim, namespace=ns, label_selector=selector,
+                         timeout=timeout)
+        for name in left:
+            rec.failed("PersistentVolumeClaim", name, f"still terminating after {timeout:.0f}s (a pod still uses "
+                       f"it?)")
+    for name in sorted(pvs):
+        _delete(rec, "PersistentVolume", name, why, lambda n=name: core_v1.delete_persistent_volume(n))
+
+
+# --------------------------------------------------------------------------------------------- NAS
+
+
+def _nas_target(spec: BatchSpec, volume: VolumeHandle | None, nas: Any) -> dict[str, Any] | None:
+    """The run's file system (from the handle, else found by id or name tag), or None."""
+    if volume and volume.file_system_id:
+        return describe_file_system(nas, volume.file_system_id)
+    if spec.storage.mode != "nas":
+        return None
+    options = spec.storage.nas
+    if options.file_system_id:
+        return describe_file_system(nas, options.file_system_id)
+    found = find_file_systems_by_name(nas, options.name)
+    return found[0] if found else None
+
+
+def _managed(tags: dict[str, str]) -> bool:
+    return tags.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE
+
+
+def _wait_no_mount_targets(nas: Any, fs_id: str, *, timeout: float, poll: float = 1.0) -> list[str]:
+    """Poll (NAS has no watch) until the file system has no mount target; returns those left."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [mt["MountTargetDomain"] for mt in list_mount_targets(nas, fs_id)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(poll)
+
+
+def _teardown_nas(rec: _Recorder, *, delete: bool, why: str, spec: BatchSpec, volume: VolumeHandle | None,
+                  nas: Any, timeout: float) -> None:
+    from alibabacloud_nas20170626 import models as m
+
+    fs = _nas_target(spec, volume, nas)
+    if fs is None:
+        return
+    fs_id = str(fs["FileSystemId"])
+    tags = {t.get("Key"): t.get("Value") for t in (fs.get("Tags") or {}).get("Tag") or []}
+    if not _managed(tags):
+        rec.kept("NasFileSystem", fs_id, "not created by ask-batch (no managed-by tag)")
+        return
+    if not delete:
+        rec.kept("NasFileSystem", fs_id, why)
+        return
+    for domain in [mt["MountTargetDomain"] for mt in list_mount_targets(nas, fs_id)]:
+        _delete(rec, "NasMountTarget", domain, why, lambda d=domain: nas.delete_mount_target(
+            m.DeleteMountTargetRequest(file_system_id=fs_id, mount_target_domain=d)), service="NAS")
+    left = _wait_no_mount_targets(nas, fs_id, timeout=timeout)
+    if left:
+        rec.failed("NasFileSystem", fs_id, f"mount target(s) {', '.join(left)} still present after "
+                   f"{timeout:.0f}s; DeleteFileSystem would be refused")
+        return
+    _delete(rec, "NasFileSystem", fs_id, why,
+            lambda: nas.delete_file_system(m.DeleteFileSystemRequest(file_system_id=fs_id)), service="NAS")
+
+
+# --------------------------------------------------------------------------------------------- cluster
+
+
+def _teardown_cluster(rec: _Recorder, *, delete: bool, why: str, spec: BatchSpec, cluster: ClusterHandle | None,
+                      cs: Any) -> None:
+    from alibabacloud_cs20151215 import models as m
+
+    from tasks.cluster import find_ask_cluster
+
+    if spec.cluster.mode != "ask":
+        if cluster or delete:
+            rec.kept("Cluster", "(existing)", "cluster mode 'existing': ask-batch never deletes it")
+        return
+    cluster_id = cluster.cluster_id if cluster else None
+    if not cluster_id:
+        found = find_ask_cluster(cs, region=spec.target.region, name=spec.cluster.ask.name)
+        cluster_id = found["cluster_id"] if found else None
+    if not cluster_id:
+        return
+    try:
+        detail = call(cs.describe_cluster_detail, cluster_id, service="CS", operation="DescribeClusterDetail")
+    except CloudError as err:
+        if _gone(err):
+            rec.deleted("Cluster", cluster_id, f"{why}; already gone")
+            return
+        raise
+    body = detail.body.to_map() if detail.body else {}
+    tags = {t.get("key"): t.get("value") for t in body.get("tags") or []}
+    if not _managed(tags):
+        rec.kept("Cluster", cluster_id, "not created by ask-batch (no managed-by tag)")
+        return
+    if not delete:
+        rec.kept("Cluster", cluster_id, why)
+        return
+    options = [m.DeleteClusterRequestDeleteOptions(resource_type=r, delete_mode="delete")
+               for r in ("SLS_Data", "SLS_ControlPlane", "PrivateZone", "ALB")]
+    _delete(rec, "Cluster", cluster_id, why, lambda: cs.delete_cluster(
+        cluster_id, m.DeleteClusterRequest(retain_all_resources=False, delete_options=options)), service="CS")
+
+
+# --------------------------------------------------------------------------------------------- the stage
+
+
+def _step(rec: _Recorder, kind: str, fn: Callable[[], None]) -> None:
+    """Run one step; an unexpected error (a failed listing, say) is recorded and the next step still runs."""
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - teardown must go on
+        rec.failed(kind, "(lookup)", f"{type(exc).__name__}: {exc}")
+
+
+def teardown(spec: BatchSpec, *, run_key: str, succeeded: bool, cluster: ClusterHandle | None,
+             volume: VolumeHandle | None, config: ConfigHandle | None, job: JobHandle | None, core_v1: Any | None,
+             batch_v1: Any | None, nas: Any | None, cs: Any | None, wait_seconds: float = 120.0) -> TeardownReport:
+    """Delete the run's objects per ``spec.teardown.effective()`` and report; never raises for a single failure.
+
+    Args:
+        spec: validated parameters (``teardown``, and ``storage``/``cluster`` to find things without handles).
+        run_key: the run key; objects are also found by the label ``ask-batch.io/run=<run key>``.
+        succeeded: the run's outcome (for 'on_success' policies).
+        cluster, volume, config, job: handles from the stages that finished; any may be None.
+        core_v1, batch_v1: Kubernetes APIs (None when the cluster could not be reached: recorded as a failure).
+        nas: NAS client (needed when the NAS may be deleted), cs: CS client (cluster deletion, mode 'ask').
+        wait_seconds: how long to wait for pods, PVCs and mount targets to disappear.
+
+    Returns:
+        The ``TeardownReport``: deleted, kept (and why), failed (with the error).
+
+    Example:
+        >>> teardown(spec, run_key="demo", succeeded=True, cluster=ch, volume=None, config=None, job=jh,
+        ...          core_v1=core, batch_v1=batch, nas=None, cs=None).lines()
+        ['deleted: Job askb-demo-1a2b3c4d5e (policy \\'always\\')', ...]
+    """
+    rec = _Recorder()
+    policies = spec.teardown.effective()
+    ns = cluster.namespace if cluster else (job.namespace if job else spec.cluster.namespace)
+    selector = run_selector(run_key)
+    if core_v1 is None or batch_v1 is None:
+        if job or config or (volume and volume.claim_name):
+            rec.failed("Kubernetes", ns, "no connection to the cluster: the run's Kubernetes objects were not "
+                       "deleted; fix: run the sweep again once the cluster is reachable")
+    else:
+        steps = (("Job", "job", lambda d, w: _teardown_jobs(rec, delete=d, why=w, ns=ns, selector=selector, job=job,
+                                                            core_v1=core_v1, batch_v1=batch_v1,
+                                                            timeout=wait_seconds)),
+                 ("Config", "config", lambda d, w: _teardown_config(rec, delete=d, why=w, ns=ns, selector=selector,
+                                                                    config=config, core_v1=core_v1)),
+                 ("Volume", "volume", lambda d, w: _teardown_volume(rec, delete=d, why=w, ns=ns, selector=selector,
+                                                                    volume=volume, core_v1=core_v1,
+                                                                    timeout=wait_seconds)))
+        for kind, key, fn in steps:
+            delete, why = decide(policies[key], succeeded)
+            _step(rec, kind, lambda f=fn, d=delete, w=why: f(d, w))
+    if nas is not None:
+        delete, why = decide(policies["nas"], succeeded)
+        _step(rec, "NasFileSystem", lambda: _teardown_nas(rec, delete=delete, why=why, spec=spec, volume=volume,
+                                                          nas=nas, timeout=wait_seconds))
+    elif volume and volume.file_system_id:
+        rec.kept("NasFileSystem", volume.file_system_id, "no NAS client given")
+    if cs is not None or spec.cluster.mode == "existing":
+        delete, why = decide(policies["cluster"], succeeded)
+        _step(rec, "Cluster", lambda: _teardown_cluster(rec, delete=delete, why=why, spec=spec, cluster=cluster,
+                                                        cs=cs))
+    return rec.report
+
+
+def sweep(spec: BatchSpec, *, run_key: str, core_v1: Any | None, batch_v1: Any | None, nas: Any | None,
+          cs: Any | None, wait_seconds: float = 120.0) -> TeardownReport:
+    """Clean up after a run that left no handles (crashed, killed): everything is found by label and tag.
+
+    The outcome of such a run is unknown, so 'on_success' resources are kept.
+    """
+    return teardown(spec, run_key=run_key, succeeded=False, cluster=None, volume=None, config=None, job=None,
+                    core_v1=core_v1, batch_v1=batch_v1, nas=nas, cs=cs, wait_seconds=wait_seconds)
+
+
+# --------------------------------------------------------------------------------------------- Prefect task
+
+
+def _cluster_for_sweep(spec: BatchSpec, cs: Any | None, run_key: str) -> ClusterHandle | None:
+    """A handle for the cluster without creating anything (the cluster stage may not have finished)."""
+    from tasks.cluster import ensure_cluster, find_ask_cluster
+
+    if spec.cluster.mode == "existing":
+        return ensure_cluster(spec, run_key=run_key, cs=None)  # no API call in this mode
+    found = find_ask_cluster(cs, region=spec.target.region, name=spec.cluster.ask.name) if cs else None
+    if not found:
+        return None
+    return ClusterHandle(mode="ask", region=spec.target.region, namespace=spec.cluster.namespace,
+                         cluster_id=found["cluster_id"], name=spec.cluster.ask.name,
+                         kubeconfig_source=f"cs:{found['cluster_id']}")
+
+
+@task(name="teardown", cache_policy=NO_CACHE)
+def teardown_task(spec: BatchSpec, *, run_key: str, succeeded: bool, cluster: ClusterHandle | None = None,
+                  volume: VolumeHandle | None = None, config: ConfigHandle | None = None,
+                  job: JobHandle | None = None) -> TeardownReport:
+    """Prefect task: ``teardown`` with clients built from ``spec.target``; a client that cannot be built is
+    recorded in the report, never raised."""
+    from kubernetes import client
+
+    from tasks.clients import nas_client
+
+    creds = credentials(spec)
+    cs = cs_for(spec, creds)
+    nas = nas_client(spec.target, creds) if spec.storage.mode == "nas" else None
+    core_v1 = batch_v1 = None
+    with stage_logs(Scrubber(creds.secret_values())):
+        try:
+            handle = cluster or _cluster_for_sweep(spec, cs, run_key)
+            if handle is not None:
+                api = kube_for(spec, handle, creds)
+                core_v1, batch_v1 = client.CoreV1Api(api), client.BatchV1Api(api)
+        except Exception as exc:  # noqa: BLE001 - teardown still does what it can without Kubernetes
+            log.warning("teardown: cannot reach the cluster (%s): %s", type(exc).__name__, exc)
+        # The per-item lines are logged by the recorder as they happen (forwarded by stage_logs).
+        return teardown(spec, run_key=run_key, succeeded=succeeded, cluster=cluster, volume=volume,
+                        config=config, job=job, core_v1=core_v1, batch_v1=batch_v1, nas=nas, cs=cs)
