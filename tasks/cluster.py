@@ -15,11 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
 from tasks.clients import kube_api_client, kubeconfig_from_block, load_kubeconfig
 from tasks.handles import ClusterHandle
 from tasks.manifests import create_cluster_body
 from tasks.retry import CloudError, call
 from tasks.spec import BatchSpec
+from tasks.stage import RETRY_DELAYS, cs_for, stage_logs, transient_only
 
 log = logging.getLogger("ask_batch.cluster")
 
@@ -91,8 +95,12 @@ def create_ask_cluster(cs: Any, spec: BatchSpec, *, run_key: str) -> str:
 def wait_cluster_running(cs: Any, cluster_id: str, *, timeout: float, poll: float = 10.0,
                          sleep: Callable[[float], None] = time.sleep,
                          clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
-    """Poll DescribeClusterDetail until ``running`` (CS has no watch); log each state change."""
-    deadline, last = clock() + timeout, None
+    """Poll DescribeClusterDetail until ``running`` (CS has no watch); log each state change.
+
+    The interval starts at 1 s and doubles up to ``poll``: a found cluster is usually running already, a new one
+    takes minutes, and neither should cost a fixed 10 s or a request storm.
+    """
+    deadline, last, interval = clock() + timeout, None, 1.0
     while True:
         detail = _as_map(call(cs.describe_cluster_detail, cluster_id, service="CS",
                               operation="DescribeClusterDetail").body)
@@ -108,7 +116,8 @@ def wait_cluster_running(cs: Any, cluster_id: str, *, timeout: float, poll: floa
         if clock() > deadline:
             raise ClusterError(f"cluster {cluster_id} still {state!r} after {timeout:.0f}s; fix: raise "
                                f"cluster.ask.ready_timeout_seconds or check the ACK console")
-        sleep(poll)
+        sleep(interval)
+        interval = min(poll, interval * 2)
 
 
 def ensure_cluster(spec: BatchSpec, *, run_key: str, cs: Any | None) -> ClusterHandle:
@@ -135,6 +144,9 @@ def ensure_cluster(spec: BatchSpec, *, run_key: str, cs: Any | None) -> ClusterH
     assert cs is not None, "mode 'ask' needs a CS client"
     ask = spec.cluster.ask
     found = find_ask_cluster(cs, region=spec.target.region, name=ask.name)
+    if found and found.get("state") == "running":
+        # Found running: no need to poll (saves a DescribeClusterDetail round per stage that reconnects).
+        return _handle_from(spec, found, created=False)
     created = False
     if found:
         cluster_id = found["cluster_id"]
@@ -147,10 +159,24 @@ def ensure_cluster(spec: BatchSpec, *, run_key: str, cs: Any | None) -> ClusterH
         cluster_id = create_ask_cluster(cs, spec, run_key=run_key)
         created = True
     detail = wait_cluster_running(cs, cluster_id, timeout=ask.ready_timeout_seconds)
+    return _handle_from(spec, detail, created=created)
+
+
+def _handle_from(spec: BatchSpec, detail: dict[str, Any], *, created: bool) -> ClusterHandle:
     vswitches = detail.get("vswitch_ids") or ([detail["vswitch_id"]] if detail.get("vswitch_id") else [])
-    return ClusterHandle(mode="ask", region=spec.target.region, namespace=ns, cluster_id=cluster_id,
-                         name=ask.name, vpc_id=detail.get("vpc_id"), vswitch_ids=list(vswitches),
-                         created=created, kubeconfig_source=f"cs:{cluster_id}")
+    return ClusterHandle(mode="ask", region=spec.target.region, namespace=spec.cluster.namespace,
+                         cluster_id=detail["cluster_id"], name=spec.cluster.ask.name, vpc_id=detail.get("vpc_id"),
+                         vswitch_ids=list(vswitches), created=created,
+                         kubeconfig_source=f"cs:{detail['cluster_id']}")
+
+
+def locate_cluster(spec: BatchSpec, *, cs: Any | None) -> ClusterHandle | None:
+    """The run's cluster if it exists, never creating one (for sweeps after a crash or a cancellation)."""
+    if spec.cluster.mode == "existing":
+        return ensure_cluster(spec, run_key="", cs=None)
+    assert cs is not None, "mode 'ask' needs a CS client"
+    found = find_ask_cluster(cs, region=spec.target.region, name=spec.cluster.ask.name)
+    return _handle_from(spec, found, created=False) if found else None
 
 
 def fetch_kubeconfig(handle: ClusterHandle, spec: BatchSpec, *, cs: Any | None,
@@ -178,7 +204,45 @@ def fetch_kubeconfig(handle: ClusterHandle, spec: BatchSpec, *, cs: Any | None,
 
 
 def connect(handle: ClusterHandle, spec: BatchSpec, *, cs: Any | None) -> Any:
-    """A ``kubernetes.client.ApiClient`` for the cluster (endpoint override applied)."""
+    """A ``kubernetes.client.ApiClient`` for the cluster (endpoint override applied).
+
+    The connection pool is sized for the wait stage: two watches plus one log stream per running pod. With the
+    client's default of 10, a Job with parallelism 10 makes urllib3 drop and reopen connections all the time.
+    """
     kubeconfig = fetch_kubeconfig(handle, spec, cs=cs)
-    return kube_api_client(kubeconfig, context=spec.cluster.existing.context if handle.mode == "existing" else None,
-                           server_override=spec.target.endpoints.kubernetes)
+    api = kube_api_client(kubeconfig, context=spec.cluster.existing.context if handle.mode == "existing" else None,
+                          server_override=spec.target.endpoints.kubernetes)
+    pool = min(256, spec.job.parallelism + 8)
+    if api.configuration.connection_pool_maxsize < pool:
+        from kubernetes import client
+
+        api.configuration.connection_pool_maxsize = pool
+        fresh = client.ApiClient(api.configuration)
+        api.close()
+        api = fresh
+    return api
+
+
+# --------------------------------------------------------------------------------------------- Prefect task
+
+
+@task(name="ensure_cluster", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=transient_only)
+def ensure_cluster_task(spec: BatchSpec, run_key: str) -> ClusterHandle:
+    """Prefect task: find or create the run's cluster (see ``ensure_cluster``).
+
+    Example:
+        >>> cluster = ensure_cluster_task(spec, run_key)   # inside a flow
+    """
+    with stage_logs():
+        handle = ensure_cluster(spec, run_key=run_key, cs=cs_for(spec))
+        # Reach the API server once now: a wrong endpoint or kubeconfig fails here, not in the middle of a run.
+        from kubernetes import client
+
+        api = connect(handle, spec, cs=cs_for(spec))
+        try:
+            call(client.VersionApi(api).get_code, service="Kubernetes", operation="GET /version")
+        finally:
+            api.close()
+        log.info("cluster ready: %s (%s)", handle.name or handle.kubeconfig_source, handle.cluster_id or "existing")
+        return handle

@@ -9,15 +9,22 @@ The OSS connection the pods need travels the same way: plain settings as env (in
 pods do not use a RAM role) as secret env from this Secret.
 """
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tasks.clients import AliCredentials
-from tasks.handles import ConfigHandle
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.clients import AliCredentials, _load_prefect_secret
+from tasks.handles import ClusterHandle, ConfigHandle
 from tasks.manifests import ConfigContent, config_map_manifest, secret_manifest
 from tasks.retry import call
 from tasks.spec import BatchSpec, ConfigSpec
+from tasks.stage import RETRY_DELAYS, Scrubber, credentials, kube_for, stage_logs, transient_only
+
+log = logging.getLogger("ask_batch.config")
 
 MAX_OBJECT_BYTES = 1_000_000  # Kubernetes rejects ConfigMaps/Secrets over 1 MiB (etcd limit), metadata included
 
@@ -113,3 +120,38 @@ def publish_config(core_v1: Any, spec: BatchSpec, run_key: str, content: ConfigC
         secret_file_keys=tuple(sorted(content.secret_files)),
         secret_env_keys=tuple(sorted(content.secret_env)),
     )
+
+
+def run_secret_values(spec: BatchSpec, creds: AliCredentials | None, *,
+                      load_secret: Callable[[str], str]) -> list[str]:
+    """Every secret value the run handles (AccessKey, secret files and env), for scrubbing logs and errors."""
+    content = collect_config_content(spec.config, load_secret=load_secret,
+                                     extra_secret_env=pod_credential_env(spec, creds))
+    return content.secret_values() + (creds.secret_values() if creds else [])
+
+
+# --------------------------------------------------------------------------------------------- Prefect task
+
+
+@task(name="publish_config", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=transient_only)
+def publish_config_task(spec: BatchSpec, run_key: str, cluster: ClusterHandle) -> ConfigHandle:
+    """Prefect task: create the run's immutable ConfigMap and Secret (see ``publish_config``).
+
+    The Secret's content is read here, from its sources, and never leaves this task: the handle holds names only.
+    """
+    from kubernetes import client
+
+    creds = credentials(spec)
+    content = collect_config_content(spec.config, load_secret=_load_prefect_secret,
+                                     extra_secret_env=pod_credential_env(spec, creds))
+    scrub = Scrubber(content.secret_values() + creds.secret_values())
+    with stage_logs(scrub):
+        api = kube_for(spec, cluster, creds)
+        try:
+            handle = publish_config(client.CoreV1Api(api), spec, run_key, content)
+        finally:
+            api.close()
+        log.info("config published: ConfigMap %s, Secret %s (keys: %s)", handle.config_map, handle.secret,
+                 ", ".join(handle.secret_file_keys + handle.secret_env_keys) or "none")
+        return handle

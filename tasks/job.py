@@ -13,8 +13,14 @@ is async and raises on 409, and adoption is the whole point here (research/prefe
 import logging
 from typing import Any
 
-from tasks.handles import JobHandle
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, VolumeHandle
+from tasks.manifests import JobInputs, job_manifest, pod_oss_env
 from tasks.retry import CloudError, call
+from tasks.spec import BatchSpec
+from tasks.stage import RETRY_DELAYS, kube_for, stage_logs, transient_only
 
 log = logging.getLogger("ask_batch.job")
 
@@ -52,3 +58,44 @@ def launch_job(batch_v1: Any, body: dict[str, Any]) -> JobHandle:
     log.info("job %s/%s already exists: re-attaching (no new pods are started)", ns, name)
     return JobHandle(namespace=ns, name=name, uid=existing.metadata.uid, adopted=True,
                      completions=body["spec"]["completions"])
+
+
+def render_job(spec: BatchSpec, *, run_key: str, flow_run_name: str, volume: VolumeHandle | None,
+               config: ConfigHandle | None) -> dict[str, Any]:
+    """The Job manifest for this run, from the handles of the earlier stages (names only, no content)."""
+    inputs = JobInputs(
+        config_map=config.config_map if config else None,
+        secret=config.secret if config else None,
+        secret_file_keys=config.secret_file_keys if config else (),
+        secret_env_keys=config.secret_env_keys if config else (),
+        claim_name=volume.claim_name if volume else None,
+        oss_env=pod_oss_env(spec, run_key=run_key, flow_run_name=flow_run_name),
+    )
+    return job_manifest(spec, run_key=run_key, inputs=inputs)
+
+
+# --------------------------------------------------------------------------------------------- Prefect task
+
+
+@task(name="launch_job", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=transient_only)
+def launch_job_task(spec: BatchSpec, run_key: str, flow_run_name: str, cluster: ClusterHandle,
+                    volume: VolumeHandle | None, config: ConfigHandle | None) -> JobHandle:
+    """Prefect task: create the Job, or re-attach to the one an earlier attempt of this run created.
+
+    A task retry after a transient error is safe for the same reason a flow re-run is: the Job name is
+    deterministic, so a create that reached the server before the connection dropped is adopted, not repeated.
+    """
+    from kubernetes import client
+
+    body = render_job(spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config)
+    with stage_logs():
+        api = kube_for(spec, cluster)
+        try:
+            handle = launch_job(client.BatchV1Api(api), body)
+        finally:
+            api.close()
+        verb = "re-attached to" if handle.adopted else "created"
+        log.info("job %s %s/%s: %d indexes, parallelism %d", verb, handle.namespace, handle.name,
+                 handle.completions, spec.job.parallelism)
+        return handle

@@ -14,6 +14,7 @@ prefect-kubernetes wait loop reads logs one pod after another (research/prefect.
   exit code and the last log lines.
 """
 
+import contextlib
 import json
 import logging
 import queue
@@ -26,10 +27,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
 from tasks.diagnose import Diagnosis, diagnose_pod, exit_code, job_finished, parse_time, pod_index
-from tasks.handles import IndexRecord, JobHandle, JobReport
+from tasks.handles import ClusterHandle, IndexRecord, JobHandle, JobReport
 from tasks.manifests import CONTAINER_NAME
 from tasks.naming import RUN_LABEL
+from tasks.spec import BatchSpec
+from tasks.stage import RETRY_DELAYS, Scrubber, credentials, kube_for, stage_logs, transient_only
 
 log = logging.getLogger("ask_batch.wait")
 
@@ -45,6 +51,7 @@ class WaitOptions:
     log_dir: Path | None = None
     tick_seconds: float = 2.0
     watch_seconds: int = 240  # server-side watch timeout: reconnect regularly rather than trust idle streams
+    scrub: Callable[[str], str] = str  # applied to every log line and error text (blanks known secret values)
 
 
 class JobFailed(RuntimeError):
@@ -54,51 +61,103 @@ class JobFailed(RuntimeError):
         super().__init__(message)
         self.report = report
 
+    def __reduce__(self) -> tuple[Any, ...]:  # Prefect may copy or pickle task exceptions
+        return (type(self), (str(self), self.report))
+
 
 # --------------------------------------------------------------------------------------------- watches
 
 
-def _watch_loop(list_fn: Callable[..., Any], kwargs: dict[str, Any], kind: str, out: queue.Queue,
-                stop: threading.Event, timeout_s: int) -> None:
-    """List, then watch from the list's resourceVersion; resume on drops, relist on 410. Runs until ``stop``."""
-    from kubernetes import watch
-    from kubernetes.client.exceptions import ApiException
+class _Watcher:
+    """List, then watch from the list's resourceVersion; resume on drops, relist on 410; until ``close()``.
 
-    rv: str | None = None
-    failures = 0
-    while not stop.is_set():
+    We read the watch stream ourselves rather than through ``kubernetes.watch.Watch`` because a stream that waits
+    for its next event cannot be interrupted from outside there: its thread would linger (and keep a connection
+    open) for up to the server-side timeout after the wait is over. Here ``close()`` shuts the response down,
+    which unblocks the read at once (urllib3 ``HTTPResponse.shutdown``).
+
+    After each (re)list it puts ``(kind, "SYNCED", None)`` on the queue: the consumer must not judge the Job
+    before it has seen the current pods (a re-attached, finished Job would otherwise look like it had none).
+    """
+
+    def __init__(self, list_fn: Callable[..., Any], kwargs: dict[str, Any], kind: str, out: queue.Queue,
+                 timeout_s: int):
+        self.list_fn, self.kwargs, self.kind, self.out, self.timeout_s = list_fn, kwargs, kind, out, timeout_s
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._resp: Any = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"watch-{kind}")
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            resp = self._resp
+        if resp is not None:
+            with contextlib.suppress(Exception):
+                resp.shutdown()
+
+    def _run(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        rv: str | None = None
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                if rv is None:
+                    data = json.loads(self.list_fn(**self.kwargs, _preload_content=False).data)
+                    rv = data["metadata"].get("resourceVersion")
+                    for item in data.get("items") or []:
+                        self.out.put((self.kind, "ADDED", item))
+                    self.out.put((self.kind, "SYNCED", None))
+                rv = self._stream(rv)
+                failures = 0
+            except ApiException as exc:
+                if exc.status == 410:
+                    rv = None
+                    continue
+                failures += 1
+                if not self._stop.is_set():
+                    log.warning("%s watch error (%s), resuming", self.kind, exc.status)
+                self._stop.wait(min(10.0, 0.5 * 2**failures))
+            except Exception as exc:  # noqa: BLE001 - a dropped connection must never end the wait
+                failures += 1
+                if not self._stop.is_set():
+                    log.warning("%s watch dropped (%s), resuming from %s", self.kind, type(exc).__name__, rv)
+                self._stop.wait(min(10.0, 0.5 * 2**failures))
+
+    def _stream(self, rv: str | None) -> str | None:
+        """One watch request from ``rv``; returns the version to resume from (None: relist)."""
+        from kubernetes.watch.watch import iter_resp_lines
+
+        resp = self.list_fn(**self.kwargs, watch=True, resource_version=rv, timeout_seconds=self.timeout_s,
+                            allow_watch_bookmarks=True, _preload_content=False)
+        with self._lock:
+            self._resp = resp
+        if self._stop.is_set():  # closed while the request was being made
+            resp.shutdown()
         try:
-            if rv is None:
-                resp = list_fn(**kwargs, _preload_content=False)
-                data = json.loads(resp.data)
-                rv = data["metadata"].get("resourceVersion")
-                for item in data.get("items") or []:
-                    out.put((kind, "ADDED", item))
-            w = watch.Watch()
-            for event in w.stream(list_fn, resource_version=rv, timeout_seconds=timeout_s, **kwargs):
-                if stop.is_set():
-                    w.stop()
+            for line in iter_resp_lines(resp):
+                if self._stop.is_set():
                     break
-                obj = event.get("raw_object") or {}
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                obj = event.get("object") or {}
                 if event.get("type") == "ERROR":
                     if obj.get("code") == 410:
-                        rv = None
-                        break
+                        return None
                     continue
                 rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
-                out.put((kind, event["type"], obj))
-            failures = 0
-        except ApiException as exc:
-            if exc.status == 410:
-                rv = None
-                continue
-            failures += 1
-            log.warning("%s watch error (%s), resuming", kind, exc.status)
-            stop.wait(min(10.0, 0.5 * 2**failures))
-        except Exception as exc:  # noqa: BLE001 - a dropped connection must never end the wait
-            failures += 1
-            log.warning("%s watch dropped (%s), resuming from %s", kind, type(exc).__name__, rv)
-            stop.wait(min(10.0, 0.5 * 2**failures))
+                if event.get("type") != "BOOKMARK":
+                    self.out.put((self.kind, event["type"], obj))
+        finally:
+            with self._lock:
+                self._resp = None
+            resp.release_conn()
+        return rv
 
 
 # --------------------------------------------------------------------------------------------- logs
@@ -107,8 +166,9 @@ def _watch_loop(list_fn: Callable[..., Any], kwargs: dict[str, Any], kind: str, 
 class PodLog:
     """One pod's log: streamed live to ``emit``, kept whole in memory and in a file."""
 
-    def __init__(self, core: Any, namespace: str, pod: str, index: int | None, emit: Emit, log_dir: Path | None):
-        self.core, self.namespace, self.pod, self.emit = core, namespace, pod, emit
+    def __init__(self, core: Any, namespace: str, pod: str, index: int | None, emit: Emit, log_dir: Path | None,
+                 *, scrub: Callable[[str], str] = str):
+        self.core, self.namespace, self.pod, self.emit, self.scrub = core, namespace, pod, emit, scrub
         self.prefix = f"[idx={'?' if index is None else index} pod={pod}]"
         self.lines: list[str] = []
         self.path = (log_dir / f"{pod}.log") if log_dir else None
@@ -150,7 +210,9 @@ class PodLog:
         self.finished.set()
 
     def _line(self, text: str) -> None:
-        text = text.rstrip("\r")
+        # Scrubbed before it is kept anywhere: a workload that prints its token must not leak it into the run
+        # log, the saved log file (uploaded to OSS) or an error message.
+        text = self.scrub(text.rstrip("\r"))
         self.lines.append(text)
         if self.path:
             with self.path.open("a", encoding="utf-8") as fh:
@@ -232,9 +294,12 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
         api_client: a ``kubernetes.client.ApiClient`` for the cluster.
         job: the launched (or adopted) Job.
         run_key: selects the run's pods (label ``ask-batch.io/run``).
-        options: grace, timeout, logs.
+        options: grace, timeout, logs, and ``scrub`` applied to every log line before it goes anywhere.
         emit: receives each prefixed log line (e.g. the Prefect run logger's ``info``).
         on_progress: called with (succeeded, completions) whenever the count changes.
+
+    Raises:
+        JobFailed: the Job failed, a pod cannot make progress (after the grace), or ``timeout_seconds`` passed.
     """
     from kubernetes import client
 
@@ -242,22 +307,43 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
     if options.log_dir:
         options.log_dir.mkdir(parents=True, exist_ok=True)
     events: queue.Queue = queue.Queue()
-    stop = threading.Event()
+    pod_selector = f"{RUN_LABEL}={run_key}"
     watchers = [
-        threading.Thread(target=_watch_loop, daemon=True, name="watch-job", args=(
-            batch.list_namespaced_job, {"namespace": job.namespace, "field_selector": f"metadata.name={job.name}"},
-            "job", events, stop, options.watch_seconds)),
-        threading.Thread(target=_watch_loop, daemon=True, name="watch-pods", args=(
-            core.list_namespaced_pod, {"namespace": job.namespace, "label_selector": f"{RUN_LABEL}={run_key}"},
-            "pod", events, stop, options.watch_seconds)),
+        _Watcher(batch.list_namespaced_job, {"namespace": job.namespace,
+                                             "field_selector": f"metadata.name={job.name}"},
+                 "job", events, options.watch_seconds),
+        _Watcher(core.list_namespaced_pod, {"namespace": job.namespace, "label_selector": pod_selector},
+                 "pod", events, options.watch_seconds),
     ]
-    for t in watchers:
-        t.start()
+    for w in watchers:
+        w.start()
     pods: dict[str, dict[str, Any]] = {}
     logs: dict[str, PodLog] = {}
     job_obj: dict[str, Any] = {}
+    synced: set[str] = set()
     last_progress = -1
     deadline = clock() + options.timeout_seconds if options.timeout_seconds else None
+
+    def see_pod(etype: str, obj: dict[str, Any]) -> None:
+        owners = {o.get("uid") for o in (obj.get("metadata") or {}).get("ownerReferences") or []}
+        if job.uid not in owners:
+            return
+        name = obj["metadata"]["name"]
+        if etype == "DELETED":
+            pods.setdefault(name, obj)
+        else:
+            pods[name] = obj
+        if options.stream_logs and name not in logs and _container_started(obj):
+            logs[name] = PodLog(core, job.namespace, name, pod_index(obj), emit, options.log_dir,
+                                scrub=options.scrub)
+            logs[name].start()
+
+    def final_pods() -> None:
+        # The Job and pod watches are separate streams: the Job's final condition can arrive before the last
+        # pod updates. One list now gives the pods as the Job controller saw them when it finished the Job.
+        with contextlib.suppress(Exception):
+            for item in core.list_namespaced_pod(job.namespace, label_selector=pod_selector).items:
+                see_pod("MODIFIED", api_client.sanitize_for_serialization(item))
 
     def report(succeeded: bool, reason: str | None, diags: dict[str, Diagnosis] | None = None) -> JobReport:
         now = datetime.now(UTC)
@@ -266,7 +352,7 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
 
     def drain_logs(timeout: float) -> None:
         end = time.monotonic() + timeout
-        for pl in logs.values():
+        for pl in list(logs.values()):
             pl.finished.wait(max(0.0, end - time.monotonic()))
 
     try:
@@ -274,45 +360,43 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
             try:
                 kind, etype, obj = events.get(timeout=options.tick_seconds)
             except queue.Empty:
-                kind = None
-            if kind == "job":
+                kind = etype = obj = None
+            if etype == "SYNCED":
+                synced.add(kind)
+            elif kind == "job":
                 job_obj = obj
             elif kind == "pod":
-                owners = {o.get("uid") for o in (obj.get("metadata") or {}).get("ownerReferences") or []}
-                name = obj["metadata"]["name"]
-                if job.uid in owners:
-                    if etype == "DELETED":
-                        pods.setdefault(name, obj)
-                    else:
-                        pods[name] = obj
-                    if options.stream_logs and name not in logs and _container_started(obj):
-                        logs[name] = PodLog(core, job.namespace, name, pod_index(obj), emit, options.log_dir)
-                        logs[name].start()
+                see_pod(etype, obj)
+            if synced != {"job", "pod"}:
+                continue
             succeeded = int((job_obj.get("status") or {}).get("succeeded") or 0)
             if on_progress and succeeded != last_progress:
                 last_progress = succeeded
                 on_progress(succeeded, job.completions)
             finished, ok, why = job_finished(job_obj)
             if finished:
+                final_pods()
                 drain_logs(30.0)
                 rep = report(ok, why)
                 if ok:
                     return rep
-                raise JobFailed(_failure_message(f"Job {job.name} failed: {why}", rep, logs, options), rep)
+                raise JobFailed(options.scrub(_failure_message(f"Job {job.name} failed: {why}", rep, logs,
+                                                               options)), rep)
             now = datetime.now(UTC)
             for name, pod in pods.items():
                 diag = diagnose_pod(pod, now=now, grace=options.grace_seconds)
                 if diag:
                     drain_logs(5.0)
                     rep = report(False, diag.describe(), {name: diag})
-                    raise JobFailed(_failure_message(f"Job {job.name} cannot finish: {diag.describe()}", rep, logs,
-                                                     options, pod=name), rep)
+                    raise JobFailed(options.scrub(_failure_message(
+                        f"Job {job.name} cannot finish: {diag.describe()}", rep, logs, options, pod=name)), rep)
             if deadline is not None and clock() > deadline:
                 rep = report(False, "timeout")
                 raise JobFailed(f"gave up waiting for Job {job.name} after {options.timeout_seconds:.0f}s "
                                 f"({last_progress}/{job.completions} done); fix: raise wait.timeout_seconds", rep)
     finally:
-        stop.set()
+        for w in watchers:
+            w.close()
 
 
 def _failure_message(head: str, rep: JobReport, logs: dict[str, PodLog], options: WaitOptions,
@@ -330,3 +414,53 @@ def _failure_message(head: str, rep: JobReport, logs: dict[str, PodLog], options
             lines.append(f"  last {len(tail)} log lines of {target}:")
             lines += [f"    {t}" for t in tail]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- Prefect task
+
+
+def wait_options(spec: BatchSpec, *, log_dir: Path | None, scrub: Callable[[str], str] = str) -> WaitOptions:
+    """``WaitOptions`` from the spec's ``wait`` section (timeout: the Job deadline plus 10 minutes if unset)."""
+    timeout = spec.wait.timeout_seconds
+    if timeout is None and spec.job.active_deadline_seconds:
+        timeout = spec.job.active_deadline_seconds + 600
+    return WaitOptions(grace_seconds=spec.wait.fail_fast_grace_seconds, timeout_seconds=timeout,
+                       stream_logs=spec.wait.stream_logs, tail_lines=spec.wait.log_tail_lines, log_dir=log_dir,
+                       scrub=scrub)
+
+
+@task(name="wait_for_job", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=transient_only)
+def wait_for_job_task(spec: BatchSpec, run_key: str, cluster: ClusterHandle, job: JobHandle,
+                      log_dir: str | None) -> JobReport:
+    """Prefect task: watch the Job to its end, streaming pod logs into the run log and a progress artifact.
+
+    Each pod's log line reaches the Prefect run log as ``[idx=N pod=NAME] line``, with every known secret value
+    (AccessKey, secret files and env) blanked. Whole logs are kept under ``log_dir``.
+
+    Raises:
+        JobFailed: naming index, pod, reason, exit code and the last log lines; ``.report`` has every index.
+    """
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    from tasks.clients import _load_prefect_secret
+    from tasks.config import run_secret_values
+
+    creds = credentials(spec)
+    scrub = Scrubber(run_secret_values(spec, creds, load_secret=_load_prefect_secret))
+    with stage_logs(scrub) as run_logger:
+        artifact = create_progress_artifact(0.0, key=f"progress-{run_key}",
+                                            description=f"Job {job.name}: indexes done of {job.completions}")
+
+        def progress(done: int, total: int) -> None:
+            update_progress_artifact(artifact, 100.0 * done / max(1, total),
+                                     description=f"Job {job.name}: {done}/{total} indexes done")
+            run_logger.info("progress: %d/%d indexes done", done, total)
+
+        api = kube_for(spec, cluster, creds)
+        try:
+            return wait_for_job(api, job, run_key=run_key,
+                                options=wait_options(spec, log_dir=Path(log_dir) if log_dir else None, scrub=scrub),
+                                emit=run_logger.info, on_progress=progress)
+        finally:
+            api.close()

@@ -1,0 +1,206 @@
+"""The whole pipeline through the sandbox, as a user runs it: the flow, the CLI, a killed flow process.
+
+Each test states one promise of issue 4 and checks it where a user would see it: the downloaded files, the
+sandbox's own record of processes started, the Prefect API (logs, artifacts, states), the CLI's exit code.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from examples.workload.shard_hash import compute_shard
+from flows.ask_batch import ask_batch, build_spec, main
+from tests.e2e.conftest import EXAMPLE, REPO, example_sets, processes
+
+
+def run(sandbox_dir: Path, workdir: Path, run_key: str, *extra: str, **settings: Any) -> tuple[Any, Any]:
+    spec = build_spec(EXAMPLE, example_sets(workdir, run_key, **settings) + list(extra), sandbox_dir)
+    return spec, ask_batch(spec, return_state=True)
+
+
+def kube(spec: Any) -> Any:
+    from tasks.cluster import connect, locate_cluster
+    from tasks.stage import cs_for
+
+    cluster = locate_cluster(spec, cs=cs_for(spec))
+    return connect(cluster, spec, cs=cs_for(spec))
+
+
+def flow_logs(flow_run_id: Any) -> list[str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+        out = [entry.message for entry in logs]
+        offset = len(logs)
+        while len(logs) == 200:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200,
+                                    offset=offset)
+            out += [entry.message for entry in logs]
+            offset += len(logs)
+    return out
+
+
+def flow_artifacts(flow_run_id: Any) -> list[str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+            any_=[flow_run_id])))
+    return [json.dumps(a.data) + (a.description or "") for a in arts]
+
+
+def test_example_run_downloads_one_verified_result_per_index(sandbox_dir: Path, workdir: Path) -> None:
+    spec, state = run(sandbox_dir, workdir, "e2e-ok")
+    assert state.is_completed(), state.message
+    root = workdir / "outputs" / "ask-batch-e2e-ok"
+    results = sorted(root.glob("index-*/result.json"))
+    assert len(results) == 10
+    for path in results:
+        result = json.loads(path.read_text())
+        expected = compute_shard("ask-batch-demo", result["index"], 1 << 20)
+        assert result["sha256"] == expected["sha256"] and result["bytes"] == expected["bytes"]
+        assert path.parent.name == f"index-{result['index']:05d}"
+    assert len(list((root / "logs").glob("*.log"))) == 10
+    logs = flow_logs(state.state_details.flow_run_id)
+    assert any(line.startswith("[idx=3 pod=askb-e2e-ok-") for line in logs)
+    summary = [a for a in flow_artifacts(state.state_details.flow_run_id) if "Estimated cost" in a]
+    assert summary and "| 9 | succeeded | 1 | 0 |" in summary[0]
+
+
+def test_second_run_reuses_the_cluster_and_the_nas(sandbox_dir: Path, workdir: Path) -> None:
+    from tasks.clients import nas_client
+    from tasks.cluster import find_ask_cluster
+    from tasks.stage import credentials, cs_for
+    from tasks.volume import find_file_systems_by_name
+
+    for key in ("e2e-again-1", "e2e-again-2"):
+        spec, state = run(sandbox_dir, workdir, key)
+        assert state.is_completed(), state.message
+    # find_ask_cluster raises when two clusters have the name; the NAS lookup lists every match.
+    assert find_ask_cluster(cs_for(spec), region=spec.target.region, name=spec.cluster.ask.name)
+    nas = nas_client(spec.target, credentials(spec))
+    assert len(find_file_systems_by_name(nas, spec.storage.nas.name)) == 1
+
+
+def test_failing_index_fails_the_flow_naming_index_pod_and_exit_code(sandbox_dir: Path, workdir: Path) -> None:
+    from kubernetes import client
+
+    spec, state = run(sandbox_dir, workdir, "e2e-fail", "job.backoff_limit_per_index=0", fail_indexes=[3])
+    assert state.is_failed()
+    with pytest.raises(Exception) as caught:
+        state.result()
+    message = str(caught.value)
+    assert "index 3: pod askb-e2e-fail-" in message and "exit code 42" in message
+    # The failed pod's whole log is kept with the run's outputs.
+    logs = list((workdir / "outputs" / "ask-batch-e2e-fail" / "logs").glob("askb-e2e-fail-*-3-*.log"))
+    assert logs and "failing on purpose" in logs[0].read_text()
+    # Teardown ran (policy: job and config always): nothing of the run is left in the cluster.
+    api = kube(spec)
+    selector = "ask-batch.io/run=e2e-fail"
+    assert not client.BatchV1Api(api).list_namespaced_job("default", label_selector=selector).items
+    assert not client.CoreV1Api(api).list_namespaced_config_map("default", label_selector=selector).items
+
+
+def test_bad_image_fails_within_the_grace_naming_pod_and_reason(sandbox_dir: Path, workdir: Path) -> None:
+    started = time.monotonic()
+    _, state = run(sandbox_dir, workdir, "e2e-image", "job.image=unreachable.invalid/nothing:1",
+                   "wait.fail_fast_grace_seconds=3")
+    elapsed = time.monotonic() - started
+    assert state.is_failed()
+    message = state.message or ""
+    with pytest.raises(Exception) as caught:
+        state.result()
+    message += str(caught.value)
+    assert "pod askb-e2e-image-" in message
+    assert "ImagePullBackOff" in message or "ErrImagePull" in message
+    assert elapsed < 45, f"took {elapsed:.0f}s for a 3s grace"
+
+
+def test_killed_flow_process_rerun_reattaches_and_runs_each_index_once(
+        sandbox_dir: Path, workdir: Path, prefect_server: str) -> None:
+    sets = example_sets(workdir, "e2e-kill", sleep_seconds=5)
+    argv = [sys.executable, "-m", "flows.ask_batch", "--params", str(EXAMPLE), "--sandbox", str(sandbox_dir)]
+    for item in sets:
+        argv += ["--set", item]
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while len([p for p in processes(sandbox_dir) if p["pod"].startswith("askb-e2e-kill-")]) < 10:
+            assert proc.poll() is None, "the flow ended before its pods ran"
+            assert time.monotonic() < deadline, "the Job's pods did not start"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)  # while it waits: the pods sleep 5 s
+    finally:
+        proc.wait(30)
+    spec, state = run(sandbox_dir, workdir, "e2e-kill", sleep_seconds=5)
+    assert state.is_completed(), state.message
+    started = [p for p in processes(sandbox_dir) if p["pod"].startswith("askb-e2e-kill-")]
+    assert sorted(int(p["index"]) for p in started) == list(range(10))
+    assert any("re-attached" in line for line in flow_logs(state.state_details.flow_run_id))
+    assert len(list((workdir / "outputs" / "ask-batch-e2e-kill").glob("index-*/result.json"))) == 10
+
+
+def test_known_secrets_never_reach_logs_artifacts_errors_or_dry_run(
+        sandbox_dir: Path, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    token = "tok-" + os.urandom(12).hex()
+    (workdir / "token.txt").write_text(token)
+    access_secret = json.loads((sandbox_dir / "endpoints.json").read_text())["access_key_secret"]
+    # A careless workload that prints its token and AccessKey secret: neither may get past the log streaming.
+    leaky = ["job.completions=2", "job.parallelism=2", "job.command=[sh, -c]",
+             'job.args=["cat $ASK_BATCH_SECRET_DIR/token; echo; echo key=$OSS_ACCESS_KEY_SECRET; exit 3"]',
+             "job.backoff_limit_per_index=0",
+             f"config.secret_files=[{{name: token, file: {workdir / 'token.txt'}}}]"]
+    _, state = run(sandbox_dir, workdir, "e2e-secret", *leaky)
+    assert state.is_failed()
+    texts = flow_logs(state.state_details.flow_run_id) + flow_artifacts(state.state_details.flow_run_id)
+    assert any("<redacted>" in t for t in texts), "the workload's secret lines should appear, redacted"
+    with pytest.raises(Exception) as caught:
+        state.result()
+    texts += [str(caught.value), state.message or ""]
+    texts += [p.read_text() for p in (workdir / "outputs").rglob("*.log")]
+    capsys.readouterr()
+    assert main(["--params", str(EXAMPLE), "--sandbox", str(sandbox_dir), "--dry-run",
+                 *[a for s in example_sets(workdir, "e2e-secret") + leaky for a in ("--set", s)]]) == 0
+    texts.append(capsys.readouterr().out)
+    for secret in (token, access_secret):
+        assert not [t for t in texts if secret in t]
+
+
+def _requests(sandbox_dir: Path) -> int:
+    import urllib.request
+
+    base = json.loads((sandbox_dir / "endpoints.json").read_text())["control"]["endpoint"]
+    with urllib.request.urlopen(base + "/stats", timeout=5) as resp:
+        stats = json.loads(resp.read())
+    return sum(c["requests"] for c in stats["clusters"].values())
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ("job.parallelism=20", "job.parallelism"),
+    ("job.image=", "job.image"),
+    ("cluster.ask.name=-bad", "cluster.ask.name"),
+    ("target.region=China (Hangzhou)", "target.region"),
+    ("config.local_paths=[does-not-exist.txt]", "config.local_paths"),
+    ('job.cpu="-1"', "job.cpu"),  # quoted: an unquoted number is a YAML int, see the report
+    ("job.completions=0", "job.completions"),
+    ("run_key=Not_A_Label", "run_key"),
+    ("job.paralelism=2", "job.paralelism"),
+])
+def test_cli_rejects_invalid_input_before_any_request(sandbox_dir: Path, change: str, field: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    before = _requests(sandbox_dir)
+    assert main(["--params", str(EXAMPLE), "--sandbox", str(sandbox_dir), "--set", change]) == 2
+    err = capsys.readouterr().err
+    assert f"  - {field}:" in err, err
+    assert _requests(sandbox_dir) == before
