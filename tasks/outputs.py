@@ -317,7 +317,9 @@ def _copy_logs(log_dir: Path | None, root: Path) -> None:
     if log_dir and log_dir.is_dir():
         (root / "logs").mkdir(parents=True, exist_ok=True)
         for path in log_dir.glob("*.log"):
-            shutil.copyfile(path, root / "logs" / path.name)
+            target = root / "logs" / path.name
+            if not (target.exists() and target.samefile(path)):  # logs may already stream into place
+                shutil.copyfile(path, target)
 
 
 def collect_outputs(spec: BatchSpec, *, run_key: str, flow_run_name: str, report: JobReport, oss: Any,

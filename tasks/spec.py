@@ -64,6 +64,12 @@ def memory_gib(text: str) -> float:
     return parse_quantity(text) / 2**30
 
 
+def _quantity_text(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"{value!r} is not a quantity; fix: write a string like '1', '500m' or '2Gi'")
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
 def _check_cpu(value: str) -> str:
     value = str(value).strip()
     if not QUANTITY_RE.match(value):
@@ -586,15 +592,16 @@ class JobSpec(_Model):
             raise ValueError(f"{value!r} is not an image reference; fix: 'registry/repo:tag'")
         return value
 
-    @field_validator("cpu", "cpu_limit")
+    @field_validator("cpu", "cpu_limit", mode="before")
     @classmethod
-    def _cpu(cls, value: str | None) -> str | None:
-        return None if value is None else _check_cpu(value)
+    def _cpu(cls, value: object) -> str | None:
+        # numbers are fine quantities (`cpu: 2` in YAML, `--set job.cpu=2`): keep them as Kubernetes writes them
+        return None if value is None else _check_cpu(_quantity_text(value))
 
-    @field_validator("memory", "memory_limit")
+    @field_validator("memory", "memory_limit", mode="before")
     @classmethod
-    def _memory(cls, value: str | None) -> str | None:
-        return None if value is None else _check_memory(value)
+    def _memory(cls, value: object) -> str | None:
+        return None if value is None else _check_memory(_quantity_text(value))
 
     @field_validator("parallelism")
     @classmethod

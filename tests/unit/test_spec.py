@@ -169,3 +169,10 @@ def test_cpu_quantities(text, cores):
 @pytest.mark.parametrize(("text", "gib"), [("2Gi", 2.0), ("512Mi", 0.5), ("1G", 1e9 / 2**30)])
 def test_memory_quantities(text, gib):
     assert memory_gib(text) == pytest.approx(gib)
+
+
+def test_numeric_quantities_are_accepted_as_kubernetes_writes_them() -> None:
+    from tasks.spec import JobSpec
+
+    job = JobSpec(image="python:3.11", cpu=2, memory="1Gi", cpu_limit=0.5)
+    assert (job.cpu, job.cpu_limit) == ("2", "0.5")
