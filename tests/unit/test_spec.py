@@ -174,5 +174,5 @@ def test_memory_quantities(text, gib):
 def test_numeric_quantities_are_accepted_as_kubernetes_writes_them() -> None:
     from tasks.spec import JobSpec
 
-    job = JobSpec(image="python:3.11", cpu=2, memory="1Gi", cpu_limit=0.5)
-    assert (job.cpu, job.cpu_limit) == ("2", "0.5")
+    job = JobSpec(image="python:3.11", cpu=0.5, memory="1Gi", cpu_limit=2)
+    assert (job.cpu, job.cpu_limit) == ("0.5", "2")
