@@ -8,6 +8,7 @@ One `Sandbox` serves, on one asyncio loop:
 
 State lives in the data directory, so a restarted sandbox keeps its objects, buckets, clusters and file
 systems; ports are remembered too and reused when free, so kubeconfigs keep working across restarts.
+The Kubernetes API servers speak https with certificates from one CA kept in `DIR/tls/` (see k8s/tls.py).
 Once ready it writes `DIR/kubeconfig` (the default cluster) and `DIR/endpoints.json` (every endpoint, the
 region and the sandbox's access key pair; mode 0600).
 """
@@ -146,6 +147,7 @@ class Sandbox:
             node=self.settings.node,
             token=token,
             port=port,
+            tls_dir=self.data_dir / "tls",
         )
         cluster.csi_resolver = self._csi_resolver
         await cluster.start()
@@ -225,6 +227,8 @@ class Sandbox:
             "vswitch_id": self.meta["vswitch_id"],
             "kubernetes": {
                 "server": cluster.url,
+                "certificate_authority": str(cluster.ca_file),
+                "token": cluster.token,
                 "kubeconfig": str(self.data_dir / "kubeconfig"),
                 "cluster_id": self.default_cluster_id,
                 "cluster_name": cluster.name,

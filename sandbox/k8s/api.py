@@ -1,7 +1,7 @@
 """The sandbox's Kubernetes API server: the HTTP face of the store, spoken exactly as kubectl expects.
 
 The unmodified official clients (kubectl 1.32/1.37, `kubernetes`, `kubernetes_asyncio`) talk to this over
-real HTTP, so every detail they depend on is reproduced, notably (see /work/shared/research/k8s-emulation.md):
+real HTTPS, so every detail they depend on is reproduced, notably (see /work/shared/research/k8s-emulation.md):
 
 - legacy discovery (`/api`, `/api/v1` with `groupVersion: "v1"`, `/apis`, ...); kubectl asks for aggregated
   discovery first and falls back cleanly when answered with plain JSON;
@@ -727,20 +727,14 @@ class PodLog:
 
 
 def authorized(request: web.Request, token: str) -> bool:
-    """The bearer token must match. One exception: kubectl over plain http.
+    """Every request but the health probes must carry the cluster's bearer token.
 
-    client-go's clientcmd only reads a kubeconfig user's credentials when the transport is TLS
-    (`isConfigTransportTLS`), so kubectl never sends the token to an `http://` server. A request from
-    kubectl that carries no Authorization header over plain http is therefore let through; a wrong token
-    is always refused, and so are the Python clients (which do send it) without one. Serving TLS would
-    remove the exception.
+    The server is https-only (cluster.py), so kubectl sends its kubeconfig token too (client-go only does
+    that over TLS); there is no exception for any client.
     """
     if request.path in ANONYMOUS_PATHS:
         return True
-    header = request.headers.get("Authorization")
-    if header is not None:
-        return header == f"Bearer {token}"
-    return not request.secure and request.headers.get("User-Agent", "").startswith("kubectl/")
+    return request.headers.get("Authorization") == f"Bearer {token}"
 
 
 def _middlewares(cluster: KubeCluster) -> list[Any]:

@@ -4,11 +4,16 @@ The controllers and the node talk to the store through its public methods (creat
 the same operations the HTTP API exposes, with the same admission and the same watch events; they never
 change stored dicts behind its back. They are in-process rather than HTTP clients only to keep a
 10,000-pod Job fast on a 2-core machine.
+
+The API server speaks https only (as ASK's does), with a certificate from the CA in `tls_dir` (see
+`tls.py`; a sandbox shares one CA between all its clusters); kubeconfigs carry that CA as
+`certificate-authority-data` and a bearer token, which every request must present.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import secrets
@@ -21,6 +26,7 @@ from aiohttp import web
 
 from ..faults import Faults
 from .store import Obj, Store, now_iso
+from .tls import ServerTLS, ensure_server_tls
 
 log = logging.getLogger("sandbox.k8s")
 
@@ -58,6 +64,7 @@ class KubeCluster:
         node: NodeConfig | None = None,
         token: str | None = None,
         port: int = 0,
+        tls_dir: Path | None = None,
     ) -> None:
         self.name = name
         self.data_dir = data_dir
@@ -66,6 +73,8 @@ class KubeCluster:
         self.node = node or NodeConfig()
         self.token = token or secrets.token_hex(16)
         self.port = port
+        # the CA + server certificate (created on first use; shared when several clusters get the same dir)
+        self.tls: ServerTLS = ensure_server_tls(tls_dir if tls_dir is not None else data_dir / "tls")
         self.store = Store(state_file=data_dir / "state.json", admission=self._admission())
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
@@ -105,7 +114,12 @@ class KubeCluster:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate that signed this API server's certificate (PEM)."""
+        return self.tls.ca_cert
 
     async def start(self) -> None:
         from .api import make_app
@@ -115,7 +129,8 @@ class KubeCluster:
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                      shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True,
+                           ssl_context=self.tls.ssl_context())
         await site.start()
         server = site._server
         assert server is not None and server.sockets
@@ -168,7 +183,10 @@ class KubeCluster:
         return {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": self.name, "cluster": {"server": server or self.url}}],
+            "clusters": [{"name": self.name, "cluster": {
+                "server": server or self.url,
+                "certificate-authority-data": base64.b64encode(self.tls.ca_pem()).decode(),
+            }}],
             "users": [{"name": user, "user": {"token": self.token}}],
             "contexts": [{"name": self.name, "context": {"cluster": self.name, "user": user,
                                                          "namespace": "default"}}],

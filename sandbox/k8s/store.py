@@ -129,7 +129,7 @@ class Store:
     def __init__(
         self,
         *,
-        history_size: int = 200_000,
+        history_size: int = 50_000,
         admission: Admission | None = None,
         state_file: Path | None = None,
     ) -> None:

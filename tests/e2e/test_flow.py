@@ -34,9 +34,12 @@ def kube(spec: Any) -> Any:
 
 
 def flow_logs(flow_run_id: Any) -> list[str]:
+    """Every log message of a flow run, as the Prefect API has it (after sending what is still queued)."""
     from prefect import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
 
+    APILogHandler().flush()  # logs travel to the API in batches; send the last batch before reading
     with get_client(sync_client=True) as client:
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
         out = [entry.message for entry in logs]

@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import threading
 import time
@@ -81,6 +82,7 @@ def api_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiCluster
 @pytest.fixture(scope="module")
 def api_cluster_client(api_cluster: ApiClusterThread) -> Iterator[client.ApiClient]:
     config = client.Configuration(host=api_cluster.url)
+    config.ssl_ca_cert = str(api_cluster.cluster.ca_file)
     config.api_key = {"authorization": "Bearer " + api_cluster.cluster.token}
     with client.ApiClient(config) as api:
         yield api
@@ -112,8 +114,9 @@ def http(cluster: ApiClusterThread, method: str, path: str, body: Any = None, *,
     req.add_header("Content-Type", "application/json")
     for key, value in (headers or {}).items():
         req.add_header(key, value)
+    context = ssl.create_default_context(cafile=str(cluster.cluster.ca_file))
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             raw, status, hdrs = resp.read(), resp.status, resp.headers
     except urllib.error.HTTPError as err:
         raw, status, hdrs = err.read(), err.code, err.headers
@@ -160,6 +163,22 @@ def test_auth_and_request_count(api_cluster: ApiClusterThread) -> None:
     status, _, _ = http(api_cluster, "GET", "/healthz", token=None)
     assert status == 200
     assert api_cluster.cluster.request_count >= before + 3
+
+
+def test_https_only_with_the_kubeconfig_ca(api_cluster: ApiClusterThread) -> None:
+    cluster = api_cluster.cluster
+    assert cluster.url.startswith("https://127.0.0.1:")
+    cluster_entry = cluster.kubeconfig()["clusters"][0]["cluster"]
+    assert base64.b64decode(cluster_entry["certificate-authority-data"]) == cluster.ca_file.read_bytes()
+    assert (cluster.tls.ca_key.stat().st_mode & 0o777) == 0o600 and (cluster.tls.key.stat().st_mode & 0o777) == 0o600
+    with pytest.raises(OSError):  # plain http is not spoken
+        urllib.request.urlopen(f"http://127.0.0.1:{cluster.port}/healthz", timeout=5).read()
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):  # nor trusted without the CA
+        urllib.request.urlopen(f"https://127.0.0.1:{cluster.port}/healthz", timeout=5,
+                               context=ssl.create_default_context()).read()
+    status, body, _ = http(api_cluster, "GET", "/api/v1/namespaces", token=None,
+                           headers={"User-Agent": "kubectl/v1.32.0 (linux/amd64) kubernetes/abc"})
+    assert status == 401  # no exception for kubectl: it sends the token over TLS
 
 
 def test_injected_faults_answer_status(api_cluster: ApiClusterThread) -> None:
@@ -350,6 +369,7 @@ async def test_watch_with_kubernetes_asyncio(api_cluster: ApiClusterThread) -> N
 
     config = aclient.Configuration(host=api_cluster.url, api_key={"BearerToken": api_cluster.cluster.token},
                                    api_key_prefix={"BearerToken": "Bearer"})
+    config.ssl_ca_cert = str(api_cluster.cluster.ca_file)
     async with aclient.ApiClient(config) as api:
         core = aclient.CoreV1Api(api)
         name = unique("aw")
