@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint sandbox bench clean
+.PHONY: install run test lint sandbox bench clean up down
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,14 @@ lint: install
 ## run the sandbox in the foreground (state in .sandbox/)
 sandbox: install
 	$(BIN)/python -m sandbox serve --dir .sandbox
+
+## local Prefect server (UI http://127.0.0.1:4200) + sandbox + wiring + deployments + a worker, in the background
+up: install
+	$(BIN)/python -m deployments.local up
+
+## stop what `make up` started (state stays in .prefect/ and .sandbox/)
+down:
+	$(BIN)/python -m deployments.local down
 
 bench: install
 	$(BIN)/python -m bench

@@ -58,6 +58,10 @@ REPO = Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------------------------- naming
 
 
+#: How long a crashed run keeps its spec locked (the live holder renews its lease well before this).
+LOCK_LEASE_SECONDS = 60.0  # the Prefect server's minimum lease
+
+
 def derive_run_key(spec: BatchSpec, flow_run_id: Any) -> str:
     """``spec.run_key``, else one derived from the flow run id (stable across retries of that flow run)."""
     if spec.run_key:
@@ -206,6 +210,7 @@ def ask_batch(spec: BatchSpec) -> dict[str, Any]:
         >>> ask_batch(parse_spec(yaml.safe_load(open("deployments/example.yaml"))))
     """
     from tasks.outputs import collect_outputs_task, ensure_bucket_task
+    from tasks.run_lock import lock_key, run_lock
     from tasks.teardown import teardown_task
 
     logger = get_run_logger()
@@ -221,39 +226,43 @@ def ask_batch(spec: BatchSpec) -> dict[str, Any]:
     report: JobReport | None = None
     outputs: Any = None
     error: BaseException | None = None
-    try:
-        cluster = ensure_cluster_task(spec, run_key)
-        volume = ensure_volume_task(spec, run_key=run_key, cluster=cluster)
-        ensure_bucket_task(spec)
-        config = publish_config_task(spec, run_key, cluster)
-        job = launch_job_task(spec, run_key, name, cluster, volume, config)
+    # One run per spec at a time, teardown included: a second run of the same spec is refused while this one
+    # holds the lock (a Prefect global concurrency limit with a lease, so a crashed holder frees it within
+    # LOCK_LEASE_SECONDS; a re-run after a crash then re-attaches to the Job).
+    with run_lock(lock_key(spec), wait_seconds=0, lease_seconds=LOCK_LEASE_SECONDS):
         try:
-            report = wait_for_job_task(spec, run_key, cluster, job, str(log_dir_for(spec, name)))
-        except JobFailed as exc:
-            report = exc.report
+            cluster = ensure_cluster_task(spec, run_key)
+            volume = ensure_volume_task(spec, run_key=run_key, cluster=cluster)
+            ensure_bucket_task(spec)
+            config = publish_config_task(spec, run_key, cluster)
+            job = launch_job_task(spec, run_key, name, cluster, volume, config)
+            try:
+                report = wait_for_job_task(spec, run_key, cluster, job, str(log_dir_for(spec, name)))
+            except JobFailed as exc:
+                report = exc.report
+                raise
+            outputs = collect_outputs_task(spec, run_key=run_key, flow_run_name=name, report=report,
+                                           log_dir=log_dir_for(spec, name))
+        except BaseException as exc:
+            error = exc
             raise
-        outputs = collect_outputs_task(spec, run_key=run_key, flow_run_name=name, report=report,
-                                       log_dir=log_dir_for(spec, name))
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        if error is not None:
-            keep_logs(spec, name)
-        teardown = None
-        try:
-            teardown = teardown_task(spec, run_key=run_key, succeeded=error is None, cluster=cluster,
-                                     volume=volume, config=config, job=job)
-        except Exception as exc:  # noqa: BLE001 - never hide the run's own error behind a teardown error
-            logger.error("teardown failed: %s: %s", type(exc).__name__, exc)
-        try:
-            create_markdown_artifact(
-                summary_markdown(spec, run_key=run_key, name=name, cluster=cluster, job=job, report=report,
-                                 outputs=outputs, teardown=teardown,
-                                 error=None if error is None else f"{type(error).__name__}: {error}"),
-                key=f"summary-{run_key}", description=f"ask-batch run {name}")
-        except Exception as exc:  # noqa: BLE001
-            logger.error("could not publish the summary artifact: %s", exc)
+        finally:
+            if error is not None:
+                keep_logs(spec, name)
+            teardown = None
+            try:
+                teardown = teardown_task(spec, run_key=run_key, succeeded=error is None, cluster=cluster,
+                                         volume=volume, config=config, job=job)
+            except Exception as exc:  # noqa: BLE001 - never hide the run's own error behind a teardown error
+                logger.error("teardown failed: %s: %s", type(exc).__name__, exc)
+            try:
+                create_markdown_artifact(
+                    summary_markdown(spec, run_key=run_key, name=name, cluster=cluster, job=job, report=report,
+                                     outputs=outputs, teardown=teardown,
+                                     error=None if error is None else f"{type(error).__name__}: {error}"),
+                    key=f"summary-{run_key}", description=f"ask-batch run {name}")
+            except Exception as exc:  # noqa: BLE001
+                logger.error("could not publish the summary artifact: %s", exc)
     return {"run_key": run_key, "flow_run_name": name, "job": job.name,
             "outputs_dir": outputs.download_dir if outputs is not None else None, "succeeded": True}
 

@@ -1,0 +1,226 @@
+"""The deployments end to end: prefect.yaml deployed to a real Prefect server, runs picked up by a process worker,
+executed against the sandbox, and everything read back through the Prefect REST API.
+
+Select them with ``pytest -m deploy tests/deploy`` (about two minutes; they start their own server, sandbox and
+worker, see conftest.py). Every wait polls the API for a state, with a deadline.
+"""
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from deployments.local import Stack, http_json
+
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
+
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def api(stack: Stack, path: str, body: object | None = None) -> Any:
+    return http_json(f"{stack.api_url}{path}", body, timeout=10)
+
+
+def poll(read: Callable[[], Any], done: Callable[[Any], bool], *, timeout: float, what: str) -> Any:
+    """Read until ``done(value)``; fail with the last value at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: still {value!r} after {timeout:.0f}s")
+        time.sleep(0.5)  # the API has no push channel for these reads; poll it
+
+
+def run_params(stack: Stack, *sets: str, file: str = "deployments/example.yaml") -> str:
+    """``python -m deployments.params FILE --set ...`` in the clone: the JSON for ``--params``."""
+    argv = [sys.executable, "-m", "deployments.params", file]
+    for item in sets:
+        argv += ["--set", item]
+    result = subprocess.run(argv, cwd=stack.root, env=stack.env(), text=True, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def flow_run(stack: Stack, run_id: str) -> dict[str, Any]:
+    return api(stack, f"/flow_runs/{run_id}")
+
+
+def task_runs(stack: Stack, run_id: str) -> list[dict[str, Any]]:
+    return api(stack, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}, "limit": 200})
+
+
+def deployment(stack: Stack, name: str) -> dict[str, Any]:
+    return api(stack, f"/deployments/name/ask-batch/{name}")
+
+
+def run_deployment_cli(stack: Stack, name: str, params: str, timeout: int = 240) -> tuple[int, str, str]:
+    """``prefect deployment run ask-batch/NAME --params ... --watch``: (exit code, output, flow run id)."""
+    result = stack.prefect("deployment", "run", f"ask-batch/{name}", "--params", params, "--watch",
+                           "--watch-interval", "1", "--watch-timeout", str(timeout), check=False,
+                           timeout=timeout + 60)
+    output = result.stdout + result.stderr
+    match = UUID_RE.search(output)
+    assert match, output
+    return result.returncode, output, match.group(0)
+
+
+SMALL = ("job.completions=3", "job.parallelism=3", "storage.mode=none")
+
+
+# --------------------------------------------------------------------------------------------- tests
+
+
+def test_adhoc_run_completes_and_is_readable_through_the_api(stack: Stack) -> None:
+    code, output, run_id = run_deployment_cli(stack, "adhoc", run_params(stack, *SMALL))
+    assert code == 0 and "Completed" in output, output
+
+    run = flow_run(stack, run_id)
+    assert run["state_type"] == "COMPLETED"
+    assert run["parameters"]["spec"]["target"]["region"] == "cn-sandbox"  # the wired target, resolved by the server
+    name = run["name"]
+
+    by_name: dict[str, list[str]] = {}
+    for tr in task_runs(stack, run_id):
+        by_name.setdefault(tr["name"].rsplit("-", 1)[0], []).append(tr["state_type"])
+    for stage in ("ensure_cluster", "publish_config", "launch_job", "wait_for_job", "collect_outputs", "teardown"):
+        assert by_name.get(stage) == ["COMPLETED"], (stage, by_name)
+
+    logs = api(stack, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+    assert any("run key" in entry["message"] for entry in logs), [entry["message"] for entry in logs[:20]]
+
+    artifacts = api(stack, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
+    keys = {a["key"] for a in artifacts}
+    summary = next(a for a in artifacts if (a["key"] or "").startswith("summary-"))
+    assert summary["type"] == "markdown", keys
+
+    # The outputs are where the summary says: downloaded under the clone (the pull step's working directory).
+    out_dir = stack.root / "outputs" / name
+    assert f"downloaded to `outputs/{name}`" in summary["data"], summary["data"]
+    assert out_dir.is_dir() and any(p.is_file() for p in out_dir.rglob("*")), out_dir
+
+
+def test_nightly_schedule_produces_runs_at_0200_shanghai(stack: Stack) -> None:
+    dep = deployment(stack, "nightly")
+    (schedule,) = dep["schedules"]
+    assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["schedule"]["timezone"] == "Asia/Shanghai"
+    assert dep["global_concurrency_limit"]["limit"] == 1
+    assert dep["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+
+    def scheduled() -> list[dict[str, Any]]:
+        return api(stack, "/flow_runs/filter", {
+            "flow_runs": {"deployment_id": {"any_": [dep["id"]]}, "state": {"type": {"any_": ["SCHEDULED"]}}},
+            "sort": "EXPECTED_START_TIME_ASC", "limit": 5})
+
+    runs = poll(scheduled, lambda rs: len(rs) >= 3, timeout=90, what="scheduled nightly runs")
+    shanghai = ZoneInfo("Asia/Shanghai")
+    starts = [datetime.fromisoformat(r["expected_start_time"].replace("Z", "+00:00")).astimezone(shanghai)
+              for r in runs]
+    now = datetime.now(shanghai)
+    first = (now + timedelta(days=1 if now.hour >= 2 else 0)).replace(hour=2, minute=0, second=0, microsecond=0)
+    assert starts[:3] == [first + timedelta(days=i) for i in range(3)], starts
+    # Each scheduled run carries the nightly parameter set with the wired target.
+    spec = runs[0]["parameters"]["spec"]
+    assert spec["job"]["completions"] == 10 and spec["outputs"]["prefix_template"].startswith("nightly/")
+    assert spec["target"]["region"] == "cn-sandbox"
+
+
+def test_failing_run_is_retried_per_deployment_and_torn_down_each_time(stack: Stack) -> None:
+    env = deployment(stack, "adhoc")["job_variables"]["env"]
+    attempts = 1 + int(env["PREFECT_FLOWS_DEFAULT_RETRIES"])
+    params = run_params(stack, *SMALL, "job.completions=1", "job.parallelism=1", "job.backoff_limit=0",
+                        "job.backoff_limit_per_index=null", 'job.command=["python3", "-c", "raise SystemExit(3)"]',
+                        "job.args=[]")
+    code, output, run_id = run_deployment_cli(stack, "adhoc", params)
+    assert code == 1 and "Failed" in output, output
+
+    run = flow_run(stack, run_id)
+    assert run["state_type"] == "FAILED" and run["run_count"] == attempts, (run["state_type"], run["run_count"])
+    names = [tr["name"].rsplit("-", 1)[0] for tr in task_runs(stack, run_id)]
+    teardowns = [tr for tr in task_runs(stack, run_id) if tr["name"].startswith("teardown")]
+    assert names.count("launch_job") == attempts, names
+    assert len(teardowns) == attempts and {tr["state_type"] for tr in teardowns} == {"COMPLETED"}, teardowns
+
+
+def test_same_spec_twice_at_once_launches_the_job_once(stack: Stack) -> None:
+    dep = deployment(stack, "nightly")
+    spec = json.loads(run_params(stack, *SMALL, file="deployments/nightly.yaml"))["spec"]
+    body = {"parameters": {"spec": spec}, "state": {"type": "SCHEDULED"}}
+    ids = [api(stack, f"/deployments/{dep['id']}/create_flow_run", body)["id"] for _ in range(2)]
+
+    runs = poll(lambda: [flow_run(stack, i) for i in ids], lambda rs: all(r["state_type"] in TERMINAL for r in rs),
+                timeout=240, what="both nightly runs")
+    states = sorted(r["state_type"] for r in runs)
+    assert states == ["CANCELLED", "COMPLETED"], [(r["state_type"], r["state"]["message"]) for r in runs]
+    launches = [tr for i in ids for tr in task_runs(stack, i) if tr["name"].startswith("launch_job")]
+    assert len(launches) == 1, launches
+
+
+def test_run_lock_refuses_a_second_holder_and_frees_on_release(stack: Stack) -> None:
+    probe = ("import sys\nfrom tasks.run_lock import RunLocked, run_lock\n"
+             "try:\n    with run_lock(sys.argv[1]):\n        print('acquired', flush=True)\n"
+             "        sys.stdin.readline()\nexcept RunLocked as exc:\n    print('refused', exc, flush=True)\n"
+             "    sys.exit(3)\n")
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", probe, "lock-test"], cwd=stack.root, env=stack.env(),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    holder = start()
+    try:
+        assert holder.stdout.readline().strip() == "acquired"
+        second = start()
+        out, _ = second.communicate("\n", timeout=60)
+        assert second.returncode == 3 and out.startswith("refused"), out
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert holder.returncode == 0
+    third = start()
+    out, _ = third.communicate("\n", timeout=60)
+    assert third.returncode == 0 and out.startswith("acquired"), out
+
+
+def test_lock_key_is_the_run_key_or_the_spec() -> None:
+    from tasks.run_lock import lock_key
+    from tasks.spec import parse_spec
+
+    base = {"job": {"image": "python:3.11-slim", "completions": 2, "parallelism": 2}}
+    assert lock_key(parse_spec({**base, "run_key": "nightly-1"})) == "nightly-1"
+    assert lock_key(parse_spec(base)) == lock_key(parse_spec(base)).lower()
+    assert lock_key(parse_spec(base)) == lock_key(parse_spec(dict(base)))
+    other = {"job": {**base["job"], "completions": 3}}
+    assert lock_key(parse_spec(base)) != lock_key(parse_spec(other))
+
+
+def test_kubernetes_base_job_template_renders_a_valid_job() -> None:
+    """deployments/k8s-base-job-template.json: accepted by the prefect-kubernetes worker, with our defaults.
+
+    Rendered offline (defaults applied the way the worker applies them, without a server to resolve blocks).
+    """
+    from prefect.utilities.templating import apply_values
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    from deployments.steps import PROJECT_ROOT
+
+    template = json.loads((PROJECT_ROOT / "deployments" / "k8s-base-job-template.json").read_text())
+    variables = template["variables"]["properties"]
+    defaults = {name: spec["default"] for name, spec in variables.items() if "default" in spec}
+    config = KubernetesWorkerJobConfiguration(**apply_values(template["job_configuration"], defaults,
+                                                             remove_notset=True))
+    manifest = config.job_manifest
+    assert manifest["metadata"]["namespace"] == "ask-batch"
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "ask-batch-flow" and pod["restartPolicy"] == "Never"
+    assert pod["containers"][0]["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
