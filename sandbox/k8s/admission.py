@@ -203,6 +203,7 @@ def _default_job(job: Obj) -> None:
     meta = job.setdefault("metadata", {})
     spec = job.setdefault("spec", {})
     meta["uid"] = meta.get("uid") or str(uuid.uuid4())
+    job["status"] = {}  # status is the controller's: a create resets it, and clients read `status: {}` at once
     if spec.get("completions") is None and spec.get("parallelism") is None:
         spec["completions"] = 1
     spec.setdefault("parallelism", 1)
