@@ -135,7 +135,7 @@ def wait_ask_batch(sb: Sandbox, api: Any, body: dict[str, Any], created: Any, ru
 
     handle = JobHandle(namespace="default", name=body["metadata"]["name"], uid=created.metadata.uid,
                        completions=body["spec"]["completions"])
-    report = wait_for_job(api, handle, run_key=run_key, options=WaitOptions(log_dir=log_dir, timeout_seconds=300,
+    report = wait_for_job(api, handle, run_key=run_key, options=WaitOptions(log_dir=log_dir, timeout_seconds=None,
                                                                               stream_logs=stream_logs),
                           emit=lambda line: None)
     done = time.time()
@@ -145,11 +145,11 @@ def wait_ask_batch(sb: Sandbox, api: Any, body: dict[str, Any], created: Any, ru
 
 def start_kubectl(sb: Sandbox, name: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["kubectl", "--kubeconfig", str(sb.kubeconfig), "wait", "--for=condition=complete",
-                             f"job/{name}", "--timeout=300s"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             f"job/{name}", "--timeout=1800s"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def wait_kubectl(proc: subprocess.Popen[bytes]) -> float:
-    out, _ = proc.communicate(timeout=320)
+    out, _ = proc.communicate(timeout=1830)
     done = time.time()
     if proc.returncode != 0:
         raise RuntimeError(f"kubectl wait failed: {out.decode(errors='replace')}")
