@@ -28,7 +28,9 @@ an interpreter that has the OSS SDK, as the example image (examples/Dockerfile) 
 """
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -48,7 +50,7 @@ from tasks.cost import estimate_job
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, JobReport, VolumeHandle
 from tasks.job import launch_job_task
 from tasks.manifests import run_prefix
-from tasks.naming import make_run_key
+from tasks.naming import RUN_LABEL, make_run_key
 from tasks.spec import BatchSpec, SpecError, parse_spec
 from tasks.volume import ensure_volume_task
 from tasks.wait import JobFailed, wait_for_job_task
@@ -106,22 +108,83 @@ def keep_logs(spec: BatchSpec, name: str) -> Path:
     return dest
 
 
+def save_logs_after_failure(spec: BatchSpec, *, run_key: str, name: str,
+                            logger: Any) -> tuple[dict[str, str] | None, str | None]:
+    """Upload a failed run's pod logs to ``<run prefix>logs/`` in OSS, as collect_outputs does on success.
+
+    Best effort: returns (pod -> key, None), or (None, why not); never raises, so the run's own error stays
+    the one the user sees.
+    """
+    from tasks.outputs import save_pod_logs_task
+
+    source = log_dir_for(spec, name)
+    if not source.is_dir() or not any(source.glob("*.log")):
+        return None, "no pod log was streamed"
+    try:
+        saved = save_pod_logs_task(spec, run_key=run_key, flow_run_name=name, log_dir=source)
+    except Exception as exc:  # noqa: BLE001 - never hide the run's own error behind this one
+        logger.error("could not upload the pod logs to OSS: %s: %s", type(exc).__name__, exc)
+        return None, f"{type(exc).__name__}: {exc}"
+    return saved, None
+
+
 # --------------------------------------------------------------------------------------------- hooks
 
 
-def sweep(flow_: Any, flow_run: Any, state: Any) -> None:
-    """``on_cancellation`` / ``on_crashed``: tear down by the run's labels and tags, from the parameters alone."""
-    from kubernetes import client
+def _spec_for_sweep(parameters: dict[str, Any]) -> BatchSpec:
+    """The run's spec as the hook needs it: target, cluster, storage and teardown policy.
 
-    from tasks import teardown
-    from tasks.clients import nas_client
-    from tasks.cluster import connect, locate_cluster
-    from tasks.stage import credentials, cs_for
-
-    spec = _spec_of(flow_run.parameters)
-    run_key = derive_run_key(spec, flow_run.id)
+    The hook may run in the worker's process, whose working directory need not be the one the run's relative
+    ``config`` paths were checked against; those files play no part in a sweep, so when they are what fails
+    validation, the spec is read without its ``config`` section.
+    """
+    value = parameters["spec"]
+    if isinstance(value, BatchSpec):
+        return value
     try:
+        return parse_spec(value)
+    except SpecError:
+        return parse_spec({k: v for k, v in dict(value).items() if k != "config"})
+
+
+def sweep(flow: Any, flow_run: Any, state: Any) -> None:
+    """``on_cancellation`` / ``on_crashed``: tear down by the run's labels and tags, from the parameters alone.
+
+    Prefect runs it in the flow's process (cancellation seen by the engine) or in the worker's (the worker
+    cancelled the run and stopped its process, or saw the process die: research/prefect.md §2.5), so every
+    client is built here from the run's parameters. It logs what it deleted and kept into the run's own log
+    (and stderr), and never raises: the state that triggered it must stay the run's state. The parameter names
+    are Prefect's: its runner calls hooks with ``flow=, flow_run=, state=`` keywords.
+    """
+    what = getattr(getattr(state, "type", None), "value", "?").lower()
+    logger: Any = None
+    try:
+        from prefect.logging.loggers import flow_run_logger
+
+        logger = flow_run_logger(flow_run, flow)
+    except Exception:  # noqa: BLE001 - stderr still gets every line
+        pass
+
+    def say(level: int, text: str) -> None:
+        print(text, file=sys.stderr)
+        if logger is not None:
+            with contextlib.suppress(Exception):
+                logger.log(level, text)
+
+    run_key = "?"
+    try:
+        from kubernetes import client
+
+        from tasks import teardown
+        from tasks.clients import nas_client
+        from tasks.cluster import connect, locate_cluster
+        from tasks.stage import Scrubber, credentials, cs_for
+
+        spec = _spec_for_sweep(flow_run.parameters)
+        run_key = derive_run_key(spec, flow_run.id)
+        say(logging.INFO, f"ask-batch sweep ({what}) {run_key}: tearing down by the label {RUN_LABEL}={run_key}")
         creds = credentials(spec)
+        scrub = Scrubber(creds.secret_values())
         cs = cs_for(spec, creds)
         nas = nas_client(spec.target, creds) if spec.storage.mode == "nas" else None
         cluster = locate_cluster(spec, cs=cs)
@@ -129,9 +192,12 @@ def sweep(flow_: Any, flow_run: Any, state: Any) -> None:
         report = teardown.sweep(spec, run_key=run_key, core_v1=client.CoreV1Api(api) if api else None,
                                 batch_v1=client.BatchV1Api(api) if api else None, nas=nas, cs=cs)
         for line in report.lines():
-            print(f"ask-batch sweep ({state.type.value.lower()}) {run_key}: {line}", file=sys.stderr)
+            say(logging.WARNING if line.startswith("FAILED") else logging.INFO,
+                scrub(f"ask-batch sweep ({what}) {run_key}: {line}"))
+        say(logging.INFO, f"ask-batch sweep ({what}) {run_key}: done ({len(report.deleted)} deleted, "
+                          f"{len(report.kept)} kept, {len(report.failed)} failed)")
     except Exception as exc:  # noqa: BLE001 - a hook must not hide the state that triggered it
-        print(f"ask-batch sweep of {run_key} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        say(logging.ERROR, f"ask-batch sweep ({what}) of {run_key} failed: {type(exc).__name__}: {exc}")
 
 
 # --------------------------------------------------------------------------------------------- summary
@@ -139,8 +205,13 @@ def sweep(flow_: Any, flow_run: Any, state: Any) -> None:
 
 def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: ClusterHandle | None,
                      job: JobHandle | None, report: JobReport | None, outputs: Any, teardown: Any,
-                     error: str | None) -> str:
-    """The run summary artifact: cluster, job, per-index record, outputs, cost, teardown."""
+                     error: str | None, saved_logs: dict[str, str] | None = None,
+                     logs_problem: str | None = None) -> str:
+    """The run summary artifact: cluster, job, per-index record, outputs, pod logs, cost, teardown.
+
+    ``saved_logs`` (pod -> OSS key) are the logs a failed run uploaded itself (a successful run's are in
+    ``outputs.log_keys``); ``logs_problem`` says why that upload did not happen.
+    """
     lines = [f"# ask-batch run `{name}`", ""]
     lines.append(f"**Result:** {'succeeded' if error is None else 'FAILED'}")
     if error:
@@ -177,7 +248,13 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
     if outputs is not None and outputs.download_dir:
         lines.append(f"- downloaded to `{outputs.download_dir}` ({outputs.total_bytes} bytes"
                      f"{', complete' if outputs.complete else f', missing indexes {outputs.missing}'})")
-    lines.append(f"- pod logs: `{kept_logs_dir(spec, name)}/`")
+    in_oss = saved_logs if saved_logs is not None else (outputs.log_keys if outputs is not None else None)
+    if in_oss:
+        lines.append(f"- pod logs: {len(in_oss)} in OSS under `oss://{spec.outputs.bucket}/{prefix}logs/`, "
+                     f"and copied to `{kept_logs_dir(spec, name)}/`")
+    else:
+        lines.append(f"- pod logs: `{kept_logs_dir(spec, name)}/`"
+                     f"{f' (not uploaded to OSS: {logs_problem})' if logs_problem else ''}")
     if report:
         cost = estimate_job(spec.job, [r.seconds for r in report.indexes], region=spec.target.region)
         lines += ["", "## Estimated cost", f"- {cost.summary()}"]
@@ -247,8 +324,12 @@ def ask_batch(spec: BatchSpec) -> dict[str, Any]:
             error = exc
             raise
         finally:
+            saved_logs: dict[str, str] | None = None
+            logs_problem: str | None = None
             if error is not None:
                 keep_logs(spec, name)
+                saved_logs, logs_problem = save_logs_after_failure(spec, run_key=run_key, name=name,
+                                                                   logger=logger)
             teardown = None
             try:
                 teardown = teardown_task(spec, run_key=run_key, succeeded=error is None, cluster=cluster,
@@ -259,7 +340,8 @@ def ask_batch(spec: BatchSpec) -> dict[str, Any]:
                 create_markdown_artifact(
                     summary_markdown(spec, run_key=run_key, name=name, cluster=cluster, job=job, report=report,
                                      outputs=outputs, teardown=teardown,
-                                     error=None if error is None else f"{type(error).__name__}: {error}"),
+                                     error=None if error is None else f"{type(error).__name__}: {error}",
+                                     saved_logs=saved_logs, logs_problem=logs_problem),
                     key=f"summary-{run_key}", description=f"ask-batch run {name}")
             except Exception as exc:  # noqa: BLE001
                 logger.error("could not publish the summary artifact: %s", exc)

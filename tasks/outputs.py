@@ -8,7 +8,8 @@ Why each step is the way it is:
   (``completeness: marker``; the workload writes it last) or when it has at least ``min_objects`` objects. A
   Job that "succeeded" but whose pods silently skipped the upload is caught here, not by the user a week later.
 - **Pod logs are uploaded first** to ``<run prefix>logs/<pod>.log`` from the files ``wait_for_job`` wrote, so
-  they outlive pod deletion and ``ttlSecondsAfterFinished`` even when the outputs turn out incomplete.
+  they outlive pod deletion and ``ttlSecondsAfterFinished`` even when the outputs turn out incomplete. A run that
+  fails before this stage uploads them the same way (``save_pod_logs_task``, called by the flow).
 - **Downloads are verified**: each object streams to a temporary name while its CRC-64/ECMA is computed, and is
   renamed into place only when size and CRC match what OSS reports (``x-oss-hash-crc64ecma``; the listing has
   no CRC, so the GET response's header is used, or a HEAD for a file already on disk). A file already downloaded
@@ -436,6 +437,20 @@ def ensure_bucket_task(spec: BatchSpec) -> bool:
     oss, scrub = _oss(spec)
     with stage_logs(scrub):
         return ensure_bucket(spec, oss)
+
+
+@task(name="save_pod_logs", cache_policy=NO_CACHE)
+def save_pod_logs_task(spec: BatchSpec, *, run_key: str, flow_run_name: str,
+                       log_dir: Path | None) -> dict[str, str]:
+    """Prefect task: upload the pod logs of a run that did not reach ``collect_outputs`` (it failed, or was
+    cancelled) to ``<run prefix>logs/<pod>.log``, as a successful run's are. Returns pod -> key.
+
+    The flow calls it best effort, after a failure: its own error must never hide the run's.
+    """
+    oss, scrub = _oss(spec)
+    prefix = run_prefix(spec.outputs, run_key=run_key, flow_run_name=flow_run_name)
+    with stage_logs(scrub):
+        return save_pod_logs(oss, spec.outputs.bucket, prefix, log_dir)
 
 
 @task(name="collect_outputs", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,

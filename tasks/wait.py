@@ -8,7 +8,9 @@ prefect-kubernetes wait loop reads logs one pod after another (research/prefect.
   resumes from the last seen version when the stream drops, and relists on 410 Gone (anchors.md pain 5);
 - every pod gets a log thread as soon as its container starts: lines go to ``emit`` prefixed with
   ``[idx=N pod=NAME]`` and into a per-pod file, so the whole log outlives pod deletion and TTL (pain 4); a broken
-  log stream reconnects and skips the lines already seen;
+  log stream reconnects and skips the lines already seen; once the Job is finished, a stream still open after
+  ``log_grace_seconds`` (a real kubelet can take ~5 s to end it) is cut and the rest of that log is read once
+  without follow, skipping the same way, so the wait ends promptly with every log complete;
 - the main loop wakes on events *and* on a short timer, because a grace period can run out while nothing changes,
   and asks ``tasks.diagnose`` about every pod: the first fatal diagnosis ends the wait, naming index, pod, reason,
   exit code and the last log lines.
@@ -44,12 +46,19 @@ Emit = Callable[[str], None]
 
 @dataclass(frozen=True)
 class WaitOptions:
+    """How ``wait_for_job`` waits: fail-fast grace, overall timeout, log streaming and where logs are kept."""
+
     grace_seconds: float = 90.0
     timeout_seconds: float | None = None
     stream_logs: bool = True
     tail_lines: int = 20
     log_dir: Path | None = None
     tick_seconds: float = 2.0
+    #: Once the Job is finished (or failing fast), how long a pod's log stream may stay open before it is cut
+    #: and the rest of that log is read once without follow. A real kubelet can take ~5 s to end a stream.
+    log_grace_seconds: float = 2.0
+    #: How long that catch-up read (and the end of every log thread) may take in all.
+    log_catch_up_seconds: float = 30.0
     watch_seconds: int = 240  # server-side watch timeout: reconnect regularly rather than trust idle streams
     scrub: Callable[[str], str] = str  # applied to every log line and error text (blanks known secret values)
 
@@ -164,7 +173,13 @@ class _Watcher:
 
 
 class PodLog:
-    """One pod's log: streamed live to ``emit``, kept whole in memory and in a file."""
+    """One pod's log: streamed live to ``emit``, kept whole in memory and in a file.
+
+    The follow stream normally ends by itself when the container exits. On a real cluster the kubelet can take
+    seconds to end it, so ``stop()`` cuts it short: the thread then reads the log once more without follow and
+    keeps only the lines it had not delivered yet (the same line count as after a reconnect), so the kept log is
+    complete and has no line twice.
+    """
 
     def __init__(self, core: Any, namespace: str, pod: str, index: int | None, emit: Emit, log_dir: Path | None,
                  *, scrub: Callable[[str], str] = str):
@@ -172,7 +187,10 @@ class PodLog:
         self.prefix = f"[idx={'?' if index is None else index} pod={pod}]"
         self.lines: list[str] = []
         self.path = (log_dir / f"{pod}.log") if log_dir else None
-        self.finished = threading.Event()  # set when the container has terminated and the log is read to the end
+        self.finished = threading.Event()  # set when the log is read to its end (or the pod is gone)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._resp: Any = None
         self.thread = threading.Thread(target=self._run, name=f"log-{pod}", daemon=True)
 
     def start(self) -> None:
@@ -181,33 +199,80 @@ class PodLog:
     def tail(self, n: int) -> list[str]:
         return self.lines[-n:] if n else []
 
+    def stop(self) -> None:
+        """End the follow stream now; the thread catches up with one non-follow read, then sets ``finished``."""
+        if self.finished.is_set():
+            return
+        self._stop.set()
+        with self._lock:
+            resp = self._resp
+        if resp is not None:
+            with contextlib.suppress(Exception):
+                resp.shutdown()  # unblocks a read waiting for the next chunk (urllib3 >= 2.3)
+
     def _run(self) -> None:
         attempts = 0
-        while attempts < 50:
+        while attempts < 50 and not self._stop.is_set():
             attempts += 1
             try:
-                resp = self.core.read_namespaced_pod_log(self.pod, self.namespace, container=CONTAINER_NAME,
-                                                         follow=True, _preload_content=False)
-                seen = 0
-                buffer = b""
-                for chunk in resp.stream(4096):
-                    buffer += chunk
-                    *complete, buffer = buffer.split(b"\n")
-                    for raw in complete:
-                        seen += 1
-                        if seen > len(self.lines):  # after a reconnect, skip what we already have
-                            self._line(raw.decode("utf-8", "replace"))
-                if buffer:
-                    seen += 1
-                    if seen > len(self.lines):
-                        self._line(buffer.decode("utf-8", "replace"))
-                if self._terminated():
+                self._read(follow=True)
+                if self._stop.is_set() or self._terminated():
                     break
             except Exception as exc:  # noqa: BLE001 - keep trying: a log stream may drop at any time
-                if getattr(exc, "status", None) == 404:  # pod gone: what we have is all there is
+                if self._stop.is_set():
                     break
-                time.sleep(min(5.0, 0.2 * attempts))
+                if getattr(exc, "status", None) == 404:  # pod gone: what we have is all there is
+                    self.finished.set()
+                    return
+                self._stop.wait(min(5.0, 0.2 * attempts))
+        if self._stop.is_set():
+            try:
+                self._read(follow=False)
+            except Exception as exc:  # noqa: BLE001 - the pod may be gone: what we have is all there is
+                log.debug("catch-up read of %s failed: %s", self.pod, type(exc).__name__)
         self.finished.set()
+
+    def _read(self, *, follow: bool) -> None:
+        """One log request from the start; lines already delivered (by count) are skipped.
+
+        A follow stream cut by ``stop()`` must not deliver another byte: ``shutdown`` on a TLS socket drops its
+        TLS layer (``SSLSocket.shutdown``), so what is read after it can be raw TLS records, not log text. The
+        stop flag is set before the shutdown, so a chunk read after it is always seen with the flag set: such a
+        chunk, and the unfinished line before it, are discarded; the catch-up read delivers them.
+        """
+        resp = self.core.read_namespaced_pod_log(self.pod, self.namespace, container=CONTAINER_NAME,
+                                                 follow=follow, _preload_content=False)
+        with self._lock:
+            self._resp = resp if follow else None
+        if follow and self._stop.is_set():  # stopped while the request was being made
+            with contextlib.suppress(Exception):
+                resp.shutdown()
+        seen = 0
+        buffer = b""
+        cut = False
+        try:
+            for chunk in resp.stream(4096):
+                if follow and self._stop.is_set():
+                    cut = True
+                    break
+                buffer += chunk
+                *complete, buffer = buffer.split(b"\n")
+                for raw in complete:
+                    seen += 1
+                    if seen > len(self.lines):  # after a reconnect, skip what we already have
+                        self._line(raw.decode("utf-8", "replace"))
+        finally:
+            with self._lock:
+                self._resp = None
+            cut = cut or (follow and self._stop.is_set())
+            if cut:  # never reuse a connection that was shut down
+                with contextlib.suppress(Exception):
+                    resp.close()
+        # A last line without a newline is complete only when the server ended the stream, not when we cut it.
+        if buffer and not cut:
+            seen += 1
+            if seen > len(self.lines):
+                self._line(buffer.decode("utf-8", "replace"))
 
     def _line(self, text: str) -> None:
         # Scrubbed before it is kept anywhere: a workload that prints its token must not leak it into the run
@@ -350,10 +415,19 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
         return JobReport(job=job, succeeded=succeeded, reason=reason,
                          indexes=build_records(pods, job.completions, now=now, diagnoses=diags))
 
-    def drain_logs(timeout: float) -> None:
-        end = time.monotonic() + timeout
+    def drain_logs() -> None:
+        # Streams that end by themselves within the grace are the common case; the others are cut and caught up
+        # with one plain read each (PodLog.stop), so a slow kubelet does not hold the run for seconds.
+        end = time.monotonic() + options.log_grace_seconds
         for pl in list(logs.values()):
             pl.finished.wait(max(0.0, end - time.monotonic()))
+        open_streams = [pl for pl in logs.values() if not pl.finished.is_set()]
+        for pl in open_streams:
+            pl.stop()
+        end = time.monotonic() + options.log_catch_up_seconds
+        for pl in open_streams:
+            if not pl.finished.wait(max(0.0, end - time.monotonic())):
+                log.warning("log of pod %s may be incomplete: not read to its end in time", pl.pod)
 
     try:
         while True:
@@ -376,7 +450,7 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
             finished, ok, why = job_finished(job_obj)
             if finished:
                 final_pods()
-                drain_logs(30.0)
+                drain_logs()
                 rep = report(ok, why)
                 if ok:
                     return rep
@@ -386,7 +460,7 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
             for name, pod in pods.items():
                 diag = diagnose_pod(pod, now=now, grace=options.grace_seconds)
                 if diag:
-                    drain_logs(5.0)
+                    drain_logs()
                     rep = report(False, diag.describe(), {name: diag})
                     raise JobFailed(options.scrub(_failure_message(
                         f"Job {job.name} cannot finish: {diag.describe()}", rep, logs, options, pod=name)), rep)
