@@ -28,6 +28,7 @@ from typing import Any
 from tasks.naming import content_hash
 
 LIMIT_PREFIX = "ask-batch-run-"
+ACQUIRE_ATTEMPTS = 5  # tries when acquiring timed out although nobody held the slot (a slow server)
 
 
 class RunLocked(RuntimeError):
@@ -66,6 +67,14 @@ def ensure_limit(name: str) -> None:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
 
 
+def active_slots(name: str) -> int:
+    """How many holders the lock ``name`` has right now (0 or 1)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return int(client.read_global_concurrency_limit_by_name(name).active_slots or 0)
+
+
 @contextlib.contextmanager
 def run_lock(key: str, *, wait_seconds: float = 0.0, lease_seconds: float = 300.0) -> Iterator[str]:
     """Hold the lock of ``key`` for the ``with`` block; yields the limit's name.
@@ -86,15 +95,20 @@ def run_lock(key: str, *, wait_seconds: float = 0.0, lease_seconds: float = 300.
 
     name = limit_name(key)
     ensure_limit(name)
-    acquired = False
-    try:
-        with concurrency(name, occupy=1, timeout_seconds=max(wait_seconds, 1.0), lease_duration=lease_seconds,
-                         strict=True, raise_on_lease_renewal_failure=False):
-            acquired = True
-            yield name
-    except TimeoutError as exc:
-        if acquired:  # a TimeoutError raised by the body is the body's own
-            raise
-        raise RunLocked(f"another run of the same spec (lock key {key!r}) is running; fix: wait for it to finish "
-                        f"(see the global concurrency limit {name!r} in the Prefect UI; if that run crashed, its lock "
-                        f"frees itself within {lease_seconds:.0f} s), or give this run a different run_key") from exc
+    held = contextlib.ExitStack()
+    for attempt in range(1, ACQUIRE_ATTEMPTS + 1):
+        try:
+            held.enter_context(concurrency(name, occupy=1, timeout_seconds=max(wait_seconds, 1.0),
+                                           lease_duration=lease_seconds, strict=True,
+                                           raise_on_lease_renewal_failure=False))
+            break
+        except TimeoutError as exc:
+            # A timeout means "busy" only if someone holds the slot: a slow server (a loaded SQLite) can also
+            # run out the clock, and refusing then would be a false alarm.
+            if active_slots(name) or attempt == ACQUIRE_ATTEMPTS:
+                raise RunLocked(
+                    f"another run of the same spec (lock key {key!r}) is running; fix: wait for it to finish "
+                    f"(see the global concurrency limit {name!r} in the Prefect UI; if that run crashed, its lock "
+                    f"frees itself within {lease_seconds:.0f} s), or give this run a different run_key") from exc
+    with held:
+        yield name
