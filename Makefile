@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint sandbox bench clean up down
+.PHONY: install run test test-deps lint sandbox bench clean up down
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,9 +21,14 @@ run: install
 	$(BIN)/python -m flows.ask_batch --sandbox .sandbox --params deployments/example.yaml
 
 ## install the test needs and run every test
-test: install
+test: install test-deps
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
+
+## Debian packages of the browser and PostgreSQL tests (chromium, chromium-driver, postgresql); as root only,
+## quick when present; without them those tests skip, naming the packages
+test-deps:
+	bash scripts/install-test-deps.sh
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,6 +1,6 @@
 """The local stack behind ``make up`` / ``make down``: Prefect server, sandbox, wiring, deployments, a worker.
 
-    python -m deployments.local up   [--port 4200] [--sandbox .sandbox] [--no-sandbox]
+    python -m deployments.local up   [--port 4200] [--sandbox .sandbox] [--no-sandbox] [--database-url URL]
     python -m deployments.local down
     python -m deployments.local status
 
@@ -294,8 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=4200)
     parser.add_argument("--sandbox", default=str(PROJECT_ROOT / ".sandbox"), metavar="DIR")
     parser.add_argument("--no-sandbox", action="store_true", help="no sandbox and no wiring (wire a real target)")
+    parser.add_argument("--database-url", metavar="URL",
+                        help="the server's database, e.g. postgresql+asyncpg://USER:PASSWORD@HOST:5432/prefect "
+                             "(PREFECT_API_DATABASE_CONNECTION_URL; default: SQLite in .prefect/)")
     args = parser.parse_args(argv)
-    stack = Stack(port=args.port, sandbox_dir=None if args.no_sandbox else Path(args.sandbox).resolve())
+    extra_env = {"PREFECT_API_DATABASE_CONNECTION_URL": args.database_url} if args.database_url else {}
+    stack = Stack(port=args.port, sandbox_dir=None if args.no_sandbox else Path(args.sandbox).resolve(),
+                  extra_env=extra_env)
     try:
         if args.command == "up":
             stack.up()

@@ -5,6 +5,7 @@ work from any clone, not just this checkout), its own PREFECT_HOME and a free po
 ``deployments.local.Stack`` — the same code ``make up`` runs — and stopped by pid at the end.
 """
 
+import contextlib
 import shutil
 import socket
 from collections.abc import Iterator
@@ -29,16 +30,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A running stack: server, sandbox (wired), pool, both deployments, one worker."""
-    base = tmp_path_factory.mktemp("deploy")
+@contextlib.contextmanager
+def running_stack(tmp_path_factory: pytest.TempPathFactory, name: str = "deploy",
+                  extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """Copy the repository, start a stack on it (server, sandbox wired, pool, deployments, worker), stop it after.
+
+    ``extra_env`` goes to every Prefect process of the stack (e.g. ``PREFECT_API_DATABASE_CONNECTION_URL``).
+    """
+    base = tmp_path_factory.mktemp(name)
     clone = base / "clone"
     shutil.copytree(REPO, clone, ignore=shutil.ignore_patterns(*NOT_COPIED))
     st = Stack(root=clone, state=base / "prefect", port=free_port(), sandbox_dir=base / "sandbox",
-               worker_name="test-worker", worker_query_seconds=1)
+               worker_name="test-worker", worker_query_seconds=1, extra_env=dict(extra_env or {}))
     try:
         st.up(say=lambda line: None)
         yield st
     finally:
         st.down(say=lambda line: None)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A running stack (SQLite): server, sandbox (wired), pool, both deployments, one worker."""
+    with running_stack(tmp_path_factory) as st:
+        yield st
