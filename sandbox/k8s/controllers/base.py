@@ -26,6 +26,16 @@ from ..store import Obj, Store, Watcher, WatchEvent
 EventHandler = Callable[[WatchEvent], None]
 
 
+class InformerController:
+    """A controller whose loop runs on an `Informer`: stopping it closes the informer's watches."""
+
+    informer: Informer | None = None
+
+    async def stop(self) -> None:
+        if self.informer is not None:
+            self.informer.close()
+
+
 class Informer:
     """Watches `plurals` and calls `handler` for every event; `wait()` sleeps until something happened."""
 

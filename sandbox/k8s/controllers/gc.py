@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from .. import errors
 from ..resources import RESOURCES
 from ..store import Obj, WatchEvent
-from .base import Informer
+from .base import Informer, InformerController
 
 if TYPE_CHECKING:
     from ..cluster import KubeCluster
@@ -38,7 +38,7 @@ def _meta(obj: Obj) -> Obj:
     return obj.get("metadata") or {}
 
 
-class GarbageCollector:
+class GarbageCollector(InformerController):
     def __init__(self, cluster: KubeCluster) -> None:
         self.cluster = cluster
         self.store = cluster.store
@@ -66,10 +66,6 @@ class GarbageCollector:
                     last_resync = time.monotonic()
                 self.tick()
         finally:
-            self.informer.close()
-
-    async def stop(self) -> None:
-        if self.informer is not None:
             self.informer.close()
 
     # ---------------------------------------------------------------- events

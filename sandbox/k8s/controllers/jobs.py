@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from ..store import Obj, WatchEvent, clone
-from .base import Informer, iso, newer, parse_time
+from .base import Informer, InformerController, iso, newer, parse_time
 
 if TYPE_CHECKING:
     from ..cluster import KubeCluster
@@ -348,7 +348,7 @@ class JobState:
 
 # ------------------------------------------------------------------ the controller
 
-class JobController:
+class JobController(InformerController):
     def __init__(self, cluster: KubeCluster) -> None:
         self.cluster = cluster
         self.store = cluster.store
@@ -385,10 +385,6 @@ class JobController:
                 last = time.monotonic()
                 self.tick()
         finally:
-            self.informer.close()
-
-    async def stop(self) -> None:
-        if self.informer is not None:
             self.informer.close()
 
     def _timeout(self) -> float:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from .. import errors
 from ..resources import RESOURCES
 from ..store import Obj, WatchEvent
-from .base import Informer
+from .base import Informer, InformerController
 
 if TYPE_CHECKING:
     from ..cluster import KubeCluster
@@ -29,7 +29,7 @@ TICK_S = 0.05
 RESYNC_S = 1.0
 
 
-class NamespaceController:
+class NamespaceController(InformerController):
     def __init__(self, cluster: KubeCluster) -> None:
         self.cluster = cluster
         self.store = cluster.store
@@ -49,10 +49,6 @@ class NamespaceController:
                     self.dirty |= self.terminating
                 self.tick()
         finally:
-            self.informer.close()
-
-    async def stop(self) -> None:
-        if self.informer is not None:
             self.informer.close()
 
     def _on_event(self, event: WatchEvent) -> None:

@@ -32,7 +32,7 @@ from .. import errors
 from ..node.quantity import parse_quantity
 from ..selectors import match_labels_selector
 from ..store import Obj, WatchEvent
-from .base import Informer
+from .base import Informer, InformerController
 
 if TYPE_CHECKING:
     from ..cluster import KubeCluster
@@ -92,7 +92,7 @@ def satisfies(pv: Obj, pvc: Obj, claim_class: str) -> str | None:
     return None
 
 
-class PersistentVolumeController:
+class PersistentVolumeController(InformerController):
     def __init__(self, cluster: KubeCluster) -> None:
         self.cluster = cluster
         self.store = cluster.store
@@ -114,10 +114,6 @@ class PersistentVolumeController:
                 self.dirty = False
                 self.sync()
         finally:
-            self.informer.close()
-
-    async def stop(self) -> None:
-        if self.informer is not None:
             self.informer.close()
 
     # ---------------------------------------------------------------- events
