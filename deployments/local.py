@@ -42,14 +42,28 @@ class StackError(RuntimeError):
     """A service did not start (the message names its log file)."""
 
 
-def http_json(url: str, body: object | None = None, *, timeout: float = 5.0) -> object:
-    """GET (or POST ``body`` as JSON) and decode the JSON answer. Proxies are bypassed: all of this is local."""
+RETRY_STATUSES = (429, 503)  # the Prefect server's "try again" (503: its SQLite database was busy)
+
+
+def http_json(url: str, body: object | None = None, *, timeout: float = 5.0, attempts: int = 6) -> object:
+    """GET (or POST ``body`` as JSON) and decode the JSON answer. Proxies are bypassed: all of this is local.
+
+    429 and 503 are retried with backoff, as Prefect's own client does: a busy SQLite-backed server answers 503
+    ("database is locked") when it wants the request sent again.
+    """
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                     headers={"Content-Type": "application/json"})
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(request, timeout=timeout) as response:
-        return json.loads(response.read() or b"null")
+    for attempt in range(attempts):
+        request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with opener.open(request, timeout=timeout) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            if exc.code not in RETRY_STATUSES or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.5 * 2**attempt, 8.0))
+    raise AssertionError("unreachable")
 
 
 def wait_until(check: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.25,
