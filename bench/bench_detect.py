@@ -197,11 +197,6 @@ def measure(sb: Sandbox, api: Any, contender: str, *, rep: int | str, sleep_s: f
         assert proc is not None
         done = wait_kubectl(proc)
     else:
-        # The sandbox stores a new Job without `status` until its Job controller writes one (a real API server
-        # returns `status: {}` at once); prefect-kubernetes then dies on `v1_job.status.conditions`
-        # (AttributeError on None). Start its loop once the Job has a status: milliseconds, far inside S.
-        while not client.BatchV1Api(api).read_namespaced_job(name, "default").status:
-            time.sleep(0.01)
         done = wait_prefect(sb, body)
     ref.join(30)
     if ref.last_pod_ok is None or ref.job_complete is None:
@@ -275,9 +270,7 @@ DEFINITION = (
     "command. Each contender waits for its own Job of identical shape (ask-batch's rendered Indexed Job, "
     "completions = parallelism pods running `sleep S` with S uniform in [2, 7) s, the same S for all the "
     "contenders of a repetition, order rotated). prefect-kubernetes: `KubernetesJobRun.await_for_completion()` with "
-    "the block defaults (`interval_seconds=5`) but `delete_after_completion=False`, outside a flow; it is started "
-    "once the sandbox has written the new Job's status (the sandbox omits `status` on a fresh Job, where a real API "
-    "server returns `status: {}`, and prefect-kubernetes crashes on `None.conditions`).")
+    "the block defaults (`interval_seconds=5`) but `delete_after_completion=False`, outside a flow.")
 
 
 def notes(results: dict[str, dict[str, Series]]) -> str:
@@ -295,9 +288,9 @@ def notes(results: dict[str, dict[str, Series]]) -> str:
         "drain is cheap here because the sandbox ends a `follow` log stream within 100 ms of the container's exit "
         "(it polls); a real kubelet checks the container state only every 5 s while a followed log is idle "
         "(`stateCheckPeriod` in the kubelet's CRI log reader), so on a node with a real kubelet the same drain "
-        "could cost up to ~5 s (ASK's virtual-kubelet was not measured). The fix is ours to make in "
-        "tasks/wait.py: once the Job is finished, stop waiting for the servers to close the follow streams and "
-        "read each log's remainder once (or bound `drain_logs` to well under a second).")
+        "could cost up to ~5 s (ASK's virtual-kubelet was not measured); so once the Job is finished, the wait "
+        "gives open log streams `WaitOptions.log_grace_seconds` (2 s), then cuts them and reads each log's "
+        "remainder once: the cost on a real kubelet is bounded by that grace, not by the kubelet.")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import os
 import platform
 import pstats
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -182,6 +183,30 @@ def table(runs: list[Run], baseline: list[Run]) -> str:
     return "\n".join(rows)
 
 
+def _spread(values: list[float], fmt: str) -> str:
+    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}–{format(max(values), fmt)})"
+
+
+def summary_table(runs: list[Run], baseline: list[Run]) -> str:
+    """Median (min–max) per Job size, and how the large Job compares with the baseline size."""
+    rows = ["| completions | runs | wall time (s) | pods/s | sandbox CPU per pod (ms) | peak RSS (MB) |",
+            "|---:|---:|---:|---:|---:|---:|"]
+    for group in (baseline, runs):
+        if group:
+            rows.append(f"| {group[0].completions:,} | {len(group)} | {_spread([r.wall_s for r in group], '.1f')} "
+                        f"| {_spread([r.pods_per_s for r in group], '.0f')} "
+                        f"| {_spread([r.cpu_s / r.completions * 1000 for r in group], '.2f')} "
+                        f"| {_spread([r.peak_rss_mb for r in group], '.0f')} |")
+    if runs and baseline:
+        pps = statistics.median(r.pods_per_s for r in runs) / statistics.median(r.pods_per_s for r in baseline)
+        rss = statistics.median(r.peak_rss_mb for r in runs) / statistics.median(r.peak_rss_mb for r in baseline)
+        rows.append("")
+        rows.append(f"{runs[0].completions:,} vs {baseline[0].completions:,} completions: pods/s ratio {pps:.2f} "
+                    f"(1.00 would be perfectly linear time), peak RSS ×{rss:.1f} for ×"
+                    f"{runs[0].completions / baseline[0].completions:.0f} the pods.")
+    return "\n".join(rows)
+
+
 def write_results(section: str) -> None:
     today = dt.date.today().isoformat()
     if RESULTS.exists():
@@ -212,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     baseline = [run_once(args.baseline, args.parallelism, args.profile) for _ in range(args.repeat)] \
         if args.baseline else []
     runs = [run_once(args.completions, args.parallelism, args.profile) for _ in range(args.repeat)]
-    body = table(runs, baseline)
+    body = summary_table(runs, baseline) + "\n\nEvery run:\n\n" + table(runs, baseline)
     section = (f"{HEADING}\n\n`bench/bench_sandbox_scale.py --completions {args.completions} --parallelism "
                f"{args.parallelism} --repeat {args.repeat}` on {dt.date.today().isoformat()}, {machine()}. "
                "One Indexed Job whose pods run `true`; wall time from the Job's creation to its Complete "
