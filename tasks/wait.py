@@ -41,6 +41,8 @@ from tasks.stage import RETRY_DELAYS, Scrubber, credentials, kube_for, stage_log
 
 log = logging.getLogger("ask_batch.wait")
 
+MAX_EVENTS_PER_BATCH = 2000  # watch events applied before the checks run once (bounded so progress still shows)
+
 Emit = Callable[[str], None]
 
 
@@ -368,13 +370,13 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
     """
     from kubernetes import client
 
-    core, batch = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
+    core, batch_v1 = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
     if options.log_dir:
         options.log_dir.mkdir(parents=True, exist_ok=True)
     events: queue.Queue = queue.Queue()
     pod_selector = f"{RUN_LABEL}={run_key}"
     watchers = [
-        _Watcher(batch.list_namespaced_job, {"namespace": job.namespace,
+        _Watcher(batch_v1.list_namespaced_job, {"namespace": job.namespace,
                                              "field_selector": f"metadata.name={job.name}"},
                  "job", events, options.watch_seconds),
         _Watcher(core.list_namespaced_pod, {"namespace": job.namespace, "label_selector": pod_selector},
@@ -383,6 +385,8 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
     for w in watchers:
         w.start()
     pods: dict[str, dict[str, Any]] = {}
+    changed: set[str] = set()  # pods seen since the last diagnosis
+    unsettled: set[str] = set()  # pods not yet Succeeded/Failed: the only ones a grace can still catch
     logs: dict[str, PodLog] = {}
     job_obj: dict[str, Any] = {}
     synced: set[str] = set()
@@ -398,6 +402,11 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
             pods.setdefault(name, obj)
         else:
             pods[name] = obj
+        changed.add(name)
+        if etype == "DELETED" or (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            unsettled.discard(name)
+        else:
+            unsettled.add(name)
         if options.stream_logs and name not in logs and _container_started(obj):
             logs[name] = PodLog(core, job.namespace, name, pod_index(obj), emit, options.log_dir,
                                 scrub=options.scrub)
@@ -430,17 +439,22 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
                 log.warning("log of pod %s may be incomplete: not read to its end in time", pl.pod)
 
     try:
+        last_scan = clock()
         while True:
-            try:
-                kind, etype, obj = events.get(timeout=options.tick_seconds)
-            except queue.Empty:
-                kind = etype = obj = None
-            if etype == "SYNCED":
-                synced.add(kind)
-            elif kind == "job":
-                job_obj = obj
-            elif kind == "pod":
-                see_pod(etype, obj)
+            # Apply every event already queued before checking anything: at 10,000 pods the checks run once
+            # per batch of events, not once per event.
+            batch = []
+            with contextlib.suppress(queue.Empty):
+                batch.append(events.get(timeout=options.tick_seconds))
+                while len(batch) < MAX_EVENTS_PER_BATCH:
+                    batch.append(events.get_nowait())
+            for kind, etype, obj in batch:
+                if etype == "SYNCED":
+                    synced.add(kind)
+                elif kind == "job":
+                    job_obj = obj
+                elif kind == "pod":
+                    see_pod(etype, obj)
             if synced != {"job", "pod"}:
                 continue
             succeeded = int((job_obj.get("status") or {}).get("succeeded") or 0)
@@ -456,9 +470,17 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
                     return rep
                 raise JobFailed(options.scrub(_failure_message(f"Job {job.name} failed: {why}", rep, logs,
                                                                options)), rep)
+            # Diagnose the pods that just changed, and once per tick the unfinished ones (a grace can run out
+            # while nothing changes). Finished pods are never rescanned: that was O(pods) per event.
+            suspects = set(changed)
+            changed.clear()
+            if clock() - last_scan >= options.tick_seconds:
+                suspects |= unsettled
+                last_scan = clock()
             now = datetime.now(UTC)
-            for name, pod in pods.items():
-                diag = diagnose_pod(pod, now=now, grace=options.grace_seconds)
+            for name in sorted(suspects):
+                pod = pods.get(name)
+                diag = diagnose_pod(pod, now=now, grace=options.grace_seconds) if pod is not None else None
                 if diag:
                     drain_logs()
                     rep = report(False, diag.describe(), {name: diag})
