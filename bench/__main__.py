@@ -7,7 +7,9 @@ RESULTS.md; this runner then rewrites the file's head: machine, date, how to rep
 section's closing note.
 
 - default: the figures of record (5+ repetitions each; quiet waiting scaled to 20 s vs 100 s Jobs; sandbox scale
-  3 repetitions at 10,000 completions) — about 20 minutes on 2 cores;
+  and whole-flow scale 3 repetitions at 10,000 completions) — about 20 minutes on 2 cores, plus the whole-flow
+  scale: about 2 minutes at 1,000 completions and up to 3 x 8 minutes at 10,000 (a run is killed after 480 s
+  and the size then given up);
 - ``--quick``: 1–2 repetitions, smaller sizes, to check that everything runs (RESULTS.md is still rewritten:
   the commands recorded in it say what ran);
 - ``--full``: quiet waiting with the real 2 and 10 minute Jobs (about 45 minutes more at 5 repetitions).
@@ -34,8 +36,10 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "overhead": ("bench_overhead.py", ["--repeat", "5"], ["--repeat", "1"]),
     "quiet": ("bench_quiet.py", ["--repeat", "5", "--short"], ["--repeat", "1", "--durations", "10", "30"]),
     "scale": ("bench_sandbox_scale.py", ["--repeat", "3"], ["--repeat", "1", "--completions", "2000"]),
+    "flow-scale": ("bench_flow_scale.py", ["--repeat", "3", "--baseline-repeat", "5"],
+                   ["--repeat", "1", "--baseline-repeat", "1", "--completions", "2000", "--no-smoke"]),
 }
-ORDER = ["detect", "collect", "overhead", "quiet", "scale"]
+ORDER = ["detect", "collect", "overhead", "quiet", "scale", "flow-scale"]
 
 HEAD = """# Benchmark results
 
