@@ -7,10 +7,13 @@ full `sandbox.server.Sandbox` (which also needs OSS and every Kubernetes control
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import secrets
 import socket
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -92,3 +95,11 @@ def tea_config(port: int, *, key: str = AK, secret: str = SK) -> Any:
 
     return Config(access_key_id=key, access_key_secret=secret, endpoint=f"127.0.0.1:{port}", protocol="http",
                   connect_timeout=2000, read_timeout=10000)
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
+    """Poll an async condition until it holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from alibaba_fake import AK, HAVE_K8S_API, FakeSandbox, patch_kube, serve, tea_config
+from alibaba_fake import AK, HAVE_K8S_API, FakeSandbox, patch_kube, serve, tea_config, wait_for
 from alibabacloud_cs20151215 import models as cs
 from alibabacloud_cs20151215.client import Client as CSClient
 from alibabacloud_tea_openapi.exceptions import ClientException, ServerException
@@ -56,12 +56,6 @@ def ask_request(name: str, **kw: Any) -> cs.CreateClusterRequest:
     args.update(kw)
     return cs.CreateClusterRequest(**args)
 
-
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 async def state_of(client: CSClient, cid: str) -> str:

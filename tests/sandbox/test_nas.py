@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from alibaba_fake import FakeSandbox, serve, tea_config
+from alibaba_fake import FakeSandbox, serve, tea_config, wait_for
 from alibabacloud_nas20170626 import models as nas
 from alibabacloud_nas20170626.client import Client as NasClient
 from alibabacloud_tea_openapi.exceptions import ClientException, ServerException
@@ -44,12 +43,6 @@ def fs_request(**kw: Any) -> nas.CreateFileSystemRequest:
     args.update(kw)
     return nas.CreateFileSystemRequest(**args)
 
-
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 async def expect_error(coro: Awaitable[Any], code: str, status: int = 400,
