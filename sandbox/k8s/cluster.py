@@ -167,6 +167,11 @@ class KubeCluster:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
+            # Cancel until it is done: a cancellation can be lost (asyncio.wait_for on 3.11 swallows one that
+            # races with its inner future), and stop() must not hang on a loop that missed it.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()

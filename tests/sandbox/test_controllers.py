@@ -271,10 +271,12 @@ async def test_backoff_limit_per_index(cluster: KubeCluster) -> None:
 
 
 async def test_active_deadline(cluster: KubeCluster) -> None:
-    cluster.store.create("jobs", job_manifest("slow", parallelism=2, completions=4, activeDeadlineSeconds=1,
+    # startTime has whole seconds, as on a real cluster: a 2 s deadline can fire 1 s after creation, so the test
+    # waits for the two (held) pods, not for them to be Ready, before the deadline may end the Job.
+    cluster.store.create("jobs", job_manifest("slow", parallelism=2, completions=4, activeDeadlineSeconds=2,
                                               annotations={"test/hold": "true"}))
-    await wait_for(lambda: (job(cluster, "slow") or {}).get("status", {}).get("ready") == 2, what="ready")
-    done = await wait_for(finished(cluster, "slow"), timeout=5, what="deadline")
+    await wait_for(lambda: len(pods_of(cluster, "slow")) == 2, what="two pods")
+    done = await wait_for(finished(cluster, "slow"), timeout=6, what="deadline")
     assert conditions(done) == [("FailureTarget", "True", "DeadlineExceeded"), ("Failed", "True", "DeadlineExceeded")]
     assert done["status"]["conditions"][-1]["message"] == "Job was active longer than specified deadline"
     assert done["status"]["failed"] == 2 and "active" not in done["status"]

@@ -70,8 +70,11 @@ class Informer:
                 task.result()  # raises the pump's exception; a clean end means the watch closed
                 raise RuntimeError(f"watch {task.get_name()} ended")
         if timeout is None or timeout > 0:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that arrives as
+            # the event fires, and the controller would then never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
         self.wake.clear()
 
     def close(self) -> None:
