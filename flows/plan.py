@@ -25,6 +25,7 @@ from tasks.render.manifests import (
     redact,
     run_prefix,
 )
+from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec
 from tasks.stages.config import render_config_objects
 
@@ -134,7 +135,5 @@ def render_plan(spec: BatchSpec, *, run_key: str, flow_run_name: str) -> str:
     """The plan as one YAML stream, safe to print."""
     docs, secrets = plan(spec, run_key=run_key, flow_run_name=flow_run_name)
     text = yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, width=120)
-    for value in secrets:  # belt and braces: nothing that redact() missed may reach the terminal
-        if value and len(value) >= 4 and value in text:
-            text = text.replace(value, "<redacted>")
-    return text
+    # Belt and braces: nothing that redact() missed (a value split over YAML lines) may reach the terminal.
+    return Scrubber(secrets)(text)

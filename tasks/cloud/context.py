@@ -13,14 +13,13 @@ takes a few lines every stage would otherwise repeat. The same goes for two Pref
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tasks.cloud.clients import AliCredentials, cs_client, resolve_credentials
 from tasks.cloud.cluster_access import connect
 from tasks.cloud.retry import CloudError, classify
 from tasks.handles import ClusterHandle
-from tasks.render.manifests import REDACTED
 from tasks.spec import BatchSpec
 
 #: Task retries for a cloud that stays unavailable beyond ``call()``'s own attempts (seconds before each retry).
@@ -36,27 +35,6 @@ def transient_only(task: Any, task_run: Any, state: Any) -> bool:
     except Exception as exc:  # noqa: BLE001 - classify anything else the same way call() does
         return classify(exc, service="?", operation="?").transient
     return False
-
-
-class Scrubber:
-    """Replaces every known secret value in a text by ``<redacted>`` (longest first)."""
-
-    def __init__(self, secrets: Iterable[str] = ()):
-        self.needles: list[str] = []
-        self.add(secrets)
-
-    def add(self, secrets: Iterable[str]) -> None:
-        import base64
-
-        values = {s.strip() for s in secrets if s and len(s.strip()) >= 4}
-        values |= {base64.b64encode(v.encode()).decode() for v in values}
-        self.needles = sorted(set(self.needles) | values, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for needle in self.needles:
-            if needle in text:
-                text = text.replace(needle, REDACTED)
-        return text
 
 
 def credentials(spec: BatchSpec) -> AliCredentials:

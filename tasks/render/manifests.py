@@ -39,6 +39,7 @@ from tasks.naming import (
     secret_name,
     short_hash,
 )
+from tasks.render.redact import REDACTED, Scrubber
 from tasks.spec import AskClusterOptions, BatchSpec, EciOptions, NasOptions, OutputsSpec, Target
 
 CONTAINER_NAME = "workload"
@@ -46,7 +47,6 @@ SECRET_ENV_KEY_PREFIX = "env."  # Secret keys that back env vars; kept apart fro
 NAS_CSI_DRIVER = "nasplugin.csi.alibabacloud.com"
 NAS_PV_LABEL = "alicloud-pvname"
 ECI = "k8s.aliyun.com/"
-REDACTED = "<redacted>"
 
 # --------------------------------------------------------------------------------------------- config objects
 
@@ -429,14 +429,13 @@ def redact(obj: Any, *, secrets: Iterable[str] = ()) -> Any:
 
     - Secret objects: every ``data``/``stringData`` value becomes ``<redacted>`` (the keys stay, they are useful).
     - Any mapping key that looks sensitive (token, secret, password, access key...) with a scalar value.
-    - Every occurrence of a known secret value (``secrets``) inside any string, base64 form included.
+    - Every occurrence of a known secret value (``secrets``) inside any string, in every form
+      ``tasks.render.redact.Scrubber`` knows (lines of multi-line values, base64, JSON-escaped, URL-encoded).
     """
-    needles = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
-    needles += [base64.b64encode(s.encode()).decode() for s in list(needles)]
-    return _redact(obj, needles)
+    return _redact(obj, Scrubber(secrets))
 
 
-def _redact(obj: Any, needles: list[str]) -> Any:
+def _redact(obj: Any, needles: Scrubber) -> Any:
     if isinstance(obj, Mapping):
         is_secret = obj.get("kind") == "Secret"
         out: dict[Any, Any] = {}
@@ -454,8 +453,5 @@ def _redact(obj: Any, needles: list[str]) -> Any:
     if isinstance(obj, bytes):
         return REDACTED
     if isinstance(obj, str):
-        for needle in needles:
-            if needle in obj:
-                obj = obj.replace(needle, REDACTED)
-        return obj
+        return needles(obj)
     return obj

@@ -39,11 +39,12 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.cloud.context import RETRY_DELAYS, Scrubber, credentials, stage_logs, transient_only
+from tasks.cloud.context import RETRY_DELAYS, credentials, stage_logs, transient_only
 from tasks.cloud.retry import CloudError, call
 from tasks.errors import ChecksumMismatch, OutputsIncomplete
 from tasks.handles import IndexOutputs, JobReport, OutputManifest, OutputObject
 from tasks.render.manifests import index_prefix, run_prefix
+from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec, OutputsSpec
 
 log = logging.getLogger("ask_batch.outputs")

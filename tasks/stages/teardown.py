@@ -27,11 +27,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.cloud.cluster_access import existing_handle, find_ask_cluster, locate_cluster
-from tasks.cloud.context import Scrubber, credentials, cs_for, kube_for, stage_logs
+from tasks.cloud.context import credentials, cs_for, kube_for, stage_logs
 from tasks.cloud.nas import describe_file_system, find_file_systems_by_name, list_mount_targets
 from tasks.cloud.retry import CloudError, call
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, TeardownItem, TeardownReport, VolumeHandle
 from tasks.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE, run_selector
+from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec
 
 log = logging.getLogger("ask_batch.teardown")

@@ -32,12 +32,13 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.cloud.context import RETRY_DELAYS, Scrubber, credentials, kube_for, stage_logs, transient_only
+from tasks.cloud.context import RETRY_DELAYS, credentials, kube_for, stage_logs, transient_only
 from tasks.errors import JobFailed
 from tasks.handles import ClusterHandle, IndexRecord, JobHandle, JobReport
 from tasks.naming import RUN_LABEL
 from tasks.render.diagnose import Diagnosis, diagnose_pod, exit_code, job_finished, parse_time, pod_index
 from tasks.render.manifests import CONTAINER_NAME
+from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec
 
 log = logging.getLogger("ask_batch.wait")
