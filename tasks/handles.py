@@ -67,6 +67,8 @@ class JobReport(BaseModel):
     succeeded: bool = Field(description="The Job completed.")
     reason: str | None = Field(None, description="Why it failed (Job condition or fail-fast diagnosis).")
     indexes: list[IndexRecord] = Field(default_factory=list, description="Per-index record.")
+    incomplete_logs: dict[str, str] = Field(default_factory=dict, description="Pod -> why its kept log is "
+                                            "incomplete (the kept file ends with a marker line saying so).")
 
 
 class OutputObject(BaseModel):

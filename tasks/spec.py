@@ -679,6 +679,10 @@ class WaitSpec(_Model):
                                         "Job's active deadline plus 10 minutes.")
     stream_logs: bool = Field(True, description="Stream every pod's log lines into the Prefect run log.")
     log_tail_lines: int = Field(20, ge=0, le=1000, description="Lines of a failed pod's log quoted in the error.")
+    max_log_streams: int = Field(64, ge=1, le=1000, description="Pod logs followed live at once at most; the "
+                                 "others are read once when their container ends (nothing is lost: the node "
+                                 "keeps a container's log until the pod is deleted). Each follow is one "
+                                 "long-lived request to the API server and the node.")
 
 
 # --------------------------------------------------------------------------------------------- outputs

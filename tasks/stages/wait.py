@@ -6,11 +6,11 @@ prefect-kubernetes wait loop reads logs one pod after another (research/prefect.
 - one watch on the Job (field selector on its name) and one on its pods (our run label, filtered on the Job's
   uid in ownerReferences) feed a single queue; each watch lists first, then watches from that resourceVersion,
   resumes from the last seen version when the stream drops, and relists on 410 Gone (anchors.md pain 5);
-- every pod gets a log thread as soon as its container starts: lines go to ``emit`` prefixed with
-  ``[idx=N pod=NAME]`` and into a per-pod file, so the whole log outlives pod deletion and TTL (pain 4); a broken
-  log stream reconnects and skips the lines already seen; once the Job is finished, a stream still open after
-  ``log_grace_seconds`` (a real kubelet can take ~5 s to end it) is cut and the rest of that log is read once
-  without follow, skipping the same way, so the wait ends promptly with every log complete;
+- every pod's log is read by ``tasks.cloud.pod_logs.PodLogs`` as soon as its container starts (at most
+  ``max_log_streams`` live follows; the others are read once when their container ends): every byte is kept once
+  in a per-pod file and lines go to ``emit`` prefixed with ``[idx=N pod=NAME]``, so the whole log outlives pod
+  deletion and TTL (pain 4); once the Job is finished, a stream still open after ``log_grace_seconds`` (a real
+  kubelet can take ~5 s to end it) is cut and the rest of that log is read once without follow;
 - the main loop wakes on events *and* on a short timer, because a grace period can run out while nothing changes,
   and asks ``tasks.render.diagnose`` about each pod: the first fatal diagnosis ends the wait, naming index, pod, reason,
   exit code and the last log lines.
@@ -33,6 +33,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.cloud.context import RETRY_DELAYS, credentials, kube_for, stage_logs, transient_only
+from tasks.cloud.pod_logs import PodLogs
 from tasks.errors import JobFailed
 from tasks.handles import ClusterHandle, IndexRecord, JobHandle, JobReport
 from tasks.naming import RUN_LABEL
@@ -65,6 +66,8 @@ class WaitOptions:
     log_catch_up_seconds: float = 30.0
     watch_seconds: int = 240  # server-side watch timeout: reconnect regularly rather than trust idle streams
     scrub: Callable[[str], str] = str  # applied to every log line and error text (blanks known secret values)
+    #: Live log follow streams at most; pods beyond are read once when their container ends.
+    max_log_streams: int = 64
 
 
 # --------------------------------------------------------------------------------------------- watches
@@ -165,132 +168,16 @@ class _Watcher:
 # --------------------------------------------------------------------------------------------- logs
 
 
-class PodLog:
-    """One pod's log: streamed live to ``emit``, kept whole in memory and in a file.
-
-    The follow stream normally ends by itself when the container exits. On a real cluster the kubelet can take
-    seconds to end it, so ``stop()`` cuts it short: the thread then reads the log once more without follow and
-    keeps only the lines it had not delivered yet (the same line count as after a reconnect), so the kept log is
-    complete and has no line twice.
-    """
-
-    def __init__(self, core: Any, namespace: str, pod: str, index: int | None, emit: Emit, log_dir: Path | None,
-                 *, scrub: Callable[[str], str] = str):
-        self.core, self.namespace, self.pod, self.emit, self.scrub = core, namespace, pod, emit, scrub
-        self.prefix = f"[idx={'?' if index is None else index} pod={pod}]"
-        self.lines: list[str] = []
-        self.path = (log_dir / f"{pod}.log") if log_dir else None
-        self.finished = threading.Event()  # set when the log is read to its end (or the pod is gone)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._resp: Any = None
-        self.thread = threading.Thread(target=self._run, name=f"log-{pod}", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def tail(self, n: int) -> list[str]:
-        return self.lines[-n:] if n else []
-
-    def stop(self) -> None:
-        """End the follow stream now; the thread catches up with one non-follow read, then sets ``finished``."""
-        if self.finished.is_set():
-            return
-        self._stop.set()
-        with self._lock:
-            resp = self._resp
-        if resp is not None:
-            with contextlib.suppress(Exception):
-                resp.shutdown()  # unblocks a read waiting for the next chunk (urllib3 >= 2.3)
-
-    def _run(self) -> None:
-        attempts = 0
-        while attempts < 50 and not self._stop.is_set():
-            attempts += 1
-            try:
-                self._read(follow=True)
-                if self._stop.is_set() or self._terminated():
-                    break
-            except Exception as exc:  # noqa: BLE001 - keep trying: a log stream may drop at any time
-                if self._stop.is_set():
-                    break
-                if getattr(exc, "status", None) == 404:  # pod gone: what we have is all there is
-                    self.finished.set()
-                    return
-                self._stop.wait(min(5.0, 0.2 * attempts))
-        if self._stop.is_set():
-            try:
-                self._read(follow=False)
-            except Exception as exc:  # noqa: BLE001 - the pod may be gone: what we have is all there is
-                log.debug("catch-up read of %s failed: %s", self.pod, type(exc).__name__)
-        self.finished.set()
-
-    def _read(self, *, follow: bool) -> None:
-        """One log request from the start; lines already delivered (by count) are skipped.
-
-        A follow stream cut by ``stop()`` must not deliver another byte: ``shutdown`` on a TLS socket drops its
-        TLS layer (``SSLSocket.shutdown``), so what is read after it can be raw TLS records, not log text. The
-        stop flag is set before the shutdown, so a chunk read after it is always seen with the flag set: such a
-        chunk, and the unfinished line before it, are discarded; the catch-up read delivers them.
-        """
-        resp = self.core.read_namespaced_pod_log(self.pod, self.namespace, container=CONTAINER_NAME,
-                                                 follow=follow, _preload_content=False)
-        with self._lock:
-            self._resp = resp if follow else None
-        if follow and self._stop.is_set():  # stopped while the request was being made
-            with contextlib.suppress(Exception):
-                resp.shutdown()
-        seen = 0
-        buffer = b""
-        cut = False
-        try:
-            for chunk in resp.stream(4096):
-                if follow and self._stop.is_set():
-                    cut = True
-                    break
-                buffer += chunk
-                *complete, buffer = buffer.split(b"\n")
-                for raw in complete:
-                    seen += 1
-                    if seen > len(self.lines):  # after a reconnect, skip what we already have
-                        self._line(raw.decode("utf-8", "replace"))
-        finally:
-            with self._lock:
-                self._resp = None
-            cut = cut or (follow and self._stop.is_set())
-            if cut:  # never reuse a connection that was shut down
-                with contextlib.suppress(Exception):
-                    resp.close()
-        # A last line without a newline is complete only when the server ended the stream, not when we cut it.
-        if buffer and not cut:
-            seen += 1
-            if seen > len(self.lines):
-                self._line(buffer.decode("utf-8", "replace"))
-
-    def _line(self, text: str) -> None:
-        # Scrubbed before it is kept anywhere: a workload that prints its token must not leak it into the run
-        # log, the saved log file (uploaded to OSS) or an error message.
-        text = self.scrub(text.rstrip("\r"))
-        self.lines.append(text)
-        if self.path:
-            with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(text + "\n")
-        self.emit(f"{self.prefix} {text}")
-
-    def _terminated(self) -> bool:
-        try:
-            pod = self.core.read_namespaced_pod(self.pod, self.namespace)
-        except Exception as exc:  # noqa: BLE001
-            return getattr(exc, "status", None) == 404
-        return (pod.status.phase or "") in ("Succeeded", "Failed")
-
-
-def _container_started(pod: dict[str, Any]) -> bool:
+def _container(pod: dict[str, Any]) -> tuple[bool, bool, int]:
+    """(started, terminated now, restartCount) of the workload container, for ``PodLogs.seen``."""
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") not in (None, CONTAINER_NAME):
+            continue
         state = cs.get("state") or {}
-        if state.get("running") or state.get("terminated"):
-            return True
-    return False
+        restarts = int(cs.get("restartCount") or 0)
+        started = bool(state.get("running") or state.get("terminated") or restarts)
+        return started, bool(state.get("terminated")), restarts
+    return False, False, 0
 
 
 # --------------------------------------------------------------------------------------------- records
@@ -378,7 +265,8 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
     pods: dict[str, dict[str, Any]] = {}
     changed: set[str] = set()  # pods seen since the last diagnosis
     unsettled: set[str] = set()  # pods not yet Succeeded/Failed: the only ones a grace can still catch
-    logs: dict[str, PodLog] = {}
+    logs = PodLogs(core, job.namespace, CONTAINER_NAME, emit, options.log_dir, scrub=options.scrub,
+                   max_streams=options.max_log_streams, tail_lines=options.tail_lines) if options.stream_logs else None
     job_obj: dict[str, Any] = {}
     synced: set[str] = set()
     last_progress = -1
@@ -398,10 +286,10 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
             unsettled.discard(name)
         else:
             unsettled.add(name)
-        if options.stream_logs and name not in logs and _container_started(obj):
-            logs[name] = PodLog(core, job.namespace, name, pod_index(obj), emit, options.log_dir,
-                                scrub=options.scrub)
-            logs[name].start()
+        if logs is not None:
+            started, ended, restarts = _container(obj)
+            logs.seen(name, pod_index(obj), started=started or etype == "DELETED", ended=ended or etype == "DELETED",
+                      restarts=restarts)
 
     def final_pods() -> None:
         # The Job and pod watches are separate streams: the Job's final condition can arrive before the last
@@ -413,21 +301,16 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
     def report(succeeded: bool, reason: str | None, diags: dict[str, Diagnosis] | None = None) -> JobReport:
         now = datetime.now(UTC)
         return JobReport(job=job, succeeded=succeeded, reason=reason,
-                         indexes=build_records(pods, job.completions, now=now, diagnoses=diags))
+                         indexes=build_records(pods, job.completions, now=now, diagnoses=diags),
+                         incomplete_logs=dict(sorted(incomplete.items())))
+
+    incomplete: dict[str, str] = {}
 
     def drain_logs() -> None:
-        # Streams that end by themselves within the grace are the common case; the others are cut and caught up
-        # with one plain read each (PodLog.stop), so a slow kubelet does not hold the run for seconds.
-        end = time.monotonic() + options.log_grace_seconds
-        for pl in list(logs.values()):
-            pl.finished.wait(max(0.0, end - time.monotonic()))
-        open_streams = [pl for pl in logs.values() if not pl.finished.is_set()]
-        for pl in open_streams:
-            pl.stop()
-        end = time.monotonic() + options.log_catch_up_seconds
-        for pl in open_streams:
-            if not pl.finished.wait(max(0.0, end - time.monotonic())):
-                log.warning("log of pod %s may be incomplete: not read to its end in time", pl.pod)
+        # Streams that end by themselves within the grace are the common case; the others are cut and the rest
+        # of their log is read once without follow, so a slow kubelet does not hold the run for seconds.
+        if logs is not None:
+            incomplete.update(logs.close(grace=options.log_grace_seconds, catch_up=options.log_catch_up_seconds))
 
     try:
         last_scan = clock()
@@ -486,7 +369,7 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
             w.close()
 
 
-def _failure_message(head: str, rep: JobReport, logs: dict[str, PodLog], options: WaitOptions,
+def _failure_message(head: str, rep: JobReport, logs: PodLogs | None, options: WaitOptions,
                      pod: str | None = None) -> str:
     """The error a user reads: which indexes failed, how, and the end of the failing pod's log."""
     lines = [head]
@@ -495,8 +378,8 @@ def _failure_message(head: str, rep: JobReport, logs: dict[str, PodLog], options
         lines.append(f"  index {r.index}: pod {r.pod}, exit code {r.exit_code}, reason {r.reason}, "
                      f"attempts {r.attempts}")
     target = pod or (failed[0].pod if failed else None)
-    if target and target in logs and options.tail_lines:
-        tail = logs[target].tail(options.tail_lines)
+    if target and logs is not None and options.tail_lines:
+        tail = logs.tail(target)
         if tail:
             lines.append(f"  last {len(tail)} log lines of {target}:")
             lines += [f"    {t}" for t in tail]
@@ -513,7 +396,7 @@ def wait_options(spec: BatchSpec, *, log_dir: Path | None, scrub: Callable[[str]
         timeout = spec.job.active_deadline_seconds + 600
     return WaitOptions(grace_seconds=spec.wait.fail_fast_grace_seconds, timeout_seconds=timeout,
                        stream_logs=spec.wait.stream_logs, tail_lines=spec.wait.log_tail_lines, log_dir=log_dir,
-                       scrub=scrub)
+                       scrub=scrub, max_log_streams=spec.wait.max_log_streams)
 
 
 @task(name="wait_for_job", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,

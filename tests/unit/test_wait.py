@@ -1,12 +1,8 @@
-"""wait_for_job pieces that need no cluster: per-index records and the log follower."""
+"""wait_for_job pieces that need no cluster: per-index records (the log reader: tests/unit/test_pod_logs.py)."""
 
-import threading
 from datetime import UTC, datetime
-from types import SimpleNamespace
 
-import pytest
-
-from tasks.stages.wait import PodLog, build_records
+from tasks.stages.wait import build_records
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -27,86 +23,3 @@ def test_records_take_the_last_attempt_and_sum_time():
     assert [r.status for r in recs] == ["succeeded", "failed", "pending"]
     assert recs[0].attempts == 2 and recs[0].pod == "b" and recs[0].seconds == 60
     assert recs[1].exit_code == 42 and recs[1].reason == "Error"
-
-
-class FakeCore:
-    def __init__(self, chunks_per_call):
-        self.calls = list(chunks_per_call)
-
-    def read_namespaced_pod_log(self, *args, **kwargs):
-        chunks = self.calls.pop(0)
-        if isinstance(chunks, Exception):
-            raise chunks
-        return SimpleNamespace(stream=lambda n: iter(chunks))
-
-    def read_namespaced_pod(self, *args, **kwargs):
-        phase = "Running" if self.calls else "Succeeded"
-        return SimpleNamespace(status=SimpleNamespace(phase=phase))
-
-
-def test_pod_log_reconnects_without_duplicates(tmp_path):
-    emitted = []
-    core = FakeCore([[b"one\ntw", b"o\n"], [b"one\ntwo\nthree\n"]])  # second stream replays from the start
-    pl = PodLog(core, "ns", "p-1", 4, emitted.append, tmp_path)
-    pl.start()
-    assert pl.finished.wait(10)
-    assert emitted == ["[idx=4 pod=p-1] one", "[idx=4 pod=p-1] two", "[idx=4 pod=p-1] three"]
-    assert (tmp_path / "p-1.log").read_text() == "one\ntwo\nthree\n"
-
-
-class SlowKubelet:
-    """A pod whose container has exited but whose follow stream stays open (a kubelet slow to end it).
-
-    The follow stream delivers ``streamed`` and then blocks until ``shutdown()``; a plain read returns ``full``.
-    """
-
-    def __init__(self, streamed, full, *, after_cut="end"):
-        self.streamed, self.full, self.after_cut = streamed, full, after_cut
-        self.cut = threading.Event()
-        self.delivered = threading.Event()
-        self.requests = []
-
-    def read_namespaced_pod_log(self, *args, follow=False, **kwargs):
-        self.requests.append(follow)
-        if not follow:
-            return SimpleNamespace(stream=lambda n: iter([self.full]))
-
-        def stream(n):
-            yield from self.streamed
-            self.delivered.set()
-            self.cut.wait(30)
-            if self.after_cut == "raise":
-                raise ConnectionResetError("shut down")
-            if self.after_cut == "garbage":  # SSLSocket.shutdown drops TLS: raw records may follow
-                yield b"e\n\x17\x03\x03\x00\x1a\xfe junk\nmore junk\n"
-
-        return SimpleNamespace(stream=stream, shutdown=self.cut.set, release_conn=lambda: None)
-
-    def read_namespaced_pod(self, *args, **kwargs):
-        return SimpleNamespace(status=SimpleNamespace(phase="Succeeded"))
-
-
-@pytest.mark.parametrize("after_cut", ["end", "raise", "garbage"])
-def test_stopped_stream_catches_up_with_one_plain_read(tmp_path, after_cut):
-    emitted = []
-    # The open stream has delivered two lines and half of the third; the whole log has five.
-    kubelet = SlowKubelet([b"one\ntwo\nthr"], b"one\ntwo\nthree\nfour\nfive", after_cut=after_cut)
-    pl = PodLog(kubelet, "ns", "p-2", 1, emitted.append, tmp_path)
-    pl.start()
-    assert kubelet.delivered.wait(10)
-    assert not pl.finished.is_set()
-    pl.stop()
-    assert pl.finished.wait(10)
-    assert kubelet.requests == [True, False]
-    assert pl.lines == ["one", "two", "three", "four", "five"]
-    assert (tmp_path / "p-2.log").read_text() == "one\ntwo\nthree\nfour\nfive\n"
-    assert emitted[0] == "[idx=1 pod=p-2] one" and len(emitted) == 5
-
-
-def test_stop_after_the_stream_ended_reads_nothing_more(tmp_path):
-    core = FakeCore([[b"a\nb\n"]])
-    pl = PodLog(core, "ns", "p-3", 0, lambda line: None, tmp_path)
-    pl.start()
-    assert pl.finished.wait(10)
-    pl.stop()
-    assert pl.lines == ["a", "b"] and not core.calls
