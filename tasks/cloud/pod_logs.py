@@ -371,6 +371,23 @@ class PodLogs:
             log.warning("log of pod %s is incomplete: not read to its end in time", name)
         return dict(self.incomplete)
 
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every reader now (the wait is over without ``close()``: it gave up or was interrupted) and wait up
+        to ``timeout`` s for them to leave, so nothing writes a kept file after this returns: a new wait (a task
+        retry) continues the files from their positions."""
+        with self._lock:
+            self._closing = self._cutting = self._stopped = True
+            responses = list(self._responses.values())
+            self._responses.clear()
+            self._lock.notify_all()
+        for resp in responses:
+            with contextlib.suppress(Exception):
+                resp.shutdown()
+        end = time.monotonic() + timeout
+        for t in self._threads:
+            if t.is_alive():
+                t.join(max(0.0, end - time.monotonic()))
+
     def tail(self, name: str) -> list[str]:
         """The last displayed lines of a pod's latest attempt (read back from its kept file when there is one)."""
         if name in self._tails:
@@ -450,13 +467,19 @@ class PodLogs:
             pod.done_attempts += 1
 
     def _read_attempt(self, pod: _Pod, kept: KeptLog, attempt: int) -> None:
-        """Read one attempt to its end, following while it runs; a new request skips what is already consumed."""
+        """Read one attempt to its end, following while it runs; a new request skips what is already consumed.
+
+        A follow stream that ends is not proof that the log is whole: a proxy, a load balancer or an API server
+        restart can end it early, even mid-line. So once the container has terminated, one plain read (no
+        follow) finishes the attempt; while it still runs, the follow is simply opened again."""
         failures = 0
+        idle = 0
         while not self._stopped:
             previous = attempt < pod.restarts  # no longer the current attempt: only ``previous=true`` has it
             follow = not previous and not self._closing and not pod.ended
+            before = kept.consumed
             try:
-                over = self._stream(pod, kept, follow=follow, previous=previous)
+                complete = self._stream(pod, kept, follow=follow, previous=previous)
             except Exception as exc:  # noqa: BLE001 - a log stream may drop at any time
                 status = getattr(exc, "status", None)
                 if status == 404:
@@ -471,16 +494,23 @@ class PodLogs:
                     return
                 time.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
                 continue
-            if over and attempt < pod.restarts and not previous:
-                continue  # it restarted while we read: read this attempt again as ``previous`` (exact seam)
-            if over:
+            if complete:
+                if attempt < pod.restarts and not previous:
+                    continue  # it restarted meanwhile: read this attempt again as ``previous`` (exact seam)
                 kept.finish()
                 return
-            # A follow cut by us, or ended by the server before the container ended: read on from what we have.
+            if follow and not self._closing and not self._terminated(pod):
+                # Ended by the server while the container runs: open it again, backing off while nothing new
+                # arrives (a server that cuts every stream after a few bytes must not be hammered).
+                idle = 0 if kept.consumed > before else idle + 1
+                if idle:
+                    time.sleep(min(2.0, 0.05 * 2 ** min(idle, 6)))
+            elif follow:
+                pod.ended = True  # terminated: the next round is the plain read that completes the attempt
 
     def _stream(self, pod: _Pod, kept: KeptLog, *, follow: bool, previous: bool) -> bool:
-        """One log request; skips ``kept.consumed`` bytes and feeds the rest. True when the attempt's log is read
-        to its end (a plain read, or a follow that ended by itself and whose container has terminated)."""
+        """One log request; skips ``kept.consumed`` bytes and feeds the rest. True when it was a plain read,
+        which has the attempt's whole log; a follow returns False (the caller decides what its end means)."""
         kwargs: dict[str, Any] = {"container": self.container, "follow": follow, "_preload_content": False}
         if previous:
             kwargs["previous"] = True
@@ -488,7 +518,6 @@ class PodLogs:
         if follow:
             with self._lock:
                 if self._cutting:
-                    follow = False
                     with contextlib.suppress(Exception):
                         resp.close()
                     return False
@@ -499,7 +528,7 @@ class PodLogs:
             for chunk in _chunks(resp):
                 # close() removes the response before it shuts it down: a chunk read after that may be raw TLS
                 # records (SSLSocket.shutdown), so it and everything after it are dropped and read again.
-                if follow and pod.name not in self._responses:
+                if (follow and pod.name not in self._responses) or self._stopped:
                     cut = True
                     break
                 if skip:
@@ -509,7 +538,7 @@ class PodLogs:
                     chunk, skip = chunk[skip:], 0
                 kept.feed(chunk)
         except Exception:
-            if not (follow and pod.name not in self._responses):
+            if not ((follow and pod.name not in self._responses) or self._stopped):
                 raise
             cut = True  # shut down by close(): not an error
         finally:
@@ -523,9 +552,7 @@ class PodLogs:
                     resp.close()  # never reuse a connection that was shut down
                 else:
                     resp.release_conn()
-        if not follow:
-            return True
-        return not cut and (pod.ended or self._terminated(pod))
+        return not follow
 
     def _terminated(self, pod: _Pod) -> bool:
         """Whether the attempt being followed has ended (a follow may also end on a server-side timeout)."""

@@ -367,6 +367,8 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
     finally:
         for w in watchers:
             w.close()
+        if logs is not None:
+            logs.stop()  # a no-op after drain_logs(); else no reader may write on after this wait is over
 
 
 def _failure_message(head: str, rep: JobReport, logs: PodLogs | None, options: WaitOptions,

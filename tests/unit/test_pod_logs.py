@@ -109,19 +109,19 @@ def test_bytes_that_cannot_be_read_leave_a_marker_line(tmp_path):
 
 
 class ScriptedCore:
-    """``read_namespaced_pod_log`` answers from a script per call: a list of chunks, or an exception. The container
-    runs as long as calls are left in the script."""
+    """Follow requests answer from a script (a list of chunks, or an exception, per request); the container runs
+    as long as follows are left in the script; a plain read answers ``full`` (or raises it)."""
 
-    def __init__(self, calls):
-        self.calls, self.requests = list(calls), []
+    def __init__(self, follows, full):
+        self.follows, self.full, self.requests = list(follows), full, []
 
     @property
     def phase(self):
-        return "Running" if self.calls else "Succeeded"
+        return "Running" if self.follows else "Succeeded"
 
-    def read_namespaced_pod_log(self, name, namespace, **kwargs):
-        self.requests.append(kwargs)
-        chunks = self.calls.pop(0)
+    def read_namespaced_pod_log(self, name, namespace, *, follow=False, **kwargs):
+        self.requests.append(follow)
+        chunks = self.follows.pop(0) if follow and self.follows else self.full
         if isinstance(chunks, Exception):
             raise chunks
         return SimpleNamespace(stream=lambda n: iter(chunks), release_conn=lambda: None, close=lambda: None)
@@ -134,13 +134,18 @@ class ScriptedCore:
 
 def test_a_stream_cut_mid_line_resumes_after_the_bytes_already_kept(tmp_path):
     shown = []
-    # The server ends the first follow mid-line; the second replays from the start.
-    core = ScriptedCore([[b"one\ntw"], [b"one\ntwo\nthree\n"]])
+    # The server ends each follow mid-line; each new one replays from the start; a plain read ends the attempt.
+    core = ScriptedCore([[b"one\ntw"], [b"one\ntwo\nthr"]], [b"one\ntwo\nthree\n"])
     logs = PodLogs(core, "ns", "workload", shown.append, tmp_path)
     logs.seen("p-1", 4, started=True, ended=False)
+    for _ in range(200):
+        if not core.follows:
+            break
+        threading.Event().wait(0.05)
     assert logs.close(grace=5, catch_up=10) == {}
     assert shown == ["[idx=4 pod=p-1] one", "[idx=4 pod=p-1] two", "[idx=4 pod=p-1] three"]
     assert (tmp_path / "p-1.log").read_text() == "one\ntwo\nthree\n"
+    assert core.requests[-1] is False  # the end is confirmed by a plain read
 
 
 class SlowKubelet:
@@ -230,7 +235,7 @@ def test_at_most_max_streams_follow_at_once_and_ended_pods_are_read_once(tmp_pat
 def test_a_pod_deleted_before_its_log_was_read_is_reported_incomplete(tmp_path):
     gone = Exception("Not Found")
     gone.status = 404
-    core = ScriptedCore([[b"first line\n"], gone])
+    core = ScriptedCore([[b"first line\n"]], gone)
     logs = PodLogs(core, "ns", "workload", lambda line: None, tmp_path)
     logs.seen("p-3", 0, started=True, ended=False)
     incomplete = logs.close(grace=5, catch_up=10)
