@@ -48,6 +48,7 @@ from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, JobReport, Vol
 from tasks.naming import RUN_LABEL, make_run_key
 from tasks.render.cost import estimate_job
 from tasks.render.manifests import run_prefix
+from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec, SpecError, parse_spec
 from tasks.stages.cluster import ensure_cluster_task
 from tasks.stages.config import publish_config_task
@@ -178,7 +179,6 @@ def sweep(flow: Any, flow_run: Any, state: Any) -> None:
         from tasks.cloud.clients import nas_client
         from tasks.cloud.cluster_access import connect, locate_cluster
         from tasks.cloud.context import credentials, cs_for
-        from tasks.render.redact import Scrubber
         from tasks.stages import teardown
 
         spec = _spec_for_sweep(flow_run.parameters)
@@ -202,6 +202,18 @@ def sweep(flow: Any, flow_run: Any, state: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------- summary
+
+
+def run_scrubber(spec: BatchSpec) -> Scrubber:
+    """The run's one scrubber (every form of every secret value it handles), for what the flow itself writes."""
+    from tasks.cloud.clients import _load_prefect_secret
+    from tasks.cloud.context import credentials
+    from tasks.cloud.inputs import run_secret_values
+
+    try:
+        return Scrubber(run_secret_values(spec, credentials(spec), load_secret=_load_prefect_secret))
+    except Exception:  # noqa: BLE001 - a source that cannot be read now has nothing of it printed either
+        return Scrubber()
 
 
 def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: ClusterHandle | None,
@@ -256,6 +268,12 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
     else:
         lines.append(f"- pod logs: `{kept_logs_dir(spec, name)}/`"
                      f"{f' (not uploaded to OSS: {logs_problem})' if logs_problem else ''}")
+    if report and report.incomplete_logs:
+        # Never a silent gap: each such kept log also ends with a marker line saying what is missing.
+        lines.append(f"- **incomplete pod logs ({len(report.incomplete_logs)}):**")
+        lines += [f"  - `{pod}`: {why}" for pod, why in list(report.incomplete_logs.items())[:20]]
+        if len(report.incomplete_logs) > 20:
+            lines.append(f"  - and {len(report.incomplete_logs) - 20} more")
     if report:
         cost = estimate_job(spec.job, [r.seconds for r in report.indexes], region=spec.target.region)
         lines += ["", "## Estimated cost", f"- {cost.summary()}"]
@@ -338,11 +356,12 @@ def ask_batch(spec: BatchSpec) -> dict[str, Any]:
             except Exception as exc:  # noqa: BLE001 - never hide the run's own error behind a teardown error
                 logger.error("teardown failed: %s: %s", type(exc).__name__, exc)
             try:
+                markdown = summary_markdown(spec, run_key=run_key, name=name, cluster=cluster, job=job,
+                                            report=report, outputs=outputs, teardown=teardown,
+                                            error=None if error is None else f"{type(error).__name__}: {error}",
+                                            saved_logs=saved_logs, logs_problem=logs_problem)
                 create_markdown_artifact(
-                    summary_markdown(spec, run_key=run_key, name=name, cluster=cluster, job=job, report=report,
-                                     outputs=outputs, teardown=teardown,
-                                     error=None if error is None else f"{type(error).__name__}: {error}",
-                                     saved_logs=saved_logs, logs_problem=logs_problem),
+                    run_scrubber(spec)(markdown),
                     key=f"summary-{run_key}", description=f"ask-batch run {name}")
             except Exception as exc:  # noqa: BLE001
                 logger.error("could not publish the summary artifact: %s", exc)
