@@ -37,7 +37,15 @@ from tasks.cloud.pod_logs import PodLogs
 from tasks.errors import JobFailed
 from tasks.handles import ClusterHandle, IndexRecord, JobHandle, JobReport
 from tasks.naming import RUN_LABEL
-from tasks.render.diagnose import Diagnosis, diagnose_pod, exit_code, job_finished, parse_time, pod_index
+from tasks.render.diagnose import (
+    INDEX_ANNOTATION,
+    Diagnosis,
+    diagnose_pod,
+    exit_code,
+    job_finished,
+    parse_time,
+    pod_index,
+)
 from tasks.render.manifests import CONTAINER_NAME
 from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec
@@ -168,6 +176,17 @@ class _Watcher:
 # --------------------------------------------------------------------------------------------- logs
 
 
+def _compact(pod: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a pod the verdict and the records read (name, creation time, index, status): its spec,
+    labels and managed fields are most of its size, and the wait keeps one pod per index for the whole Job."""
+    meta = pod.get("metadata") or {}
+    index = pod_index(pod)
+    return {"metadata": {"name": meta.get("name"), "creationTimestamp": meta.get("creationTimestamp"),
+                         "deletionTimestamp": meta.get("deletionTimestamp"),
+                         "annotations": {} if index is None else {INDEX_ANNOTATION: str(index)}},
+            "status": pod.get("status") or {}}
+
+
 def _container(pod: dict[str, Any]) -> tuple[bool, bool, int]:
     """(started, terminated now, restartCount) of the workload container, for ``PodLogs.seen``."""
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
@@ -277,6 +296,7 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
         if job.uid not in owners:
             return
         name = obj["metadata"]["name"]
+        obj = _compact(obj)
         if etype == "DELETED":
             pods.setdefault(name, obj)
         else:
