@@ -308,8 +308,7 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
             unsettled.add(name)
         if logs is not None:
             started, ended, restarts = _container(obj)
-            logs.seen(name, pod_index(obj), started=started or etype == "DELETED", ended=ended or etype == "DELETED",
-                      restarts=restarts)
+            logs.seen(name, pod_index(obj), started=started, ended=ended or etype == "DELETED", restarts=restarts)
 
     def final_pods() -> None:
         # The Job and pod watches are separate streams: the Job's final condition can arrive before the last

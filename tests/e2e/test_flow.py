@@ -252,6 +252,12 @@ def test_killed_flow_process_rerun_reattaches_and_runs_each_index_once(
     started = [p for p in processes(sandbox_dir) if p["pod"].startswith("askb-e2e-kill-")]
     assert sorted(int(p["index"]) for p in started) == list(range(10))
     assert len(list((workdir / "outputs" / "ask-batch-e2e-kill").glob("index-*/result.json"))) == 10
+    # The killed run had kept part of each log; the re-run continues those files: every line once.
+    kept = list((workdir / "outputs" / "ask-batch-e2e-kill" / "logs").glob("*.log"))
+    assert len(kept) == 10
+    for path in kept:
+        lines = path.read_text().splitlines()
+        assert lines and len(lines) == len(set(lines)), f"a line was kept twice in {path.name}: {lines}"
 
 
 def test_known_secrets_never_reach_logs_artifacts_errors_or_dry_run(
