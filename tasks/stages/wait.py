@@ -356,6 +356,9 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
                 on_progress(succeeded, job.completions)
             finished, ok, why = job_finished(job_obj)
             if finished:
+                # The verdict first (the user sees it at once), then the last pods and logs are read.
+                log.info("Job %s %s (%d/%d indexes succeeded); reading the last pod logs", job.name,
+                         "complete" if ok else f"failed: {why}", succeeded, job.completions)
                 final_pods()
                 drain_logs()
                 rep = report(ok, why)
