@@ -1149,6 +1149,10 @@ def spec_error_from(exc: ValidationError, *, root: str = "") -> SpecError:
             msg = "unknown field; fix: check the spelling (see the parameter form for the known fields)"
         elif err["type"] == "missing":
             msg = "required; fix: set it"
+        elif err["type"] in ("int_parsing_size", "int_from_float", "int_parsing", "int_type", "finite_number"):
+            msg = f"{msg}; fix: write a whole number of at most {INT32_MAX} (Kubernetes' int32)"
+        elif err["type"] in ("less_than_equal", "less_than", "greater_than_equal", "greater_than"):
+            msg = f"{msg}; fix: use a value in that range (see the field's description)"
         problems.append((field, msg))
     return SpecError(problems)
 
