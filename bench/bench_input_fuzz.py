@@ -1,6 +1,6 @@
 """The door under a long fuzz: specs generated around every field's limits, counted by outcome.
 
-    .venv/bin/python bench/bench_input_fuzz.py [--examples 5000] [--seed 0] [--no-write]
+    .venv/bin/python bench/bench_input_fuzz.py [--examples 5000] [--seed 0] [--derandomize] [--no-write]
 
 The same generator and check as ``tests/unit/test_spec_properties.py`` (which runs 300 examples in ``make test``),
 for many more examples and without stopping at the first failure: every generated spec is given to
@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__, repeat=1)
     parser.add_argument("--examples", type=int, default=5000, help="generated specs (default 5000)")
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0)")
+    parser.add_argument("--derandomize", action="store_true",
+                        help="the examples `make test` runs (its 'ci' profile); with --examples 300")
     args = parser.parse_args(argv)
     started_load = load_average()
 
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     @seed(args.seed)
     @settings(max_examples=args.examples, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+              suppress_health_check=list(HealthCheck), derandomize=args.derandomize)
     @given(specs())
     def run(params: dict) -> None:
         counts["cases"] += 1

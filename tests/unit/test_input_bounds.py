@@ -155,3 +155,18 @@ def test_admit_returns_the_bytes_the_pods_get(tmp_path: Path) -> None:
 def test_admit_refuses_what_is_not_a_mapping() -> None:
     with pytest.raises(SpecError, match="not a mapping"):
         admit(["job"])  # type: ignore[arg-type]
+
+
+def test_the_deployments_build_step_uses_the_same_door(tmp_path: Path) -> None:
+    """`prefect deploy` runs deployments.steps.load_spec_file: a bad file fails the deploy, as the CLI would."""
+    from deployments.steps import load_spec_file
+
+    path = tmp_path / "params.yaml"
+    path.write_text(anchor_bomb())
+    with pytest.raises(SpecError, match="aliases"):
+        load_spec_file(path)
+    path.write_text("job: {image: python:3.11-slim}\nconfig: {local_paths: [/dev/zero]}\n")
+    with pytest.raises(SpecError) as err:
+        load_spec_file(path)
+    assert problems(err) == [("config.local_paths.0", "'/dev/zero': is a character device, not a regular file; "
+                                                      "fix: give a regular file")]
