@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.ask_batch import ask_batch, build_spec, main
+from flows.ask_batch import ask_batch
+from flows.cli import build_spec, main
 from tests.e2e.conftest import EXAMPLE, example_sets
 
 

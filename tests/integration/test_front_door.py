@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.ask_batch import main
+from flows.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "deployments" / "example.yaml"
