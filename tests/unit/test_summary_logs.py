@@ -1,6 +1,6 @@
 """The run summary names every pod whose kept log is incomplete (never a silent gap)."""
 
-from flows.ask_batch import summary_markdown
+from flows.summary import summary_markdown
 from tasks.handles import JobHandle, JobReport
 from tasks.spec import parse_spec
 
