@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
             " --split-only" if args.split_only else "")
         definition = ("Splitting: `KeptLog` (kept file off) fed 64 KiB chunks, against the splitting used before "
                       "(`buffer += chunk; buffer.split(b'\\n')` per chunk; it only splits, while KeptLog also "
-                      "decodes, scrubs and formats every displayed line, so short lines cost it more). Whole flow: `python -m flows.ask_batch`, "
+                      "decodes, scrubs and formats every displayed line, so short lines cost it more). "
+                      "Whole flow: `python -m flows.ask_batch`, "
                       "a 1-index Job whose pod writes the bytes, fresh sandbox per run, Prefect server already up; "
                       "wall = spawn to exit; the kept log in the download directory is compared byte for byte with "
                       "what the pod wrote. Median (min–max).")
