@@ -70,7 +70,8 @@ class WaitOptions:
     #: Once the Job is finished (or failing fast), how long a pod's log stream may stay open before it is cut
     #: and the rest of that log is read once without follow. A real kubelet can take ~5 s to end a stream.
     log_grace_seconds: float = 2.0
-    #: How long that catch-up read (and the end of every log thread) may take in all.
+    #: After that, how long the remaining reads may go without one more log read to its end before the rest is
+    #: reported incomplete (marker line in the kept log, note in the run summary).
     log_catch_up_seconds: float = 30.0
     watch_seconds: int = 240  # server-side watch timeout: reconnect regularly rather than trust idle streams
     scrub: Callable[[str], str] = str  # applied to every log line and error text (blanks known secret values)
