@@ -482,6 +482,9 @@ class EciOptions(_Model):
     spot_duration_hours: int | None = Field(None, ge=0, le=6, description="Spot protection period in hours "
                                             "(default 1; 0 = none).")
     spot_fallback: bool = Field(True, description="Fall back to pay-as-you-go when there is no spot stock.")
+    ignore_reclaims: bool = Field(True, description="With spot: a reclaimed pod (condition DisruptionTarget) does "
+                                  "not spend the Job's retry budget (a podFailurePolicy rule Ignore, put before "
+                                  "job.pod_failure_policy's rules). Off: reclaims count as failures.")
     image_cache: bool = Field(True, description="Let ECI match an image cache automatically (faster starts).")
     image_snapshot_id: str | None = Field(None, description="A specific image cache id ('imc-...').")
     extra_ephemeral_storage: str | None = Field(None, description="Extra temporary storage beyond the free "
@@ -560,8 +563,9 @@ class JobSpec(_Model):
     parallelism: int = Field(1, ge=1, le=100_000, description="How many pods run at once (≤ completions).")
     completion_mode: Literal["Indexed", "NonIndexed"] = Field(
         "Indexed", description="'Indexed': each pod gets JOB_COMPLETION_INDEX 0..completions-1 (its shard).")
-    backoff_limit: int | None = Field(3, ge=0, description="Pod failures allowed for the whole Job before it "
-                                      "fails. Empty with backoff_limit_per_index: unlimited.")
+    backoff_limit: int | None = Field(None, ge=0, description="Pod failures allowed for the whole Job before it "
+                                      "fails. Empty: 3, or with backoff_limit_per_index not sent (only the "
+                                      "per-index budget applies).")
     backoff_limit_per_index: int | None = Field(None, ge=0, description="Retries allowed per index (Indexed "
                                                 "only); a failing index does not stop the others.")
     max_failed_indexes: int | None = Field(None, ge=0, description="With backoff_limit_per_index: fail the Job "
@@ -667,6 +671,18 @@ class JobSpec(_Model):
                 raise ValueError(f"{what}_limit {lim} is below the {what} request {req}; fix: raise the limit "
                                  f"or lower the request")
         return self
+
+
+#: How long the waiter may still read pod logs after the Job finished: it lets open log streams end by themselves
+#: for LOG_GRACE_SECONDS, then reads each unfinished log once more for up to LOG_CATCH_UP_SECONDS, checking every
+#: WAIT_TICK_SECONDS (tasks/stages/wait.py WaitOptions uses these values).
+LOG_GRACE_SECONDS = 2.0
+LOG_CATCH_UP_SECONDS = 30.0
+WAIT_TICK_SECONDS = 2.0
+#: The smallest ``job.ttl_seconds_after_finished`` with which the pods (and their logs) outlive that drain: the
+#: TTL-after-finished controller deletes the Job and, with it, its pods
+#: (https://kubernetes.io/docs/concepts/workloads/controllers/ttlafterfinished/).
+MIN_TTL_SECONDS_AFTER_FINISHED = int(LOG_GRACE_SECONDS + LOG_CATCH_UP_SECONDS + WAIT_TICK_SECONDS)
 
 
 class WaitSpec(_Model):
@@ -832,6 +848,13 @@ class BatchSpec(_Model):
                 and not (self.storage.nas.vpc_id and self.storage.nas.vswitch_id)):
             raise ValueError("storage.nas with cluster mode 'existing' needs storage.nas.vpc_id and "
                              "storage.nas.vswitch_id (the cluster's VPC is unknown); fix: set both")
+        ttl = self.job.ttl_seconds_after_finished
+        if self.wait.stream_logs and ttl is not None and ttl < MIN_TTL_SECONDS_AFTER_FINISHED:
+            raise ValueError(f"job.ttl_seconds_after_finished {ttl} is shorter than the "
+                             f"{MIN_TTL_SECONDS_AFTER_FINISHED} s the waiter needs after the Job finishes to read "
+                             f"the pods' logs (Kubernetes deletes the pods with the Job); fix: set it to at least "
+                             f"{MIN_TTL_SECONDS_AFTER_FINISHED}, "
+                             f"leave it empty (never), or turn off wait.stream_logs")
         if (self.cluster.mode == "ask" and self.teardown.effective()["cluster"] != "never"
                 and self.cluster.ask.deletion_protection):
             raise ValueError("teardown deletes the cluster but cluster.ask.deletion_protection is on; fix: turn "

@@ -39,7 +39,7 @@ from tasks.naming import (
     secret_name,
     short_hash,
 )
-from tasks.spec import AskClusterOptions, BatchSpec, EciOptions, NasOptions, OutputsSpec, Target
+from tasks.spec import AskClusterOptions, BatchSpec, EciOptions, JobSpec, NasOptions, OutputsSpec, Target
 
 CONTAINER_NAME = "workload"
 SECRET_ENV_KEY_PREFIX = "env."  # Secret keys that back env vars; kept apart from secret *files*
@@ -225,6 +225,39 @@ def eci_annotations(eci: EciOptions) -> dict[str, str]:
     return ann
 
 
+#: Without backoff_limit_per_index, ask-batch's default Job-wide budget (Kubernetes' own default is 6).
+DEFAULT_BACKOFF_LIMIT = 3
+#: The podFailurePolicy rule added for spot pods: a pod the cloud took away does not count against any budget.
+#: https://kubernetes.io/docs/concepts/workloads/controllers/job/#pod-failure-policy (condition
+#: ``DisruptionTarget``: https://kubernetes.io/docs/concepts/workloads/pods/disruptions/#pod-disruption-conditions)
+IGNORE_DISRUPTIONS = {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+
+
+def job_backoff_limit(job: JobSpec) -> int | None:
+    """``backoffLimit`` to send: the user's; else none next to ``backoffLimitPerIndex`` (Kubernetes then defaults
+    it to 2147483647, so only the per-index budget applies:
+    https://kubernetes.io/docs/concepts/workloads/controllers/job/#backoff-limit-per-index); else 3."""
+    if job.backoff_limit is not None:
+        return job.backoff_limit
+    return None if job.backoff_limit_per_index is not None else DEFAULT_BACKOFF_LIMIT
+
+
+def pod_failure_policy(job: JobSpec) -> dict[str, Any] | None:
+    """The user's ``podFailurePolicy``, with ``IGNORE_DISRUPTIONS`` first when the pods are spot.
+
+    Kubernetes applies the first rule that matches, so ours goes first (a user's ``onExitCodes`` rule would
+    otherwise match a reclaimed pod's exit code 137); it is left out when the user has a rule on the
+    ``DisruptionTarget`` condition (theirs decides), when ``job.eci.ignore_reclaims`` is off, and with
+    ``restart_policy: OnFailure`` (Kubernetes accepts a podFailurePolicy only with ``Never``).
+    """
+    rules = copy.deepcopy((job.pod_failure_policy or {}).get("rules") or [])
+    own_rule = any(c.get("type") == "DisruptionTarget" for r in rules for c in r.get("onPodConditions") or [])
+    if (job.eci.spot_strategy != "None" and job.eci.ignore_reclaims and not own_rule
+            and job.restart_policy == "Never"):
+        rules.insert(0, copy.deepcopy(IGNORE_DISRUPTIONS))
+    return {"rules": rules} if rules else None
+
+
 @dataclass(frozen=True)
 class JobInputs:
     """What the earlier stages produced that the Job refers to (names only, never content)."""
@@ -319,12 +352,12 @@ def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs) -> dict[st
         "template": {"metadata": {"labels": labels, "annotations": eci_annotations(job.eci)}, "spec": pod_spec},
     }
     optional = {
-        "backoffLimit": job.backoff_limit,
+        "backoffLimit": job_backoff_limit(job),
         "backoffLimitPerIndex": job.backoff_limit_per_index,
         "maxFailedIndexes": job.max_failed_indexes,
         "activeDeadlineSeconds": job.active_deadline_seconds,
         "ttlSecondsAfterFinished": job.ttl_seconds_after_finished,
-        "podFailurePolicy": copy.deepcopy(job.pod_failure_policy) if job.pod_failure_policy else None,
+        "podFailurePolicy": pod_failure_policy(job),
     }
     job_spec.update({k: v for k, v in optional.items() if v is not None})
     body: dict[str, Any] = {
