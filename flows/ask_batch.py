@@ -51,9 +51,9 @@ from tasks.render.manifests import run_prefix
 from tasks.spec import BatchSpec, SpecError, parse_spec
 from tasks.stages.cluster import ensure_cluster_task
 from tasks.stages.config import publish_config_task
-from tasks.stages.job import launch_job_task
+from tasks.stages.job import launch_job_task, relaunch_task
 from tasks.stages.volume import ensure_volume_task
-from tasks.stages.wait import JobFailed, wait_for_job_task
+from tasks.stages.wait import JobFailed, wait_for_follow_ups_task, wait_for_job_task
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -203,6 +203,14 @@ def sweep(flow: Any, flow_run: Any, state: Any) -> None:
 # --------------------------------------------------------------------------------------------- summary
 
 
+def attempts_text(record: Any) -> str:
+    """An index's attempts in one cell: ``3: reclaimed (spot), reclaimed (spot), succeeded (on-demand)``."""
+    if not record.attempts:
+        return "0"
+    return f"{len(record.attempts)}: " + ", ".join(
+        f"{a.outcome} ({'spot' if a.spot else 'on-demand'})" for a in record.attempts)
+
+
 def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: ClusterHandle | None,
                      job: JobHandle | None, report: JobReport | None, outputs: Any, teardown: Any,
                      error: str | None, saved_logs: dict[str, str] | None = None,
@@ -228,20 +236,28 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
         lines.append(f"- `{job.namespace}/{job.name}` ({job.completions} indexes, parallelism "
                      f"{spec.job.parallelism}, image `{spec.job.image}`)"
                      f"{' — re-attached to an existing Job' if job.adopted else ''}")
+        if report is not None and (report.reused or report.follow_ups):
+            lines.append(f"- re-run of missing indexes: {len(report.reused)} reused from an earlier attempt, "
+                         f"{len(report.follow_ups)} run again as follow-up Jobs "
+                         f"({', '.join(f'`{j.name}`' for j in report.follow_ups[:10])})")
     else:
         lines.append("- not launched")
     per_index = {}
     if outputs is not None:
         per_index = {i.index: i for i in outputs.indexes}
     if report:
-        lines += ["", "| index | status | attempts | exit code | reason | duration (s) | outputs |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "| index | status | attempts | exit code | reason | duration (s) | billed (s) | outputs |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in report.indexes:
             out = per_index.get(r.index)
             out_txt = (f"{len(out.objects)} object(s){'' if out.complete else ' — ' + (out.problem or 'incomplete')}"
                        if out else "")
-            lines.append(f"| {r.index} | {r.status} | {r.attempts} | {'' if r.exit_code is None else r.exit_code} "
-                         f"| {r.reason or ''} | {r.seconds:.1f} | {out_txt} |")
+            lines.append(f"| {r.index} | {r.status} | {attempts_text(r)} | "
+                         f"{'' if r.exit_code is None else r.exit_code} | {r.reason or ''} | {r.seconds:.1f} | "
+                         f"{r.billed_seconds:.1f} | {out_txt} |")
+        if report.job_gone:
+            lines.append("\n_The Job was gone when the wait began (removed by its TTL, or deleted): the outputs "
+                         "decided the verdict._")
     lines += ["", "## Outputs"]
     prefix = run_prefix(spec.outputs, run_key=run_key, flow_run_name=name)
     lines.append(f"- OSS: `oss://{spec.outputs.bucket}/{prefix}`")
@@ -287,7 +303,7 @@ def ask_batch(spec: BatchSpec) -> dict[str, Any]:
         >>> ask_batch(parse_spec(yaml.safe_load(open("deployments/example.yaml"))))
     """
     from tasks.cloud.run_lock import lock_key, run_lock
-    from tasks.stages.outputs import collect_outputs_task, ensure_bucket_task
+    from tasks.stages.outputs import collect_outputs_task, complete_indexes_task, ensure_bucket_task
     from tasks.stages.teardown import teardown_task
 
     logger = get_run_logger()
@@ -312,9 +328,20 @@ def ask_batch(spec: BatchSpec) -> dict[str, Any]:
             volume = ensure_volume_task(spec, run_key=run_key, cluster=cluster)
             ensure_bucket_task(spec)
             config = publish_config_task(spec, run_key, cluster)
-            job = launch_job_task(spec, run_key, name, cluster, volume, config)
+            # rerun 'missing': indexes an earlier attempt of this run key finished are not run again.
+            done = complete_indexes_task(spec, run_key=run_key, flow_run_name=name) if spec.rerun == "missing" else []
+            follow_ups: list[JobHandle] = []
+            if done:
+                missing = sorted(set(range(spec.job.completions)) - set(done))
+                job, follow_ups = relaunch_task(spec, run_key, name, cluster, volume, config, missing)
+            else:
+                job = launch_job_task(spec, run_key, name, cluster, volume, config)
             try:
-                report = wait_for_job_task(spec, run_key, cluster, job, str(log_dir_for(spec, name)))
+                if job.uid is None:  # follow-up Jobs run the missing indexes
+                    report = wait_for_follow_ups_task(spec, run_key, cluster, job, follow_ups, done,
+                                                      str(log_dir_for(spec, name)))
+                else:
+                    report = wait_for_job_task(spec, run_key, cluster, job, str(log_dir_for(spec, name)))
             except JobFailed as exc:
                 report = exc.report
                 raise

@@ -44,9 +44,12 @@ class ConfigHandle(BaseModel):
 class JobHandle(BaseModel):
     namespace: str = Field(description="Namespace of the Job.")
     name: str = Field(description="Job name (run key + spec hash).")
-    uid: str = Field(description="Job uid: pods carry it in their controller-uid label.")
+    uid: str | None = Field(description="Job uid: pods carry it in their controller-uid label. None only in the "
+                            "merged report of a re-run, which names the run's whole Job as rendered.")
     adopted: bool = Field(False, description="True when an existing Job was re-attached instead of created.")
     completions: int = Field(description="Indexes the Job needs.")
+    index: int | None = Field(None, description="On a follow-up Job (rerun of missing indexes): the one original "
+                              "index it runs.")
 
 
 class Attempt(BaseModel):
@@ -93,6 +96,10 @@ class JobReport(BaseModel):
     reason: str | None = Field(None, description="Why it failed (Job condition or fail-fast diagnosis).")
     job_gone: bool = Field(False, description="The Job was removed (e.g. by ttlSecondsAfterFinished) before the "
                            "wait saw its verdict: the outputs decide.")
+    follow_ups: list[JobHandle] = Field(default_factory=list, description="On a re-run: the follow-up Jobs that "
+                                        "ran the missing indexes.")
+    reused: list[int] = Field(default_factory=list, description="On a re-run: indexes whose outputs an earlier "
+                              "attempt of this run key already wrote (not run again).")
     indexes: list[IndexRecord] = Field(default_factory=list, description="Per-index record.")
 
 

@@ -807,6 +807,11 @@ class BatchSpec(_Model):
 
     run_key: str | None = Field(None, description="Stable key naming everything this run creates, so a retry "
                                 "re-attaches instead of starting again. Empty: derived from the flow run name.")
+    rerun: Literal["missing", "all"] = Field("missing", description="A retry of the flow run, or a new run "
+                                             "with the same run_key: 'missing' runs only the indexes without "
+                                             "complete outputs in OSS (one follow-up Job each; their pods see "
+                                             "their original index as ASK_BATCH_INDEX), 'all' runs the whole "
+                                             "Job again.")
     target: Target = Field(default_factory=Target, description="Region, credentials, endpoints.")
     cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="The cluster the Job runs on.")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Shared volume for the pods.")

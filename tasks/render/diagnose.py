@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tasks.naming import INDEX_LABEL
+
 AFTER_GRACE_WAITING = {"ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "CreateContainerError",
                        "RunContainerError", "ErrImageNeverPull"}
 FATAL_WAITING = {"InvalidImageName"}
@@ -71,8 +73,12 @@ def parse_time(text: str | None) -> datetime | None:
 
 
 def pod_index(pod: dict[str, Any]) -> int | None:
-    """The completion index of a pod of an Indexed Job (annotation, else label)."""
+    """The index a pod runs: the original index of a follow-up Job's pod (label ``ask-batch.io/index``), else
+    the completion index of an Indexed Job's pod (annotation, else label)."""
     meta = pod.get("metadata") or {}
+    original = (meta.get("labels") or {}).get(INDEX_LABEL)
+    if original is not None and original.isdigit():
+        return int(original)
     for source in (meta.get("annotations") or {}, meta.get("labels") or {}):
         value = source.get(INDEX_ANNOTATION)
         if value is not None:

@@ -11,7 +11,12 @@ human goes through ``redact()`` first, which blanks Secret data and scrubs any k
 The pod contract (what the workload can rely on), all set as env vars on the container:
 
 ============================  ===========================================================================
-``JOB_COMPLETION_INDEX``      set by Kubernetes for Indexed Jobs: this pod's shard
+``ASK_BATCH_INDEX``           this pod's shard, 0..completions-1, on the first Job *and* on a follow-up Job
+                              that re-runs only the missing indexes (``rerun: missing``): read this one
+``JOB_COMPLETION_INDEX``      set by Kubernetes for Indexed Jobs; equal to ``ASK_BATCH_INDEX`` on the first
+                              Job, and set to it by ask-batch on a follow-up Job (Kubernetes keeps a
+                              container's own ``JOB_COMPLETION_INDEX``: ``addCompletionIndexEnvVariable`` in
+                              https://github.com/kubernetes/kubernetes/blob/master/pkg/controller/job/indexed_job_utils.go)
 ``ASK_BATCH_RUN_KEY``         the run key
 ``ASK_BATCH_CONFIG_DIR``      the ConfigMap mount (if any config files)
 ``ASK_BATCH_SECRET_DIR``      the Secret mount (if any secret files)
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.naming import (
+    INDEX_LABEL,
     config_map_name,
     content_hash,
     format_tags,
@@ -270,7 +276,21 @@ class JobInputs:
     oss_env: Mapping[str, str] = field(default_factory=dict)
 
 
-def _container_env(spec: BatchSpec, run_key: str, inputs: JobInputs) -> list[dict[str, Any]]:
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+
+def _index_env(spec: BatchSpec, index: int | None) -> list[dict[str, Any]]:
+    """``ASK_BATCH_INDEX`` (and, on a follow-up Job, ``JOB_COMPLETION_INDEX``) as container env."""
+    if index is not None:
+        return [{"name": "ASK_BATCH_INDEX", "value": str(index)}, {"name": "JOB_COMPLETION_INDEX", "value": str(index)}]
+    if spec.job.completion_mode != "Indexed":
+        return []
+    # The same downward-API source Kubernetes uses for JOB_COMPLETION_INDEX.
+    return [{"name": "ASK_BATCH_INDEX", "valueFrom": {"fieldRef": {
+        "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}}]
+
+
+def _container_env(spec: BatchSpec, run_key: str, inputs: JobInputs, index: int | None = None) -> list[dict[str, Any]]:
     env: dict[str, str] = {"ASK_BATCH_RUN_KEY": run_key}
     if inputs.config_map:
         env["ASK_BATCH_CONFIG_DIR"] = spec.config.mount_path
@@ -281,7 +301,7 @@ def _container_env(spec: BatchSpec, run_key: str, inputs: JobInputs) -> list[dic
     env.update(inputs.oss_env)
     env.update(spec.config.env)
     env.update(spec.job.env)
-    out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
+    out: list[dict[str, Any]] = _index_env(spec, index) + [{"name": k, "value": v} for k, v in env.items()]
     for name in sorted(inputs.secret_env_keys):
         if not inputs.secret:
             raise ValueError(f"secret env {name!r} given without a Secret object")
@@ -310,21 +330,28 @@ def _volumes(spec: BatchSpec, run_key: str, inputs: JobInputs) -> tuple[list[dic
     return volumes, mounts
 
 
-def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs) -> dict[str, Any]:
+def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs, index: int | None = None) -> dict[str, Any]:
     """The Indexed Job, named ``askb-<run>-<hash of everything else in it>``.
 
     Hashing the rendered body (ConfigMap/Secret names included, which carry their own content hashes) means:
     the same parameters re-render the same name (a retry adopts the running Job), and any change yields a new
     name (an old Job is never adopted for different work).
+
+    ``index``: render the follow-up Job that re-runs only that original index (``rerun: missing``): one
+    completion, labelled ``ask-batch.io/index``, its pod seeing ``ASK_BATCH_INDEX`` = ``JOB_COMPLETION_INDEX``
+    = ``index`` (an Indexed Job cannot run an arbitrary set of indexes, and a pod template cannot give each pod
+    its own env value, so each missing index gets its own one-pod Job).
     """
     job = spec.job
     labels = {**job.labels, **run_labels(run_key)}
+    if index is not None:
+        labels[INDEX_LABEL] = str(index)
     volumes, mounts = _volumes(spec, run_key, inputs)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": job.image,
         "imagePullPolicy": job.image_pull_policy,
-        "env": _container_env(spec, run_key, inputs),
+        "env": _container_env(spec, run_key, inputs, index),
         "resources": {
             "requests": {"cpu": job.cpu, "memory": job.memory},
             "limits": {"cpu": job.cpu_limit or job.cpu, "memory": job.memory_limit or job.memory},
@@ -346,15 +373,15 @@ def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs) -> dict[st
     if job.tolerations:
         pod_spec["tolerations"] = copy.deepcopy(job.tolerations)
     job_spec: dict[str, Any] = {
-        "completions": job.completions,
-        "parallelism": job.parallelism,
+        "completions": job.completions if index is None else 1,
+        "parallelism": job.parallelism if index is None else 1,
         "completionMode": job.completion_mode,
         "template": {"metadata": {"labels": labels, "annotations": eci_annotations(job.eci)}, "spec": pod_spec},
     }
     optional = {
         "backoffLimit": job_backoff_limit(job),
         "backoffLimitPerIndex": job.backoff_limit_per_index,
-        "maxFailedIndexes": job.max_failed_indexes,
+        "maxFailedIndexes": job.max_failed_indexes if index is None else None,
         "activeDeadlineSeconds": job.active_deadline_seconds,
         "ttlSecondsAfterFinished": job.ttl_seconds_after_finished,
         "podFailurePolicy": pod_failure_policy(job),

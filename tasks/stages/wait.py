@@ -358,7 +358,8 @@ def attempt_record(pod: dict[str, Any], now: datetime) -> Attempt:
 
 def build_records(pods: dict[str, dict[str, Any]], completions: int, *, now: datetime,
                   diagnoses: dict[str, Diagnosis] | None = None,
-                  failed_indexes: set[int] | None = None, finished: bool = False) -> list[IndexRecord]:
+                  failed_indexes: set[int] | None = None, finished: bool = False,
+                  indexes: list[int] | None = None) -> list[IndexRecord]:
     """Per-index ledger from the pods seen: every attempt, oldest first; the last one gives the status.
 
     An index is ``failed`` when the Job says so (``failed_indexes``: its per-index budget is spent), when a pod of
@@ -373,7 +374,7 @@ def build_records(pods: dict[str, dict[str, Any]], completions: int, *, now: dat
         if idx is not None:
             by_index[idx].append(pod)
     records = []
-    for idx in range(completions):
+    for idx in (indexes if indexes is not None else range(completions)):
         pods_of = sorted(by_index.get(idx, []), key=lambda p: p["metadata"].get("creationTimestamp") or "")
         if not pods_of:
             status = "failed" if idx in failed else "not_started" if finished else "pending"
@@ -487,10 +488,16 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
     def report(succeeded: bool, reason: str | None, diags: dict[str, Diagnosis] | None = None, *,
                finished: bool = False, gone: bool = False) -> JobReport:
         now = datetime.now(UTC)
-        failed = parse_indexes((job_obj.get("status") or {}).get("failedIndexes"))
+        failed = failed_indexes()
         return JobReport(job=job, succeeded=succeeded, reason=reason, job_gone=gone,
                          indexes=build_records(pods, job.completions, now=now, diagnoses=diags,
-                                               failed_indexes=failed, finished=finished))
+                                               failed_indexes=failed, finished=finished,
+                                               indexes=None if job.index is None else [job.index]))
+
+    def failed_indexes() -> set[int]:
+        # The Job's own indexes whose budget is spent, as original indexes (a follow-up Job runs one, as its 0).
+        failed = parse_indexes((job_obj.get("status") or {}).get("failedIndexes"))
+        return failed if job.index is None else ({job.index} if failed else set())
 
     def explain_ends() -> None:
         # Say, once per pod, how each attempt ended and who decides next; and once per index, that its budget
@@ -509,7 +516,7 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
                 f"index {'?' if idx is None else idx}: pod {name} ended: {end.reason}{detail}; "
                 f"{'not the workload' + chr(39) + 's fault: ' if end.disruption else ''}"
                 f"the Job retries it within its limits (backoffLimitPerIndex / backoffLimit / podFailurePolicy)"))
-        for idx in sorted(parse_indexes((job_obj.get("status") or {}).get("failedIndexes")) - failed_logged):
+        for idx in sorted(failed_indexes() - failed_logged):
             failed_logged.add(idx)
             log.warning("index %d failed for good: its retry budget is spent; the Job still runs the other "
                         "indexes, then fails", idx)
@@ -624,6 +631,62 @@ def _failure_message(head: str, rep: JobReport, logs: dict[str, PodLog], options
             lines.append(f"  last {len(tail)} log lines of {target}:")
             lines += [f"    {t}" for t in tail]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- re-runs
+
+
+def merge_reports(whole: JobHandle, reused: list[int], reports: list[JobReport]) -> JobReport:
+    """One report for a re-run: indexes an earlier attempt finished (``reused``, outputs already complete) plus
+    the records of the follow-up Jobs; it succeeded when every follow-up did."""
+    by_index = {i: IndexRecord(index=i, status="succeeded", reason="outputs from an earlier attempt")
+                for i in reused}
+    for rep in reports:
+        for record in rep.indexes:
+            by_index[record.index] = record
+    failed = [rep for rep in reports if not rep.succeeded]
+    reason = "; ".join(f"{rep.job.name} (index {rep.job.index}): {rep.reason}" for rep in failed) or None
+    return JobReport(job=whole, succeeded=not failed, reason=reason,
+                     indexes=[by_index.get(i) or IndexRecord(index=i, status="not_started")
+                              for i in range(whole.completions)],
+                     follow_ups=[rep.job for rep in reports], reused=sorted(reused))
+
+
+@task(name="wait_for_follow_ups", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS),
+      retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=transient_only)
+def wait_for_follow_ups_task(spec: BatchSpec, run_key: str, cluster: ClusterHandle, whole: JobHandle,
+                             follow_ups: list[JobHandle], reused: list[int], log_dir: str | None) -> JobReport:
+    """Prefect task: wait for every follow-up Job of a re-run (they run at once; each wait ends with its Job's
+    verdict), then one merged report. A failed follow-up does not stop the wait for the others.
+
+    Raises:
+        JobFailed: some follow-up Job failed (the merged report is attached), naming its index.
+    """
+    from tasks.cloud.clients import _load_prefect_secret
+    from tasks.cloud.inputs import run_secret_values
+
+    creds = credentials(spec)
+    scrub = Scrubber(run_secret_values(spec, creds, load_secret=_load_prefect_secret))
+    reports: list[JobReport] = []
+    errors: list[str] = []
+    with stage_logs(scrub) as run_logger:
+        api = kube_for(spec, cluster)
+        try:
+            for job in follow_ups:
+                try:
+                    reports.append(wait_for_job(api, job, run_key=run_key, options=wait_options(
+                        spec, log_dir=Path(log_dir) if log_dir else None, scrub=scrub), emit=run_logger.info))
+                except JobFailed as exc:
+                    reports.append(exc.report)
+                    errors.append(str(exc))
+                run_logger.info("re-run: %d of %d follow-up Jobs finished", len(reports), len(follow_ups))
+        finally:
+            api.close()
+    merged = merge_reports(whole, reused, reports)
+    if errors:
+        raise JobFailed(scrub(f"{len(errors)} of {len(follow_ups)} follow-up Jobs failed:\n" + "\n".join(errors)),
+                        merged)
+    return merged
 
 
 # --------------------------------------------------------------------------------------------- Prefect task
