@@ -1,8 +1,8 @@
 """Example ask-batch workload: hash one deterministic shard of data per Job index.
 
-Each pod of the Indexed Job reads its index from ``ASK_BATCH_INDEX``, generates its shard (SHA-256 in counter mode over the
-seed and the index, so anyone can recompute it), writes it to the shared volume as scratch, reads it back, hashes
-it, and uploads a JSON result plus a done-marker to OSS with the OSS v2 SDK.
+Each pod of the Indexed Job reads its index from ``ASK_BATCH_INDEX``, generates its shard (SHA-256 in counter mode
+over the seed and the index, so anyone can recompute it), writes it to the shared volume as scratch, reads it back,
+hashes it, and uploads a JSON result plus a done-marker to OSS with the OSS v2 SDK.
 
 Every path comes from the environment (or an argument), never from a constant in this file: on ASK the mounts
 are where the Job spec puts them; in a local emulation the same Job runs as a host process whose mount paths are

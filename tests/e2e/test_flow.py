@@ -104,7 +104,7 @@ def test_example_run_downloads_one_verified_result_per_index(sandbox_dir: Path, 
     logs = flow_logs(state.state_details.flow_run_id)
     assert any(line.startswith("[idx=3 pod=askb-e2e-ok-") for line in logs)
     summary = [a for a in flow_artifacts(state.state_details.flow_run_id) if "Estimated cost" in a]
-    assert summary and "| 9 | succeeded | 1 | 0 |" in summary[0]
+    assert summary and "| 9 | succeeded | 1: succeeded (on-demand) | 0 |" in summary[0]
 
 
 def test_second_run_reuses_the_cluster_and_the_nas(sandbox_dir: Path, workdir: Path) -> None:

@@ -239,3 +239,18 @@ def test_redact_removes_every_secret_value(spec, content):
     # references to secrets are kept
     assert sec["metadata"]["name"] in json.dumps(rendered[2])
     assert sec["data"]["token"] != "<redacted>"  # redact() copies, never mutates
+
+
+def test_pods_read_their_index_from_ask_batch_index_on_the_first_job_and_on_a_follow_up():
+    spec = parse_spec(with_changes(BASE, {"job.completions": 5, "job.parallelism": 5}))
+    first = job_manifest(spec, run_key=RUN, inputs=JobInputs())
+    env = {e["name"]: e for e in first["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ASK_BATCH_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    follow = job_manifest(spec, run_key=RUN, inputs=JobInputs(), index=3)
+    env = {e["name"]: e.get("value") for e in follow["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ASK_BATCH_INDEX"] == env["JOB_COMPLETION_INDEX"] == "3"
+    assert (follow["spec"]["completions"], follow["spec"]["parallelism"]) == (1, 1)
+    assert follow["spec"]["template"]["metadata"]["labels"]["ask-batch.io/index"] == "3"
+    others = {job_manifest(spec, run_key=RUN, inputs=JobInputs(), index=i)["metadata"]["name"] for i in range(5)}
+    assert len(others | {first["metadata"]["name"]}) == 6  # every Job its own name

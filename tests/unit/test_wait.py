@@ -134,3 +134,23 @@ def test_the_smallest_accepted_ttl_covers_the_waiters_log_drain():
 
     o = WaitOptions()
     assert o.log_grace_seconds + o.log_catch_up_seconds + o.tick_seconds <= MIN_TTL_SECONDS_AFTER_FINISHED
+
+
+def test_a_rerun_report_merges_reused_indexes_and_follow_ups():
+    from tasks.handles import IndexRecord, JobHandle, JobReport
+    from tasks.stages.wait import merge_reports
+
+    whole = JobHandle(namespace="ns", name="askb-r-1", uid=None, completions=3)
+    follow = JobHandle(namespace="ns", name="askb-r-2", uid="u", completions=1, index=1)
+    rep = JobReport(job=follow, succeeded=False, reason="BackoffLimitExceeded",
+                    indexes=[IndexRecord(index=1, status="failed", reason="exit code 3")])
+    merged = merge_reports(whole, [0, 2], [rep])
+    assert [r.status for r in merged.indexes] == ["succeeded", "failed", "succeeded"]
+    assert not merged.succeeded and "index 1" in merged.reason and merged.reused == [0, 2]
+
+
+def test_a_follow_up_pod_reports_its_original_index():
+    p = pod("f", 0, "Succeeded", 0)
+    p["metadata"]["labels"] = {"ask-batch.io/index": "7"}
+    rec = build_records({"f": p}, 1, now=NOW, indexes=[7])
+    assert [(r.index, r.status) for r in rec] == [(7, "succeeded")]
