@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from examples.workload.shard_hash import compute_shard
-from flows.ask_batch import ask_batch, build_spec
+from flows.ask_batch import ask_batch
+from flows.cli import build_spec
 from tests.e2e.conftest import EXAMPLE, example_sets, processes
 
 
@@ -57,7 +58,7 @@ def test_rerun_all_runs_every_index_again(sandbox_dir: Path, workdir: Path) -> N
 @pytest.mark.parametrize("ttl", [0, 10])
 def test_a_ttl_shorter_than_the_log_drain_is_refused_before_any_request(sandbox_dir: Path, ttl: int,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    from flows.ask_batch import main
+    from flows.cli import main
 
     code = main(["--params", str(EXAMPLE), "--sandbox", str(sandbox_dir), "--set",
                  f"job.ttl_seconds_after_finished={ttl}"])
