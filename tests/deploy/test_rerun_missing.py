@@ -5,15 +5,28 @@ fails on purpose every time; indexes 0 and 2 succeed on the first attempt. Each 
 alone, as the sandbox's virtual node records every process it started.
 """
 
+import functools
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from deployments.local import Stack
+from tests.deploy.conftest import running_stack
 from tests.deploy.helpers import SMALL, deployment, flow_run, run_deployment_cli, run_params, task_runs
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The module's own stack; its server may take longer than the default 90 s to answer on a busy machine
+    (several test stacks at once), so it gets 300 s."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Stack, "start_server", functools.partialmethod(Stack.start_server, timeout=300.0))
+        with running_stack(tmp_path_factory, name="rerun") as st:
+            yield st
 
 
 def processes(stack: Stack, run_key: str) -> list[dict[str, Any]]:
