@@ -160,9 +160,9 @@ def relaunch_task(spec: BatchSpec, run_key: str, flow_run_name: str, cluster: Cl
                 spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config, index=i), missing)
         finally:
             api.close()
-    if adopted is not None:
-        log.info("job %s/%s exists and has not failed: re-attaching", adopted.namespace, adopted.name)
-        return adopted, []
+        if adopted is not None:
+            log.info("job re-attached to %s/%s (it exists and has not failed)", adopted.namespace, adopted.name)
+            return adopted, []
     meta = whole["metadata"]
     return JobHandle(namespace=meta["namespace"], name=meta["name"], uid=None,
                      completions=whole["spec"]["completions"]), follow_ups
