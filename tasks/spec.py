@@ -541,6 +541,34 @@ class EciOptions(_Model):
         return self
 
 
+class PodSecurity(_Model):
+    """Who the workload runs as. Set it to the image's ``USER`` so volume permissions are planned for that user.
+
+    ECI applies only container-level ``runAsUser`` / ``runAsGroup`` / ``runAsNonRoot`` (and pod-level
+    ``runAsUser``), not ``fsGroup``
+    (https://www.alibabacloud.com/help/en/eci/user-guide/configure-a-security-context-for-an-elastic-container-instance-or-a-container),
+    so ask-batch makes mounted config and secret files world-readable (mode 0444, inside the pod only) and, for a
+    non-root user with a shared volume, hands the run's data directory to that user with a root init container.
+    """
+
+    run_as_user: int | None = Field(None, ge=0, le=2**31 - 1, description="UID of the workload (the image's "
+                                    "USER, e.g. 65534). Empty: whatever the image says.")
+    run_as_group: int | None = Field(None, ge=0, le=2**31 - 1, description="GID of the workload. Empty: the "
+                                     "user's primary group in the image.")
+    run_as_non_root: bool = Field(False, description="Refuse to start the container as root (Kubernetes "
+                                  "runAsNonRoot).")
+    prepare_data_dir: bool = Field(True, description="With a non-root run_as_user and a shared volume: run an "
+                                   "init container (as root, the job image, needs 'chown') that gives the data "
+                                   "directory to that user, since a new NAS sub-directory belongs to root.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PodSecurity":
+        if self.run_as_non_root and self.run_as_user == 0:
+            raise ValueError("run_as_non_root is true but run_as_user is 0 (root); fix: set run_as_user to the "
+                             "image's non-root user, e.g. 65534, or drop run_as_non_root")
+        return self
+
+
 class JobSpec(_Model):
     """The Kubernetes Job: what runs, how many times, how failures are handled."""
 
@@ -581,6 +609,8 @@ class JobSpec(_Model):
                                               "objects.")
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the Job and its pods.")
     eci: EciOptions = Field(default_factory=EciOptions, description="ECI options (pod annotations).")
+    security: PodSecurity = Field(default_factory=PodSecurity, description="The workload's user and group (its "
+                                  "securityContext).")
 
     @field_validator("image")
     @classmethod

@@ -38,9 +38,9 @@ def secret_volume(mode: int) -> list[dict]:
     return [{"name": "secret", "secret": {"secretName": "tok", "defaultMode": mode}}]
 
 
-def make_secret(cluster: KubeCluster) -> None:
-    cluster.store.create("secrets", {"metadata": {"name": "tok"}, "data": {"token": b64("s3cret")}},
-                         namespace="default")
+def make_secret(c: KubeCluster) -> None:
+    c.store.create("secrets", {"metadata": {"name": "tok"}, "data": {"token": b64("s3cret")}},
+                   namespace="default")
 
 
 @needs_root

@@ -40,14 +40,14 @@ Modelled (and how):
   standing in for a non-mounted `workingDir`). A private mount namespace (bwrap/unshare) was considered
   and left out: it needs root or user namespaces and per-mountPath mount points, and would make the
   sandbox behave differently from machine to machine.
-- **Processes.** initContainers one after another, then containers in parallel, each in its own session,
-  stdin /dev/null, stdout+stderr appended unbuffered to `<data>/pods/<uid>/logs/<container>.log` (what
-  `kubectl logs` reads). At most `spawn_concurrency` (64) process starts at a time. Each start appends a
-  JSON line to `<data>/node/processes.jsonl`. When the main process exits the rest of its session is
-  killed, as a container's cgroup would be. Users as ECI applies them (see `identity.py`): the container's
+- **Processes.** initContainers one after another, then containers in parallel, each in its own session, stdin
+  /dev/null, stdout+stderr appended unbuffered to `<data>/pods/<uid>/logs/<container>.log` (what `kubectl logs`
+  reads). At most `spawn_concurrency` (64) process starts at a time. Each start appends a JSON line to
+  `<data>/node/processes.jsonl` (with the `user` it ran as). When the main process exits the rest of its session
+  is killed, as a container's cgroup would be. Users as ECI applies them (see `identity.py`): the container's
   `runAsUser`/`runAsGroup` (pod level: `runAsUser` only; `fsGroup` is not applied, a Warning says so) when the
-  sandbox runs as root; `runAsNonRoot` is verified (CreateContainerConfigError). restartPolicy Never:
-  exit 0 -> Completed, else Error, phase Succeeded/Failed; OnFailure/Always restart the container in place
+  sandbox runs as root; `runAsNonRoot` is verified (CreateContainerConfigError). restartPolicy Never: exit 0 ->
+  Completed, else Error, phase Succeeded/Failed; OnFailure/Always restart the container in place
   (restartCount+1, CrashLoopBackOff with a small doubling backoff).
 - **Memory limits** by sampling RSS every 100 ms (see `procs.py`): over the limit -> SIGKILL, OOMKilled,
   137. CPU limits are not enforced.
@@ -645,7 +645,8 @@ class PodWorker:
             cwd.mkdir(parents=True, exist_ok=True)
         return argv, cwd, env
 
-    def _identity(self, container: Obj, mounts: dict[str, str], cwd: Path) -> Identity:
+    def _identity(self, container: Obj, mounts: dict[str, str], cwd: Path, argv: list[str],
+                  env: dict[str, str]) -> Identity:
         """The resolved identity (see identity.py); when switching users, make the paths it needs reachable."""
         ident = self.identities.get(container.get("name", "")) or resolve(self.pod, container)
         if ident.ignored and not self._warned_ignored:
@@ -655,7 +656,12 @@ class PodWorker:
                         "(https://www.alibabacloud.com/help/en/eci/user-guide/configure-a-security-context-for-an-"
                         "elastic-container-instance-or-a-container)", warning=True)
         if ident.switch:
-            for path in (cwd, *map(Path, mounts.values())):
+            paths = [cwd, *map(Path, mounts.values())]
+            # The host stands in for the image: its program must be reachable by the pod's user too.
+            program = shutil.which(argv[0], path=env.get("PATH")) if argv else None
+            if program:
+                paths += [Path(program), Path(os.path.realpath(program))]
+            for path in paths:
                 ensure_traversable(path, done=self.node.traversable)
         return ident
 
@@ -663,7 +669,7 @@ class PodWorker:
         """Start the process and wait for it; returns (exit code, terminated state)."""
         name = container.get("name", "")
         argv, cwd, env = self._argv_and_cwd(container, env)
-        ident = self._identity(container, self._mounts(container, env), cwd)
+        ident = self._identity(container, self._mounts(container, env), cwd, argv, env)
         if not argv:
             return self._start_error(table, name, "the sandbox cannot run the image's entrypoint: there is no "
                                      "image; set the container's command (and args)", fatal=True)
@@ -689,7 +695,8 @@ class PodWorker:
         self.node.record_process({
             "pod": self.name, "namespace": self.namespace, "uid": self.uid, "container": name,
             "index": ((self.pod.get("metadata") or {}).get("annotations") or {}).get(INDEX_ANNOTATION),
-            "pid": proc.pid, "started": started, "restart": table.get(name, {}).get("restartCount", 0),
+            "pid": proc.pid, "user": ident.uid if ident.switch else os.geteuid(),
+            "started": started, "restart": table.get(name, {}).get("restartCount", 0),
         })
         self._mark_running(container, table, run)
         limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
