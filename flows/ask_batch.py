@@ -331,11 +331,13 @@ def ask_batch(spec: BatchSpec) -> dict[str, Any]:
                 saved_logs, logs_problem = save_logs_after_failure(spec, run_key=run_key, name=name,
                                                                    logger=logger)
             teardown = None
+            teardown_error: Exception | None = None
             try:
                 teardown = teardown_task(spec, run_key=run_key, succeeded=error is None, cluster=cluster,
                                          volume=volume, config=config, job=job)
             except Exception as exc:  # noqa: BLE001 - never hide the run's own error behind a teardown error
                 logger.error("teardown failed: %s: %s", type(exc).__name__, exc)
+                teardown_error = exc
             try:
                 create_markdown_artifact(
                     summary_markdown(spec, run_key=run_key, name=name, cluster=cluster, job=job, report=report,
@@ -345,6 +347,13 @@ def ask_batch(spec: BatchSpec) -> dict[str, Any]:
                     key=f"summary-{run_key}", description=f"ask-batch run {name}")
             except Exception as exc:  # noqa: BLE001
                 logger.error("could not publish the summary artifact: %s", exc)
+            # A leftover may still be billed: a teardown that did not finish fails the run, never silently.
+            if error is None and teardown_error is not None:
+                raise teardown_error
+            if error is None and teardown is not None and not teardown.ok:
+                from tasks.teardown import TeardownIncomplete
+
+                raise TeardownIncomplete(teardown, run_key=run_key)
     return {"run_key": run_key, "flow_run_name": name, "job": job.name,
             "outputs_dir": outputs.download_dir if outputs is not None else None, "succeeded": True}
 

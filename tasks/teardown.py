@@ -38,6 +38,21 @@ log = logging.getLogger("ask_batch.teardown")
 GONE_CODES = {"InvalidFileSystem.NotFound", "InvalidMountTarget.NotFound", "ErrorClusterNotFound", "NotFound"}
 
 
+class TeardownIncomplete(RuntimeError):
+    """Something the policy said to delete is still there: the run fails (it may still be billed).
+
+    ``report`` is the whole teardown report; the message names each leftover and how to retry the deletion.
+    """
+
+    def __init__(self, report: TeardownReport, *, run_key: str):
+        self.report = report
+        left = "; ".join(f"{i.kind} {i.name}: {i.why}" for i in report.failed[:10])
+        more = f"; and {len(report.failed) - 10} more" if len(report.failed) > 10 else ""
+        super().__init__(f"teardown left {len(report.failed)} resource(s) behind: {left}{more}; fix: run the "
+                         f"same spec again with run_key={run_key} (its teardown deletes them), or delete them "
+                         f"by hand (labels/tags ask-batch.io/run={run_key})")
+
+
 class _Recorder:
     """Collects the report; each step adds its items here."""
 
@@ -95,7 +110,7 @@ def wait_gone(list_fn: Callable[..., Any], *, timeout: float, **kwargs: Any) -> 
 
     deadline = time.monotonic() + timeout
     while True:
-        listing = list_fn(**kwargs)
+        listing = call(list_fn, service="Kubernetes", operation="list (waiting for deletion)", **kwargs)
         names = {item.metadata.name for item in listing.items or []}
         remaining = deadline - time.monotonic()
         if not names or remaining <= 0:
