@@ -1,7 +1,7 @@
 """collect_outputs against an OSS that fails now and then, and against "folder" objects (issue 11).
 
 Through the session sandbox with the real OSS v2 SDK: injected 5xx/429/dropped connections are retried by the one
-retry policy (tasks/retry.py) instead of failing a run whose outputs are all there; a 0-byte key ending in '/'
+retry policy (tasks/cloud/retry.py) instead of failing a run whose outputs are all there; a 0-byte key ending in '/'
 (what the OSS console and many tools write for a folder) becomes a local directory, not an "Is a directory" error.
 """
 
@@ -17,14 +17,15 @@ from typing import Any
 import alibabacloud_oss_v2 as oss
 import pytest
 
-from tasks.outputs import BucketNotUsable, collect_outputs, ensure_bucket
+from tasks.errors import BucketNotUsable, OutputsIncomplete
+from tasks.stages.outputs import collect_outputs, ensure_bucket
 from tests.integration.test_outputs import BUCKET, make_report, put, seed_index, spec_for  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same policy with short delays: the fault sequence is seeded, so only the waiting shrinks."""
-    from tasks import retry
+    from tasks.cloud import retry
 
     monkeypatch.setattr(retry, "DEFAULT_POLICY", retry.RetryPolicy(base_delay=0.02, max_delay=0.2))
 
@@ -61,7 +62,7 @@ def test_folder_objects_become_directories_and_the_run_is_complete(cloud: Any, s
 
 def test_a_folder_key_with_content_is_reported_not_silently_dropped(cloud: Any, spec_for: Any,  # noqa: F811
                                                                     put: Any, run_key: str) -> None:  # noqa: F811
-    from tasks.outputs import OutputsIncomplete
+
 
     spec = spec_for()
     ensure_bucket(spec, cloud.oss)

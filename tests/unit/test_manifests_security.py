@@ -2,7 +2,7 @@
 
 import pytest
 
-from tasks.manifests import ConfigContent, JobInputs, config_map_manifest, job_manifest, secret_manifest
+from tasks.render.manifests import ConfigContent, JobInputs, config_map_manifest, job_manifest, secret_manifest
 from tasks.spec import SpecError, parse_spec
 from tests.unit.conftest import BASE, with_changes
 

@@ -26,31 +26,17 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.cloud.cluster_access import existing_handle, find_ask_cluster, locate_cluster
+from tasks.cloud.context import Scrubber, credentials, cs_for, kube_for, stage_logs
+from tasks.cloud.nas import describe_file_system, find_file_systems_by_name, list_mount_targets
+from tasks.cloud.retry import CloudError, call
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, TeardownItem, TeardownReport, VolumeHandle
 from tasks.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE, run_selector
-from tasks.retry import CloudError, call
 from tasks.spec import BatchSpec
-from tasks.stage import Scrubber, credentials, cs_for, kube_for, stage_logs
-from tasks.volume import describe_file_system, find_file_systems_by_name, list_mount_targets
 
 log = logging.getLogger("ask_batch.teardown")
 
 GONE_CODES = {"InvalidFileSystem.NotFound", "InvalidMountTarget.NotFound", "ErrorClusterNotFound", "NotFound"}
-
-
-class TeardownIncomplete(RuntimeError):
-    """Something the policy said to delete is still there: the run fails (it may still be billed).
-
-    ``report`` is the whole teardown report; the message names each leftover and how to retry the deletion.
-    """
-
-    def __init__(self, report: TeardownReport, *, run_key: str):
-        self.report = report
-        left = "; ".join(f"{i.kind} {i.name}: {i.why}" for i in report.failed[:10])
-        more = f"; and {len(report.failed) - 10} more" if len(report.failed) > 10 else ""
-        super().__init__(f"teardown left {len(report.failed)} resource(s) behind: {left}{more}; fix: run the "
-                         f"same spec again with run_key={run_key} (its teardown deletes them), or delete them "
-                         f"by hand (labels/tags ask-batch.io/run={run_key})")
 
 
 class _Recorder:
@@ -268,8 +254,6 @@ def _teardown_cluster(rec: _Recorder, *, delete: bool, why: str, spec: BatchSpec
                       cs: Any) -> None:
     from alibabacloud_cs20151215 import models as m
 
-    from tasks.cluster import find_ask_cluster
-
     if spec.cluster.mode != "ask":
         if cluster or delete:
             rec.kept("Cluster", "(existing)", "cluster mode 'existing': ask-batch never deletes it")
@@ -382,16 +366,9 @@ def sweep(spec: BatchSpec, *, run_key: str, core_v1: Any | None, batch_v1: Any |
 
 def _cluster_for_sweep(spec: BatchSpec, cs: Any | None, run_key: str) -> ClusterHandle | None:
     """A handle for the cluster without creating anything (the cluster stage may not have finished)."""
-    from tasks.cluster import ensure_cluster, find_ask_cluster
-
     if spec.cluster.mode == "existing":
-        return ensure_cluster(spec, run_key=run_key, cs=None)  # no API call in this mode
-    found = find_ask_cluster(cs, region=spec.target.region, name=spec.cluster.ask.name) if cs else None
-    if not found:
-        return None
-    return ClusterHandle(mode="ask", region=spec.target.region, namespace=spec.cluster.namespace,
-                         cluster_id=found["cluster_id"], name=spec.cluster.ask.name,
-                         kubeconfig_source=f"cs:{found['cluster_id']}")
+        return existing_handle(spec)  # no API call in this mode
+    return locate_cluster(spec, cs=cs) if cs else None
 
 
 @task(name="teardown", cache_policy=NO_CACHE)
@@ -402,7 +379,7 @@ def teardown_task(spec: BatchSpec, *, run_key: str, succeeded: bool, cluster: Cl
     recorded in the report, never raised."""
     from kubernetes import client
 
-    from tasks.clients import nas_client
+    from tasks.cloud.clients import nas_client
 
     creds = credentials(spec)
     cs = cs_for(spec, creds)

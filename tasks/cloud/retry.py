@@ -10,8 +10,8 @@ SDK wraps the service's error in ``OperationError``. Now:
 - **How long** (``RetryPolicy``): exponential backoff with jitter (each delay drawn from [d/2, d], so parallel
   callers spread out), at most ``max_attempts`` tries *and* at most ``budget_s`` seconds from the first try —
   whichever comes first. A ``Retry-After`` hint from the service is honoured within the same budget.
-- **Where**: only in ``call()``. The SDKs are configured not to retry (``tasks.clients``), the stages do not loop
-  on errors, and Prefect task retries are off (``tasks.stage.RETRY_DELAYS`` is empty).
+- **Where**: only in ``call()``. The SDKs are configured not to retry (``tasks.cloud.clients``), the stages do not loop
+  on errors, and Prefect task retries are off (``tasks.cloud.context.RETRY_DELAYS`` is empty).
 
 Anything else is raised at once as a ``CloudError`` carrying the service's own code, message and request id (what
 support asks for).
@@ -24,25 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from tasks.errors import CloudError
+
 T = TypeVar("T")
 log = logging.getLogger("ask_batch.retry")
 
 TRANSIENT_CODES = {"Throttling", "Throttling.User", "Throttling.Api", "ServiceUnavailable", "InternalError",
-                   "RequestTimeout", "SlowDown", "OperationConflict", "QpsLimitExceeded",
-                   # a download whose bytes did not match the server's CRC-64 (tasks.outputs): fetch again
-                   "ChecksumMismatch"}
-
-
-class CloudError(RuntimeError):
-    """A failed cloud/Kubernetes API call, with the service's code and message."""
-
-    def __init__(self, *, service: str, operation: str, code: str | None, message: str | None,
-                 status: int | None = None, request_id: str | None = None, transient: bool = False):
-        self.service, self.operation, self.code, self.message = service, operation, code, message
-        self.status, self.request_id, self.transient = status, request_id, transient
-        status_txt = f" (HTTP {status})" if status else ""
-        rid = f" [request id {request_id}]" if request_id else ""
-        super().__init__(f"{service} {operation} failed: {code or 'error'}{status_txt}: {message or ''}{rid}".strip())
+                   "RequestTimeout", "SlowDown", "OperationConflict", "QpsLimitExceeded"}
 
 
 def _status_of(exc: BaseException) -> int | None:
@@ -120,6 +108,7 @@ def classify(exc: BaseException, *, service: str, operation: str) -> CloudError:
         (status is not None and (status >= 500 or status == 429))
         or (code in TRANSIENT_CODES)
         or type(exc).__name__ in {"ThrottlingException", "ServerException"}
+        or getattr(exc, "transient", False) is True  # our own errors say so (tasks.errors, e.g. ChecksumMismatch)
         or (status is None and _connection_like(outer))
     )
     if message is None:

@@ -4,7 +4,7 @@ Why this exists: handles carry no secrets (they are task results, shown in the U
 clients it needs from the spec — credentials from their source, the kubeconfig from the cluster's source. That
 takes a few lines every stage would otherwise repeat. The same goes for two Prefect concerns:
 
-- **retries**: ``tasks.retry.call`` is the one retry policy (backoff with jitter within a time budget, per API
+- **retries**: ``tasks.cloud.retry.call`` is the one retry policy (backoff with jitter within a time budget, per API
   call). Task-level retries are off (``RETRY_DELAYS`` is empty): they multiplied with it. ``transient_only``
   stays the rule should a task ever be given retries again.
 - **logs**: the stage functions log to the stdlib ``ask_batch.*`` loggers so they stay free of Prefect;
@@ -16,13 +16,14 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from tasks.clients import AliCredentials, cs_client, resolve_credentials
+from tasks.cloud.clients import AliCredentials, cs_client, resolve_credentials
+from tasks.cloud.cluster_access import connect
+from tasks.cloud.retry import CloudError, classify
 from tasks.handles import ClusterHandle
-from tasks.manifests import REDACTED
-from tasks.retry import CloudError, classify
+from tasks.render.manifests import REDACTED
 from tasks.spec import BatchSpec
 
-#: Task retries (seconds before each). Empty: ``tasks.retry.call()`` is the one retry layer (see above).
+#: Task retries (seconds before each). Empty: ``tasks.cloud.retry.call()`` is the one retry layer (see above).
 RETRY_DELAYS: list[float] = []
 
 
@@ -72,8 +73,6 @@ def cs_for(spec: BatchSpec, creds: AliCredentials | None = None) -> Any | None:
 
 def kube_for(spec: BatchSpec, cluster: ClusterHandle, creds: AliCredentials | None = None) -> Any:
     """A ``kubernetes.client.ApiClient`` for the run's cluster (kubeconfig fetched again from its source)."""
-    from tasks.cluster import connect
-
     cs = cs_for(spec, creds) if cluster.mode == "ask" else None
     return connect(cluster, spec, cs=cs)
 

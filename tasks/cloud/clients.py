@@ -128,7 +128,7 @@ def oss_client(target: Target, creds: AliCredentials, *, endpoint: str | None = 
     config = oss.config.load_default()
     config.credentials_provider = provider
     config.region = target.region
-    # No SDK retries: tasks.retry.call() is the one retry policy (retries inside the SDK multiplied with it).
+    # No SDK retries: tasks.cloud.retry.call() is the one retry policy (retries inside the SDK multiplied with it).
     # (get_object_to_file needs >=2 SDK attempts to write anything; ask-batch uses get_object only.)
     config.retryer = oss.retry.NopRetryer()
     config.retry_max_attempts = 1
