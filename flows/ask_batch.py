@@ -94,9 +94,11 @@ def ask_batch(spec: BatchSpec) -> dict[str, Any]:
     # LOCK_LEASE_SECONDS; a re-run after a crash then re-attaches to the Job).
     with run_lock(lock_key(spec), wait_seconds=0, lease_seconds=LOCK_LEASE_SECONDS):
         try:
+            # cheap checks before anything billed: a missing, foreign or read-only bucket stops the run here,
+            # before a cluster, a NAS file system or a PV exists
+            ensure_bucket_task(spec)
             cluster = ensure_cluster_task(spec, run_key)
             volume = ensure_volume_task(spec, run_key=run_key, cluster=cluster)
-            ensure_bucket_task(spec)
             config = publish_config_task(spec, run_key, cluster)
             job = launch_job_task(spec, run_key, name, cluster, volume, config)
             try:

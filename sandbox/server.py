@@ -269,6 +269,7 @@ class Sandbox:
     def stats(self) -> dict[str, Any]:
         return {
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "requests": dict(self.faults.requests),  # per service, since the sandbox started
             "clusters": {
                 cid: {"url": c.url, "requests": c.request_count,
                       "objects": {p: len(objs) for p, objs in c.store.objects.items() if objs}}

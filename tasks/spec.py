@@ -28,7 +28,13 @@ from tasks.naming import DNS1123_LABEL_RE, is_dns1123_label
 
 REGION_RE = re.compile(r"^[a-z]{2,}(-[a-z0-9]+)+$")
 DNS1123_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-CS_CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9\u4e00-\u9fa5][-A-Za-z0-9_\u4e00-\u9fa5]{0,62}$")
+# CS: "1 to 63 characters ... digits, Chinese characters, letters and hyphens (-), cannot start with a hyphen"
+# (CreateCluster for ACK Serverless, name: https://www.alibabacloud.com/help/doc-detail/144246.htm). No '_'.
+CS_CLUSTER_NAME_RE = re.compile(r"^(?!-)[-A-Za-z0-9\u4e00-\u9fa5]{1,63}$")
+# Resource ids as the VPC service writes them: a prefix and lowercase letters/digits (e.g. vpc-bp1opxu1zkhn00gzv26cn).
+VPC_ID_RE = re.compile(r"^vpc-[a-z0-9]{1,40}$")
+VSWITCH_ID_RE = re.compile(r"^vsw-[a-z0-9]{1,40}$")
+ZONE_ID_RE = re.compile(r"^[a-z]{2}-[a-z0-9-]+-[a-z0-9]+$")
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 ENV_NAME_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 CONFIG_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
@@ -227,6 +233,8 @@ class AskClusterOptions(_Model):
     vpc_id: str | None = Field(None, description="VPC of a new cluster, e.g. 'vpc-bp1...'.")
     vswitch_ids: list[str] = Field(default_factory=list, description="vSwitches for pods (ECI) of a new cluster; "
                                    "several zones improve spot and stock availability.")
+    zone_id: str | None = Field(None, description="Zone of a new cluster when no vpc_id is given (CS then creates "
+                                "the VPC and vSwitch there), e.g. 'cn-hangzhou-k'. Required in that case.")
     service_cidr: str | None = Field(None, description="Service CIDR; must not overlap the VPC. Empty: "
                                      "172.19.0.0/20.")
     snat_entry: bool = Field(True, description="Create a NAT gateway + SNAT so pods reach the Internet "
@@ -247,15 +255,46 @@ class AskClusterOptions(_Model):
     @classmethod
     def _name(cls, value: str) -> str:
         if not CS_CLUSTER_NAME_RE.match(value):
-            raise ValueError(f"{value!r} is not a valid cluster name; fix: 1-63 letters, digits, '-' or '_', "
-                             f"not starting with '-'")
+            raise ValueError(f"{value!r} is not a valid cluster name; fix: 1-63 letters, digits or '-' (CS "
+                             f"refuses '_'), not starting with '-'")
         return value
+
+    @field_validator("vpc_id")
+    @classmethod
+    def _vpc(cls, value: str | None) -> str | None:
+        if value and not VPC_ID_RE.match(value):
+            raise ValueError(f"{value!r} is not a VPC id; fix: copy it from the VPC console, e.g. "
+                             f"'vpc-bp1opxu1zkhn00gzv26cn'")
+        return value or None
+
+    @field_validator("vswitch_ids")
+    @classmethod
+    def _vswitches(cls, value: list[str]) -> list[str]:
+        for vsw in value:
+            if not VSWITCH_ID_RE.match(vsw):
+                raise ValueError(f"{vsw!r} is not a vSwitch id; fix: copy it from the VPC console, e.g. "
+                                 f"'vsw-bp1s5fnvk4gn2tws03624'")
+        return value
+
+    @field_validator("zone_id")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value and not ZONE_ID_RE.match(value):
+            raise ValueError(f"{value!r} is not a zone id; fix: e.g. 'cn-hangzhou-k'")
+        return value or None
+
+    @model_validator(mode="after")
+    def _network(self) -> "AskClusterOptions":
+        if bool(self.vpc_id) != bool(self.vswitch_ids):
+            raise ValueError("vpc_id and vswitch_ids go together; fix: set both (vSwitches of that VPC) or neither")
+        return self
 
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: dict[str, str]) -> dict[str, str]:
-        if len(value) > 19:
-            raise ValueError("at most 19 extra tags (CS allows 20 and ask-batch uses one); fix: drop some")
+        if len(value) > 18:
+            raise ValueError("at most 18 extra tags (CS allows 20 per cluster and ask-batch adds two: managed-by "
+                             "and created-by-run); fix: drop some")
         for key in value:
             if key.startswith(("aliyun", "acs:", "http://", "https://")):
                 raise ValueError(f"tag key {key!r} uses a reserved prefix; fix: rename it")
@@ -479,8 +518,10 @@ class EciOptions(_Model):
         "price), 'SpotWithPriceLimit' (capped by spot_price_limit).")
     spot_price_limit: float | None = Field(None, gt=0, description="Max hourly price (CNY/USD per hour, ≤3 "
                                            "decimals) for 'SpotWithPriceLimit'.")
-    spot_duration_hours: int | None = Field(None, ge=0, le=6, description="Spot protection period in hours "
-                                            "(default 1; 0 = none).")
+    spot_duration_hours: Literal[0, 1] | None = Field(None, description="Spot protection period in hours: 1 "
+                                                      "(ECI's default) or 0 (none); ECI documents no other value "
+                                                      "(https://www.alibabacloud.com/help/en/eci/user-guide/"
+                                                      "use-preemptible-instances).")
     spot_fallback: bool = Field(True, description="Fall back to pay-as-you-go when there is no spot stock.")
     image_cache: bool = Field(True, description="Let ECI match an image cache automatically (faster starts).")
     image_snapshot_id: str | None = Field(None, description="A specific image cache id ('imc-...').")

@@ -417,6 +417,11 @@ def create_cluster_body(ask: AskClusterOptions, *, region: str, run_key: str) ->
         body["kubernetes_version"] = ask.kubernetes_version
     if ask.vpc_id:
         body["vpcid"] = ask.vpc_id
+    elif ask.zone_id:
+        # Without a VPC, CS creates one in this zone and needs the zone (CreateCluster for ACK Serverless,
+        # https://www.alibabacloud.com/help/doc-detail/144246.htm, where the page spells it `zoneid`; the CS SDK's
+        # CreateClusterRequest, used for every cluster type, sends `zone_id`).
+        body["zone_id"] = ask.zone_id
     if ask.vswitch_ids:
         body["vswitch_ids"] = list(ask.vswitch_ids)
     if ask.service_cidr:
