@@ -201,6 +201,9 @@ class Target(_Model):
     """Which Alibaba Cloud region and account to work in, and how to reach the APIs."""
 
     region: str = Field("cn-hangzhou", description="Region id, e.g. 'cn-hangzhou', 'cn-beijing', 'ap-southeast-1'.")
+    billing_site: Literal["cn", "intl"] | None = Field(
+        None, description="The account's site, which sets the currency of cost estimates: 'cn' (aliyun.com, CNY) "
+        "or 'intl' (alibabacloud.com, USD). Empty: guessed from the region (cn-* -> 'cn').")
     credentials: CredentialsSpec = Field(default_factory=CredentialsSpec,
                                          description="Where the AccessKey comes from.")
     endpoints: EndpointOverrides = Field(default_factory=EndpointOverrides,
