@@ -656,6 +656,8 @@ class JobSpec(_Model):
     eci: EciOptions = Field(default_factory=EciOptions, description="ECI options (pod annotations).")
     security: PodSecurity = Field(default_factory=PodSecurity, description="The workload's user and group (its "
                                   "securityContext).")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Names of docker-registry Secrets in "
+                                          "the namespace, for a private image (pod imagePullSecrets).")
 
     @field_validator("image")
     @classmethod
@@ -692,6 +694,11 @@ class JobSpec(_Model):
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         _check_env_names(value, "job.env")
         return value
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _pull_secrets(cls, value: list[str]) -> list[str]:
+        return [_check_dns_subdomain(name, "image pull Secret name") for name in value]
 
     @field_validator("service_account")
     @classmethod

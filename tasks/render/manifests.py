@@ -356,6 +356,8 @@ def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs) -> dict[st
         pod_spec["volumes"] = volumes
     if job.service_account:
         pod_spec["serviceAccountName"] = job.service_account
+    if job.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in job.image_pull_secrets]
     if job.node_selector:
         pod_spec["nodeSelector"] = dict(job.node_selector)
     if job.tolerations:

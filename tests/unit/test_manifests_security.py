@@ -46,3 +46,11 @@ def test_no_init_container_for_root_or_unset_users_or_when_turned_off():
 def test_run_as_non_root_with_uid_0_is_rejected_naming_the_fix():
     with pytest.raises(SpecError, match="run_as_user is 0.*fix: set run_as_user"):
         parse_spec(with_changes(BASE, {"job.security": {"run_as_user": 0, "run_as_non_root": True}}))
+
+
+def test_image_pull_secrets_reach_the_pod_template_and_are_validated():
+    pod = render(**{"job.image_pull_secrets": ["regcred"]})
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert "imagePullSecrets" not in render()
+    with pytest.raises(SpecError, match="job.image_pull_secrets"):
+        parse_spec(with_changes(BASE, {"job.image_pull_secrets": ["Not_Valid"]}))
