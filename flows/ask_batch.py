@@ -25,6 +25,7 @@ Why it is shaped like this:
   stages scrub every known secret value from pod log lines and error texts.
 """
 
+import contextlib
 import sys
 from typing import Any
 
@@ -34,7 +35,6 @@ from prefect.runtime import flow_run as current_run
 
 from flows.hooks import sweep
 from flows.run_files import (
-    LOCK_LEASE_SECONDS,
     derive_run_key,
     flow_run_name,
     keep_logs,
@@ -42,6 +42,8 @@ from flows.run_files import (
     save_logs_after_failure,
 )
 from flows.summary import summary_markdown
+from tasks.cloud.run_lock import cluster_run_lock
+from tasks.errors import RunLocked
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, JobReport, VolumeHandle
 from tasks.spec import BatchSpec, parse_spec
 from tasks.stages.cluster import ensure_cluster_task
@@ -50,7 +52,38 @@ from tasks.stages.job import launch_job_task
 from tasks.stages.volume import ensure_volume_task
 from tasks.stages.wait import JobFailed, wait_for_job_task
 
-__all__ = ["LOCK_LEASE_SECONDS", "ask_batch", "derive_run_key"]
+__all__ = ["ask_batch", "derive_run_key"]
+
+
+def finish(spec: BatchSpec, logger: Any, *, run_key: str, name: str, cluster: ClusterHandle | None,
+           volume: VolumeHandle | None, config: ConfigHandle | None, job: JobHandle | None,
+           report: JobReport | None, outputs: Any, error: BaseException | None) -> None:
+    """Whatever happened: keep and upload a failed run's pod logs, tear down per policy, publish the summary.
+
+    Never raises: the run's own error stays the one the user sees.
+    """
+    from tasks.stages.teardown import teardown_task
+
+    saved_logs: dict[str, str] | None = None
+    logs_problem: str | None = None
+    if error is not None:
+        keep_logs(spec, name)
+        saved_logs, logs_problem = save_logs_after_failure(spec, run_key=run_key, name=name, logger=logger)
+    teardown = None
+    try:
+        teardown = teardown_task(spec, run_key=run_key, succeeded=error is None, cluster=cluster, volume=volume,
+                                 config=config, job=job)
+    except Exception as exc:  # noqa: BLE001 - never hide the run's own error behind a teardown error
+        logger.error("teardown failed: %s: %s", type(exc).__name__, exc)
+    try:
+        create_markdown_artifact(
+            summary_markdown(spec, run_key=run_key, name=name, cluster=cluster, job=job, report=report,
+                             outputs=outputs, teardown=teardown,
+                             error=None if error is None else f"{type(error).__name__}: {error}",
+                             saved_logs=saved_logs, logs_problem=logs_problem),
+            key=f"summary-{run_key}", description=f"ask-batch run {name}")
+    except Exception as exc:  # noqa: BLE001
+        logger.error("could not publish the summary artifact: %s", exc)
 
 
 @flow(name="ask-batch", flow_run_name=flow_run_name, on_cancellation=[sweep], on_crashed=[sweep],
@@ -71,9 +104,7 @@ def ask_batch(spec: BatchSpec) -> dict[str, Any]:
     Example:
         >>> ask_batch(parse_spec(yaml.safe_load(open("deployments/example.yaml"))))
     """
-    from tasks.cloud.run_lock import lock_key, run_lock
     from tasks.stages.outputs import collect_outputs_task, ensure_bucket_task
-    from tasks.stages.teardown import teardown_task
 
     logger = get_run_logger()
     spec = parse_spec(spec)  # re-check cross-field rules and local files in this process
@@ -88,51 +119,38 @@ def ask_batch(spec: BatchSpec) -> dict[str, Any]:
     report: JobReport | None = None
     outputs: Any = None
     error: BaseException | None = None
-    # One run per spec at a time, teardown included: a second run of the same spec is refused while this one
-    # holds the lock (a Prefect global concurrency limit with a lease, so a crashed holder frees it within
-    # LOCK_LEASE_SECONDS; a re-run after a crash then re-attaches to the Job).
-    with run_lock(lock_key(spec), wait_seconds=0, lease_seconds=LOCK_LEASE_SECONDS):
+    # One run per spec at a time, teardown included: a Lease in the target cluster (tasks/cloud/run_lock.py), taken
+    # once the cluster is known. A run refused by it touches nothing: the resources are the holder's.
+    lock = contextlib.ExitStack()
+    locked_out = False
+    try:
+        cluster = ensure_cluster_task(spec, run_key)
         try:
-            cluster = ensure_cluster_task(spec, run_key)
-            volume = ensure_volume_task(spec, run_key=run_key, cluster=cluster)
-            ensure_bucket_task(spec)
-            config = publish_config_task(spec, run_key, cluster)
-            job = launch_job_task(spec, run_key, name, cluster, volume, config)
-            try:
-                report = wait_for_job_task(spec, run_key, cluster, job, str(log_dir_for(spec, name)))
-            except JobFailed as exc:
-                report = exc.report
-                raise
-            outputs = collect_outputs_task(spec, run_key=run_key, flow_run_name=name, report=report,
-                                           log_dir=log_dir_for(spec, name))
-        except BaseException as exc:
-            error = exc
+            lock.enter_context(cluster_run_lock(spec, cluster, holder=str(current_run.id)))
+        except RunLocked:
+            locked_out = True
             raise
-        finally:
-            saved_logs: dict[str, str] | None = None
-            logs_problem: str | None = None
-            if error is not None:
-                keep_logs(spec, name)
-                saved_logs, logs_problem = save_logs_after_failure(spec, run_key=run_key, name=name,
-                                                                   logger=logger)
-            teardown = None
-            try:
-                teardown = teardown_task(spec, run_key=run_key, succeeded=error is None, cluster=cluster,
-                                         volume=volume, config=config, job=job)
-            except Exception as exc:  # noqa: BLE001 - never hide the run's own error behind a teardown error
-                logger.error("teardown failed: %s: %s", type(exc).__name__, exc)
-            try:
-                create_markdown_artifact(
-                    summary_markdown(spec, run_key=run_key, name=name, cluster=cluster, job=job, report=report,
-                                     outputs=outputs, teardown=teardown,
-                                     error=None if error is None else f"{type(error).__name__}: {error}",
-                                     saved_logs=saved_logs, logs_problem=logs_problem),
-                    key=f"summary-{run_key}", description=f"ask-batch run {name}")
-            except Exception as exc:  # noqa: BLE001
-                logger.error("could not publish the summary artifact: %s", exc)
+        volume = ensure_volume_task(spec, run_key=run_key, cluster=cluster)
+        ensure_bucket_task(spec)
+        config = publish_config_task(spec, run_key, cluster)
+        job = launch_job_task(spec, run_key, name, cluster, volume, config)
+        try:
+            report = wait_for_job_task(spec, run_key, cluster, job, str(log_dir_for(spec, name)))
+        except JobFailed as exc:
+            report = exc.report
+            raise
+        outputs = collect_outputs_task(spec, run_key=run_key, flow_run_name=name, report=report,
+                                       log_dir=log_dir_for(spec, name))
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        with lock:  # released last: after teardown
+            if not locked_out:
+                finish(spec, logger, run_key=run_key, name=name, cluster=cluster, volume=volume, config=config,
+                       job=job, report=report, outputs=outputs, error=error)
     return {"run_key": run_key, "flow_run_name": name, "job": job.name,
             "outputs_dir": outputs.download_dir if outputs is not None else None, "succeeded": True}
-
 
 
 if __name__ == "__main__":

@@ -13,9 +13,6 @@ from prefect.runtime import flow_run as current_run
 from tasks.naming import make_run_key
 from tasks.spec import BatchSpec, parse_spec
 
-#: How long a crashed run keeps its spec locked (the live holder renews its lease well before this).
-LOCK_LEASE_SECONDS = 60.0  # the Prefect server's minimum lease
-
 
 def derive_run_key(spec: BatchSpec, flow_run_id: Any) -> str:
     """``spec.run_key``, else one derived from the flow run id (stable across retries of that flow run)."""

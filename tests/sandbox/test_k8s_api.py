@@ -21,6 +21,7 @@ import urllib.request
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -692,11 +693,11 @@ def test_leases_create_conflict_optimistic_update_and_guarded_delete(api_cluster
     name is 409, an update carrying a stale resourceVersion is 409 (optimistic concurrency), a delete with a stale
     resourceVersion precondition is 409 (https://kubernetes.io/docs/reference/kubernetes-api/cluster-resources/lease-v1/).
     """
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     leases = client.CoordinationV1Api(api_cluster_client)
     name = unique("lease")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     body = client.V1Lease(metadata=client.V1ObjectMeta(name=name),
                           spec=client.V1LeaseSpec(holder_identity="a", lease_duration_seconds=15,
                                                   acquire_time=now, renew_time=now, lease_transitions=0))
