@@ -40,12 +40,23 @@ from flows.run_files import (
     keep_logs,
     log_dir_for,
     save_logs_after_failure,
+    spec_from_parameters,
 )
 from flows.summary import summary_markdown
 from tasks.cloud.run_lock import cluster_run_lock
 from tasks.errors import RunLocked
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, JobReport, VolumeHandle
-from tasks.spec import BatchSpec, parse_spec
+from tasks.spec import (
+    BatchSpec,
+    ClusterSpec,
+    ConfigSpec,
+    JobSpec,
+    OutputsSpec,
+    StorageSpec,
+    Target,
+    TeardownSpec,
+    WaitSpec,
+)
 from tasks.stages.cluster import ensure_cluster_task
 from tasks.stages.config import publish_config_task
 from tasks.stages.job import launch_job_task
@@ -86,28 +97,53 @@ def finish(spec: BatchSpec, logger: Any, *, run_key: str, name: str, cluster: Cl
         logger.error("could not publish the summary artifact: %s", exc)
 
 
+# Defaults of the optional sections (module constants: never mutated, and the form shows their values).
+_CONFIG, _OUTPUTS, _STORAGE = ConfigSpec(), OutputsSpec(), StorageSpec()
+_CLUSTER, _TARGET, _TEARDOWN, _WAIT = ClusterSpec(), Target(), TeardownSpec(), WaitSpec()
+
+
 @flow(name="ask-batch", flow_run_name=flow_run_name, on_cancellation=[sweep], on_crashed=[sweep],
-      log_prints=False)
-def ask_batch(spec: BatchSpec) -> dict[str, Any]:
+      log_prints=False, validate_parameters=False)
+def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec = _OUTPUTS,
+              storage: StorageSpec = _STORAGE, cluster: ClusterSpec = _CLUSTER, target: Target = _TARGET,
+              teardown: TeardownSpec = _TEARDOWN, wait: WaitSpec = _WAIT, run_key: str = "") -> dict[str, Any]:
     """Run one parallel batch Job on ASK and collect its outputs.
 
+    The parameters are the sections of a ``tasks.spec.BatchSpec``, the work first (``flows.run_files.SECTIONS``);
+    ``ask_batch(**flow_parameters(spec))`` runs a whole spec. Prefect does not validate them itself
+    (``validate_parameters=False``): the flow checks them all at once as ``parse_spec`` does everywhere else, so a
+    bad field gets the same message — naming the field, the fix, and for a misspelt name the one meant.
+
     Args:
-        spec: the run's parameters (``tasks.spec.BatchSpec``); every field is described in the Prefect UI form.
+        job: The batch Job: image, command, completions, parallelism, resources, retries.
+        config: Files, secrets and environment variables given to the pods.
+        outputs: Where the pods put their results in OSS, how completeness is checked, the download.
+        storage: A shared volume for the pods (none, an existing PVC, or NAS).
+        cluster: The cluster the Job runs on (an ASK cluster by name, or an existing kubeconfig) and namespace.
+        target: Region, credentials and endpoints.
+        teardown: What to delete at the end.
+        wait: Watching the Job: fail-fast grace, timeout, log streaming.
+        run_key: Stable key naming everything this run creates; the same key re-attaches instead of starting
+            again. Empty: derived from the flow run.
 
     Returns:
         ``{"run_key", "flow_run_name", "job", "outputs_dir", "succeeded"}``.
 
     Raises:
+        SpecError: a parameter is invalid (nothing was created).
+        RunLocked: another run of the same spec holds the run lock.
         JobFailed: an index failed (naming index, pod, exit code) or could not start (pod and reason).
         OutputsIncomplete: the Job succeeded but some index's outputs are missing or do not verify.
 
     Example:
-        >>> ask_batch(parse_spec(yaml.safe_load(open("deployments/example.yaml"))))
+        >>> ask_batch(**flow_parameters(parse_spec(yaml.safe_load(open("deployments/example.yaml")))))
     """
     from tasks.stages.outputs import collect_outputs_task, ensure_bucket_task
 
     logger = get_run_logger()
-    spec = parse_spec(spec)  # re-check cross-field rules and local files in this process
+    spec = spec_from_parameters({"job": job, "config": config, "outputs": outputs, "storage": storage,
+                                 "cluster": cluster, "target": target, "teardown": teardown, "wait": wait,
+                                 "run_key": run_key})  # every field, cross-field rule and local file, here
     run_key = derive_run_key(spec, current_run.id)
     name = current_run.name or f"ask-batch-{run_key}"
     logger.info("run key %s: Job %d indexes x parallelism %d, image %s", run_key, spec.job.completions,

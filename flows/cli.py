@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from flows.prefect_home import prefect_api, run_url_hint, use_project_home
-from flows.run_files import kept_logs_dir
+from flows.run_files import flow_parameters, kept_logs_dir
 from tasks.spec import BatchSpec, SpecError, parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     with prefect_api(home) as api:
         try:
             with teardown_on_signals(api.stop) as received:
-                state = ask_batch(spec, return_state=True)
+                state = ask_batch(**flow_parameters(spec), return_state=True)
         except KeyboardInterrupt:
             print(f"ask-batch run {spec.run_key or ''}: stopped by "
                   f"{signal.Signals(received[0]).name if received else 'SIGINT'}; torn down", file=sys.stderr)

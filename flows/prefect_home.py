@@ -105,9 +105,14 @@ class TemporaryServer:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
-    def start(self, timeout: float = 120.0) -> str:
+    def start(self, timeout: float = 300.0) -> str:
         """Start it and wait for its health check; returns its API URL. Raises RuntimeError naming its log."""
         import prefect
+
+        fresh = not (self.home / "prefect.db").exists()
+        print(f"starting a temporary Prefect server on {self.home} for this run"
+              f"{' (a new database: its first start takes a while)' if fresh else ''} ...", file=sys.stderr,
+              flush=True)
 
         self.home.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}

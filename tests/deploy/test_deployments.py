@@ -56,7 +56,8 @@ def test_nightly_schedule_produces_runs_at_0200_shanghai(stack: Stack) -> None:
     first = (now + timedelta(days=1 if now.hour >= 2 else 0)).replace(hour=2, minute=0, second=0, microsecond=0)
     assert starts[:3] == [first + timedelta(days=i) for i in range(3)], starts
     # Each scheduled run carries the nightly parameter set with the wired target.
-    spec = runs[0]["parameters"]["spec"]
+    spec = runs[0]["parameters"]
+    assert list(spec) == ["job", "config", "outputs", "storage", "cluster", "target", "teardown", "wait", "run_key"]
     assert spec["job"]["completions"] == 10 and spec["outputs"]["prefix_template"].startswith("nightly/")
     assert spec["target"]["region"] == "cn-sandbox"
 
@@ -80,8 +81,8 @@ def test_failing_run_is_retried_per_deployment_and_torn_down_each_time(stack: St
 
 def test_same_spec_twice_at_once_launches_the_job_once(stack: Stack) -> None:
     dep = deployment(stack, "nightly")
-    spec = json.loads(run_params(stack, *SMALL, file="deployments/nightly.yaml"))["spec"]
-    body = {"parameters": {"spec": spec}, "state": {"type": "SCHEDULED"}}
+    params = json.loads(run_params(stack, *SMALL, file="deployments/nightly.yaml"))
+    body = {"parameters": params, "state": {"type": "SCHEDULED"}}
     ids = [api(stack, f"/deployments/{dep['id']}/create_flow_run", body)["id"] for _ in range(2)]
 
     runs = poll(lambda: [flow_run(stack, i) for i in ids], lambda rs: all(r["state_type"] in TERMINAL for r in rs),

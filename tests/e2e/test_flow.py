@@ -6,11 +6,7 @@ sandbox's own record of processes started, the Prefect API (logs, artifacts, sta
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +15,14 @@ import pytest
 from examples.workload.shard_hash import compute_shard
 from flows.ask_batch import ask_batch
 from flows.cli import build_spec, main
-from tasks.cloud.run_lock import LEASE_SECONDS
+from flows.run_files import flow_parameters
 from tasks.render.manifests import run_prefix
-from tests.e2e.conftest import EXAMPLE, REPO, example_sets, processes
+from tests.e2e.conftest import EXAMPLE, example_sets, kube
 
 
 def run(sandbox_dir: Path, workdir: Path, run_key: str, *extra: str, **settings: Any) -> tuple[Any, Any]:
     spec = build_spec(EXAMPLE, example_sets(workdir, run_key, **settings) + list(extra), sandbox_dir)
-    return spec, ask_batch(spec, return_state=True)
-
-
-def kube(spec: Any) -> Any:
-    from tasks.cloud.cluster_access import connect, locate_cluster
-    from tasks.cloud.context import cs_for
-
-    cluster = locate_cluster(spec, cs=cs_for(spec))
-    return connect(cluster, spec, cs=cs_for(spec))
+    return spec, ask_batch(**flow_parameters(spec), return_state=True)
 
 
 def flow_logs(flow_run_id: Any) -> list[str]:
@@ -54,29 +42,6 @@ def flow_logs(flow_run_id: Any) -> list[str]:
             out += [entry.message for entry in logs]
             offset += len(logs)
     return out
-
-
-def wait_lock_free(spec: Any, key: str, *, timeout: float) -> None:
-    """Wait until the run lock of ``key`` (its Lease in the target cluster) has no live holder."""
-    from datetime import UTC, datetime, timedelta
-
-    from kubernetes import client
-
-    from tasks.cloud.run_lock import lease_name
-
-    leases = client.CoordinationV1Api(kube(spec))
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            lease = leases.read_namespaced_lease(lease_name(key), spec.cluster.namespace)
-        except client.ApiException as exc:
-            assert exc.status == 404
-            return
-        expires = lease.spec.renew_time + timedelta(seconds=lease.spec.lease_duration_seconds)
-        if expires < datetime.now(UTC):
-            return
-        assert time.monotonic() < deadline, f"the lock of {key!r} was not freed after {timeout} s"
-        time.sleep(1)
 
 
 def flow_artifacts(flow_run_id: Any) -> list[str]:
@@ -219,87 +184,6 @@ def test_bad_image_fails_within_the_grace_naming_pod_and_reason(sandbox_dir: Pat
     assert "pod askb-e2e-image-" in message
     assert "ImagePullBackOff" in message or "ErrImagePull" in message
     assert elapsed < 45, f"took {elapsed:.0f}s for a 3s grace"
-
-
-@pytest.fixture
-def real_prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A `prefect server start` (not the ephemeral test server): only a real server runs the service that frees
-    the lease of a crashed run's lock, here checked every second instead of every 15."""
-    from deployments.local import Stack
-
-    port = _free_port()
-    stack = Stack(state=tmp_path_factory.mktemp("prefect-home"), port=port, sandbox_dir=None,
-                  extra_env={"PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "1"})
-    stack.start_server()
-    try:
-        yield stack.api_url
-    finally:
-        stack.stop("server")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_killed_flow_process_rerun_reattaches_and_runs_each_index_once(
-        sandbox_dir: Path, workdir: Path, real_prefect_server: str, prefect_server: str) -> None:
-    """kill -9 of a CLI run mid-wait, then the same run key from another Prefect server (another home): refused
-    while the dead run's Lease is live, then it re-attaches, every index ran once, and nothing is left behind."""
-    sets = example_sets(workdir, "e2e-kill", sleep_seconds=5)
-    argv = [sys.executable, "-m", "flows.ask_batch", "--params", str(EXAMPLE), "--sandbox", str(sandbox_dir)]
-    for item in sets:
-        argv += ["--set", item]
-    env = {**os.environ, "PREFECT_API_URL": real_prefect_server, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 90
-        while len([p for p in processes(sandbox_dir) if p["pod"].startswith("askb-e2e-kill-")]) < 10:
-            assert proc.poll() is None, "the flow ended before its pods ran"
-            assert time.monotonic() < deadline, "the Job's pods did not start"
-            time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGKILL)  # while it waits: the pods sleep 5 s
-    finally:
-        proc.wait(30)
-    other_home = {**env, "PREFECT_API_URL": prefect_server}
-    # A re-run right away is refused, whichever Prefect server it reports to: the Lease is in the cluster ...
-    early = subprocess.run(argv, cwd=workdir, env=other_home, capture_output=True, text=True, timeout=120)
-    assert early.returncode == 1 and "RunLocked" in early.stdout + early.stderr, early.stderr[-3000:]
-    # ... until the dead holder's Lease expires, as the refusal tells the user.
-    spec = build_spec(EXAMPLE, sets, sandbox_dir)
-    wait_lock_free(spec, "e2e-kill", timeout=LEASE_SECONDS + 60)
-    rerun = subprocess.run(argv, cwd=workdir, env=other_home, capture_output=True, text=True, timeout=240)
-    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-    assert "re-attached" in rerun.stdout + rerun.stderr
-    started = [p for p in processes(sandbox_dir) if p["pod"].startswith("askb-e2e-kill-")]
-    assert sorted(int(p["index"]) for p in started) == list(range(10))
-    assert len(list((workdir / "outputs" / "ask-batch-e2e-kill").glob("index-*/result.json"))) == 10
-    assert left_in_cluster(spec, "e2e-kill") == []
-
-
-def left_in_cluster(spec: Any, run_key: str) -> list[str]:
-    """Every object of the run still in its namespace (by the run label), and its lock's Lease."""
-    from kubernetes import client
-
-    from tasks.cloud.run_lock import lease_name
-    from tasks.naming import RUN_LABEL
-
-    api, ns, selector = kube(spec), spec.cluster.namespace, f"{RUN_LABEL}={run_key}"
-    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
-    left = [f"Job/{o.metadata.name}" for o in batch.list_namespaced_job(ns, label_selector=selector).items]
-    left += [f"ConfigMap/{o.metadata.name}"
-             for o in core.list_namespaced_config_map(ns, label_selector=selector).items]
-    left += [f"Secret/{o.metadata.name}" for o in core.list_namespaced_secret(ns, label_selector=selector).items]
-    left += [f"PersistentVolumeClaim/{o.metadata.name}"
-             for o in core.list_namespaced_persistent_volume_claim(ns, label_selector=selector).items]
-    left += [f"PersistentVolume/{o.metadata.name}"
-             for o in core.list_persistent_volume(label_selector=selector).items]
-    left += [f"Lease/{o.metadata.name}" for o in client.CoordinationV1Api(api).list_namespaced_lease(ns).items
-             if o.metadata.name == lease_name(run_key)]
-    return left
 
 
 def test_known_secrets_never_reach_logs_artifacts_errors_or_dry_run(
