@@ -703,9 +703,10 @@ class OutputsSpec(_Model):
                                  "{run_key}, {flow_run_name}.")
     index_template: str = Field("index-{index:05d}/", description="Sub-prefix of one index, under the run "
                                 "prefix. Must contain {index}.")
-    completeness: Literal["marker", "min_objects"] = Field(
+    completeness: Literal["marker", "min_objects", "none"] = Field(
         "marker", description="'marker': every index wrote marker_name; 'min_objects': every index wrote at "
-        "least min_objects objects.")
+        "least min_objects objects; 'none': no check of OSS outputs (a workload that writes only to the shared "
+        "volume): whatever it wrote to OSS is still collected, and the summary says nothing was verified.")
     marker_name: str = Field("_SUCCESS", description="Name of the per-index done-marker object.")
     min_objects: int = Field(1, ge=1, description="For 'min_objects': objects each index must write.")
     download: bool = Field(True, description="Download the outputs (checksums verified); off: record only.")

@@ -23,6 +23,9 @@ from flows.cli import build_spec
 from tasks.cloud.run_lock import LEASE_SECONDS
 from tests.e2e.conftest import EXAMPLE, REPO, example_sets, left_in_cluster, processes, wait_lock_free
 
+# Several CLI processes per test, each with its own Prefect server: minutes on a loaded machine.
+pytestmark = pytest.mark.timeout(1500)
+
 RUN_URL = re.compile(r"/runs/flow-run/([0-9a-f-]{36})")
 
 

@@ -84,6 +84,21 @@ def test_example_run_downloads_one_verified_result_per_index(sandbox_dir: Path, 
     assert summary and "| 9 | succeeded | 1 | 0 |" in summary[0]
 
 
+def test_a_nas_only_workload_with_completeness_none_succeeds_and_says_what_was_not_verified(
+        sandbox_dir: Path, workdir: Path) -> None:
+    # Each pod writes its result to the shared NAS volume only: nothing to OSS, no marker.
+    write = 'echo "done $JOB_COMPLETION_INDEX" > "$ASK_BATCH_DATA_DIR/nas-only-$JOB_COMPLETION_INDEX.txt"'
+    spec, state = run(sandbox_dir, workdir, "e2e-nas-only", f"job.command=[sh, -c, '{write}']", "job.args=[]",
+                      "job.completions=4", "job.parallelism=4", "outputs.completeness=none")
+    assert spec.storage.mode == "nas"
+    assert state.is_completed(), state.message
+    written = sorted(p.name for p in sandbox_dir.rglob("nas-only-*.txt") if "e2e-nas-only" in str(p))
+    assert written == [f"nas-only-{i}.txt" for i in range(4)], written
+    summary = [a for a in flow_artifacts(state.state_details.flow_run_id) if "Estimated cost" in a]
+    assert summary and "`outputs.completeness` is `none`" in summary[0]
+    assert "no index was checked for outputs in OSS" in summary[0]
+
+
 def test_second_run_reuses_the_cluster_and_the_nas(sandbox_dir: Path, workdir: Path) -> None:
     from tasks.cloud.clients import nas_client
     from tasks.cloud.cluster_access import find_ask_cluster
