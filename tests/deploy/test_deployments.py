@@ -16,6 +16,7 @@ from deployments.local import Stack
 from tests.deploy.helpers import (
     SMALL,
     TERMINAL,
+    UUID_RE,
     adhoc_run_end_to_end,
     api,
     deployment,
@@ -60,6 +61,25 @@ def test_nightly_schedule_produces_runs_at_0200_shanghai(stack: Stack) -> None:
     assert list(spec) == ["job", "config", "outputs", "storage", "cluster", "target", "teardown", "wait", "run_key"]
     assert spec["job"]["completions"] == 10 and spec["outputs"]["prefix_template"].startswith("nightly/")
     assert spec["target"]["region"] == "cn-sandbox"
+
+
+def test_one_section_from_the_cli_replaces_that_section_and_keeps_the_deployments_others(stack: Stack) -> None:
+    """``prefect deployment run ask-batch/adhoc --param job='{...}'`` with only image, command and completions:
+    the server merges parameters by name, so config, outputs, storage, cluster and target stay the deployment's."""
+    job = {"image": "registry.cn-hangzhou.aliyuncs.com/ask-batch/shard-hash:0.1",
+           "command": ["python3", "/etc/ask-batch/config/shard_hash.py", "--settings", "settings.json"],
+           "completions": 3, "parallelism": 3}
+    result = stack.prefect("deployment", "run", "ask-batch/adhoc", "--param", f"job={json.dumps(job)}", "--watch",
+                           "--watch-interval", "1", "--watch-timeout", "400", check=False, timeout=460)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "Completed" in output, output
+    run = flow_run(stack, UUID_RE.search(output).group(0))  # type: ignore[union-attr]
+    params = run["parameters"]
+    assert params["job"]["completions"] == 3 and params["job"]["image"] == job["image"]
+    assert params["target"]["region"] == "cn-sandbox"  # the deployment's wired target, kept
+    assert params["config"]["local_paths"] == ["examples/workload/shard_hash.py", "examples/workload/settings.json"]
+    launches = [tr for tr in task_runs(stack, run["id"]) if tr["name"].startswith("launch_job")]
+    assert [tr["state_type"] for tr in launches] == ["COMPLETED"]
 
 
 def test_failing_run_is_retried_per_deployment_and_torn_down_each_time(stack: Stack) -> None:
