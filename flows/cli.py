@@ -157,13 +157,17 @@ def teardown_on_signals(on_give_up: Callable[[], None]) -> Iterator[list[int]]:
         print(f"\n{name}: stopping the run and tearing it down ...", file=sys.stderr, flush=True)
         timer = threading.Timer(TEARDOWN_GRACE_SECONDS, give_up)
         timer.daemon = True
+        timers.append(timer)
         timer.start()
         raise KeyboardInterrupt(name)
 
+    timers: list[threading.Timer] = []
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield received
     finally:
+        for timer in timers:  # the flow is done: teardown finished in time
+            timer.cancel()
         for sig, old in previous.items():
             signal.signal(sig, old)
 
