@@ -39,9 +39,6 @@ class Faults:
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
-        # requests seen per service (every service's middleware counts, faults or not): `sandbox status` and
-        # tests use it to prove that nothing was asked of a service
-        self.requests: dict[str, int] = {}
 
     def update(self, values: dict[str, Any]) -> None:
         known = {f.name: f for f in fields(self)}
@@ -82,7 +79,6 @@ def fault_middleware(
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                          ) -> web.StreamResponse:
-        faults.requests[service] = faults.requests.get(service, 0) + 1
         if service in faults.services:
             if faults.latency_ms > 0:
                 await asyncio.sleep(faults.latency_ms / 1000)

@@ -20,7 +20,7 @@ def requests_by_service(sandbox_dir: Path) -> dict[str, int]:
     base = json.loads((sandbox_dir / "endpoints.json").read_text())["control"]["endpoint"]
     with urllib.request.urlopen(base + "/stats", timeout=5) as resp:
         stats = json.loads(resp.read())
-    counts: dict[str, Any] = dict(stats["requests"])
+    counts: dict[str, Any] = {name: s["requests"] for name, s in stats["services"].items()}
     counts["k8s"] = sum(c["requests"] for c in stats["clusters"].values())
     return {s: counts.get(s, 0) for s in ("cs", "nas", "k8s")}
 

@@ -17,11 +17,11 @@ from tasks.stages.cluster import CREATION_REFUSED_HINT, create_refusal_hint, ens
 def test_without_vpc_and_zone_nothing_is_sent_and_the_error_names_the_fix(cloud: Any, make_spec: Any,
                                                                           sandbox: Any, run_key: str) -> None:
     spec = make_spec({"cluster": {"mode": "ask", "ask": {"name": "nz-" + run_key, "create_if_missing": True}}})
-    before = dict(sandbox.sandbox.faults.requests)
+    before = dict(sandbox.sandbox.service_requests)
     with pytest.raises(ClusterError, match=r"cluster.ask.zone_id.*fix: set zone_id"):
         ensure_cluster(spec, run_key=run_key, cs=cloud.cs)
     # only the lookup (DescribeClustersForRegion) reached CS: no CreateCluster
-    assert sandbox.sandbox.faults.requests.get("cs", 0) - before.get("cs", 0) == 1
+    assert sandbox.sandbox.service_requests.get("cs", 0) - before.get("cs", 0) == 1
 
 
 def test_with_a_zone_the_cluster_is_created_in_it(cloud: Any, make_spec: Any, run_key: str) -> None:
