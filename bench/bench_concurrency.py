@@ -321,16 +321,21 @@ def main(argv: list[str] | None = None) -> int:
                      + (f"; not completed: {failed}" if bad else "")
                      + f"; 'database is locked' in the server log: {locked}.")
         print(json.dumps([p.__dict__ for p in phases], default=str)[:4000], flush=True)
+        report(all_rows, notes, argv, load, write=not args.no_write)  # after each database: a late stop keeps it
+    report(all_rows, notes, argv, load, write=not args.no_write)
+    return 0
+
+
+def report(all_rows: list[list[str]], notes: list[str], argv: list[str] | None, load: str, *, write: bool) -> None:
     body = table(["database", "phase", "runs", "latency s", "to start s", "server CPU s", "server peak RSS MiB",
                   "wall s"], all_rows)
     text = (f"{provenance(command_line(argv), load)}\n\n{body}\n\n"
             "latency: creation to end of each run, median (min–max); to start: creation to the flow's start "
             "(worker poll, process or pod start, pull step). Server CPU and peak RSS: the Prefect server's process "
             "tree over the phase.\n\n" + "\n".join(f"- {n}" for n in notes))
-    print(text)
-    if not args.no_write:
+    print(text, flush=True)
+    if write:
         write_section(HEADING, text)
-    return 0
 
 
 if __name__ == "__main__":

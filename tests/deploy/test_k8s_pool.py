@@ -159,7 +159,10 @@ def test_flow_runs_as_a_pod_and_launches_the_batch_job_in_the_same_cluster(stack
     job = flow_job(stack, run_id)
     assert run["infrastructure_pid"].endswith(f"{FLOW_NAMESPACE}:{job.metadata.name}"), run["infrastructure_pid"]
     core = client.CoreV1Api(kube(stack))
-    (pod,) = core.list_namespaced_pod(FLOW_NAMESPACE, label_selector=f"job-name={job.metadata.name}").items
+    # The engine reports Completed just before its process exits: the pod follows a moment later.
+    pod = poll(lambda: core.list_namespaced_pod(FLOW_NAMESPACE, label_selector=f"job-name={job.metadata.name}").items,
+               lambda pods: len(pods) == 1 and pods[0].status.phase in ("Succeeded", "Failed"), timeout=120,
+               what="the flow pod's end")[0]
     assert pod.status.phase == "Succeeded" and pod.spec.service_account_name == "ask-batch-flow"
     assert pod.spec.containers[0].args == ["prefect", "flow-run", "execute"]
     assert "Finished in state Completed" in core.read_namespaced_pod_log(pod.metadata.name, FLOW_NAMESPACE)
