@@ -1,7 +1,7 @@
 """Teardown for an ask-batch run whose flow pod crashed: the ``on_crashed`` hook, run by the server's automation.
 
 Why a flow of its own: on a process worker, a killed flow process is seen by the worker, which runs the flow's
-``on_crashed`` hook (``flows.ask_batch.sweep``). On a Kubernetes work pool nothing runs it: the flow runs in a pod,
+``on_crashed`` hook (``flows.hooks.sweep``). On a Kubernetes work pool nothing runs it: the flow runs in a pod,
 the prefect-kubernetes worker only creates the Job, and its observer marks the run Crashed when the pod fails
 (it runs no hooks). The Job, ConfigMap and Secret the run made would then stay in the cluster, billed pods
 included. So ``prefect.yaml`` gives the deployment ``ask-batch/sweep-k8s`` of this flow a trigger: when a flow run
@@ -18,7 +18,7 @@ from uuid import UUID
 
 from prefect import flow, get_run_logger
 
-from flows.ask_batch import sweep
+from flows.hooks import sweep
 
 #: The flow whose runs this sweeps (``flows.ask_batch.ask_batch``).
 SWEPT_FLOW = "ask-batch"

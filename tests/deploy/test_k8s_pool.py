@@ -35,7 +35,8 @@ from deployments.local import Stack
 from tests.deploy.conftest import NOT_COPIED, REPO, free_port
 from tests.deploy.helpers import STAGES, api, artifacts, flow_run, poll, run_deployment_cli, run_params, task_runs
 
-pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
+# Several minutes (a flow pod per run, a sweep pod after the crash): `make test-slow`, which .ci/run runs too.
+pytestmark = [pytest.mark.deploy, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 DEPLOYMENT = "adhoc-k8s"
 K8S_WORKER = "k8s-worker"
