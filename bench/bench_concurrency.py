@@ -267,7 +267,7 @@ def rows(database: str, phases: list[Phase]) -> list[list[str]]:
             "process": [r for r in phase.runs if r["deployment"] == "adhoc"],
             "kubernetes": [r for r in phase.runs if r["deployment"] == "adhoc-k8s"]}
         for group, runs in groups.items():
-            latency, to_start = Series(f"{group} latency"), Series(f"{group} to start")
+            latency, to_start = Series(), Series()
             for r in runs:
                 if r["latency"] is not None:
                     latency.add(r["latency"])
