@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -290,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1500, help="per phase, seconds (default 1500)")
     parser.add_argument("--databases", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
     args = parser.parse_args(argv)
+    # `timeout` (or Ctrl-C) must still stop the stack: its processes live in their own sessions.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     load = load_average()
     all_rows: list[list[str]] = []
     notes: list[str] = []
