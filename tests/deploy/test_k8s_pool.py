@@ -194,8 +194,8 @@ def test_cancelled_flow_pod_ends_cancelled_and_is_torn_down(stack: Stack, k8s_wo
     assert run["state_type"] == "CANCELLED", run["state"]
     poll(lambda: left_in_cluster(stack, "k8s-cancel"), lambda left: left == {}, timeout=120,
          what="the cancelled run's objects in the cluster")
-    # Torn down by the flow's own `finally` in the pod (SIGTERM -> cancellation), or, when the pod's grace period
-    # ran out first, by the `on_cancellation` sweep the worker runs.
+    # Torn down by the flow's own `finally` (the runner in the pod, `prefect flow-run execute`, SIGTERMs its
+    # engine process when the run is Cancelling), or by the `on_cancellation` sweep that runner runs afterwards.
     logs = run_logs(stack, run_id)
     assert any(m.startswith("teardown: deleted Job askb-k8s-cancel-")
                or m.startswith("ask-batch sweep (cancelling) k8s-cancel: deleted: Job") for m in logs), logs
