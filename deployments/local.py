@@ -252,10 +252,20 @@ class Stack:
         return "wired the sandbox: " + "; ".join(result.stdout.strip().splitlines())
 
     def create_pool(self) -> str:
-        if self.prefect("work-pool", "inspect", self.pool, check=False).returncode == 0:
-            return f"work pool {self.pool}: exists"
-        self.prefect("work-pool", "create", self.pool, "--type", "process")
-        return f"work pool {self.pool}: created (process)"
+        """Create the process pool the worker serves and the Kubernetes pool of ``adhoc-k8s`` (both must exist
+        before ``prefect deploy --all``); existing pools are kept."""
+        from deployments.k8s_pool import BASE_JOB_TEMPLATE
+        from deployments.k8s_pool import POOL as K8S_POOL
+
+        said = []
+        for pool, extra in ((self.pool, ["--type", "process"]),
+                            (K8S_POOL, ["--type", "kubernetes", "--base-job-template", BASE_JOB_TEMPLATE])):
+            if self.prefect("work-pool", "inspect", pool, check=False).returncode == 0:
+                said.append(f"work pool {pool}: exists")
+                continue
+            self.prefect("work-pool", "create", pool, *extra)
+            said.append(f"work pool {pool}: created ({extra[1]})")
+        return "; ".join(said)
 
     def deploy(self) -> str:
         result = self.prefect("deploy", "--all", "--no-prompt", timeout=300)
