@@ -6,7 +6,7 @@ The Job's name is the run key plus a hash of its rendered spec (``tasks.render.m
   and re-attaches to it — running or finished — instead of starting the work twice (pods are billed);
 - a Job with that name but a different ``ask-batch.io/spec-hash`` annotation is refused: something else made it.
 
-Re-running only what is missing (``rerun: missing``, the default): a retry of the flow run, or a new run with the
+Re-running only what is missing (``job.rerun: missing``, the default): a retry of the flow run, or a new run with the
 same run key, first asks OSS which indexes already have complete outputs (``complete_indexes``). When some do and
 the run's Job is not running any more (deleted by teardown, or finished), ``relaunch`` starts one follow-up Job per
 missing index (``job_manifest(index=...)``): its pod sees its original index as ``ASK_BATCH_INDEX`` (and

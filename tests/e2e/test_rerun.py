@@ -49,7 +49,7 @@ def test_same_run_key_after_a_failed_index_runs_only_that_index(sandbox_dir: Pat
 def test_rerun_all_runs_every_index_again(sandbox_dir: Path, workdir: Path) -> None:
     key = "e2e-rerun-all"
     assert run(sandbox_dir, workdir, key, "job.completions=2", "job.parallelism=2").is_completed()
-    state = run(sandbox_dir, workdir, key, "job.completions=2", "job.parallelism=2", "rerun=all",
+    state = run(sandbox_dir, workdir, key, "job.completions=2", "job.parallelism=2", "job.rerun=all",
                 "job.env={AGAIN: '1'}")
     assert state.is_completed(), state.message
     assert len(started(sandbox_dir, key)) == 4

@@ -129,6 +129,8 @@ def test_complete_indexes_are_the_ones_a_rerun_skips(cloud: Any, spec_for: Any, 
     seed_index(put, run_key, 1, marker=False)  # an index cut off mid-upload is run again
     seed_index(put, run_key, 3)
     assert complete_indexes(spec, run_key=run_key, flow_run_name="flow-r", oss=cloud.oss, max_keys=2) == [0, 3]
+    unchecked = spec.model_copy(update={"outputs": spec.outputs.model_copy(update={"completeness": "none"})})
+    assert complete_indexes(unchecked, run_key=run_key, flow_run_name="flow-r", oss=cloud.oss) == []
 
 
 def test_min_objects_mode(cloud: Any, spec_for: Any, put: Any, run_key: str) -> None:
