@@ -13,12 +13,13 @@ import pytest
 from examples.workload.shard_hash import compute_shard
 from flows.ask_batch import ask_batch
 from flows.cli import build_spec
+from flows.run_files import flow_parameters
 from tests.e2e.conftest import EXAMPLE, example_sets, processes
 
 
 def run(sandbox_dir: Path, workdir: Path, run_key: str, *extra: str, **settings: Any) -> Any:
     spec = build_spec(EXAMPLE, example_sets(workdir, run_key, **settings) + list(extra), sandbox_dir)
-    return ask_batch(spec, return_state=True)
+    return ask_batch(**flow_parameters(spec), return_state=True)
 
 
 def started(sandbox_dir: Path, run_key: str) -> list[dict[str, Any]]:
