@@ -25,7 +25,10 @@ def test_the_flow_refuses_what_the_cli_refuses_with_the_same_message(
     big = workdir / "big.txt"
     big.write_bytes(b"x" * 1_100_000)
     sets = example_sets(workdir, "door-flow") + [f"config.local_paths=[/dev/zero, {big}]"]
-    assert main(["--params", str(EXAMPLE), "--sandbox", str(sandbox_dir), *sets]) == 2
+    argv = ["--params", str(EXAMPLE), "--sandbox", str(sandbox_dir)]
+    for item in sets:
+        argv += ["--set", item]
+    assert main(argv) == 2
     cli_message = capsys.readouterr().err.strip()
     assert cli_message.count("\n  - config.local_paths.") == 2, cli_message
 
