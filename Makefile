@@ -16,9 +16,14 @@ $(STAMP): $(BIN)/python requirements.txt requirements-dev.txt
 
 install: $(STAMP)
 
-## run the whole pipeline on the sandbox (starts one if none is running)
+## run the whole pipeline on the sandbox (starts one if none is running); history in .prefect/, as `make up` shows it
+##   (SANDBOX=DIR, PARAMS=FILE, PREFECT_DIR=DIR and RUN_ARGS="--set a.b=v ..." change what it runs)
+SANDBOX ?= .sandbox
+PARAMS ?= deployments/example.yaml
+PREFECT_DIR ?= $(CURDIR)/.prefect
+RUN_ARGS ?=
 run: install
-	$(BIN)/python -m flows.ask_batch --sandbox .sandbox --params deployments/example.yaml
+	PREFECT_HOME=$(PREFECT_DIR) $(BIN)/python -m flows.ask_batch --sandbox $(SANDBOX) --params $(PARAMS) $(RUN_ARGS)
 
 ## install the test needs and run every test
 test: install test-deps

@@ -54,6 +54,7 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
     if outputs is not None and outputs.download_dir:
         lines.append(f"- downloaded to `{outputs.download_dir}` ({outputs.total_bytes} bytes"
                      f"{', complete' if outputs.complete else f', missing indexes {outputs.missing}'})")
+    lines.append(f"- {verification(spec)}")
     in_oss = saved_logs if saved_logs is not None else (outputs.log_keys if outputs is not None else None)
     if in_oss:
         lines.append(f"- pod logs: {len(in_oss)} in OSS under `oss://{spec.outputs.bucket}/{prefix}logs/`, "
@@ -70,3 +71,15 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
         lines += ["", "## Teardown"] + [f"- {line}" for line in teardown.lines()]
     return "\n".join(lines) + "\n"
 
+
+def verification(spec: BatchSpec) -> str:
+    """What the run checked of its outputs, in one line for the summary."""
+    out = spec.outputs
+    downloaded = "downloads checksum-verified (CRC-64 or MD5)" if out.download else "not downloaded"
+    if out.completeness == "none":
+        where = f" (results on the volume at `{spec.storage.mount_path}`)" if spec.storage.mode != "none" else ""
+        return (f"verified: nothing per index — `outputs.completeness` is `none`{where}: no index was checked "
+                f"for outputs in OSS; objects found there were collected, {downloaded}")
+    rule = (f"every index wrote the marker `{out.marker_name}`" if out.completeness == "marker"
+            else f"every index wrote at least {out.min_objects} object(s)")
+    return f"verified: {rule}; {downloaded}"

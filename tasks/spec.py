@@ -13,11 +13,12 @@ No ``from __future__ import annotations`` here: Prefect builds the parameter sch
 annotations at import time (see research/prefect.md §2.11).
 """
 
+import difflib
 import re
 import string
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -734,8 +735,17 @@ class EciOptions(_Model):
         return self
 
 
+def _work_first(schema: dict[str, Any]) -> None:
+    """Show image, command, args, completions and parallelism first in the Prefect form (JSON schema order)."""
+    props = schema.get("properties", {})
+    first = [name for name in ("image", "command", "args", "completions", "parallelism") if name in props]
+    schema["properties"] = {name: props[name] for name in first} | {k: v for k, v in props.items() if k not in first}
+
+
 class JobSpec(_Model):
     """The Kubernetes Job: what runs, how many times, how failures are handled."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, json_schema_extra=_work_first)
 
     image: str = Field(..., description="Container image, e.g. 'registry.cn-hangzhou.aliyuncs.com/me/app:1.0'.")
     image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field("IfNotPresent",
@@ -964,9 +974,10 @@ class OutputsSpec(_Model):
                                  "{run_key}, {flow_run_name}.")
     index_template: str = Field("index-{index:05d}/", description="Sub-prefix of one index, under the run "
                                 "prefix. Must contain {index}.")
-    completeness: Literal["marker", "min_objects"] = Field(
+    completeness: Literal["marker", "min_objects", "none"] = Field(
         "marker", description="'marker': every index wrote marker_name; 'min_objects': every index wrote at "
-        "least min_objects objects.")
+        "least min_objects objects; 'none': no check of OSS outputs (a workload that writes only to the shared "
+        "volume): whatever it wrote to OSS is still collected, and the summary says nothing was verified.")
     marker_name: str = Field("_SUCCESS", description="Name of the per-index done-marker object.")
     min_objects: int = Field(1, ge=1, le=INT32_MAX, description="For 'min_objects': objects each index must write.")
     download: bool = Field(True, description="Download the outputs (checksums verified); off: record only.")
@@ -1150,6 +1161,38 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(spec)"
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as ``X``, ``X | None`` or ``list[X]``, if any."""
+    stack = [annotation]
+    while stack:
+        candidate = stack.pop()
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+        stack.extend(get_args(candidate))
+    return None
+
+
+def unknown_field_message(loc: tuple[Any, ...]) -> str:
+    """The message for an unknown field at ``loc`` (a path in ``BatchSpec``): the closest known name, if any.
+
+    >>> unknown_field_message(("job", "complitions"))
+    "unknown field; fix: did you mean 'completions'?"
+    """
+    model: type[BaseModel] | None = BatchSpec
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue  # a list index: the model is the item's
+        field = model.model_fields.get(str(part))
+        model = _model_in(field.annotation) if field is not None else None
+    if model is None:
+        return "unknown field; fix: check the spelling (see the parameter form for the known fields)"
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown field; fix: did you mean {close[0]!r}?"
+    return f"unknown field; fix: use one of {', '.join(known)}"
+
+
 def spec_error_from(exc: ValidationError, *, root: str = "") -> SpecError:
     """Turn a pydantic ValidationError into a SpecError with dotted field paths and readable messages."""
     problems = []
@@ -1159,7 +1202,8 @@ def spec_error_from(exc: ValidationError, *, root: str = "") -> SpecError:
             field = f"{root}.{field}" if field != "(spec)" else root
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown field; fix: check the spelling (see the parameter form for the known fields)"
+            msg = unknown_field_message(tuple(err["loc"])) if not root else \
+                "unknown field; fix: check the spelling (see the parameter form for the known fields)"
         elif err["type"] == "missing":
             msg = "required; fix: set it"
         elif err["type"] in ("int_parsing_size", "int_from_float", "int_parsing", "int_type", "finite_number"):

@@ -138,7 +138,9 @@ def group_by_index(listed: Iterable[Listed], outputs: OutputsSpec, prefix: str,
 
 
 def completeness_problem(outputs: OutputsSpec, idx_prefix: str, objects: list[Listed]) -> str | None:
-    """Why an index is not complete per ``outputs.completeness`` (None: complete)."""
+    """Why an index is not complete per ``outputs.completeness`` (None: complete; always None for 'none')."""
+    if outputs.completeness == "none":
+        return None
     if outputs.completeness == "marker":
         if not any(o.key == idx_prefix + outputs.marker_name for o in objects):
             return f"no marker {outputs.marker_name!r} under {idx_prefix} ({len(objects)} object(s))"
