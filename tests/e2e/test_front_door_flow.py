@@ -9,6 +9,8 @@ import pytest
 
 from flows.ask_batch import ask_batch
 from flows.cli import build_spec, main
+from flows.run_files import flow_parameters
+from tasks.spec import ConfigSpec
 from tests.e2e.conftest import EXAMPLE, example_sets
 
 
@@ -33,10 +35,12 @@ def test_the_flow_refuses_what_the_cli_refuses_with_the_same_message(
     assert cli_message.count("\n  - config.local_paths.") == 2, cli_message
 
     # The parameters as a deployment would send them: the file checks pass the schema, the door is in the flow.
-    params = build_spec(EXAMPLE, example_sets(workdir, "door-flow"), sandbox_dir).model_dump(mode="json")
-    params["config"]["local_paths"] = ["/dev/zero", str(big)]
+    spec = build_spec(EXAMPLE, example_sets(workdir, "door-flow"), sandbox_dir)
+    params = flow_parameters(spec)
+    params["config"] = ConfigSpec.model_validate({**spec.config.model_dump(mode="json"),
+                                                  "local_paths": ["/dev/zero", str(big)]})
     before = requests_served(sandbox_dir)
-    state = ask_batch(params, return_state=True)
+    state = ask_batch(**params, return_state=True)
     assert state.is_failed()
     assert str(state.result(raise_on_failure=False)) == cli_message
     assert requests_served(sandbox_dir) == before
