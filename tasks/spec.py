@@ -42,7 +42,9 @@ from tasks.naming import DNS1123_LABEL_RE, is_dns1123_label
 #   https://www.alibabacloud.com/help/en/nas/developer-reference/api-nas-2017-06-26-createfilesystem
 REGION_RE = re.compile(r"^[a-z]{2,}(-[a-z0-9]+)+$")
 DNS1123_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-CS_CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9\u4e00-\u9fa5][-A-Za-z0-9_\u4e00-\u9fa5]{0,62}$")
+# CS: "1 to 63 characters ... digits, Chinese characters, letters and hyphens (-), cannot start with a hyphen"
+# (CreateCluster for ACK Serverless, name: https://www.alibabacloud.com/help/doc-detail/144246.htm). No '_'.
+CS_CLUSTER_NAME_RE = re.compile(r"^(?!-)[-A-Za-z0-9\u4e00-\u9fa5]{1,63}$")
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 ENV_NAME_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 CONFIG_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
@@ -302,6 +304,9 @@ class Target(_Model):
     """Which Alibaba Cloud region and account to work in, and how to reach the APIs."""
 
     region: str = Field("cn-hangzhou", description="Region id, e.g. 'cn-hangzhou', 'cn-beijing', 'ap-southeast-1'.")
+    billing_site: Literal["cn", "intl"] | None = Field(
+        None, description="The account's site, which sets the currency of cost estimates: 'cn' (aliyun.com, CNY) "
+        "or 'intl' (alibabacloud.com, USD). Empty: guessed from the region (cn-* -> 'cn').")
     credentials: CredentialsSpec = Field(default_factory=CredentialsSpec,
                                          description="Where the AccessKey comes from.")
     endpoints: EndpointOverrides = Field(default_factory=EndpointOverrides,
@@ -334,6 +339,8 @@ class AskClusterOptions(_Model):
     vpc_id: str | None = Field(None, description="VPC of a new cluster, e.g. 'vpc-bp1...'.")
     vswitch_ids: list[str] = Field(default_factory=list, description="vSwitches for pods (ECI) of a new cluster; "
                                    "several zones improve spot and stock availability.")
+    zone_id: str | None = Field(None, description="Zone of a new cluster when no vpc_id is given (CS then creates "
+                                "the VPC and vSwitch there), e.g. 'cn-hangzhou-k'. Required in that case.")
     service_cidr: str | None = Field(None, description="Service CIDR; must not overlap the VPC. Empty: "
                                      "172.19.0.0/20.")
     snat_entry: bool = Field(True, description="Create a NAT gateway + SNAT so pods reach the Internet "
@@ -355,16 +362,28 @@ class AskClusterOptions(_Model):
     @classmethod
     def _name(cls, value: str) -> str:
         if not CS_CLUSTER_NAME_RE.match(value):
-            raise ValueError(f"{value!r} is not a valid cluster name; fix: 1-63 letters, digits, '-' or '_', "
-                             f"not starting with '-'")
+            raise ValueError(f"{value!r} is not a valid cluster name; fix: 1-63 letters, digits or '-' (CS "
+                             f"refuses '_'), not starting with '-'")
         return value
+
+    @field_validator("zone_id")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        return _check_id(value, ZONE_ID_RE, "zone id", "cn-hangzhou-k")
+
+    @model_validator(mode="after")
+    def _network(self) -> "AskClusterOptions":
+        if bool(self.vpc_id) != bool(self.vswitch_ids):
+            raise ValueError("vpc_id and vswitch_ids go together; fix: set both (vSwitches of that VPC) or neither")
+        return self
 
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: dict[str, str]) -> dict[str, str]:
-        # CS allows 20 tags per cluster and ask-batch adds one (CS_TAG_MAX has the source)
-        if len(value) > 19:
-            raise ValueError("at most 19 extra tags (CS allows 20 and ask-batch uses one); fix: drop some")
+        # CS allows 20 tags per cluster and ask-batch adds two: managed-by and created-by-run
+        if len(value) > 18:
+            raise ValueError("at most 18 extra tags (CS allows 20 per cluster and ask-batch adds two: managed-by "
+                             "and created-by-run); fix: drop some")
         for key, val in value.items():
             if not key or len(key) > CS_TAG_MAX or key.startswith(("aliyun", "acs:")) or "http://" in key \
                     or "https://" in key:
@@ -742,6 +761,34 @@ def _work_first(schema: dict[str, Any]) -> None:
     schema["properties"] = {name: props[name] for name in first} | {k: v for k, v in props.items() if k not in first}
 
 
+class PodSecurity(_Model):
+    """Who the workload runs as. Set it to the image's ``USER`` so volume permissions are planned for that user.
+
+    ECI applies only container-level ``runAsUser`` / ``runAsGroup`` / ``runAsNonRoot`` (and pod-level
+    ``runAsUser``), not ``fsGroup``
+    (https://www.alibabacloud.com/help/en/eci/user-guide/configure-a-security-context-for-an-elastic-container-instance-or-a-container),
+    so ask-batch makes mounted config and secret files world-readable (mode 0444, inside the pod only) and, for a
+    non-root user with a shared volume, hands the run's data directory to that user with a root init container.
+    """
+
+    run_as_user: int | None = Field(None, ge=0, le=2**31 - 1, description="UID of the workload (the image's "
+                                    "USER, e.g. 65534). Empty: whatever the image says.")
+    run_as_group: int | None = Field(None, ge=0, le=2**31 - 1, description="GID of the workload. Empty: the "
+                                     "user's primary group in the image.")
+    run_as_non_root: bool = Field(False, description="Refuse to start the container as root (Kubernetes "
+                                  "runAsNonRoot).")
+    prepare_data_dir: bool = Field(True, description="With a non-root run_as_user and a shared volume: run an "
+                                   "init container (as root, the job image, needs 'chown') that gives the data "
+                                   "directory to that user, since a new NAS sub-directory belongs to root.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PodSecurity":
+        if self.run_as_non_root and self.run_as_user == 0:
+            raise ValueError("run_as_non_root is true but run_as_user is 0 (root); fix: set run_as_user to the "
+                             "image's non-root user, e.g. 65534, or drop run_as_non_root")
+        return self
+
+
 class JobSpec(_Model):
     """The Kubernetes Job: what runs, how many times, how failures are handled."""
 
@@ -789,6 +836,10 @@ class JobSpec(_Model):
                                               "objects.")
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the Job and its pods.")
     eci: EciOptions = Field(default_factory=EciOptions, description="ECI options (pod annotations).")
+    security: PodSecurity = Field(default_factory=PodSecurity, description="The workload's user and group (its "
+                                  "securityContext).")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Names of docker-registry Secrets in "
+                                          "the namespace, for a private image (pod imagePullSecrets).")
 
     @field_validator("image")
     @classmethod
@@ -837,6 +888,11 @@ class JobSpec(_Model):
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         _check_env_names(value, "job.env")
         return value
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _pull_secrets(cls, value: list[str]) -> list[str]:
+        return [_check_dns_subdomain(name, "image pull Secret name") for name in value]
 
     @field_validator("service_account")
     @classmethod

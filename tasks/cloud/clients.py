@@ -128,8 +128,10 @@ def oss_client(target: Target, creds: AliCredentials, *, endpoint: str | None = 
     config = oss.config.load_default()
     config.credentials_provider = provider
     config.region = target.region
-    # ≥2 attempts: get_object_to_file silently does nothing with a single attempt (alibaba.md §0.10).
-    config.retry_max_attempts = 3
+    # No SDK retries: tasks.cloud.retry.call() is the one retry policy (retries inside the SDK multiplied with it).
+    # (get_object_to_file needs >=2 SDK attempts to write anything; ask-batch uses get_object only.)
+    config.retryer = oss.retry.NopRetryer()
+    config.retry_max_attempts = 1
     if endpoint:
         host, scheme = split_endpoint(endpoint)
         config.endpoint = f"{scheme}://{host}"
