@@ -27,6 +27,19 @@ from tasks.naming import DNS1123_LABEL_RE, is_dns1123_label
 
 # --------------------------------------------------------------------------------------------- syntax helpers
 
+# Sources of the syntax rules below:
+# - DNS-1123 subdomains and labels, label and annotation keys:
+#   https://kubernetes.io/docs/concepts/overview/working-with-objects/names/ and .../labels/#syntax-and-character-set
+# - CS cluster names (1-63 characters: letters, digits, Chinese characters, '_' and '-', not starting with '-'):
+#   https://www.alibabacloud.com/help/en/ack/ack-managed-and-ack-dedicated/developer-reference/api-cs-2015-12-15-createcluster
+# - OSS bucket names (3-63 lowercase letters, digits and '-', starting and ending with a letter or digit):
+#   https://www.alibabacloud.com/help/en/oss/user-guide/bucket-naming-conventions
+# - environment variable names (letters, digits, '_', '-', '.', not starting with a digit; the API server's
+#   IsEnvVarName): https://kubernetes.io/docs/tasks/inject-data-application/define-environment-variable-container/
+# - ConfigMap and Secret keys (at most 253 of [-._a-zA-Z0-9]):
+#   https://kubernetes.io/docs/concepts/configuration/configmap/#configmap-object
+# - NAS storage and protocol types of General-purpose file systems (Capacity, Performance; NFS):
+#   https://www.alibabacloud.com/help/en/nas/developer-reference/api-nas-2017-06-26-createfilesystem
 REGION_RE = re.compile(r"^[a-z]{2,}(-[a-z0-9]+)+$")
 DNS1123_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # CS: "1 to 63 characters ... digits, Chinese characters, letters and hyphens (-), cannot start with a hyphen"
