@@ -25,10 +25,10 @@ def run_parameters(path: str, sets: list[str] | None = None, *,
         ValueError: the file cannot be read, a ``--set`` is malformed, or the result is not a valid BatchSpec.
     """
     from flows.cli import load_params
-    from tasks.spec import parse_spec
+    from tasks.cloud.admission import admit
 
     data = load_params(path, sets)
-    parse_spec(data)
+    admit(data)
     if target_variable:
         data["target"] = target_reference(target_variable)
     return {name: value for name, value in sections_of(data).items() if name in data}

@@ -4,7 +4,8 @@ Why build steps and not literal values in prefect.yaml:
 
 - **The working directory.** A process worker runs the flow wherever the deployment's pull step points it. A
   literal path in prefect.yaml only works on the machine that wrote it, and leaving ``pull:`` out makes
-  ``prefect deploy`` bake in *its* current directory (research/prefect.md §3.3). ``project_directory`` returns the
+  ``prefect deploy`` bake in *its* current directory (the ``pull`` section:
+  https://docs.prefect.io/v3/deploy/infrastructure-concepts/prefect-yaml). ``project_directory`` returns the
   directory of the clone that holds this file, whatever the current directory, and the pull step uses it as
   ``{{ project.directory }}``.
 - **The parameters.** prefect.yaml cannot include another file, and a spec copied into it drifts from the files
@@ -26,8 +27,6 @@ Why build steps and not literal values in prefect.yaml:
 import os
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 #: The clone this module belongs to (deployments/ sits at the project root).
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -57,20 +56,17 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
     """A parameter file (YAML or JSON) as a dict, validated as a ``BatchSpec``; relative paths are from the clone.
 
     Raises:
-        ValueError: the file is missing, not a mapping, or not a valid BatchSpec (naming every bad field).
+        SpecError (a ValueError): the file is missing, too big, not a mapping, or not a valid BatchSpec, or its input
+            files cannot be shipped (naming every bad field).
     """
-    from tasks.spec import parse_spec
+    from tasks.cloud.admission import admit
+    from tasks.cloud.params import load_params_file
 
     file = Path(path)
     if not file.is_absolute():
         file = PROJECT_ROOT / file
-    try:
-        data = yaml.safe_load(file.read_text())
-    except OSError as exc:
-        raise ValueError(f"parameter file {file}: cannot read it ({exc.strerror})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"parameter file {file}: must be a mapping of BatchSpec fields")
-    parse_spec(data)  # SpecError (a ValueError) names each bad field and its fix
+    data = load_params_file(file)  # bounded: size, depth, aliases, UTF-8 (a SpecError names the file)
+    admit(data)  # the CLI's door: every field, the input files, the 1 MiB objects; one line per problem
     return data
 
 
@@ -92,7 +88,8 @@ def spec_parameters(path: str, target: dict[str, Any] | str | None = None) -> di
         ValueError: no target is wired, or the file (with the target) is not a valid BatchSpec; ``prefect
             deploy`` then fails naming the field and the fix.
     """
-    from tasks.spec import Target, parse_spec
+    from tasks.cloud.admission import admit
+    from tasks.spec import Target
 
     if target is not None:
         if not isinstance(target, dict):
@@ -108,7 +105,7 @@ def spec_parameters(path: str, target: dict[str, Any] | str | None = None) -> di
         data = load_spec_file(path)
         if target is not None:
             data["target"] = target
-            parse_spec(data)
+            admit(data)
     finally:
         os.chdir(cwd)
     return sections_of(data)

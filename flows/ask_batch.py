@@ -39,11 +39,12 @@ from flows.run_files import (
     keep_logs,
     log_dir_for,
     save_logs_after_failure,
-    spec_from_parameters,
+    spec_data,
 )
 from flows.summary import summary_markdown
+from tasks.cloud.admission import admit
 from tasks.cloud.run_lock import cluster_run_lock
-from tasks.errors import RunLocked
+from tasks.errors import RunLocked, TeardownIncomplete
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, JobReport, VolumeHandle
 from tasks.spec import (
     BatchSpec,
@@ -70,7 +71,9 @@ def finish(spec: BatchSpec, logger: Any, *, run_key: str, name: str, cluster: Cl
            report: JobReport | None, outputs: Any, error: BaseException | None) -> None:
     """Whatever happened: keep and upload a failed run's pod logs, tear down per policy, publish the summary.
 
-    Never raises: the run's own error stays the one the user sees.
+    Never hides the run's own error behind its own. When the run otherwise succeeded, a teardown that could not
+    delete what it should have raises (``TeardownIncomplete``, or the teardown's own error): a leftover may still
+    be billed, so it is never a silent success.
     """
     from tasks.stages.teardown import teardown_task
 
@@ -80,11 +83,13 @@ def finish(spec: BatchSpec, logger: Any, *, run_key: str, name: str, cluster: Cl
         keep_logs(spec, name)
         saved_logs, logs_problem = save_logs_after_failure(spec, run_key=run_key, name=name, logger=logger)
     teardown = None
+    teardown_error: Exception | None = None
     try:
         teardown = teardown_task(spec, run_key=run_key, succeeded=error is None, cluster=cluster, volume=volume,
                                  config=config, job=job)
     except Exception as exc:  # noqa: BLE001 - never hide the run's own error behind a teardown error
         logger.error("teardown failed: %s: %s", type(exc).__name__, exc)
+        teardown_error = exc
     try:
         create_markdown_artifact(
             summary_markdown(spec, run_key=run_key, name=name, cluster=cluster, job=job, report=report,
@@ -94,6 +99,10 @@ def finish(spec: BatchSpec, logger: Any, *, run_key: str, name: str, cluster: Cl
             key=f"summary-{run_key}", description=f"ask-batch run {name}")
     except Exception as exc:  # noqa: BLE001
         logger.error("could not publish the summary artifact: %s", exc)
+    if error is None and teardown_error is not None:
+        raise teardown_error
+    if error is None and teardown is not None and not teardown.ok:
+        raise TeardownIncomplete(teardown, run_key=run_key)
 
 
 # Defaults of the optional sections (module constants: never mutated, and the form shows their values).
@@ -140,9 +149,13 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
     from tasks.stages.outputs import collect_outputs_task, ensure_bucket_task
 
     logger = get_run_logger()
-    spec = spec_from_parameters({"job": job, "config": config, "outputs": outputs, "storage": storage,
-                                 "cluster": cluster, "target": target, "teardown": teardown, "wait": wait,
-                                 "run_key": run_key})  # every field, cross-field rule and local file, here
+    from tasks.cloud.clients import _load_prefect_secret
+
+    # The same door as the CLI and `prefect deploy` (tasks.cloud.admission): every field, cross-field rule, input
+    # file and Secret block value, before any cloud call; a SpecError fails the run with one line per problem.
+    spec = admit(spec_data({"job": job, "config": config, "outputs": outputs, "storage": storage,
+                            "cluster": cluster, "target": target, "teardown": teardown, "wait": wait,
+                            "run_key": run_key}), load_secret=_load_prefect_secret).spec
     run_key = derive_run_key(spec, current_run.id)
     name = current_run.name or f"ask-batch-{run_key}"
     logger.info("run key %s: Job %d indexes x parallelism %d, image %s", run_key, spec.job.completions,
@@ -159,6 +172,9 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
     lock = contextlib.ExitStack()
     locked_out = False
     try:
+        # cheap checks before anything billed: a missing, foreign or read-only bucket stops the run here, before
+        # a cluster, a NAS file system or a PV exists (the check is idempotent, so it needs no lock)
+        ensure_bucket_task(spec)
         cluster = ensure_cluster_task(spec, run_key)
         try:
             lock.enter_context(cluster_run_lock(spec, cluster, holder=str(current_run.id)))
@@ -166,7 +182,6 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
             locked_out = True
             raise
         volume = ensure_volume_task(spec, run_key=run_key, cluster=cluster)
-        ensure_bucket_task(spec)
         config = publish_config_task(spec, run_key, cluster)
         job = launch_job_task(spec, run_key, name, cluster, volume, config)
         try:

@@ -23,46 +23,23 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from flows.prefect_home import prefect_api, run_url_hint, use_project_home
 from flows.run_files import flow_parameters, kept_logs_dir
-from tasks.spec import BatchSpec, SpecError, parse_spec
+from tasks.cloud.admission import admit
+from tasks.cloud.params import apply_sets, load_params_file
+from tasks.errors import InvalidInput
+from tasks.spec import BatchSpec, parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-class ParamsError(ValueError):
-    """The params file or a --set cannot be read (exit code 2, like an invalid spec)."""
+#: A problem with the params file or a ``--set`` (kept for callers; the loader raises the SpecError family).
+ParamsError = InvalidInput
 
 
 def load_params(path: str | Path, sets: list[str] | None = None) -> dict[str, Any]:
-    """The params file (YAML/JSON) with ``--set a.b=value`` applied (values parsed as YAML)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise ParamsError(f"--params {path}: cannot read it ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"--params {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ParamsError(f"--params {path}: must be a mapping of BatchSpec fields")
-    for item in sets or []:
-        dotted, sep, raw = item.partition("=")
-        if not sep or not dotted:
-            raise ParamsError(f"--set {item!r}: expected a.b=value")
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[leaf] = value
-    return data
+    """The params file (YAML/JSON, bounded: ``tasks.cloud.params``) with ``--set a.b=value`` applied."""
+    return apply_sets(load_params_file(path), sets)
 
 
 def _healthy(endpoints_file: Path) -> bool:
@@ -105,12 +82,13 @@ def build_spec(params: str | Path, sets: list[str] | None, sandbox: str | Path |
                start_sandbox: bool = True) -> BatchSpec:
     """Validate the parameters (no network), then point ``target`` at the sandbox if asked.
 
-    Raises ``ParamsError``/``SpecError`` before anything is contacted or started.
+    Raises ``SpecError`` (one line per problem; ``tasks.cloud.admission.admit``) before anything is contacted
+    or started.
     """
     from tasks.cloud.clients import apply_env, target_from_endpoints_file
 
     data = load_params(params, sets)
-    spec = parse_spec(data)
+    spec = admit(data).spec
     if sandbox is None:
         return spec
     endpoints = Path(sandbox) / "endpoints.json"
@@ -185,16 +163,21 @@ def main(argv: list[str] | None = None) -> int:
     home = use_project_home()
     try:
         spec = build_spec(args.params, args.set, args.sandbox, start_sandbox=not args.dry_run)
-    except (ParamsError, SpecError) as exc:
+    except InvalidInput as exc:
         print(str(exc), file=sys.stderr)
         return 2
     if args.dry_run:
         from flows.plan import render_plan
 
         run_key = spec.run_key or "dry-run"
+        try:
+            text = render_plan(spec, run_key=run_key, flow_run_name=f"ask-batch-{run_key}")
+        except InvalidInput as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
         print(f"# ask-batch dry run: nothing is created. Run key {run_key!r}"
               f"{'' if spec.run_key else ' (a real run derives it from the flow run id)'}.")
-        print(render_plan(spec, run_key=run_key, flow_run_name=f"ask-batch-{run_key}"), end="")
+        print(text, end="")
         return 0
     from flows.ask_batch import ask_batch
 

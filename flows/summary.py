@@ -63,7 +63,8 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
         lines.append(f"- pod logs: `{kept_logs_dir(spec, name)}/`"
                      f"{f' (not uploaded to OSS: {logs_problem})' if logs_problem else ''}")
     if report:
-        cost = estimate_job(spec.job, [r.seconds for r in report.indexes], region=spec.target.region)
+        cost = estimate_job(spec.job, [r.seconds for r in report.indexes], region=spec.target.region,
+                            site=spec.target.billing_site)
         lines += ["", "## Estimated cost", f"- {cost.summary()}"]
         lines += [f"- {note}" for note in cost.notes]
         lines.append(f"- prices: {cost.source}")

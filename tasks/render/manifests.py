@@ -39,7 +39,7 @@ from tasks.naming import (
     secret_name,
     short_hash,
 )
-from tasks.spec import AskClusterOptions, BatchSpec, EciOptions, NasOptions, OutputsSpec, Target
+from tasks.spec import AskClusterOptions, BatchSpec, EciOptions, NasOptions, OutputsSpec, PodSecurity, Target
 
 CONTAINER_NAME = "workload"
 SECRET_ENV_KEY_PREFIX = "env."  # Secret keys that back env vars; kept apart from secret *files*
@@ -47,6 +47,11 @@ NAS_CSI_DRIVER = "nasplugin.csi.alibabacloud.com"
 NAS_PV_LABEL = "alicloud-pvname"
 ECI = "k8s.aliyun.com/"
 REDACTED = "<redacted>"
+# Mode of mounted config and secret files: readable by whatever user the image runs as. ECI does not apply
+# fsGroup, so a 0400 root-owned file would be unreadable by a non-root workload; the files are visible inside
+# the pod only.
+READABLE_MODE = 0o444
+DATA_DIR_INIT_NAME = "prepare-data-dir"
 
 # --------------------------------------------------------------------------------------------- config objects
 
@@ -261,12 +266,12 @@ def _volumes(spec: BatchSpec, run_key: str, inputs: JobInputs) -> tuple[list[dic
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     if inputs.config_map:
-        volumes.append({"name": "config", "configMap": {"name": inputs.config_map}})
+        volumes.append({"name": "config", "configMap": {"name": inputs.config_map, "defaultMode": READABLE_MODE}})
         mounts.append({"name": "config", "mountPath": spec.config.mount_path, "readOnly": True})
     if inputs.secret and inputs.secret_file_keys:
         items = [{"key": k, "path": k} for k in sorted(inputs.secret_file_keys)]
         volumes.append({"name": "secret", "secret": {"secretName": inputs.secret, "items": items,
-                                                     "defaultMode": 0o400}})
+                                                     "defaultMode": READABLE_MODE}})
         mounts.append({"name": "secret", "mountPath": spec.config.secret_mount_path, "readOnly": True})
     if inputs.claim_name:
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": inputs.claim_name}})
@@ -275,6 +280,42 @@ def _volumes(spec: BatchSpec, run_key: str, inputs: JobInputs) -> tuple[list[dic
             mount["subPath"] = run_key
         mounts.append(mount)
     return volumes, mounts
+
+
+def container_security_context(security: PodSecurity) -> dict[str, Any]:
+    """The workload container's ``securityContext``: only the fields ECI applies (see ``PodSecurity``)."""
+    ctx: dict[str, Any] = {}
+    if security.run_as_user is not None:
+        ctx["runAsUser"] = security.run_as_user
+    if security.run_as_group is not None:
+        ctx["runAsGroup"] = security.run_as_group
+    if security.run_as_non_root:
+        ctx["runAsNonRoot"] = True
+    return ctx
+
+
+def data_dir_init_container(spec: BatchSpec, data_mount: dict[str, Any]) -> dict[str, Any] | None:
+    """A root init container that gives the shared data directory to a non-root workload user, or None.
+
+    Why: the kubelet creates a missing ``subPath`` as root with the volume root's mode
+    (kubernetes pkg/kubelet/kubelet_pods.go, makeMounts), a NAS root is root-owned, and ECI does not apply
+    ``fsGroup``; so a non-root workload could not write its scratch data. Runs the job image's ``chown``.
+    """
+    sec = spec.job.security
+    if not sec.prepare_data_dir or sec.run_as_user in (None, 0):
+        return None
+    owner = str(sec.run_as_user) if sec.run_as_group is None else f"{sec.run_as_user}:{sec.run_as_group}"
+    return {
+        "name": DATA_DIR_INIT_NAME,
+        "image": spec.job.image,
+        "imagePullPolicy": spec.job.image_pull_policy,
+        "command": ["chown", owner, data_mount["mountPath"]],
+        "securityContext": {"runAsUser": 0, "runAsGroup": 0},
+        "resources": {"requests": {"cpu": spec.job.cpu, "memory": spec.job.memory},
+                      "limits": {"cpu": spec.job.cpu_limit or spec.job.cpu,
+                                 "memory": spec.job.memory_limit or spec.job.memory}},
+        "volumeMounts": [dict(data_mount)],
+    }
 
 
 def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs) -> dict[str, Any]:
@@ -303,11 +344,20 @@ def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs) -> dict[st
         container["args"] = list(job.args)
     if mounts:
         container["volumeMounts"] = mounts
+    security_context = container_security_context(job.security)
+    if security_context:
+        container["securityContext"] = security_context
     pod_spec: dict[str, Any] = {"restartPolicy": job.restart_policy, "containers": [container]}
+    data_mount = next((m for m in mounts if m["name"] == "data"), None)
+    init = data_dir_init_container(spec, data_mount) if data_mount else None
+    if init:
+        pod_spec["initContainers"] = [init]
     if volumes:
         pod_spec["volumes"] = volumes
     if job.service_account:
         pod_spec["serviceAccountName"] = job.service_account
+    if job.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in job.image_pull_secrets]
     if job.node_selector:
         pod_spec["nodeSelector"] = dict(job.node_selector)
     if job.tolerations:
@@ -369,6 +419,11 @@ def create_cluster_body(ask: AskClusterOptions, *, region: str, run_key: str) ->
         body["kubernetes_version"] = ask.kubernetes_version
     if ask.vpc_id:
         body["vpcid"] = ask.vpc_id
+    elif ask.zone_id:
+        # Without a VPC, CS creates one in this zone and needs the zone (CreateCluster for ACK Serverless,
+        # https://www.alibabacloud.com/help/doc-detail/144246.htm, where the page spells it `zoneid`; the CS SDK's
+        # CreateClusterRequest, used for every cluster type, sends `zone_id`).
+        body["zone_id"] = ask.zone_id
     if ask.vswitch_ids:
         body["vswitch_ids"] = list(ask.vswitch_ids)
     if ask.service_cidr:

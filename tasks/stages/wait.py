@@ -296,15 +296,22 @@ def _container_started(pod: dict[str, Any]) -> bool:
 
 
 def _pod_seconds(pod: dict[str, Any], now: datetime) -> float:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+    """Billed seconds of one pod: ECI bills from instance creation (image pull included) to the pod's end
+    (https://www.alibabacloud.com/help/doc-detail/89142.htm), so from ``status.startTime`` (the virtual node took
+    the pod and created the instance) — not from the container's start — to the container's finish."""
+    status = pod.get("status") or {}
+    created = parse_time(status.get("startTime"))
+    for cs in status.get("containerStatuses") or []:
         state = cs.get("state") or {}
         if state.get("terminated"):
             t = state["terminated"]
-            start, end = parse_time(t.get("startedAt")), parse_time(t.get("finishedAt"))
+            start, end = created or parse_time(t.get("startedAt")), parse_time(t.get("finishedAt"))
             return max(0.0, (end - start).total_seconds()) if start and end else 0.0
         if state.get("running"):
-            start = parse_time(state["running"].get("startedAt"))
+            start = created or parse_time(state["running"].get("startedAt"))
             return max(0.0, (now - start).total_seconds()) if start else 0.0
+    if created is not None and status.get("phase") in ("Pending", "Running"):  # pulling the image: billed
+        return max(0.0, (now - created).total_seconds())
     return 0.0
 
 

@@ -41,8 +41,8 @@ INVALID = [
      "job.pod_failure_policy", "FailJob"),
     ("pfp with OnFailure", {"job.restart_policy": "OnFailure", "job.pod_failure_policy": {"rules": [
         {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [3]}}]}}, "job", "Never"),
-    ("unknown field (typo)", {"job.paralelism": 3}, "job.paralelism", "spelling"),
-    ("unknown top-level", {"clusterr": {}}, "clusterr", "spelling"),
+    ("unknown field (typo)", {"job.paralelism": 3}, "job.paralelism", "did you mean 'parallelism'"),
+    ("unknown top-level", {"clusterr": {}}, "clusterr", "did you mean 'cluster'"),
     ("reserved env", {"job.env": {"ASK_BATCH_DATA_DIR": "/x"}}, "job.env", "reserved"),
     ("bad env name", {"job.env": {"1BAD": "x"}}, "job.env", "environment variable"),
     ("env in both", {"job.env": {"A": "1"}, "config.env": {"A": "2"}}, "(spec)", "keep one"),
