@@ -222,7 +222,7 @@ class Stack:
 
     # ------------------------------------------------------------------ steps of `up`
 
-    def start_server(self, timeout: float = 90.0) -> str:
+    def start_server(self, timeout: float = 300.0) -> str:
         """Start (or keep) the server; record its API URL in ``<state>/api_url`` for CLI runs
         (``flows.prefect_home``: a ``make run`` then reports to this server, so its runs show in this UI)."""
         self.state.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,6 @@ Why it is shaped like this:
 """
 
 import contextlib
-import sys
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -216,6 +215,6 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
 
 
 if __name__ == "__main__":
-    from flows.cli import main
+    from flows.cli import run
 
-    sys.exit(main())
+    run()
