@@ -6,11 +6,11 @@ prefect-kubernetes wait loop reads logs one pod after another (research/prefect.
 - one watch on the Job (field selector on its name) and one on its pods (our run label, filtered on the Job's
   uid in ownerReferences) feed a single queue; each watch lists first, then watches from that resourceVersion,
   resumes from the last seen version when the stream drops, and relists on 410 Gone (anchors.md pain 5);
-- every pod gets a log thread as soon as its container starts: lines go to ``emit`` prefixed with
-  ``[idx=N pod=NAME]`` and into a per-pod file, so the whole log outlives pod deletion and TTL (pain 4); a broken
-  log stream reconnects and skips the lines already seen; once the Job is finished, a stream still open after
-  ``log_grace_seconds`` (a real kubelet can take ~5 s to end it) is cut and the rest of that log is read once
-  without follow, skipping the same way, so the wait ends promptly with every log complete;
+- every pod's log is read by ``tasks.cloud.pod_logs.PodLogs`` as soon as its container starts (at most
+  ``max_log_streams`` live follows; the others are read once when their container ends): every byte is kept once
+  in a per-pod file and lines go to ``emit`` prefixed with ``[idx=N pod=NAME]``, so the whole log outlives pod
+  deletion and TTL (pain 4); once the Job is finished, a stream still open after ``log_grace_seconds`` (a real
+  kubelet can take ~5 s to end it) is cut and the rest of that log is read once without follow;
 - the main loop wakes on events *and* on a short timer, because a grace period can run out while nothing changes,
   and asks ``tasks.render.diagnose`` about each pod: the first fatal diagnosis ends the wait, naming index, pod, reason,
   exit code and the last log lines.
