@@ -1,4 +1,10 @@
-"""Stage ensure_cluster: find the ASK cluster by name or create it; or take an existing cluster's kubeconfig.
+"""Stage ensure_cluster: find the ASK or ACS cluster by name or create it; or take an existing cluster's kubeconfig.
+
+ASK and ACS clusters are found and created through the same CS API and differ by ``profile``: ``Serverless`` for
+ACK Serverless, ``Acs`` for Container Compute Service. The handle records which kind the cluster is
+(``ClusterHandle.kind``), because pods are rendered differently (ECI annotations on ASK, ACS labels on ACS). In
+mode 'existing' the kind is ``cluster.existing.kind``, or with 'auto' the kind of the CS cluster whose API server
+endpoint is the kubeconfig's server ('ask' when no ASK/ACS cluster in the region has it).
 
 Find-then-create, safe to repeat: the lookup filters on the exact name (the CS ``name`` filter is fuzzy), ASK's
 current type (``ManagedKubernetes`` + ``Serverless``) and a live state; creation carries a ``client_token`` derived
@@ -28,6 +34,8 @@ from tasks.stage import RETRY_DELAYS, cs_for, stage_logs, transient_only
 log = logging.getLogger("ask_batch.cluster")
 
 DEAD_STATES = {"deleting", "deleted", "delete_failed", "failed"}
+PROFILES = {"ask": "Serverless", "acs": "Acs"}  # cluster kind -> CS profile
+KIND_NAMES = {"ask": "ASK", "acs": "ACS"}
 CREATION_REFUSED_HINT = (
     "Alibaba Cloud stopped ACK Serverless (ASK) cluster creation for accounts that never created one (since "
     "2025-02-17; they are offered ACS instead). If that is the case here, run against a cluster you already have: "
@@ -42,14 +50,15 @@ def _as_map(obj: Any) -> dict[str, Any]:
     return obj.to_map() if hasattr(obj, "to_map") else dict(obj or {})
 
 
-def find_ask_cluster(cs: Any, *, region: str, name: str) -> dict[str, Any] | None:
-    """The live ASK cluster named exactly ``name`` in ``region``, as a CS cluster map, or None."""
+def list_clusters(cs: Any, *, region: str, name: str | None = None,
+                  profile: str | None = None) -> list[dict[str, Any]]:
+    """Every ManagedKubernetes cluster of the region (filtered by CS on ``name`` fuzzily and ``profile``)."""
     from alibabacloud_cs20151215 import models as m
 
-    matches: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
     page = 1
     while True:
-        req = m.DescribeClustersForRegionRequest(cluster_type="ManagedKubernetes", profile="Serverless",
+        req = m.DescribeClustersForRegionRequest(cluster_type="ManagedKubernetes", profile=profile,
                                                  name=name, page_number=page, page_size=100)
         try:
             resp = call(cs.describe_clusters_for_region, region, req, service="CS",
@@ -57,39 +66,60 @@ def find_ask_cluster(cs: Any, *, region: str, name: str) -> dict[str, Any] | Non
         except CloudError as err:
             if err.status != 404:
                 raise
-            req_v1 = m.DescribeClustersV1Request(cluster_type="ManagedKubernetes", profile="Serverless",
+            req_v1 = m.DescribeClustersV1Request(cluster_type="ManagedKubernetes", profile=profile,
                                                  name=name, region_id=region, page_number=page, page_size=100)
             resp = call(cs.describe_clusters_v1, req_v1, service="CS", operation="DescribeClustersV1")
         body = _as_map(resp.body)
         clusters = body.get("clusters") or []
-        for c in clusters:
-            if (c.get("name") == name and c.get("cluster_type") == "ManagedKubernetes"
-                    and c.get("profile") == "Serverless" and c.get("state") not in DEAD_STATES):
-                matches.append(c)
+        out += clusters
         total = (body.get("page_info") or {}).get("total_count") or 0
         if not clusters or page * 100 >= total:
-            break
+            return out
         page += 1
+
+
+def find_cluster(cs: Any, *, region: str, name: str, kind: str = "ask") -> dict[str, Any] | None:
+    """The live ASK (``kind`` 'ask') or ACS ('acs') cluster named exactly ``name`` in ``region``, or None."""
+    profile = PROFILES[kind]
+    matches = [c for c in list_clusters(cs, region=region, name=name, profile=profile)
+               if c.get("name") == name and c.get("cluster_type") == "ManagedKubernetes"
+               and c.get("profile") == profile and c.get("state") not in DEAD_STATES]
     if len(matches) > 1:
         ids = ", ".join(c["cluster_id"] for c in matches)
-        raise ClusterError(f"{len(matches)} ASK clusters are named {name!r} in {region} ({ids}); fix: give "
-                           f"cluster.ask.name a unique name")
+        raise ClusterError(f"{len(matches)} {KIND_NAMES[kind]} clusters are named {name!r} in {region} ({ids}); "
+                           f"fix: give cluster.{kind}.name a unique name")
     return matches[0] if matches else None
 
 
-def create_ask_cluster(cs: Any, spec: BatchSpec, *, run_key: str) -> str:
-    """CreateCluster for ASK; returns the cluster id. A refusal carries the ASK-closed-to-new-accounts hint."""
+def find_ask_cluster(cs: Any, *, region: str, name: str) -> dict[str, Any] | None:
+    """The live ASK cluster named exactly ``name`` in ``region``, as a CS cluster map, or None."""
+    return find_cluster(cs, region=region, name=name, kind="ask")
+
+
+def create_managed_cluster(cs: Any, spec: BatchSpec, *, run_key: str) -> str:
+    """CreateCluster for the ASK or ACS cluster of ``spec.cluster.mode``; returns the cluster id.
+
+    A refusal of an ASK creation carries the ASK-closed-to-new-accounts hint (use ACS).
+    """
     from alibabacloud_cs20151215 import models as m
 
-    body = create_cluster_body(spec.cluster.ask, region=spec.target.region, run_key=run_key)
+    kind = spec.cluster.mode
+    opts = spec.cluster.managed
+    assert opts is not None, "mode 'ask' or 'acs' needed"
+    body = create_cluster_body(opts, region=spec.target.region, run_key=run_key, profile=PROFILES[kind])
     try:
         resp = call(cs.create_cluster, m.CreateClusterRequest().from_map(body), service="CS",
                     operation="CreateCluster")
     except CloudError as err:
-        if err.status is not None and 400 <= err.status < 500:
+        if kind == "ask" and err.status is not None and 400 <= err.status < 500:
             raise ClusterError(f"{err}\n{CREATION_REFUSED_HINT}") from err
         raise
     return _as_map(resp.body)["cluster_id"]
+
+
+def create_ask_cluster(cs: Any, spec: BatchSpec, *, run_key: str) -> str:
+    """CreateCluster for ASK (kept for callers of the ASK-only name); see ``create_managed_cluster``."""
+    return create_managed_cluster(cs, spec, run_key=run_key)
 
 
 def wait_cluster_running(cs: Any, cluster_id: str, *, timeout: float, poll: float = 10.0,
@@ -115,7 +145,7 @@ def wait_cluster_running(cs: Any, cluster_id: str, *, timeout: float, poll: floa
                                f"delete it, and run again")
         if clock() > deadline:
             raise ClusterError(f"cluster {cluster_id} still {state!r} after {timeout:.0f}s; fix: raise "
-                               f"cluster.ask.ready_timeout_seconds or check the ACK console")
+                               f"cluster.<mode>.ready_timeout_seconds or check the console")
         sleep(interval)
         interval = min(poll, interval * 2)
 
@@ -137,35 +167,41 @@ def ensure_cluster(spec: BatchSpec, *, run_key: str, cs: Any | None) -> ClusterH
             source = f"block:{ex.credentials_block}"
         else:
             source = f"secret:{ex.kubeconfig_secret_block}"
-        return ClusterHandle(mode="existing", region=spec.target.region, namespace=ns,
-                             vpc_id=spec.storage.nas.vpc_id,
-                             vswitch_ids=[spec.storage.nas.vswitch_id] if spec.storage.nas.vswitch_id else [],
-                             kubeconfig_source=source)
-    assert cs is not None, "mode 'ask' needs a CS client"
-    ask = spec.cluster.ask
-    found = find_ask_cluster(cs, region=spec.target.region, name=ask.name)
+        handle = ClusterHandle(mode="existing", region=spec.target.region, namespace=ns,
+                               vpc_id=spec.storage.nas.vpc_id,
+                               vswitch_ids=[spec.storage.nas.vswitch_id] if spec.storage.nas.vswitch_id else [],
+                               kubeconfig_source=source)
+        kind = ex.kind if ex.kind != "auto" else existing_kind(handle, spec, cs=cs)
+        return handle.model_copy(update={"kind": kind})
+    assert cs is not None, "mode 'ask'/'acs' needs a CS client"
+    kind, opts = spec.cluster.mode, spec.cluster.managed
+    assert opts is not None
+    found = find_cluster(cs, region=spec.target.region, name=opts.name, kind=kind)
     if found and found.get("state") == "running":
         # Found running: no need to poll (saves a DescribeClusterDetail round per stage that reconnects).
+        log.info("%s cluster %s found: %s", KIND_NAMES[kind], opts.name, found["cluster_id"])
         return _handle_from(spec, found, created=False)
     created = False
     if found:
         cluster_id = found["cluster_id"]
-        log.info("cluster %s found: %s (%s)", ask.name, cluster_id, found.get("state"))
-    elif not ask.create_if_missing:
-        raise ClusterError(f"no ASK cluster named {ask.name!r} in {spec.target.region}; fix: create it, set "
-                           f"cluster.ask.create_if_missing, or use cluster.mode 'existing'")
+        log.info("%s cluster %s found: %s (%s)", KIND_NAMES[kind], opts.name, cluster_id, found.get("state"))
+    elif not opts.create_if_missing:
+        raise ClusterError(f"no {KIND_NAMES[kind]} cluster named {opts.name!r} in {spec.target.region}; fix: "
+                           f"create it, set cluster.{kind}.create_if_missing, or use cluster.mode 'existing'")
     else:
-        log.info("cluster %s not found: creating it in %s", ask.name, spec.target.region)
-        cluster_id = create_ask_cluster(cs, spec, run_key=run_key)
+        log.info("%s cluster %s not found: creating it in %s", KIND_NAMES[kind], opts.name, spec.target.region)
+        cluster_id = create_managed_cluster(cs, spec, run_key=run_key)
         created = True
-    detail = wait_cluster_running(cs, cluster_id, timeout=ask.ready_timeout_seconds)
+    detail = wait_cluster_running(cs, cluster_id, timeout=opts.ready_timeout_seconds)
     return _handle_from(spec, detail, created=created)
 
 
 def _handle_from(spec: BatchSpec, detail: dict[str, Any], *, created: bool) -> ClusterHandle:
     vswitches = detail.get("vswitch_ids") or ([detail["vswitch_id"]] if detail.get("vswitch_id") else [])
-    return ClusterHandle(mode="ask", region=spec.target.region, namespace=spec.cluster.namespace,
-                         cluster_id=detail["cluster_id"], name=spec.cluster.ask.name, vpc_id=detail.get("vpc_id"),
+    kind = "acs" if detail.get("profile") == PROFILES["acs"] else "ask"
+    opts = spec.cluster.managed or spec.cluster.ask
+    return ClusterHandle(mode=kind, kind=kind, region=spec.target.region, namespace=spec.cluster.namespace,
+                         cluster_id=detail["cluster_id"], name=opts.name, vpc_id=detail.get("vpc_id"),
                          vswitch_ids=list(vswitches), created=created,
                          kubeconfig_source=f"cs:{detail['cluster_id']}")
 
@@ -173,10 +209,56 @@ def _handle_from(spec: BatchSpec, detail: dict[str, Any], *, created: bool) -> C
 def locate_cluster(spec: BatchSpec, *, cs: Any | None) -> ClusterHandle | None:
     """The run's cluster if it exists, never creating one (for sweeps after a crash or a cancellation)."""
     if spec.cluster.mode == "existing":
-        return ensure_cluster(spec, run_key="", cs=None)
-    assert cs is not None, "mode 'ask' needs a CS client"
-    found = find_ask_cluster(cs, region=spec.target.region, name=spec.cluster.ask.name)
+        return ensure_cluster(spec, run_key="", cs=cs)
+    assert cs is not None, "mode 'ask'/'acs' needs a CS client"
+    opts = spec.cluster.managed
+    assert opts is not None
+    found = find_cluster(cs, region=spec.target.region, name=opts.name, kind=spec.cluster.mode)
     return _handle_from(spec, found, created=False) if found else None
+
+
+def _server_of(kubeconfig: dict[str, Any], context: str | None) -> str | None:
+    ctx_name = context or kubeconfig.get("current-context")
+    contexts = {c["name"]: c.get("context") or {} for c in kubeconfig.get("contexts") or []}
+    cluster_name = contexts.get(ctx_name, {}).get("cluster") if ctx_name else None
+    for cluster in kubeconfig.get("clusters") or []:
+        if cluster_name is None or cluster.get("name") == cluster_name:
+            return str((cluster.get("cluster") or {}).get("server") or "").rstrip("/") or None
+    return None
+
+
+def existing_kind(handle: ClusterHandle, spec: BatchSpec, *, cs: Any | None) -> str:
+    """'acs' or 'ask' for a cluster reached by kubeconfig: the kind of the CS cluster serving that API endpoint.
+
+    Lists the region's ASK and ACS clusters and compares each one's ``master_url`` endpoints with the kubeconfig's
+    server. Without a CS client, or when no cluster matches (a cluster of another account, a tunnel), the answer is
+    'ask' and the log says why; set ``cluster.existing.kind`` to decide explicitly.
+    """
+    import json
+
+    if cs is None:
+        log.info("existing cluster: kind 'ask' (no Container Service client to check; set cluster.existing.kind)")
+        return "ask"
+    server = _server_of(fetch_kubeconfig(handle, spec, cs=None), spec.cluster.existing.context)
+    try:
+        candidates = [c for c in list_clusters(cs, region=spec.target.region)
+                      if c.get("profile") in PROFILES.values() and c.get("state") not in DEAD_STATES]
+        for c in candidates:
+            detail = _as_map(call(cs.describe_cluster_detail, c["cluster_id"], service="CS",
+                                  operation="DescribeClusterDetail").body)
+            endpoints = json.loads(detail.get("master_url") or "{}")
+            if server and server in {str(v).rstrip("/") for v in endpoints.values() if v}:
+                kind = "acs" if detail.get("profile") == PROFILES["acs"] else "ask"
+                log.info("existing cluster is %s cluster %s (%s)", KIND_NAMES[kind], detail.get("name"),
+                         c["cluster_id"])
+                return kind
+    except CloudError as err:
+        log.info("existing cluster: kind 'ask' (the Container Service lookup failed: %s; set "
+                 "cluster.existing.kind)", err)
+        return "ask"
+    log.info("existing cluster: kind 'ask' (no ASK or ACS cluster in %s serves %s; set cluster.existing.kind)",
+             spec.target.region, server)
+    return "ask"
 
 
 def fetch_kubeconfig(handle: ClusterHandle, spec: BatchSpec, *, cs: Any | None,
@@ -186,7 +268,7 @@ def fetch_kubeconfig(handle: ClusterHandle, spec: BatchSpec, *, cs: Any | None,
     if kind == "cs":
         from alibabacloud_cs20151215 import models as m
 
-        ask = spec.cluster.ask
+        ask = spec.cluster.managed or spec.cluster.ask
         req = m.DescribeClusterUserKubeconfigRequest(private_ip_address=ask.private_kubeconfig,
                                                      temporary_duration_minutes=ask.kubeconfig_minutes)
         resp = call(cs.describe_cluster_user_kubeconfig, ref, req, service="CS",

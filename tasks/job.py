@@ -29,6 +29,41 @@ class JobConflict(RuntimeError):
     """A Job with our name exists but was not rendered from the same spec."""
 
 
+class PodRejected(RuntimeError):
+    """The cluster's admission refuses the Job's pods (e.g. ACS: an unknown compute class); the Job would never
+    start a pod, so the run stops before creating it."""
+
+
+def check_pod_admission(core_v1: Any, body: dict[str, Any]) -> None:
+    """Server-side dry run (``dryRun=All``) of one pod of the Job: the API server runs its admission (defaulting,
+    validation, webhooks such as ACS's compute-label checks) without storing anything.
+
+    Without this check a refused pod only shows as a ``FailedCreate`` event on the Job, and the run would wait for
+    the Job's deadline. A webhook that does not support dry runs makes the server refuse the dry run itself; that
+    says nothing about the pod, so it is logged and the Job is created as usual.
+    https://kubernetes.io/docs/reference/using-api/api-concepts/#dry-run
+
+    Raises:
+        PodRejected: the pod is refused (HTTP 400/403/422 from admission), with the server's message.
+    """
+    meta, template = body["metadata"], body["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {**template.get("metadata", {}), "name": f"{meta['name']}-admission-check"},
+           "spec": template["spec"]}
+    try:
+        call(core_v1.create_namespaced_pod, meta["namespace"], pod, dry_run="All", service="Kubernetes",
+             operation="create Pod (dry run)")
+    except CloudError as err:
+        if err.status not in (400, 403, 422):
+            raise
+        if "dry run" in (err.message or "").lower() or "dryrun" in (err.message or "").lower():
+            log.info("admission dry run not supported by the cluster (%s); creating the Job", err.message)
+            return
+        raise PodRejected(f"the cluster refuses the Job's pods, so no pod would ever start: {err.message}; fix: "
+                          f"correct the pod settings it names (job.compute, job.eci, job.labels) and run again") \
+            from err
+
+
 def launch_job(batch_v1: Any, body: dict[str, Any]) -> JobHandle:
     """Create ``body`` (from ``job_manifest``) or adopt the existing Job of the same name and spec hash.
 
@@ -61,8 +96,11 @@ def launch_job(batch_v1: Any, body: dict[str, Any]) -> JobHandle:
 
 
 def render_job(spec: BatchSpec, *, run_key: str, flow_run_name: str, volume: VolumeHandle | None,
-               config: ConfigHandle | None) -> dict[str, Any]:
-    """The Job manifest for this run, from the handles of the earlier stages (names only, no content)."""
+               config: ConfigHandle | None, kind: str = "ask") -> dict[str, Any]:
+    """The Job manifest for this run, from the handles of the earlier stages (names only, no content).
+
+    ``kind`` is the cluster's (``ClusterHandle.kind``): pods are rendered for ASK or for ACS.
+    """
     inputs = JobInputs(
         config_map=config.config_map if config else None,
         secret=config.secret if config else None,
@@ -71,7 +109,7 @@ def render_job(spec: BatchSpec, *, run_key: str, flow_run_name: str, volume: Vol
         claim_name=volume.claim_name if volume else None,
         oss_env=pod_oss_env(spec, run_key=run_key, flow_run_name=flow_run_name),
     )
-    return job_manifest(spec, run_key=run_key, inputs=inputs)
+    return job_manifest(spec, run_key=run_key, inputs=inputs, kind=kind)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------- Prefect task
@@ -88,10 +126,12 @@ def launch_job_task(spec: BatchSpec, run_key: str, flow_run_name: str, cluster: 
     """
     from kubernetes import client
 
-    body = render_job(spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config)
     with stage_logs():
+        body = render_job(spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config,
+                          kind=cluster.kind)
         api = kube_for(spec, cluster)
         try:
+            check_pod_admission(client.CoreV1Api(api), body)
             handle = launch_job(client.BatchV1Api(api), body)
         finally:
             api.close()

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasks.compute import ClusterKind, acs_annotations, acs_labels, check_for_kind, eci_compute_annotations
 from tasks.naming import (
     config_map_name,
     content_hash,
@@ -39,7 +40,7 @@ from tasks.naming import (
     secret_name,
     short_hash,
 )
-from tasks.spec import AskClusterOptions, BatchSpec, EciOptions, NasOptions, OutputsSpec, Target
+from tasks.spec import AskClusterOptions, BatchSpec, EciOptions, JobSpec, NasOptions, OutputsSpec, Target
 
 CONTAINER_NAME = "workload"
 SECRET_ENV_KEY_PREFIX = "env."  # Secret keys that back env vars; kept apart from secret *files*
@@ -225,6 +226,12 @@ def eci_annotations(eci: EciOptions) -> dict[str, str]:
     return ann
 
 
+def _pod_metadata(job: JobSpec, labels: dict[str, str], kind: ClusterKind) -> dict[str, Any]:
+    if kind == "acs":
+        return {"labels": {**labels, **acs_labels(job)}, "annotations": acs_annotations(job)}
+    return {"labels": labels, "annotations": {**eci_annotations(job.eci), **eci_compute_annotations(job)}}
+
+
 @dataclass(frozen=True)
 class JobInputs:
     """What the earlier stages produced that the Job refers to (names only, never content)."""
@@ -277,14 +284,18 @@ def _volumes(spec: BatchSpec, run_key: str, inputs: JobInputs) -> tuple[list[dic
     return volumes, mounts
 
 
-def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs) -> dict[str, Any]:
+def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs, kind: ClusterKind = "ask") -> dict[str, Any]:
     """The Indexed Job, named ``askb-<run>-<hash of everything else in it>``.
+
+    ``kind`` is what the cluster is (``ClusterHandle.kind``): 'ask' renders ``job.eci``/``job.compute`` as ECI
+    annotations, 'acs' renders ``job.compute`` as ACS labels and no ECI annotation (``tasks.compute``).
 
     Hashing the rendered body (ConfigMap/Secret names included, which carry their own content hashes) means:
     the same parameters re-render the same name (a retry adopts the running Job), and any change yields a new
     name (an old Job is never adopted for different work).
     """
     job = spec.job
+    check_for_kind(job, kind)
     labels = {**job.labels, **run_labels(run_key)}
     volumes, mounts = _volumes(spec, run_key, inputs)
     container: dict[str, Any] = {
@@ -316,7 +327,7 @@ def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs) -> dict[st
         "completions": job.completions,
         "parallelism": job.parallelism,
         "completionMode": job.completion_mode,
-        "template": {"metadata": {"labels": labels, "annotations": eci_annotations(job.eci)}, "spec": pod_spec},
+        "template": {"metadata": _pod_metadata(job, labels, kind), "spec": pod_spec},
     }
     optional = {
         "backoffLimit": job.backoff_limit,
@@ -347,8 +358,10 @@ def cloud_tags(run_key: str, extra: Mapping[str, str] | None = None) -> dict[str
     return {**(extra or {}), "app.kubernetes.io/managed-by": "ask-batch", "ask-batch.io/created-by-run": run_key}
 
 
-def create_cluster_body(ask: AskClusterOptions, *, region: str, run_key: str) -> dict[str, Any]:
-    """CS CreateCluster body for an ASK cluster (alibaba.md §1.5), snake_case for ``CreateClusterRequest``.
+def create_cluster_body(ask: AskClusterOptions, *, region: str, run_key: str,
+                        profile: str = "Serverless") -> dict[str, Any]:
+    """CS CreateCluster body for an ASK (``profile`` Serverless) or ACS (``profile`` Acs) cluster, snake_case for
+    ``CreateClusterRequest``.
 
     Logging off means: no ``logging_type`` and no log addon. ``load_balancer_spec`` is deprecated (CLB is
     pay-by-usage), so the smallest SLB is what the service gives.
@@ -357,13 +370,14 @@ def create_cluster_body(ask: AskClusterOptions, *, region: str, run_key: str) ->
         "name": ask.name,
         "region_id": region,
         "cluster_type": "ManagedKubernetes",
-        "profile": "Serverless",
+        "profile": profile,
         "cluster_spec": ask.cluster_spec,
         "snat_entry": ask.snat_entry,
         "endpoint_public_access": ask.endpoint_public_access,
         "deletion_protection": ask.deletion_protection,
         "tags": format_tags(cloud_tags(run_key, ask.tags)),
-        "client_token": "askb-" + short_hash(f"{region}/{ask.name}", 20),
+        "client_token": "askb-" + short_hash(f"{region}/{ask.name}" + ("" if profile == "Serverless" else
+                                                                         f"/{profile}"), 20),
     }
     if ask.kubernetes_version:
         body["kubernetes_version"] = ask.kubernetes_version

@@ -253,15 +253,15 @@ def _teardown_cluster(rec: _Recorder, *, delete: bool, why: str, spec: BatchSpec
                       cs: Any) -> None:
     from alibabacloud_cs20151215 import models as m
 
-    from tasks.cluster import find_ask_cluster
+    from tasks.cluster import find_cluster
 
-    if spec.cluster.mode != "ask":
+    if spec.cluster.managed is None:
         if cluster or delete:
             rec.kept("Cluster", "(existing)", "cluster mode 'existing': ask-batch never deletes it")
         return
     cluster_id = cluster.cluster_id if cluster else None
     if not cluster_id:
-        found = find_ask_cluster(cs, region=spec.target.region, name=spec.cluster.ask.name)
+        found = find_cluster(cs, region=spec.target.region, name=spec.cluster.managed.name, kind=spec.cluster.mode)
         cluster_id = found["cluster_id"] if found else None
     if not cluster_id:
         return
@@ -367,15 +367,17 @@ def sweep(spec: BatchSpec, *, run_key: str, core_v1: Any | None, batch_v1: Any |
 
 def _cluster_for_sweep(spec: BatchSpec, cs: Any | None, run_key: str) -> ClusterHandle | None:
     """A handle for the cluster without creating anything (the cluster stage may not have finished)."""
-    from tasks.cluster import ensure_cluster, find_ask_cluster
+    from tasks.cluster import ensure_cluster, find_cluster
 
     if spec.cluster.mode == "existing":
         return ensure_cluster(spec, run_key=run_key, cs=None)  # no API call in this mode
-    found = find_ask_cluster(cs, region=spec.target.region, name=spec.cluster.ask.name) if cs else None
+    opts = spec.cluster.managed
+    assert opts is not None
+    found = find_cluster(cs, region=spec.target.region, name=opts.name, kind=spec.cluster.mode) if cs else None
     if not found:
         return None
-    return ClusterHandle(mode="ask", region=spec.target.region, namespace=spec.cluster.namespace,
-                         cluster_id=found["cluster_id"], name=spec.cluster.ask.name,
+    return ClusterHandle(mode=spec.cluster.mode, kind=spec.cluster.mode, region=spec.target.region,
+                         namespace=spec.cluster.namespace, cluster_id=found["cluster_id"], name=opts.name,
                          kubeconfig_source=f"cs:{found['cluster_id']}")
 
 
