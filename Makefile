@@ -23,6 +23,7 @@ run: install
 ## install the test needs and run every test
 test: install test-deps
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -rs
 
 ## Debian packages of the browser and PostgreSQL tests (chromium, chromium-driver, postgresql); as root only,
@@ -32,6 +33,8 @@ test-deps:
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/lint-imports
 
 ## run the sandbox in the foreground (state in .sandbox/)
 sandbox: install

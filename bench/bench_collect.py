@@ -7,7 +7,7 @@ Once per run set, the objects are seeded into a sandbox bucket with the OSS v2 S
 ``ask-batch/<run key>/index-NNNNN/obj-MMMM.bin``, ``--indexes`` indexes sharing the objects evenly). Then, per
 repetition, in alternating order, each into a fresh empty directory:
 
-- **ask-batch**: ``tasks.outputs.collect_outputs`` (no pod logs to save): list the run prefix, group by index,
+- **ask-batch**: ``tasks.stages.outputs.collect_outputs`` (no pod logs to save): list the run prefix, group by index,
   judge completeness (``min_objects: 1``), download every object to a temp name while computing its CRC-64
   (and MD5), check size and CRC against the server's ``x-oss-hash-crc64ecma``, rename into place; thread pool of
   ``outputs.max_parallel_downloads`` = ``--parallel``;
@@ -16,7 +16,7 @@ repetition, in alternating order, each into a fresh empty directory:
   (``FF_ENABLE_CRC64_CHECK_DOWNLOAD``), so the baseline verifies too — what it lacks is the per-index record,
   the atomic rename and the retry on a mismatch.
 
-Both use the same client (``tasks.clients.oss_client``: 3 attempts, path style). Wall time is measured around
+Both use the same client (``tasks.cloud.clients.oss_client``: 3 attempts, path style). Wall time is measured around
 the whole call; CPU time is this process's user+system time over the same span (the sandbox's OSS server runs
 in its own process and is not counted).
 """
@@ -62,7 +62,7 @@ def seed(oss: Any, *, objects: int, size: int, indexes: int) -> list[str]:
 
 
 def make_spec(sb: Sandbox, *, indexes: int, parallel: int, download_dir: Path) -> Any:
-    from tasks.clients import target_from_endpoints_file
+    from tasks.cloud.clients import target_from_endpoints_file
     from tasks.spec import parse_spec
 
     target, _ = target_from_endpoints_file(sb.endpoints_file)
@@ -78,7 +78,7 @@ def make_spec(sb: Sandbox, *, indexes: int, parallel: int, download_dir: Path) -
 
 def ours(sb: Sandbox, oss: Any, *, indexes: int, parallel: int, dest: Path, rep: int) -> tuple[int, int]:
     from tasks.handles import JobHandle, JobReport
-    from tasks.outputs import collect_outputs
+    from tasks.stages.outputs import collect_outputs
 
     spec = make_spec(sb, indexes=indexes, parallel=parallel, download_dir=dest)
     report = JobReport(job=JobHandle(namespace="default", name="bench", uid="u", completions=indexes), succeeded=True)

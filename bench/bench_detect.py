@@ -6,7 +6,7 @@ Contenders, each on its own Job of the same shape (an Indexed Job rendered by as
 ``completions`` = ``parallelism`` pods running ``sh -c "sleep S; date +%s.%N >> STAMPS"``), one after another,
 in a rotating order per repetition:
 
-- **ask-batch**: ``tasks.wait.wait_for_job`` with the defaults the flow uses (watches on the Job and its pods,
+- **ask-batch**: ``tasks.stages.wait.wait_for_job`` with the defaults the flow uses (watches on the Job and its pods,
   one live log stream per pod, log files written; drains the logs before returning);
 - **kubectl wait**: ``kubectl wait --for=condition=complete job/NAME`` (a watch), started as a subprocess right
   after the Job is created; "returns" when the process exits;
@@ -53,7 +53,7 @@ CONTENDERS = ("ask-batch", "kubectl wait", "prefect-kubernetes", NO_LOGS)
 
 def render_job(run_key: str, *, sleep_s: float, stamp_file: Path, completions: int, kubeconfig: Path) -> dict[str, Any]:
     """The Job every contender waits for: ask-batch's own manifest (labels, annotations, Indexed)."""
-    from tasks.manifests import JobInputs, job_manifest
+    from tasks.render.manifests import JobInputs, job_manifest
     from tasks.spec import parse_spec
 
     spec = parse_spec({
@@ -131,7 +131,7 @@ class Reference:
 def wait_ask_batch(sb: Sandbox, api: Any, body: dict[str, Any], created: Any, run_key: str, log_dir: Path,
                    *, stream_logs: bool = True) -> float:
     from tasks.handles import JobHandle
-    from tasks.wait import WaitOptions, wait_for_job
+    from tasks.stages.wait import WaitOptions, wait_for_job
 
     handle = JobHandle(namespace="default", name=body["metadata"]["name"], uid=created.metadata.uid,
                        completions=body["spec"]["completions"])

@@ -49,7 +49,7 @@ BUCKET = "bench-overhead"
 
 
 def make_spec(sb: Sandbox, work: Path, *, run_key: str, claim: str, completions: int) -> Any:
-    from tasks.clients import apply_env, target_from_endpoints_file
+    from tasks.cloud.clients import apply_env, target_from_endpoints_file
     from tasks.spec import parse_spec
 
     target, env = target_from_endpoints_file(sb.endpoints_file)
@@ -82,12 +82,12 @@ def shared_volume(sb: Sandbox) -> str:
     """A NAS file system, mount target, PV and bound PVC, made once with ask-batch's functions; the PVC name."""
     from kubernetes import client
 
-    from tasks.clients import AliCredentials, apply_env, nas_client, target_from_endpoints_file
+    from tasks.cloud.clients import AliCredentials, apply_env, nas_client, target_from_endpoints_file
     from tasks.handles import ClusterHandle
-    from tasks.manifests import nas_pv_manifest, nas_pvc_manifest
     from tasks.naming import volume_names
+    from tasks.render.manifests import nas_pv_manifest, nas_pvc_manifest
     from tasks.spec import parse_spec
-    from tasks.volume import ensure_nas, ensure_pv, ensure_pvc, wait_pvc_bound
+    from tasks.stages.volume import ensure_nas, ensure_pv, ensure_pvc, wait_pvc_bound
 
     target, env = target_from_endpoints_file(sb.endpoints_file)
     apply_env(env)
@@ -116,10 +116,11 @@ def script_files(sb: Sandbox, spec: Any, work: Path, run_key: str) -> Path:
     """config.yaml + job.yaml rendered by ask-batch's own renderers for ``run_key``, and run.sh."""
     import yaml
 
-    from tasks.clients import AliCredentials
-    from tasks.config import collect_config_content, pod_credential_env, render_config_objects
+    from tasks.cloud.clients import AliCredentials
+    from tasks.cloud.inputs import collect_config_content, pod_credential_env
     from tasks.handles import ConfigHandle, VolumeHandle
-    from tasks.job import render_job
+    from tasks.stages.config import render_config_objects
+    from tasks.stages.job import render_job
 
     env = sb.endpoints
     creds = AliCredentials(env["access_key_id"], env["access_key_secret"])

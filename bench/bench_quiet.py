@@ -12,7 +12,7 @@ sleep, so they barely compete for CPU). Per pair: create the Job (ask-batch's re
 counter again. Requests per minute = the difference / the waiter's wall time in minutes.
 
 Waiters:
-- **ask-batch**: ``tasks.wait.wait_for_job``, flow defaults (Job + pod watches, live log stream per pod,
+- **ask-batch**: ``tasks.stages.wait.wait_for_job``, flow defaults (Job + pod watches, live log stream per pod,
   server-side watch timeout 240 s then a resumed watch);
 - **prefect-kubernetes**: ``KubernetesJobRun.await_for_completion()`` with ``interval_seconds=5`` (the default),
   ``delete_after_completion=False``;

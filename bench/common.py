@@ -100,13 +100,13 @@ class Sandbox:
 
     def api_client(self) -> Any:
         """A sync ``kubernetes.client.ApiClient`` for the default cluster (ask-batch's own factory)."""
-        from tasks.clients import kube_api_client
+        from tasks.cloud.clients import kube_api_client
 
         return kube_api_client(self.kubeconfig)
 
     def oss(self) -> Any:
         """An OSS v2 client on the sandbox (ask-batch's own factory: same retry/path-style config)."""
-        from tasks.clients import AliCredentials, oss_client, target_from_endpoints_file
+        from tasks.cloud.clients import AliCredentials, oss_client, target_from_endpoints_file
 
         target, env = target_from_endpoints_file(self.endpoints_file)
         creds = AliCredentials(env["ALIBABA_CLOUD_ACCESS_KEY_ID"], env["ALIBABA_CLOUD_ACCESS_KEY_SECRET"])

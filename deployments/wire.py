@@ -70,7 +70,7 @@ def wiring_for_sandbox(directory: str | Path, *, prefix: str = DEFAULT_BLOCK_PRE
     Raises:
         FileNotFoundError: no endpoints.json in ``directory`` (the sandbox was never started there).
     """
-    from tasks.clients import target_from_endpoints_file
+    from tasks.cloud.clients import target_from_endpoints_file
 
     endpoints_file = Path(directory) / "endpoints.json"
     if not endpoints_file.is_file():

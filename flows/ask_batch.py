@@ -44,16 +44,16 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run as current_run
 
-from tasks.cluster import ensure_cluster_task
-from tasks.config import publish_config_task
-from tasks.cost import estimate_job
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, JobReport, VolumeHandle
-from tasks.job import launch_job_task
-from tasks.manifests import run_prefix
 from tasks.naming import RUN_LABEL, make_run_key
+from tasks.render.cost import estimate_job
+from tasks.render.manifests import run_prefix
 from tasks.spec import BatchSpec, SpecError, parse_spec
-from tasks.volume import ensure_volume_task
-from tasks.wait import JobFailed, wait_for_job_task
+from tasks.stages.cluster import ensure_cluster_task
+from tasks.stages.config import publish_config_task
+from tasks.stages.job import launch_job_task
+from tasks.stages.volume import ensure_volume_task
+from tasks.stages.wait import JobFailed, wait_for_job_task
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,7 +115,7 @@ def save_logs_after_failure(spec: BatchSpec, *, run_key: str, name: str,
     Best effort: returns (pod -> key, None), or (None, why not); never raises, so the run's own error stays
     the one the user sees.
     """
-    from tasks.outputs import save_pod_logs_task
+    from tasks.stages.outputs import save_pod_logs_task
 
     source = log_dir_for(spec, name)
     if not source.is_dir() or not any(source.glob("*.log")):
@@ -175,10 +175,10 @@ def sweep(flow: Any, flow_run: Any, state: Any) -> None:
     try:
         from kubernetes import client
 
-        from tasks import teardown
-        from tasks.clients import nas_client
-        from tasks.cluster import connect, locate_cluster
-        from tasks.stage import Scrubber, credentials, cs_for
+        from tasks.cloud.clients import nas_client
+        from tasks.cloud.cluster_access import connect, locate_cluster
+        from tasks.cloud.context import Scrubber, credentials, cs_for
+        from tasks.stages import teardown
 
         spec = _spec_for_sweep(flow_run.parameters)
         run_key = derive_run_key(spec, flow_run.id)
@@ -286,9 +286,9 @@ def ask_batch(spec: BatchSpec) -> dict[str, Any]:
     Example:
         >>> ask_batch(parse_spec(yaml.safe_load(open("deployments/example.yaml"))))
     """
-    from tasks.outputs import collect_outputs_task, ensure_bucket_task
-    from tasks.run_lock import lock_key, run_lock
-    from tasks.teardown import teardown_task
+    from tasks.cloud.run_lock import lock_key, run_lock
+    from tasks.stages.outputs import collect_outputs_task, ensure_bucket_task
+    from tasks.stages.teardown import teardown_task
 
     logger = get_run_logger()
     spec = parse_spec(spec)  # re-check cross-field rules and local files in this process
@@ -427,7 +427,7 @@ def build_spec(params: str | Path, sets: list[str] | None, sandbox: str | Path |
 
     Raises ``ParamsError``/``SpecError`` before anything is contacted or started.
     """
-    from tasks.clients import apply_env, target_from_endpoints_file
+    from tasks.cloud.clients import apply_env, target_from_endpoints_file
 
     data = load_params(params, sets)
     spec = parse_spec(data)

@@ -2,7 +2,7 @@
 
 Why offline and from the same builders: the dry run must not touch the cloud (no credentials chain that reaches
 an instance metadata service, no Kubernetes server-side dry run), and it must not drift from the real run. So it
-calls the very functions the stages call (``tasks.manifests``) and only writes down what would be sent. Names
+calls the very functions the stages call (``tasks.render.manifests``) and only writes down what would be sent. Names
 that depend on content (ConfigMap, Secret, Job) are exact when every secret is read from a local file; a value
 behind a Prefect Secret block is not fetched, so the Secret's (and so the Job's) hash suffix can differ.
 """
@@ -12,9 +12,10 @@ from typing import Any
 
 import yaml
 
-from tasks.clients import AliCredentials
-from tasks.config import collect_config_content, pod_credential_env, render_config_objects
-from tasks.manifests import (
+from tasks.cloud.clients import AliCredentials
+from tasks.cloud.inputs import collect_config_content, pod_credential_env
+from tasks.naming import run_selector, volume_names
+from tasks.render.manifests import (
     create_cluster_body,
     nas_create_file_system_request,
     nas_create_mount_target_request,
@@ -24,8 +25,8 @@ from tasks.manifests import (
     redact,
     run_prefix,
 )
-from tasks.naming import run_selector, volume_names
 from tasks.spec import BatchSpec
+from tasks.stages.config import render_config_objects
 
 
 def _offline_credentials(spec: BatchSpec) -> AliCredentials:
@@ -39,7 +40,7 @@ def _offline_credentials(spec: BatchSpec) -> AliCredentials:
 
 def plan(spec: BatchSpec, *, run_key: str, flow_run_name: str) -> tuple[list[dict[str, Any]], list[str]]:
     """(documents, secret values): one document per request, in the order the run makes them."""
-    from tasks.job import render_job
+    from tasks.stages.job import render_job
 
     creds = _offline_credentials(spec)
     content = collect_config_content(

@@ -7,7 +7,7 @@ call*. Every error names the field and says how to fix it; typos in field names 
 (``extra="forbid"``), because a silently ignored ``paralelism`` would run the wrong job and bill for it.
 
 The models only describe intent. Reading local files, resolving Prefect Secret blocks and building manifests live
-elsewhere (``tasks.manifests``, ``tasks.config``), so this module stays pure and cheap to import.
+elsewhere (``tasks.render.manifests``, ``tasks.stages.config``), so this module stays pure and cheap to import.
 
 No ``from __future__ import annotations`` here: Prefect builds the parameter schema of the flow from these
 annotations at import time (see research/prefect.md §2.11).
@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from tasks.errors import SpecError
 from tasks.naming import DNS1123_LABEL_RE, is_dns1123_label
 
 # --------------------------------------------------------------------------------------------- syntax helpers
@@ -949,15 +950,6 @@ class BatchSpec(_Model):
 
 
 # --------------------------------------------------------------------------------------------- errors
-
-
-class SpecError(ValueError):
-    """Invalid parameters: one line per problem, each naming the field (dotted path) and the fix."""
-
-    def __init__(self, problems: list[tuple[str, str]]):
-        self.problems = problems
-        lines = "\n".join(f"  - {field}: {msg}" for field, msg in problems)
-        super().__init__(f"invalid ask-batch parameters ({len(problems)} problem(s)):\n{lines}")
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

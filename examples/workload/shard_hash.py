@@ -6,7 +6,7 @@ it, and uploads a JSON result plus a done-marker to OSS with the OSS v2 SDK.
 
 Every path comes from the environment (or an argument), never from a constant in this file: on ASK the mounts
 are where the Job spec puts them; in a local emulation the same Job runs as a host process whose mount paths are
-rewritten in its env and args. The contract is the one ``tasks/manifests.py`` documents:
+rewritten in its env and args. The contract is the one ``tasks/render/manifests.py`` documents:
 
     JOB_COMPLETION_INDEX       this pod's index
     ASK_BATCH_CONFIG_DIR       settings file (``settings.json`` unless --settings names another)

@@ -42,8 +42,8 @@ def sandbox_spec(stack: Stack, run_key: str) -> Any:
 
 
 def kube(spec: Any) -> Any:
-    from tasks.cluster import connect, locate_cluster
-    from tasks.stage import cs_for
+    from tasks.cloud.cluster_access import connect, locate_cluster
+    from tasks.cloud.context import cs_for
 
     return connect(locate_cluster(spec, cs=cs_for(spec)), spec, cs=cs_for(spec))
 
@@ -93,9 +93,9 @@ def start_waiting_run(stack: Stack, run_key: str) -> tuple[str, Any, Any]:
 
 
 def assert_swept(stack: Stack, run_id: str, run_key: str, spec: Any, api_client: Any, what: str) -> None:
-    from tasks.clients import nas_client
-    from tasks.stage import credentials
-    from tasks.volume import find_file_systems_by_name
+    from tasks.cloud.clients import nas_client
+    from tasks.cloud.context import credentials
+    from tasks.cloud.nas import find_file_systems_by_name
 
     # The hook's last line: it has finished (in the worker, on_crashed runs after Crashed is set).
     logs = poll(lambda: run_logs(stack, run_id), lambda ms: any(f"sweep ({what}) {run_key}: done" in m for m in ms),

@@ -95,7 +95,7 @@ def test_same_spec_twice_at_once_launches_the_job_once(stack: Stack) -> None:
 
 
 def test_run_lock_refuses_a_second_holder_and_frees_on_release(stack: Stack) -> None:
-    probe = ("import sys\nfrom tasks.run_lock import RunLocked, run_lock\n"
+    probe = ("import sys\nfrom tasks.cloud.run_lock import RunLocked, run_lock\n"
              "try:\n    with run_lock(sys.argv[1]):\n        print('acquired', flush=True)\n"
              "        sys.stdin.readline()\nexcept RunLocked as exc:\n    print('refused', exc, flush=True)\n"
              "    sys.exit(3)\n")
@@ -119,7 +119,7 @@ def test_run_lock_refuses_a_second_holder_and_frees_on_release(stack: Stack) -> 
 
 
 def test_lock_key_is_the_run_key_or_the_spec() -> None:
-    from tasks.run_lock import lock_key
+    from tasks.cloud.run_lock import lock_key
     from tasks.spec import parse_spec
 
     base = {"job": {"image": "python:3.11-slim", "completions": 2, "parallelism": 2}}

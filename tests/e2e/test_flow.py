@@ -18,7 +18,7 @@ import pytest
 
 from examples.workload.shard_hash import compute_shard
 from flows.ask_batch import LOCK_LEASE_SECONDS, ask_batch, build_spec, main
-from tasks.manifests import run_prefix
+from tasks.render.manifests import run_prefix
 from tests.e2e.conftest import EXAMPLE, REPO, example_sets, processes
 
 
@@ -28,8 +28,8 @@ def run(sandbox_dir: Path, workdir: Path, run_key: str, *extra: str, **settings:
 
 
 def kube(spec: Any) -> Any:
-    from tasks.cluster import connect, locate_cluster
-    from tasks.stage import cs_for
+    from tasks.cloud.cluster_access import connect, locate_cluster
+    from tasks.cloud.context import cs_for
 
     cluster = locate_cluster(spec, cs=cs_for(spec))
     return connect(cluster, spec, cs=cs_for(spec))
@@ -58,7 +58,7 @@ def wait_lock_free(key: str, *, timeout: float) -> None:
     """Wait until no run holds the run lock of ``key`` (its global concurrency limit has no active slot)."""
     from prefect import get_client
 
-    from tasks.run_lock import limit_name
+    from tasks.cloud.run_lock import limit_name
 
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
@@ -81,8 +81,8 @@ def oss_text(spec: Any, key: str) -> str:
     """An object of the outputs bucket, read with the OSS SDK as a user would."""
     import alibabacloud_oss_v2 as o
 
-    from tasks.clients import oss_client
-    from tasks.stage import credentials
+    from tasks.cloud.clients import oss_client
+    from tasks.cloud.context import credentials
 
     result = oss_client(spec.target, credentials(spec)).get_object(o.GetObjectRequest(bucket=spec.outputs.bucket,
                                                                                       key=key))
@@ -108,10 +108,10 @@ def test_example_run_downloads_one_verified_result_per_index(sandbox_dir: Path, 
 
 
 def test_second_run_reuses_the_cluster_and_the_nas(sandbox_dir: Path, workdir: Path) -> None:
-    from tasks.clients import nas_client
-    from tasks.cluster import find_ask_cluster
-    from tasks.stage import credentials, cs_for
-    from tasks.volume import find_file_systems_by_name
+    from tasks.cloud.clients import nas_client
+    from tasks.cloud.cluster_access import find_ask_cluster
+    from tasks.cloud.context import credentials, cs_for
+    from tasks.cloud.nas import find_file_systems_by_name
 
     for key in ("e2e-again-1", "e2e-again-2"):
         spec, state = run(sandbox_dir, workdir, key)
@@ -161,21 +161,21 @@ def test_logs_complete_without_duplicates_when_open_streams_are_cut_at_once(
     """Log grace 0: every stream still open when the Job finishes is cut and caught up with a plain read."""
     import dataclasses
 
-    import tasks.wait
+    import tasks.stages.wait
     from tests.e2e.conftest import WORKLOAD, settings_file
 
-    real = tasks.wait.wait_options
-    monkeypatch.setattr(tasks.wait, "wait_options",
+    real = tasks.stages.wait.wait_options
+    monkeypatch.setattr(tasks.stages.wait, "wait_options",
                         lambda *a, **k: dataclasses.replace(real(*a, **k), log_grace_seconds=0.0))
     stopped: list[str] = []
-    real_stop = tasks.wait.PodLog.stop
+    real_stop = tasks.stages.wait.PodLog.stop
 
     def spy(self: Any) -> None:
         if not self.finished.is_set():
             stopped.append(self.pod)
         real_stop(self)
 
-    monkeypatch.setattr(tasks.wait.PodLog, "stop", spy)
+    monkeypatch.setattr(tasks.stages.wait.PodLog, "stop", spy)
     (workdir / "noisy.py").write_text(NOISY)
     _, state = run(sandbox_dir, workdir, "e2e-cut", "job.completions=3", "job.parallelism=3",
                    f"config.local_paths=[{WORKLOAD / 'shard_hash.py'}, {settings_file(workdir)}, "

@@ -1,5 +1,5 @@
 """Fixtures for the pipeline-through-the-sandbox tests: a Target built from the sandbox's endpoints file, the
-real SDK clients made by ``tasks.clients`` (exactly what the flow uses), and a spec factory.
+real SDK clients made by ``tasks.cloud.clients`` (exactly what the flow uses), and a spec factory.
 
 Nothing here mocks an SDK call: the stages talk HTTP to the session's sandbox.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tasks.clients import (
+from tasks.cloud.clients import (
     AliCredentials,
     apply_env,
     cs_client,

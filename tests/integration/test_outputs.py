@@ -13,7 +13,7 @@ import alibabacloud_oss_v2 as oss
 import pytest
 
 from tasks.handles import IndexRecord, JobHandle, JobReport
-from tasks.outputs import (
+from tasks.stages.outputs import (
     OutputsIncomplete,
     artifact_key,
     collect_outputs,
@@ -198,7 +198,7 @@ def test_the_task_publishes_a_table_artifact_keyed_on_the_run(cloud: Any, spec_f
     from prefect.client.orchestration import get_client
     from prefect.testing.utilities import prefect_test_harness
 
-    from tasks.outputs import collect_outputs_task
+    from tasks.stages.outputs import collect_outputs_task
 
     spec = spec_for(download=False)
     ensure_bucket(spec, cloud.oss)

@@ -9,14 +9,16 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tasks.cluster import connect, ensure_cluster
-from tasks.config import publish_config
+from tasks.cloud.cluster_access import connect
+from tasks.cloud.nas import find_file_systems_by_name, list_mount_targets
 from tasks.handles import ConfigHandle, JobHandle, TeardownReport, VolumeHandle
-from tasks.job import launch_job
-from tasks.manifests import ConfigContent, JobInputs, job_manifest
 from tasks.naming import run_selector
-from tasks.teardown import sweep, teardown
-from tasks.volume import ensure_volume, find_file_systems_by_name, list_mount_targets
+from tasks.render.manifests import ConfigContent, JobInputs, job_manifest
+from tasks.stages.cluster import ensure_cluster
+from tasks.stages.config import publish_config
+from tasks.stages.job import launch_job
+from tasks.stages.teardown import sweep, teardown
+from tasks.stages.volume import ensure_volume
 
 
 @pytest.fixture
@@ -165,8 +167,8 @@ def test_the_tasks_build_their_own_clients_and_sweep_a_crashed_run(cloud: Any, m
     from prefect import flow
     from prefect.testing.utilities import prefect_test_harness
 
-    from tasks.teardown import teardown_task
-    from tasks.volume import ensure_volume_task
+    from tasks.stages.teardown import teardown_task
+    from tasks.stages.volume import ensure_volume_task
 
     spec = _spec(make_spec, run_key, delete_everything=True)
 

@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tasks.cluster import connect, ensure_cluster
+from tasks.cloud.cluster_access import connect
+from tasks.cloud.nas import find_file_systems_by_name, list_mount_targets
+from tasks.errors import VolumeError
 from tasks.handles import VolumeHandle
-from tasks.volume import VolumeError, ensure_volume, find_file_systems_by_name, list_mount_targets
+from tasks.stages.cluster import ensure_cluster
+from tasks.stages.volume import ensure_volume
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import json
 
 import yaml
 
-from tasks.clients import (
+from tasks.cloud.clients import (
     AliCredentials,
     cs_client,
     kube_api_client,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tasks.cost import PRICES, PodUsage, billed_size, estimate, estimate_before_run, estimate_job, price_table
+from tasks.render.cost import PRICES, PodUsage, billed_size, estimate, estimate_before_run, estimate_job, price_table
 from tasks.spec import parse_spec
 from tests.unit.conftest import BASE, with_changes
 

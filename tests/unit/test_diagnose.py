@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tasks.diagnose import diagnose_pod, exit_code, job_finished, pod_index
+from tasks.render.diagnose import diagnose_pod, exit_code, job_finished, pod_index
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -6,7 +6,8 @@ import json
 import pytest
 import yaml
 
-from tasks.manifests import (
+from tasks.naming import is_dns1123_label
+from tasks.render.manifests import (
     ConfigContent,
     JobInputs,
     config_map_manifest,
@@ -23,7 +24,6 @@ from tasks.manifests import (
     run_prefix,
     secret_manifest,
 )
-from tasks.naming import is_dns1123_label
 from tasks.spec import parse_spec
 from tests.unit.conftest import BASE, with_changes
 

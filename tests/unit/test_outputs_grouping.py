@@ -1,8 +1,8 @@
 """Which index an output object belongs to (a pure function of the keys and the templates)."""
 
-from tasks.manifests import index_prefix
-from tasks.outputs import Listed, group_by_index
+from tasks.render.manifests import index_prefix
 from tasks.spec import OutputsSpec
+from tasks.stages.outputs import Listed, group_by_index
 
 
 def test_objects_are_grouped_by_their_index_and_strays_are_reported() -> None:

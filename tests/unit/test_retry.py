@@ -3,7 +3,7 @@
 import pytest
 from alibabacloud_tea_openapi.exceptions import ClientException, ServerException, ThrottlingException
 
-from tasks.retry import CloudError, backoff_delays, call, classify
+from tasks.cloud.retry import CloudError, backoff_delays, call, classify
 
 
 class Flaky:

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks.wait import PodLog, build_records
+from tasks.stages.wait import PodLog, build_records
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

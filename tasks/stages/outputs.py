@@ -39,11 +39,12 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.cloud.context import RETRY_DELAYS, Scrubber, credentials, stage_logs, transient_only
+from tasks.cloud.retry import CloudError, call
+from tasks.errors import ChecksumMismatch, OutputsIncomplete
 from tasks.handles import IndexOutputs, JobReport, OutputManifest, OutputObject
-from tasks.manifests import index_prefix, run_prefix
-from tasks.retry import CloudError, call
+from tasks.render.manifests import index_prefix, run_prefix
 from tasks.spec import BatchSpec, OutputsSpec
-from tasks.stage import RETRY_DELAYS, Scrubber, credentials, stage_logs, transient_only
 
 log = logging.getLogger("ask_batch.outputs")
 
@@ -51,22 +52,6 @@ LOGS_DIR = "logs/"
 DOWNLOAD_ATTEMPTS = 3
 CHUNK = 1 << 20
 ARTIFACT_MAX_ROWS = 500
-
-
-class OutputsIncomplete(RuntimeError):
-    """Some indexes did not produce (verifiable) outputs; ``manifest`` has everything that was found."""
-
-    def __init__(self, manifest: OutputManifest, missing: list[int]):
-        self.manifest, self.missing = manifest, missing
-        problems = {i.index: i.problem for i in manifest.indexes if not i.complete}
-        shown = "; ".join(f"index {i}: {problems.get(i) or 'incomplete'}" for i in missing[:10])
-        more = f"; and {len(missing) - 10} more" if len(missing) > 10 else ""
-        super().__init__(f"outputs incomplete: {len(missing)} of {len(manifest.indexes)} indexes under "
-                         f"oss://{manifest.bucket}/{manifest.prefix}: {shown}{more}")
-
-
-class ChecksumMismatch(RuntimeError):
-    """The bytes received do not match the size or checksum OSS reported."""
 
 
 @dataclass(frozen=True)
@@ -424,7 +409,7 @@ def _publish(manifest: OutputManifest, run_key: str) -> None:
 
 
 def _oss(spec: BatchSpec) -> tuple[Any, Scrubber]:
-    from tasks.clients import oss_client
+    from tasks.cloud.clients import oss_client
 
     creds = credentials(spec)
     return oss_client(spec.target, creds), Scrubber(creds.secret_values())

@@ -22,6 +22,7 @@ https://www.alibabacloud.com/help/en/elastic-container-instance/latest/eci-pod-a
 
 from typing import Literal
 
+from tasks.errors import InvalidInput
 from tasks.spec import JobSpec
 
 ClusterKind = Literal["ask", "acs"]
@@ -34,8 +35,11 @@ REQUIRED_SPEC = "alibabacloud.com/pod-required-spec"
 ACS_QOS = {"default": "default", "preemptible": "best-effort"}
 
 
-class ComputeError(ValueError):
-    """``job.compute`` / ``job.eci`` cannot be rendered for this kind of cluster; the message names the fix."""
+class ComputeError(InvalidInput):
+    """``job.compute`` / ``job.eci`` cannot be rendered for this kind of cluster; the message names the fix.
+
+    Raised when the cluster's kind is only known once found (mode 'existing'); for modes 'ask' and 'acs' the same
+    checks run in the parameter validation, before any cloud call."""
 
 
 def check_for_kind(job: JobSpec, kind: ClusterKind) -> None:

@@ -12,7 +12,7 @@ prefect-kubernetes wait loop reads logs one pod after another (research/prefect.
   ``log_grace_seconds`` (a real kubelet can take ~5 s to end it) is cut and the rest of that log is read once
   without follow, skipping the same way, so the wait ends promptly with every log complete;
 - the main loop wakes on events *and* on a short timer, because a grace period can run out while nothing changes,
-  and asks ``tasks.diagnose`` about every pod: the first fatal diagnosis ends the wait, naming index, pod, reason,
+  and asks ``tasks.render.diagnose`` about each pod: the first fatal diagnosis ends the wait, naming index, pod, reason,
   exit code and the last log lines.
 """
 
@@ -32,12 +32,13 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.diagnose import Diagnosis, diagnose_pod, exit_code, job_finished, parse_time, pod_index
+from tasks.cloud.context import RETRY_DELAYS, Scrubber, credentials, kube_for, stage_logs, transient_only
+from tasks.errors import JobFailed
 from tasks.handles import ClusterHandle, IndexRecord, JobHandle, JobReport
-from tasks.manifests import CONTAINER_NAME
 from tasks.naming import RUN_LABEL
+from tasks.render.diagnose import Diagnosis, diagnose_pod, exit_code, job_finished, parse_time, pod_index
+from tasks.render.manifests import CONTAINER_NAME
 from tasks.spec import BatchSpec
-from tasks.stage import RETRY_DELAYS, Scrubber, credentials, kube_for, stage_logs, transient_only
 
 log = logging.getLogger("ask_batch.wait")
 
@@ -63,17 +64,6 @@ class WaitOptions:
     log_catch_up_seconds: float = 30.0
     watch_seconds: int = 240  # server-side watch timeout: reconnect regularly rather than trust idle streams
     scrub: Callable[[str], str] = str  # applied to every log line and error text (blanks known secret values)
-
-
-class JobFailed(RuntimeError):
-    """The Job failed or will not finish; ``report`` has the per-index record."""
-
-    def __init__(self, message: str, report: JobReport):
-        super().__init__(message)
-        self.report = report
-
-    def __reduce__(self) -> tuple[Any, ...]:  # Prefect may copy or pickle task exceptions
-        return (type(self), (str(self), self.report))
 
 
 # --------------------------------------------------------------------------------------------- watches
@@ -539,8 +529,8 @@ def wait_for_job_task(spec: BatchSpec, run_key: str, cluster: ClusterHandle, job
     """
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-    from tasks.clients import _load_prefect_secret
-    from tasks.config import run_secret_values
+    from tasks.cloud.clients import _load_prefect_secret
+    from tasks.cloud.inputs import run_secret_values
 
     creds = credentials(spec)
     scrub = Scrubber(run_secret_values(spec, creds, load_secret=_load_prefect_secret))

@@ -30,7 +30,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.compute import ClusterKind, acs_annotations, acs_labels, check_for_kind, eci_compute_annotations
 from tasks.naming import (
     config_map_name,
     content_hash,
@@ -40,6 +39,7 @@ from tasks.naming import (
     secret_name,
     short_hash,
 )
+from tasks.render.compute import ClusterKind, acs_annotations, acs_labels, check_for_kind, eci_compute_annotations
 from tasks.spec import AskClusterOptions, BatchSpec, EciOptions, JobSpec, NasOptions, OutputsSpec, Target
 
 CONTAINER_NAME = "workload"

@@ -4,7 +4,7 @@ Why this exists: handles carry no secrets (they are task results, shown in the U
 clients it needs from the spec — credentials from their source, the kubeconfig from the cluster's source. That
 takes a few lines every stage would otherwise repeat. The same goes for two Prefect concerns:
 
-- **retries**: ``tasks.retry.call`` already retries one API call a few times; a task retry is the coarse second
+- **retries**: ``tasks.cloud.retry.call`` already retries one API call a few times; a task retry is the coarse second
   line for a cloud that stays unavailable longer. Only *transient* errors qualify (``retry_condition_fn``): a
   permanent error (bad request, conflict, a failed Job) fails at once with the service's message.
 - **logs**: the stage functions log to the stdlib ``ask_batch.*`` loggers so they stay free of Prefect;
@@ -16,10 +16,11 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from tasks.clients import AliCredentials, cs_client, resolve_credentials
+from tasks.cloud.clients import AliCredentials, cs_client, resolve_credentials
+from tasks.cloud.cluster_access import connect
+from tasks.cloud.retry import CloudError, classify
 from tasks.handles import ClusterHandle
-from tasks.manifests import REDACTED
-from tasks.retry import CloudError, classify
+from tasks.render.manifests import REDACTED
 from tasks.spec import BatchSpec
 
 #: Task retries for a cloud that stays unavailable beyond ``call()``'s own attempts (seconds before each retry).
@@ -72,8 +73,6 @@ def cs_for(spec: BatchSpec, creds: AliCredentials | None = None) -> Any | None:
 
 def kube_for(spec: BatchSpec, cluster: ClusterHandle, creds: AliCredentials | None = None) -> Any:
     """A ``kubernetes.client.ApiClient`` for the run's cluster (kubeconfig fetched again from its source)."""
-    from tasks.cluster import connect
-
     cs = cs_for(spec, creds) if cluster.mode in ("ask", "acs") else None
     return connect(cluster, spec, cs=cs)
 

@@ -13,23 +13,13 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from tasks.errors import CloudError
+
 T = TypeVar("T")
 log = logging.getLogger("ask_batch.retry")
 
 TRANSIENT_CODES = {"Throttling", "Throttling.User", "Throttling.Api", "ServiceUnavailable", "InternalError",
                    "RequestTimeout", "SlowDown", "OperationConflict"}
-
-
-class CloudError(RuntimeError):
-    """A failed cloud/Kubernetes API call, with the service's code and message."""
-
-    def __init__(self, *, service: str, operation: str, code: str | None, message: str | None,
-                 status: int | None = None, request_id: str | None = None, transient: bool = False):
-        self.service, self.operation, self.code, self.message = service, operation, code, message
-        self.status, self.request_id, self.transient = status, request_id, transient
-        status_txt = f" (HTTP {status})" if status else ""
-        rid = f" [request id {request_id}]" if request_id else ""
-        super().__init__(f"{service} {operation} failed: {code or 'error'}{status_txt}: {message or ''}{rid}".strip())
 
 
 def _status_of(exc: BaseException) -> int | None:

@@ -26,12 +26,13 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.cloud.cluster_access import existing_handle, find_cluster, locate_cluster
+from tasks.cloud.context import Scrubber, credentials, cs_for, kube_for, stage_logs
+from tasks.cloud.nas import describe_file_system, find_file_systems_by_name, list_mount_targets
+from tasks.cloud.retry import CloudError, call
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, TeardownItem, TeardownReport, VolumeHandle
 from tasks.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE, run_selector
-from tasks.retry import CloudError, call
 from tasks.spec import BatchSpec
-from tasks.stage import Scrubber, credentials, cs_for, kube_for, stage_logs
-from tasks.volume import describe_file_system, find_file_systems_by_name, list_mount_targets
 
 log = logging.getLogger("ask_batch.teardown")
 
@@ -253,8 +254,6 @@ def _teardown_cluster(rec: _Recorder, *, delete: bool, why: str, spec: BatchSpec
                       cs: Any) -> None:
     from alibabacloud_cs20151215 import models as m
 
-    from tasks.cluster import find_cluster
-
     if spec.cluster.managed is None:
         if cluster or delete:
             rec.kept("Cluster", "(existing)", "cluster mode 'existing': ask-batch never deletes it")
@@ -367,18 +366,9 @@ def sweep(spec: BatchSpec, *, run_key: str, core_v1: Any | None, batch_v1: Any |
 
 def _cluster_for_sweep(spec: BatchSpec, cs: Any | None, run_key: str) -> ClusterHandle | None:
     """A handle for the cluster without creating anything (the cluster stage may not have finished)."""
-    from tasks.cluster import ensure_cluster, find_cluster
-
     if spec.cluster.mode == "existing":
-        return ensure_cluster(spec, run_key=run_key, cs=None)  # no API call in this mode
-    opts = spec.cluster.managed
-    assert opts is not None
-    found = find_cluster(cs, region=spec.target.region, name=opts.name, kind=spec.cluster.mode) if cs else None
-    if not found:
-        return None
-    return ClusterHandle(mode=spec.cluster.mode, kind=spec.cluster.mode, region=spec.target.region,
-                         namespace=spec.cluster.namespace, cluster_id=found["cluster_id"], name=opts.name,
-                         kubeconfig_source=f"cs:{found['cluster_id']}")
+        return existing_handle(spec)  # no API call in this mode
+    return locate_cluster(spec, cs=cs) if cs else None
 
 
 @task(name="teardown", cache_policy=NO_CACHE)
@@ -389,7 +379,7 @@ def teardown_task(spec: BatchSpec, *, run_key: str, succeeded: bool, cluster: Cl
     recorded in the report, never raised."""
     from kubernetes import client
 
-    from tasks.clients import nas_client
+    from tasks.cloud.clients import nas_client
 
     creds = credentials(spec)
     cs = cs_for(spec, creds)

@@ -1,6 +1,6 @@
 """Stage launch_job: create the Job, or adopt the one an earlier attempt of this run created.
 
-The Job's name is the run key plus a hash of its rendered spec (``tasks.manifests.job_manifest``). So:
+The Job's name is the run key plus a hash of its rendered spec (``tasks.render.manifests.job_manifest``). So:
 
 - a retried task or a re-run of the same flow run renders the same name, gets 409 AlreadyExists, reads the Job
   and re-attaches to it — running or finished — instead of starting the work twice (pods are billed);
@@ -16,22 +16,14 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.cloud.context import RETRY_DELAYS, kube_for, stage_logs, transient_only
+from tasks.cloud.retry import CloudError, call
+from tasks.errors import JobConflict, PodRejected
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, VolumeHandle
-from tasks.manifests import JobInputs, job_manifest, pod_oss_env
-from tasks.retry import CloudError, call
+from tasks.render.manifests import JobInputs, job_manifest, pod_oss_env
 from tasks.spec import BatchSpec
-from tasks.stage import RETRY_DELAYS, kube_for, stage_logs, transient_only
 
 log = logging.getLogger("ask_batch.job")
-
-
-class JobConflict(RuntimeError):
-    """A Job with our name exists but was not rendered from the same spec."""
-
-
-class PodRejected(RuntimeError):
-    """The cluster's admission refuses the Job's pods (e.g. ACS: an unknown compute class); the Job would never
-    start a pod, so the run stops before creating it."""
 
 
 def check_pod_admission(core_v1: Any, body: dict[str, Any]) -> None:

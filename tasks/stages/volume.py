@@ -29,30 +29,31 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.cloud.context import RETRY_DELAYS, Scrubber, credentials, kube_for, stage_logs, transient_only
+from tasks.cloud.nas import (
+    describe_file_system,
+    find_file_systems_by_name,
+    list_mount_targets,
+    nas_call,
+)
+from tasks.cloud.retry import CloudError, call
+from tasks.errors import VolumeError
 from tasks.handles import ClusterHandle, VolumeHandle
-from tasks.manifests import (
+from tasks.naming import short_hash, volume_names
+from tasks.render.manifests import (
     NAS_NAME_TAG,
     nas_create_file_system_request,
     nas_create_mount_target_request,
-    nas_describe_file_systems_request,
     nas_pv_manifest,
     nas_pvc_manifest,
 )
-from tasks.naming import short_hash, volume_names
-from tasks.retry import CloudError, call
 from tasks.spec import BatchSpec, NasOptions
-from tasks.stage import RETRY_DELAYS, Scrubber, credentials, kube_for, stage_logs, transient_only
 
 log = logging.getLogger("ask_batch.volume")
 
 MANAGED_BY_TAG = "app.kubernetes.io/managed-by"
-FS_NOT_FOUND = "InvalidFileSystem.NotFound"
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
-
-
-class VolumeError(RuntimeError):
-    """The volume cannot be found, created or bound; the message names the field to change."""
 
 
 def _lock(key: str) -> threading.Lock:
@@ -60,55 +61,7 @@ def _lock(key: str) -> threading.Lock:
         return _locks.setdefault(key, threading.Lock())
 
 
-def _as_map(obj: Any) -> dict[str, Any]:
-    return obj.to_map() if hasattr(obj, "to_map") else dict(obj or {})
-
-
-def _nas_call(fn: Callable[..., Any], request: Any, operation: str) -> dict[str, Any]:
-    return _as_map(call(fn, request, service="NAS", operation=operation).body)
-
-
 # --------------------------------------------------------------------------------------------- file system
-
-
-def _tags_of(fs: dict[str, Any]) -> dict[str, str]:
-    return {t.get("Key"): t.get("Value") for t in (fs.get("Tags") or {}).get("Tag") or []}
-
-
-def describe_file_system(nas: Any, file_system_id: str) -> dict[str, Any] | None:
-    """The file system's DescribeFileSystems entry, or None when it does not exist."""
-    from alibabacloud_nas20170626 import models as m
-
-    req = m.DescribeFileSystemsRequest(file_system_id=file_system_id, page_number=1, page_size=10)
-    try:
-        body = _nas_call(nas.describe_file_systems, req, "DescribeFileSystems")
-    except CloudError as err:
-        if err.code == FS_NOT_FOUND or err.status == 404:
-            return None
-        raise
-    for fs in (body.get("FileSystems") or {}).get("FileSystem") or []:
-        if fs.get("FileSystemId") == file_system_id:
-            return fs
-    return None
-
-
-def find_file_systems_by_name(nas: Any, name: str) -> list[dict[str, Any]]:
-    """Every file system tagged ``ask-batch.io/nas=<name>``, oldest first (tag re-checked client-side)."""
-    from alibabacloud_nas20170626 import models as m
-
-    found: list[dict[str, Any]] = []
-    page = 1
-    while True:
-        req = m.DescribeFileSystemsRequest().from_map(
-            nas_describe_file_systems_request(NasOptions(name=name), page=page))
-        body = _nas_call(nas.describe_file_systems, req, "DescribeFileSystems")
-        rows = (body.get("FileSystems") or {}).get("FileSystem") or []
-        found += [fs for fs in rows if _tags_of(fs).get(NAS_NAME_TAG) == name]
-        total = int(body.get("TotalCount") or 0)
-        if not rows or page * int(body.get("PageSize") or 100) >= total:
-            break
-        page += 1
-    return sorted(found, key=lambda fs: (fs.get("CreateTime") or "", fs["FileSystemId"]))
 
 
 def find_file_system(nas: Any, options: NasOptions) -> dict[str, Any] | None:
@@ -138,7 +91,7 @@ def create_file_system(nas: Any, options: NasOptions, *, region: str, run_key: s
         if attempt:  # the first token belonged to a file system that was deleted since
             req_map["ClientToken"] = "askb-" + short_hash(f"{region}/{options.name}/{time.time_ns()}", 32)
         try:
-            body = _nas_call(nas.create_file_system, m.CreateFileSystemRequest().from_map(req_map),
+            body = nas_call(nas.create_file_system, m.CreateFileSystemRequest().from_map(req_map),
                              "CreateFileSystem")
         except CloudError as err:
             if err.code != "IdempotentParameterMismatch":
@@ -187,22 +140,6 @@ def wait_file_system_running(nas: Any, fs_id: str, *, timeout: float, poll: floa
 # --------------------------------------------------------------------------------------------- mount target
 
 
-def list_mount_targets(nas: Any, fs_id: str) -> list[dict[str, Any]]:
-    """All mount targets of a file system (paged)."""
-    from alibabacloud_nas20170626 import models as m
-
-    out: list[dict[str, Any]] = []
-    page = 1
-    while True:
-        req = m.DescribeMountTargetsRequest(file_system_id=fs_id, page_number=page, page_size=100)
-        body = _nas_call(nas.describe_mount_targets, req, "DescribeMountTargets")
-        rows = (body.get("MountTargets") or {}).get("MountTarget") or []
-        out += rows
-        if not rows or page * int(body.get("PageSize") or 100) >= int(body.get("TotalCount") or 0):
-            return out
-        page += 1
-
-
 def _usable_in_vpc(mts: list[dict[str, Any]], vpc_id: str) -> list[dict[str, Any]]:
     return sorted((mt for mt in mts if mt.get("VpcId") == vpc_id and mt.get("Status") in ("Active", "Pending")),
                   key=lambda mt: mt["MountTargetDomain"])
@@ -219,7 +156,7 @@ def ensure_mount_target(nas: Any, fs_id: str, *, vpc_id: str, vswitch_id: str) -
         req = m.CreateMountTargetRequest().from_map(
             nas_create_mount_target_request(fs_id, vpc_id=vpc_id, vswitch_id=vswitch_id))
         try:
-            mine = str(_nas_call(nas.create_mount_target, req, "CreateMountTarget")["MountTargetDomain"])
+            mine = str(nas_call(nas.create_mount_target, req, "CreateMountTarget")["MountTargetDomain"])
         except CloudError as err:
             again = _usable_in_vpc(list_mount_targets(nas, fs_id), vpc_id)
             if again:  # e.g. MountTargetLimitExceeded because a racing creator got there first
@@ -434,7 +371,7 @@ def ensure_volume_task(spec: BatchSpec, *, run_key: str, cluster: ClusterHandle)
         return VolumeHandle(mode="none")
     from kubernetes import client
 
-    from tasks.clients import nas_client
+    from tasks.cloud.clients import nas_client
 
     creds = credentials(spec)
     with stage_logs(Scrubber(creds.secret_values())):

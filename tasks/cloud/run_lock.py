@@ -25,14 +25,11 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from tasks.errors import RunLocked
 from tasks.naming import content_hash
 
 LIMIT_PREFIX = "ask-batch-run-"
 ACQUIRE_ATTEMPTS = 5  # tries when acquiring timed out although nobody held the slot (a slow server)
-
-
-class RunLocked(RuntimeError):
-    """Another run of the same spec holds the lock (the message says which key and what to do)."""
 
 
 def lock_key(spec: Any) -> str:

@@ -1,0 +1,1 @@
+"""Pure rendering: Kubernetes manifests and cloud requests, pod diagnosis, cost estimates. No I/O."""

@@ -1,0 +1,161 @@
+"""Stage ensure_cluster: find the ASK or ACS cluster by name or create it; or take an existing cluster's kubeconfig.
+
+The handle records which kind the cluster is (``ClusterHandle.kind``): pods are rendered differently on ASK (ECI
+annotations) and ACS (compute labels). ACS clusters are the same CS API with ``profile`` Acs.
+
+Find-then-create, safe to repeat: the lookup filters on the exact name (the CS ``name`` filter is fuzzy), ASK's
+current type (``ManagedKubernetes`` + ``Serverless``) and a live state; creation carries a ``client_token`` derived
+from region and name, so two racing attempts get one cluster. Listing uses ``DescribeClustersForRegion`` because
+``DescribeClustersV1`` is being switched off in 2026 (alibaba.md §0.2); V1 is only a fallback.
+
+Alibaba closed ASK creation to new accounts in February 2025: when CreateCluster is refused, the error says so
+and names the way out (cluster mode 'existing').
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.cloud.cluster_access import (
+    DEAD_STATES,
+    KIND_NAMES,
+    PROFILES,
+    as_map,
+    connect,
+    existing_handle,
+    existing_kind,
+    find_cluster,
+    handle_from,
+)
+from tasks.cloud.context import RETRY_DELAYS, cs_for, stage_logs, transient_only
+from tasks.cloud.retry import CloudError, call
+from tasks.errors import ClusterError
+from tasks.handles import ClusterHandle
+from tasks.render.manifests import create_cluster_body
+from tasks.spec import BatchSpec
+
+log = logging.getLogger("ask_batch.cluster")
+
+CREATION_REFUSED_HINT = (
+    "Alibaba Cloud stopped ACK Serverless (ASK) cluster creation for accounts that never created one (since "
+    "2025-02-17; they are offered ACS instead). If that is the case here, run against a cluster you already have: "
+    "set cluster.mode to 'existing' with cluster.existing.kubeconfig_path (or a KubernetesCredentials block).")
+
+
+def create_managed_cluster(cs: Any, spec: BatchSpec, *, run_key: str) -> str:
+    """CreateCluster for the ASK or ACS cluster of ``spec.cluster.mode``; returns the cluster id.
+
+    A refusal of an ASK creation carries the ASK-closed-to-new-accounts hint (use ACS).
+    """
+    from alibabacloud_cs20151215 import models as m
+
+    kind = spec.cluster.mode
+    opts = spec.cluster.managed
+    assert opts is not None, "mode 'ask' or 'acs' needed"
+    body = create_cluster_body(opts, region=spec.target.region, run_key=run_key, profile=PROFILES[kind])
+    try:
+        resp = call(cs.create_cluster, m.CreateClusterRequest().from_map(body), service="CS",
+                    operation="CreateCluster")
+    except CloudError as err:
+        if kind == "ask" and err.status is not None and 400 <= err.status < 500:
+            raise ClusterError(f"{err}\n{CREATION_REFUSED_HINT}") from err
+        raise
+    return as_map(resp.body)["cluster_id"]
+
+
+def create_ask_cluster(cs: Any, spec: BatchSpec, *, run_key: str) -> str:
+    """CreateCluster for ASK (kept for callers of the ASK-only name); see ``create_managed_cluster``."""
+    return create_managed_cluster(cs, spec, run_key=run_key)
+
+
+def wait_cluster_running(cs: Any, cluster_id: str, *, timeout: float, poll: float = 10.0,
+                         sleep: Callable[[float], None] = time.sleep,
+                         clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+    """Poll DescribeClusterDetail until ``running`` (CS has no watch); log each state change.
+
+    The interval starts at 1 s and doubles up to ``poll``: a found cluster is usually running already, a new one
+    takes minutes, and neither should cost a fixed 10 s or a request storm.
+    """
+    deadline, last, interval = clock() + timeout, None, 1.0
+    while True:
+        detail = as_map(call(cs.describe_cluster_detail, cluster_id, service="CS",
+                              operation="DescribeClusterDetail").body)
+        state = detail.get("state")
+        if state != last:
+            log.info("cluster %s: %s", cluster_id, state)
+            last = state
+        if state == "running":
+            return detail
+        if state in DEAD_STATES:
+            raise ClusterError(f"cluster {cluster_id} is {state!r}; fix: see its events in the ACK console, "
+                               f"delete it, and run again")
+        if clock() > deadline:
+            raise ClusterError(f"cluster {cluster_id} still {state!r} after {timeout:.0f}s; fix: raise "
+                               f"cluster.<mode>.ready_timeout_seconds or check the console")
+        sleep(interval)
+        interval = min(poll, interval * 2)
+
+
+def ensure_cluster(spec: BatchSpec, *, run_key: str, cs: Any | None) -> ClusterHandle:
+    """Find (or create) the cluster and return its handle; the kubeconfig is fetched by ``connect``.
+
+    Args:
+        spec: the validated parameters.
+        run_key: the run key (tags a cluster this run creates).
+        cs: a CS client (modes 'ask', 'acs', and 'existing' with kind 'auto'); else None.
+    """
+    if spec.cluster.mode == "existing":
+        handle = existing_handle(spec)
+        if spec.cluster.existing.kind != "auto":
+            return handle
+        return handle.model_copy(update={"kind": existing_kind(handle, spec, cs=cs)})
+    assert cs is not None, "mode 'ask'/'acs' needs a CS client"
+    kind, opts = spec.cluster.mode, spec.cluster.managed
+    assert opts is not None
+    found = find_cluster(cs, region=spec.target.region, name=opts.name, kind=kind)
+    if found and found.get("state") == "running":
+        # Found running: no need to poll (saves a DescribeClusterDetail round per stage that reconnects).
+        log.info("%s cluster %s found: %s", KIND_NAMES[kind], opts.name, found["cluster_id"])
+        return handle_from(spec, found, created=False)
+    created = False
+    if found:
+        cluster_id = found["cluster_id"]
+        log.info("%s cluster %s found: %s (%s)", KIND_NAMES[kind], opts.name, cluster_id, found.get("state"))
+    elif not opts.create_if_missing:
+        raise ClusterError(f"no {KIND_NAMES[kind]} cluster named {opts.name!r} in {spec.target.region}; fix: "
+                           f"create it, set cluster.{kind}.create_if_missing, or use cluster.mode 'existing'")
+    else:
+        log.info("%s cluster %s not found: creating it in %s", KIND_NAMES[kind], opts.name, spec.target.region)
+        cluster_id = create_managed_cluster(cs, spec, run_key=run_key)
+        created = True
+    detail = wait_cluster_running(cs, cluster_id, timeout=opts.ready_timeout_seconds)
+    return handle_from(spec, detail, created=created)
+
+
+# --------------------------------------------------------------------------------------------- Prefect task
+
+
+@task(name="ensure_cluster", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=transient_only)
+def ensure_cluster_task(spec: BatchSpec, run_key: str) -> ClusterHandle:
+    """Prefect task: find or create the run's cluster (see ``ensure_cluster``).
+
+    Example:
+        >>> cluster = ensure_cluster_task(spec, run_key)   # inside a flow
+    """
+    with stage_logs():
+        handle = ensure_cluster(spec, run_key=run_key, cs=cs_for(spec))
+        # Reach the API server once now: a wrong endpoint or kubeconfig fails here, not in the middle of a run.
+        from kubernetes import client
+
+        api = connect(handle, spec, cs=cs_for(spec))
+        try:
+            call(client.VersionApi(api).get_code, service="Kubernetes", operation="GET /version")
+        finally:
+            api.close()
+        log.info("cluster ready: %s (%s)", handle.name or handle.kubeconfig_source, handle.cluster_id or "existing")
+        return handle
