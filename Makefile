@@ -2,6 +2,8 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# `make run PARAMS=deployments/example-acs.yaml`: the same run on an ACS cluster
+PARAMS ?= deployments/example.yaml
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-deps lint sandbox bench clean up down
@@ -18,7 +20,7 @@ install: $(STAMP)
 
 ## run the whole pipeline on the sandbox (starts one if none is running)
 run: install
-	$(BIN)/python -m flows.ask_batch --sandbox .sandbox --params deployments/example.yaml
+	$(BIN)/python -m flows.ask_batch --sandbox .sandbox --params $(PARAMS)
 
 ## install the test needs and run every test
 test: install test-deps

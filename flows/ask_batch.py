@@ -46,6 +46,7 @@ from prefect.runtime import flow_run as current_run
 
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, JobReport, VolumeHandle
 from tasks.naming import RUN_LABEL, make_run_key
+from tasks.render.acs_cost import estimate_acs_job
 from tasks.render.cost import estimate_job
 from tasks.render.manifests import run_prefix
 from tasks.spec import BatchSpec, SpecError, parse_spec
@@ -218,7 +219,7 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
         lines += ["", "```", error, "```"]
     lines += ["", "## Cluster"]
     if cluster:
-        lines.append(f"- {cluster.mode} cluster `{cluster.name or cluster.kubeconfig_source}`"
+        lines.append(f"- {cluster.mode} cluster `{cluster.name or cluster.kubeconfig_source}` ({cluster.kind.upper()})"
                      f"{f' (`{cluster.cluster_id}`)' if cluster.cluster_id else ''}, region `{cluster.region}`, "
                      f"namespace `{cluster.namespace}`{', created by this run' if cluster.created else ''}")
     else:
@@ -241,7 +242,8 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
             out_txt = (f"{len(out.objects)} object(s){'' if out.complete else ' — ' + (out.problem or 'incomplete')}"
                        if out else "")
             lines.append(f"| {r.index} | {r.status} | {r.attempts} | {'' if r.exit_code is None else r.exit_code} "
-                         f"| {r.reason or ''} | {r.seconds:.1f} | {out_txt} |")
+                         f"| {r.reason or ''}{f' ({r.reclaims} reclaimed)' if r.reclaims else ''} | {r.seconds:.1f} "
+                         f"| {out_txt} |")
     lines += ["", "## Outputs"]
     prefix = run_prefix(spec.outputs, run_key=run_key, flow_run_name=name)
     lines.append(f"- OSS: `oss://{spec.outputs.bucket}/{prefix}`")
@@ -256,7 +258,8 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
         lines.append(f"- pod logs: `{kept_logs_dir(spec, name)}/`"
                      f"{f' (not uploaded to OSS: {logs_problem})' if logs_problem else ''}")
     if report:
-        cost = estimate_job(spec.job, [r.seconds for r in report.indexes], region=spec.target.region)
+        estimator = estimate_acs_job if cluster is not None and cluster.kind == "acs" else estimate_job
+        cost = estimator(spec.job, [r.seconds for r in report.indexes], region=spec.target.region)
         lines += ["", "## Estimated cost", f"- {cost.summary()}"]
         lines += [f"- {note}" for note in cost.notes]
         lines.append(f"- prices: {cost.source}")

@@ -55,6 +55,7 @@ class IndexRecord(BaseModel):
     index: int = Field(description="Completion index.")
     status: Literal["succeeded", "failed", "pending", "running", "unknown"] = Field(description="Final state.")
     attempts: int = Field(0, description="Pods created for this index.")
+    reclaims: int = Field(0, description="Attempts whose preemptible instance was reclaimed (ACS best-effort).")
     pod: str | None = Field(None, description="Last pod of this index.")
     exit_code: int | None = Field(None, description="Exit code of the last pod's container.")
     reason: str | None = Field(None, description="Why it failed, if it did.")

@@ -36,7 +36,7 @@ from tasks.cloud.context import RETRY_DELAYS, Scrubber, credentials, kube_for, s
 from tasks.errors import JobFailed
 from tasks.handles import ClusterHandle, IndexRecord, JobHandle, JobReport
 from tasks.naming import RUN_LABEL
-from tasks.render.diagnose import Diagnosis, diagnose_pod, exit_code, job_finished, parse_time, pod_index
+from tasks.render.diagnose import Diagnosis, diagnose_pod, exit_code, is_reclaimed, job_finished, parse_time, pod_index
 from tasks.render.manifests import CONTAINER_NAME
 from tasks.spec import BatchSpec
 
@@ -333,6 +333,7 @@ def build_records(pods: dict[str, dict[str, Any]], completions: int, *, now: dat
             term = (cs.get("state") or {}).get("terminated") or term
         records.append(IndexRecord(
             index=idx, status="failed" if diag else state, attempts=len(attempts), pod=name,
+            reclaims=sum(1 for p in attempts if is_reclaimed(p)),
             exit_code=exit_code(last), reason=(diag.reason if diag else term.get("reason") or status.get("reason")),
             started=term.get("startedAt") or status.get("startTime"), finished=term.get("finishedAt"),
             seconds=round(sum(_pod_seconds(p, now) for p in attempts), 3)))
