@@ -228,7 +228,8 @@ def eci_annotations(eci: EciOptions) -> dict[str, str]:
 
 def _pod_metadata(job: JobSpec, labels: dict[str, str], kind: ClusterKind) -> dict[str, Any]:
     if kind == "acs":
-        return {"labels": {**labels, **acs_labels(job)}, "annotations": acs_annotations(job)}
+        # job.labels win, so a compute class ask-batch does not list yet can be set directly (ACS admission decides)
+        return {"labels": {**acs_labels(job), **labels}, "annotations": acs_annotations(job)}
     return {"labels": labels, "annotations": {**eci_annotations(job.eci), **eci_compute_annotations(job)}}
 
 
