@@ -101,7 +101,11 @@ def test_pod_refused_by_acs_admission_fails_the_run_before_any_job(sandbox_dir: 
 
 def test_best_effort_reclaims_are_retried_and_counted_in_the_ledger(sandbox: Any, sandbox_dir: Path,
                                                                    workdir: Path) -> None:
-    """BestEffort pods preempted by the sandbox knob: the Job replaces them, the run succeeds, the ledger counts."""
+    """BestEffort pods preempted by the sandbox knob: the Job replaces them, the run succeeds, the ledger counts.
+
+    The Job-wide backoff_limit is raised so that it does not cap the per-index budget (reclaims not spending the
+    code-failure budget is issue 9's podFailurePolicy work).
+    """
     faults = sandbox.sandbox.faults
     preempted: list[str] = []
 
@@ -123,7 +127,8 @@ def test_best_effort_reclaims_are_retried_and_counted_in_the_ledger(sandbox: Any
     watcher.start()
     try:
         spec, state = run_acs(sandbox_dir, workdir, "e2e-acs-be", "job.compute.qos=preemptible",
-                              "job.backoff_limit_per_index=3", sleep_seconds=3)
+                              "job.backoff_limit_per_index=3", "job.backoff_limit=40",
+                              sleep_seconds=3)
     finally:
         watcher.join(timeout=130)
         sandbox.run(faults.update, {"spot_reclaim_after_s": 0.0})
