@@ -36,6 +36,7 @@ emits any event for ignored ECI annotations. They are the sandbox's and listed i
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +51,8 @@ ACS_PROFILE = "Acs"
 COMPUTE_CLASS = "alibabacloud.com/compute-class"
 COMPUTE_QOS = "alibabacloud.com/compute-qos"
 USE_SPEC = "alibabacloud.com/pod-use-spec"
+REQUIRED_SPEC = "alibabacloud.com/pod-required-spec"
+REQUIRED_RE = re.compile(r"^(?P<cpu>\d+(\.\d+)?)-(?P<mem>\d+(\.\d+)?)Gi$")
 INSTANCE_ID = "alibabacloud.com/instance-id"
 CLASSES = ("general-purpose", "performance", "gpu", "gpu-hpn")
 QOS = ("default", "best-effort")
@@ -93,13 +96,17 @@ def _fmt(value: float) -> str:
 
 
 def pod_totals(pod: Obj) -> tuple[float, float]:
-    """(vCPU, GiB) the pod declares: per container the larger of request and limit, summed."""
+    """(vCPU, GiB) the pod declares: per container the larger of request and limit, summed; raised to the
+    ``alibabacloud.com/pod-required-spec`` annotation ("<vCPU>-<GiB>Gi") when that is larger."""
     cpu = mem = 0.0
     for container in (pod.get("spec") or {}).get("containers") or []:
         limits = (container.get("resources") or {}).get("limits") or {}
         req = container_requests(container)
         cpu += max(req.cpu_m / 1000, float(parse_quantity(limits["cpu"])) if "cpu" in limits else 0.0)
         mem += max(req.memory, memory_bytes(limits["memory"]) if "memory" in limits else 0) / 2**30
+    required = REQUIRED_RE.match(((pod.get("metadata") or {}).get("annotations") or {}).get(REQUIRED_SPEC, ""))
+    if required:
+        cpu, mem = max(cpu, float(required["cpu"])), max(mem, float(required["mem"]))
     return cpu, mem
 
 
@@ -137,6 +144,10 @@ def validate_pod(pod: Obj) -> None:
     if qos is not None and qos not in allowed:
         raise _denied(f'label {COMPUTE_QOS}="{qos}" is not supported for compute class '
                       f'"{cls or "general-purpose"}"; valid values: {", ".join(allowed)}')
+    required = ((pod.get("metadata") or {}).get("annotations") or {}).get(REQUIRED_SPEC)
+    if required is not None and not REQUIRED_RE.match(required):
+        raise _denied(f'annotation {REQUIRED_SPEC}="{required}" is invalid; the format is "<CPU>-<Memory>Gi", '
+                      'e.g. "2-4Gi"')
     if (cls or "general-purpose") in ("general-purpose", "performance") and use_spec(pod) is None:
         cpu, mem = pod_totals(pod)
         raise _denied(f"the pod asks for {cpu:g} vCPU and {mem:g} GiB, beyond the largest ACS "

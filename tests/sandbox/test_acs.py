@@ -140,6 +140,15 @@ def test_use_spec_rounds_up_to_an_acs_specification(resources: Obj | None, expec
     assert acs.use_spec({"spec": {"containers": [container]}}) == expected
 
 
+def test_required_spec_raises_the_size_and_must_be_well_formed(acs_cluster: KubeCluster) -> None:
+    pod = {"metadata": {"annotations": {acs.REQUIRED_SPEC: "4-8Gi"}},
+           "spec": {"containers": [{"name": "main", "resources": {"requests": {"cpu": "1", "memory": "2Gi"}}}]}}
+    assert acs.use_spec(pod) == "4-8Gi"
+    with pytest.raises(ApiError) as info:
+        acs_cluster.store.create("pods", pod_manifest("bad", ["true"], annotations={acs.REQUIRED_SPEC: "4C8G"}))
+    assert info.value.code == 400 and acs.REQUIRED_SPEC in info.value.message
+
+
 async def test_pod_gets_used_spec_and_acs_instance_not_eci(acs_cluster: KubeCluster) -> None:
     create_pod(acs_cluster, "sized", ["true"], container={"resources": {"requests": {"cpu": "2", "memory": "3.5Gi"}}})
     pod = await wait_pod(acs_cluster, "sized", phase_is("Succeeded"))
