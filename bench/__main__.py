@@ -36,10 +36,11 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "overhead": ("bench_overhead.py", ["--repeat", "5"], ["--repeat", "1"]),
     "quiet": ("bench_quiet.py", ["--repeat", "5", "--short"], ["--repeat", "1", "--durations", "10", "30"]),
     "scale": ("bench_sandbox_scale.py", ["--repeat", "3"], ["--repeat", "1", "--completions", "2000"]),
+    "input-fuzz": ("bench_input_fuzz.py", ["--examples", "5000"], ["--examples", "500"]),
     "flow-scale": ("bench_flow_scale.py", ["--repeat", "3", "--baseline-repeat", "5"],
                    ["--repeat", "1", "--baseline-repeat", "1", "--completions", "2000", "--no-smoke"]),
 }
-ORDER = ["detect", "collect", "overhead", "quiet", "scale", "flow-scale"]
+ORDER = ["detect", "collect", "overhead", "quiet", "scale", "input-fuzz", "flow-scale"]
 
 HEAD = """# Benchmark results
 

@@ -5,7 +5,7 @@
 
 Why: the deployments take one parameter, ``spec`` (a ``BatchSpec``), and ``--param spec=...`` replaces the whole
 of it (the server merges run parameters into the deployment's only one level deep). This prints the file, with
-``--set`` changes applied (``flows.ask_batch.load_params``), validated, and its ``target`` replaced by a reference
+``--set`` changes applied (``flows.cli.load_params``), validated, and its ``target`` replaced by a reference
 to the wired target variable, so the run goes where ``deployments.wire`` pointed the server.
 """
 
@@ -23,11 +23,11 @@ def run_parameters(path: str, sets: list[str] | None = None, *,
     Raises:
         ValueError: the file cannot be read, a ``--set`` is malformed, or the result is not a valid BatchSpec.
     """
-    from flows.ask_batch import load_params
-    from tasks.spec import parse_spec
+    from flows.cli import load_params
+    from tasks.cloud.admission import admit
 
     data = load_params(path, sets)
-    parse_spec(data)
+    admit(data)
     if target_variable:
         data["target"] = target_reference(target_variable)
     return {"spec": data}

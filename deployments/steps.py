@@ -26,8 +26,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 #: The clone this module belongs to (deployments/ sits at the project root).
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,20 +54,17 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
     """A parameter file (YAML or JSON) as a dict, validated as a ``BatchSpec``; relative paths are from the clone.
 
     Raises:
-        ValueError: the file is missing, not a mapping, or not a valid BatchSpec (naming every bad field).
+        SpecError (a ValueError): the file is missing, too big, not a mapping, or not a valid BatchSpec, or its input
+            files cannot be shipped (naming every bad field).
     """
-    from tasks.spec import parse_spec
+    from tasks.cloud.admission import admit
+    from tasks.cloud.params import load_params_file
 
     file = Path(path)
     if not file.is_absolute():
         file = PROJECT_ROOT / file
-    try:
-        data = yaml.safe_load(file.read_text())
-    except OSError as exc:
-        raise ValueError(f"parameter file {file}: cannot read it ({exc.strerror})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"parameter file {file}: must be a mapping of BatchSpec fields")
-    parse_spec(data)  # SpecError (a ValueError) names each bad field and its fix
+    data = load_params_file(file)  # bounded: size, depth, aliases, UTF-8 (a SpecError names the file)
+    admit(data)  # the CLI's door: every field, the input files, the 1 MiB objects; one line per problem
     return data
 
 
@@ -89,7 +84,8 @@ def spec_parameters(path: str, target: dict[str, Any] | str | None = None) -> di
         ValueError: no target is wired, or the file (with the target) is not a valid BatchSpec; ``prefect
             deploy`` then fails naming the field and the fix.
     """
-    from tasks.spec import Target, parse_spec
+    from tasks.cloud.admission import admit
+    from tasks.spec import Target
 
     if target is not None:
         if not isinstance(target, dict):
@@ -105,7 +101,7 @@ def spec_parameters(path: str, target: dict[str, Any] | str | None = None) -> di
         data = load_spec_file(path)
         if target is not None:
             data["target"] = target
-            parse_spec(data)
+            admit(data)
     finally:
         os.chdir(cwd)
     return {"spec": data}

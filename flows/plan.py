@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from tasks.cloud.admission import placeholder_secret
 from tasks.cloud.clients import AliCredentials
 from tasks.cloud.inputs import collect_config_content, pod_credential_env
 from tasks.naming import run_selector, volume_names
@@ -44,7 +45,7 @@ def plan(spec: BatchSpec, *, run_key: str, flow_run_name: str) -> tuple[list[dic
 
     creds = _offline_credentials(spec)
     content = collect_config_content(
-        spec.config, load_secret=lambda name: f"<value of Prefect Secret block {name}>",
+        spec.config, load_secret=placeholder_secret,
         extra_secret_env=pod_credential_env(spec, creds))
     secrets = content.secret_values() + creds.secret_values()
     docs: list[dict[str, Any]] = []

@@ -92,6 +92,8 @@ class Sandbox:
         self.default_cluster_id: str = self.meta["default_cluster_id"]
         self._runners: list[web.AppRunner] = []
         self.ports: dict[str, int] = dict(self.meta.get("ports", {}))
+        #: requests served per cloud service ("oss", "cs", "nas"), for /stats (tests assert none was made)
+        self.service_requests: dict[str, int] = {}
 
     # ------------------------------------------------------------------ identity
 
@@ -189,6 +191,15 @@ class Sandbox:
     # ------------------------------------------------------------------ services
 
     async def _serve(self, key: str, app: web.Application) -> int:
+        if key != "control":
+            self.service_requests.setdefault(key, 0)
+
+            @web.middleware
+            async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+                self.service_requests[key] += 1
+                return await handler(request)
+
+            app.middlewares.insert(0, count)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         port = _free_port(self.ports.get(key))
@@ -257,6 +268,7 @@ class Sandbox:
     def stats(self) -> dict[str, Any]:
         return {
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "services": {name: {"requests": n} for name, n in sorted(self.service_requests.items())},
             "clusters": {
                 cid: {"url": c.url, "requests": c.request_count,
                       "objects": {p: len(objs) for p, objs in c.store.objects.items() if objs}}

@@ -38,6 +38,46 @@ ECI_SPEC_RE = re.compile(r"^([0-9]+(\.[0-9]+)?-[0-9]+(\.[0-9]+)?Gi|ecs\.[a-z0-9]
 ENDPOINT_RE = re.compile(r"^(https?://)?[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$")
 ANNOTATION_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
+#: Kubernetes' integer fields in seconds and counts are int32 (e.g. ``ttlSecondsAfterFinished``, ``backoffLimit``):
+#: https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/job-v1/ . Larger values are refused by the
+#: API server (or, for ``activeDeadlineSeconds``, an int64, outlive any wait this flow can do), so every seconds and
+#: count field here stops at INT32_MAX.
+INT32_MAX = 2**31 - 1
+#: VPC and vSwitch ids as the VPC API writes them (``vpc-bp1...``, ``vsw-bp1...``):
+#: https://www.alibabacloud.com/help/en/vpc/developer-reference/api-vpc-2016-04-28-describevpcs
+VPC_ID_RE = re.compile(r"^vpc-[a-z0-9]{1,64}$")
+VSWITCH_ID_RE = re.compile(r"^vsw-[a-z0-9]{1,64}$")
+#: Zone ids: the region id plus a letter or digit group, e.g. 'cn-hangzhou-k'.
+ZONE_ID_RE = re.compile(r"^[a-z]{2,}(-[a-z0-9]+)+$")
+#: NAS file system ids: General-purpose '31a8e4****' (hex), Extreme 'extreme-...', CPFS 'cpfs-...'.
+#: https://www.alibabacloud.com/help/en/nas/developer-reference/api-nas-2017-06-26-describefilesystems
+NAS_FILE_SYSTEM_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{3,62}[a-z0-9]$")
+#: Kubernetes versions as CS offers them, e.g. '1.32.1-aliyun.1'.
+KUBERNETES_VERSION_RE = re.compile(r"^1\.[0-9]{1,3}\.[0-9]{1,3}(-aliyun\.[0-9]{1,3})?$")
+#: An image reference, from the grammar of github.com/distribution/reference (reference.go, regexp.go):
+#: [domain[:port]/]path-component(/path-component)*[:tag][@digest]; the name is at most 255 characters.
+_IMAGE_DOMAIN = r"(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*" \
+    r"[a-zA-Z0-9]))*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+IMAGE_REF_RE = re.compile(
+    rf"^(?P<name>(?:{_IMAGE_DOMAIN}/)?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*)"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}))?$")
+#: ECI sizes by vCPU and memory: 0.25 to 64 vCPU, 0.5 to 512 GiB (larger needs an ECS type in eci.use_specs):
+#: https://www.alibabacloud.com/help/en/eci/user-guide/specify-the-number-of-vcpus-and-memory-size-to-create-an-elastic-container-instance
+ECI_MAX_CPU, ECI_MAX_MEMORY_GIB = 64.0, 512.0
+#: OSS object names are 1 to 1023 bytes of UTF-8 and must not start with '/' or '\':
+#: https://www.alibabacloud.com/help/en/oss/user-guide/object-naming-conventions
+OSS_MAX_KEY_BYTES = 1023
+#: CS tags: key and value at most 128 characters, no 'aliyun' or 'acs:' prefix, no 'http://' or 'https://':
+#: https://www.alibabacloud.com/help/en/ack/ack-managed-and-ack-dedicated/developer-reference/api-cs-2015-12-15-createcluster
+CS_TAG_MAX = 128
+#: Kubernetes' limit on all annotations of an object together (TotalAnnotationSizeLimitB, 256 KiB):
+#: https://kubernetes.io/docs/concepts/overview/working-with-objects/annotations/#syntax-and-character-set
+ANNOTATIONS_MAX_BYTES = 256 * 1024
+#: ``$(NAME)`` in command, args and env values is expanded by Kubernetes, and ``$$`` becomes ``$``:
+#: https://kubernetes.io/docs/tasks/inject-data-application/define-interdependent-environment-variables/
+_EXPANSION_RE = re.compile(r"\$(\$|\(([^)]*)\))")
+
 #: Env vars ask-batch sets itself for the workload; users may not override them.
 RESERVED_ENV_PREFIX = "ASK_BATCH_"
 #: Env vars that carry the OSS credentials into the pod (read by the OSS v2 SDK's EnvironmentVariable provider).
@@ -123,6 +163,59 @@ def _check_existing_file(value: str, what: str) -> str:
         raise ValueError(f"{what} {value!r} does not exist or is not a file (relative to {Path.cwd()}); "
                          f"fix: give the path of an existing file")
     return value
+
+
+def _check_no_expansion(value: str, what: str) -> str:
+    """Refuse ``$(`` and ``$$`` in a value ask-batch passes to the pods as env: Kubernetes would rewrite it."""
+    if _EXPANSION_RE.search(value):
+        raise ValueError(f"{what} {value!r} contains '$(' or '$$', which Kubernetes rewrites in env values "
+                         f"(https://kubernetes.io/docs/tasks/inject-data-application/define-interdependent-"
+                         f"environment-variables/); fix: leave out the '$'")
+    return value
+
+
+def _check_id(value: str | None, pattern: re.Pattern[str], what: str, example: str) -> str | None:
+    if not value:
+        return None
+    if not pattern.match(value):
+        raise ValueError(f"{value!r} is not a {what}; fix: write it as the console shows it, e.g. {example!r}")
+    return value
+
+
+def _check_label(key: str, val: str, what: str) -> None:
+    """Kubernetes label syntax: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#syntax-and-character-set"""
+    prefix, _, name = key.rpartition("/")
+    if not ANNOTATION_KEY_RE.match(key) or len(prefix) > 253 or len(name) > 63:
+        raise ValueError(f"{what} key {key!r} is invalid; fix: '[prefix/]name' with a DNS prefix of at most 253 "
+                         f"characters and a name of at most 63 letters, digits, '-', '_', '.'")
+    if not isinstance(val, str) or (val and not re.match(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$", val)):
+        raise ValueError(f"{what} value {val!r} of {key!r} is invalid; fix: at most 63 letters, digits, '-', '_', "
+                         f"'.', starting and ending with a letter or digit")
+
+
+def _env_references(value: str) -> list[str]:
+    """The variable names ``value`` refers to as ``$(NAME)``, as Kubernetes reads them (``$$`` escapes a ``$``)."""
+    return [m.group(2) for m in _EXPANSION_RE.finditer(value) if m.group(1) != "$"]
+
+
+def _check_env_expansion(env: Mapping[str, str], what: str, *, earlier: frozenset[str] = frozenset()) -> None:
+    """Refuse ``$(NAME)`` in an env value when ``NAME`` is set only *after* it in the container.
+
+    Kubernetes expands an env value's ``$(NAME)`` only from variables defined before it in the list and leaves the
+    text as it is otherwise (https://kubernetes.io/docs/tasks/inject-data-application/define-interdependent-
+    environment-variables/); the value the workload then sees is not the one written. ask-batch lists its own
+    ``ASK_BATCH_*`` variables first, then config.env, then job.env, in the order written, then secret env.
+    """
+    names = list(env)
+    for i, (name, value) in enumerate(env.items()):
+        if not isinstance(value, str):
+            continue
+        later = set(names[i:])
+        for ref in _env_references(value):
+            if ref in later and ref not in earlier and ref not in names[:i]:
+                raise ValueError(f"{what}.{name} refers to $({ref}), which is set at or after it; Kubernetes "
+                                 f"expands only variables set before, so the pod would see the text '$({ref})'; "
+                                 f"fix: set {ref} before {name}, or write $$({ref}) for the literal text")
 
 
 def _check_env_names(env: Mapping[str, str], what: str) -> None:
@@ -242,7 +335,8 @@ class AskClusterOptions(_Model):
                                      "runs inside the VPC).")
     kubeconfig_minutes: int | None = Field(None, ge=15, le=4320, description="Validity of a temporary "
                                            "kubeconfig (15..4320 min). Empty: the long-lived user kubeconfig.")
-    ready_timeout_seconds: int = Field(1800, ge=60, description="How long to wait for a new cluster to run.")
+    ready_timeout_seconds: int = Field(1800, ge=60, le=INT32_MAX,
+                                       description="How long to wait for a new cluster to run.")
 
     @field_validator("name")
     @classmethod
@@ -255,12 +349,53 @@ class AskClusterOptions(_Model):
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        # CS allows 20 tags per cluster and ask-batch adds one (CS_TAG_MAX has the source)
         if len(value) > 19:
             raise ValueError("at most 19 extra tags (CS allows 20 and ask-batch uses one); fix: drop some")
-        for key in value:
-            if key.startswith(("aliyun", "acs:", "http://", "https://")):
-                raise ValueError(f"tag key {key!r} uses a reserved prefix; fix: rename it")
+        for key, val in value.items():
+            if not key or len(key) > CS_TAG_MAX or key.startswith(("aliyun", "acs:")) or "http://" in key \
+                    or "https://" in key:
+                raise ValueError(f"tag key {key!r} is empty, longer than {CS_TAG_MAX} characters or uses a reserved "
+                                 f"prefix ('aliyun', 'acs:', 'http(s)://'); fix: rename it")
+            if not isinstance(val, str) or len(val) > CS_TAG_MAX or val.startswith(("aliyun", "acs:")) \
+                    or "http://" in val or "https://" in val:
+                raise ValueError(f"tag value of {key!r} is longer than {CS_TAG_MAX} characters or uses a reserved "
+                                 f"prefix ('aliyun', 'acs:', 'http(s)://'); fix: shorten or rename it")
         return value
+
+    @field_validator("vpc_id")
+    @classmethod
+    def _vpc(cls, value: str | None) -> str | None:
+        return _check_id(value, VPC_ID_RE, "VPC id", "vpc-bp1example")
+
+    @field_validator("vswitch_ids")
+    @classmethod
+    def _vswitches(cls, value: list[str]) -> list[str]:
+        if len(value) > 10:
+            raise ValueError("at most 10 vSwitches; fix: keep one per zone")
+        for item in value:
+            _check_id(item, VSWITCH_ID_RE, "vSwitch id", "vsw-bp1example")
+        return value
+
+    @field_validator("service_cidr")
+    @classmethod
+    def _cidr(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        import ipaddress
+
+        try:
+            net = ipaddress.ip_network(value, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a CIDR block ({exc}); fix: e.g. '172.19.0.0/20'") from None
+        if net.version != 4 or not net.is_private:
+            raise ValueError(f"{value!r} must be a private IPv4 block; fix: e.g. '172.19.0.0/20'")
+        return value
+
+    @field_validator("kubernetes_version")
+    @classmethod
+    def _version(cls, value: str | None) -> str | None:
+        return _check_id(value, KUBERNETES_VERSION_RE, "Kubernetes version", "1.32.1-aliyun.1")
 
 
 class AcsClusterOptions(AskClusterOptions):
@@ -350,11 +485,13 @@ class NasOptions(_Model):
     vpc_id: str | None = Field(None, description="VPC for the mount target. Empty: the cluster's VPC.")
     vswitch_id: str | None = Field(None, description="vSwitch for the mount target. Empty: the cluster's first.")
     path: str = Field("/", description="Directory on the file system that the volume exposes.")
-    capacity_gib: int = Field(100, ge=1, description="Capacity written on the PV/PVC (informational: NAS "
+    capacity_gib: int = Field(100, ge=1, le=10 * 1024 * 1024,
+        description="Capacity written on the PV/PVC (informational: NAS "
                               "grows on demand and bills used bytes).")
     mount_options: list[str] = Field(default_factory=lambda: ["nolock,tcp,noresvport", "vers=3"],
                                      description="NFS mount options of the PV (Alibaba recommends NFSv3).")
-    ready_timeout_seconds: int = Field(600, ge=30, description="Wait for the file system to be Running and the "
+    ready_timeout_seconds: int = Field(600, ge=30, le=INT32_MAX,
+        description="Wait for the file system to be Running and the "
                                        "mount target Active, at most this long.")
 
     @field_validator("path")
@@ -368,6 +505,34 @@ class NasOptions(_Model):
     @classmethod
     def _name(cls, value: str) -> str:
         return _check_dns_label(value, "NAS name")
+
+    @field_validator("vpc_id")
+    @classmethod
+    def _vpc(cls, value: str | None) -> str | None:
+        return _check_id(value, VPC_ID_RE, "VPC id", "vpc-bp1example")
+
+    @field_validator("vswitch_id")
+    @classmethod
+    def _vswitch(cls, value: str | None) -> str | None:
+        return _check_id(value, VSWITCH_ID_RE, "vSwitch id", "vsw-bp1example")
+
+    @field_validator("zone_id")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        return _check_id(value, ZONE_ID_RE, "zone id", "cn-hangzhou-k")
+
+    @field_validator("file_system_id")
+    @classmethod
+    def _fs_id(cls, value: str | None) -> str | None:
+        return _check_id(value, NAS_FILE_SYSTEM_ID_RE, "NAS file system id", "31a8e4b2c1")
+
+    @field_validator("mount_options")
+    @classmethod
+    def _options(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not item or any(c.isspace() for c in item):
+                raise ValueError(f"mount option {item!r} is empty or has spaces; fix: e.g. 'vers=3'")
+        return value
 
 
 class StorageSpec(_Model):
@@ -400,9 +565,10 @@ class StorageSpec(_Model):
 
 
 def _check_mount_path(value: str) -> str:
-    if not value.startswith("/") or value == "/" or ".." in value.split("/") or ":" in value:
+    if not value.startswith("/") or value == "/" or ".." in value.split("/") or ":" in value or len(value) > 1024 \
+            or any(c.isspace() or ord(c) < 32 for c in value):
         raise ValueError(f"{value!r} is not a usable mount path; fix: an absolute path like '/mnt/data'")
-    return value.rstrip("/")
+    return _check_no_expansion(value.rstrip("/"), "mount path")
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -470,6 +636,7 @@ class ConfigSpec(_Model):
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         _check_env_names(value, "config.env")
+        _check_env_expansion(value, "config.env")
         return value
 
     @field_validator("mount_path", "secret_mount_path")
@@ -506,10 +673,12 @@ class EciOptions(_Model):
     spot_strategy: Literal["None", "SpotAsPriceGo", "SpotWithPriceLimit"] = Field(
         "None", description="Preemptible (spot) instances: 'None' (pay-as-you-go), 'SpotAsPriceGo' (market "
         "price), 'SpotWithPriceLimit' (capped by spot_price_limit).")
-    spot_price_limit: float | None = Field(None, gt=0, description="Max hourly price (CNY/USD per hour, ≤3 "
+    spot_price_limit: float | None = Field(None, gt=0, le=1_000_000, allow_inf_nan=False,
+        description="Max hourly price (CNY/USD per hour, ≤3 "
                                            "decimals) for 'SpotWithPriceLimit'.")
-    spot_duration_hours: int | None = Field(None, ge=0, le=6, description="Spot protection period in hours "
-                                            "(default 1; 0 = none).")
+    spot_duration_hours: int | None = Field(None, ge=0, le=1, description="Spot protection period in hours: "
+                                            "1 (ECI's default) or 0 (none); ECI accepts no other value "
+                                            "(k8s.aliyun.com/eci-spot-duration).")
     spot_fallback: bool = Field(True, description="Fall back to pay-as-you-go when there is no spot stock.")
     image_cache: bool = Field(True, description="Let ECI match an image cache automatically (faster starts).")
     image_snapshot_id: str | None = Field(None, description="A specific image cache id ('imc-...').")
@@ -531,6 +700,11 @@ class EciOptions(_Model):
             if not ECI_SPEC_RE.match(spec):
                 raise ValueError(f"{spec!r} is not an ECI spec; fix: write '2-4Gi' or an ECS type like "
                                  f"'ecs.c6.large'")
+            if not spec.startswith("ecs."):
+                cpu, mem = spec.removesuffix("Gi").split("-")
+                if not (0.25 <= float(cpu) <= ECI_MAX_CPU and 0.5 <= float(mem) <= ECI_MAX_MEMORY_GIB):
+                    raise ValueError(f"{spec!r} is outside ECI's sizes (0.25-{ECI_MAX_CPU:g} vCPU, "
+                                     f"0.5-{ECI_MAX_MEMORY_GIB:g} GiB); fix: pick a size ECI offers, e.g. '2-4Gi'")
         return value
 
     @field_validator("spot_price_limit")
@@ -556,8 +730,13 @@ class EciOptions(_Model):
     @classmethod
     def _annotations(cls, value: dict[str, str]) -> dict[str, str]:
         for key in value:
-            if not ANNOTATION_KEY_RE.match(key):
+            prefix, _, name = key.rpartition("/")
+            if not ANNOTATION_KEY_RE.match(key) or len(prefix) > 253 or len(name) > 63:
                 raise ValueError(f"annotation key {key!r} is invalid; fix: 'prefix/name' with a DNS prefix")
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in value.items())
+        if size > ANNOTATIONS_MAX_BYTES // 2:
+            raise ValueError(f"the annotations total {size:,} bytes; Kubernetes allows {ANNOTATIONS_MAX_BYTES:,} for "
+                             f"all of a pod's annotations, ask-batch's included; fix: shorten them")
         return value
 
     @model_validator(mode="after")
@@ -639,20 +818,25 @@ class JobSpec(_Model):
     parallelism: int = Field(1, ge=1, le=100_000, description="How many pods run at once (≤ completions).")
     completion_mode: Literal["Indexed", "NonIndexed"] = Field(
         "Indexed", description="'Indexed': each pod gets JOB_COMPLETION_INDEX 0..completions-1 (its shard).")
-    backoff_limit: int | None = Field(3, ge=0, description="Pod failures allowed for the whole Job before it "
+    backoff_limit: int | None = Field(3, ge=0, le=INT32_MAX,
+        description="Pod failures allowed for the whole Job before it "
                                       "fails. Empty with backoff_limit_per_index: unlimited.")
-    backoff_limit_per_index: int | None = Field(None, ge=0, description="Retries allowed per index (Indexed "
+    backoff_limit_per_index: int | None = Field(None, ge=0, le=INT32_MAX,
+        description="Retries allowed per index (Indexed "
                                                 "only); a failing index does not stop the others.")
-    max_failed_indexes: int | None = Field(None, ge=0, description="With backoff_limit_per_index: fail the Job "
+    max_failed_indexes: int | None = Field(None, ge=0, le=INT32_MAX,
+        description="With backoff_limit_per_index: fail the Job "
                                            "once this many indexes failed.")
     pod_failure_policy: dict[str, Any] | None = Field(None, description="Kubernetes podFailurePolicy, e.g. "
                                                       "{'rules': [{'action': 'FailJob', 'onExitCodes': "
                                                       "{'operator': 'In', 'values': [42]}}]}.")
-    active_deadline_seconds: int | None = Field(3600, ge=1, description="Kill the Job after this many seconds "
+    active_deadline_seconds: int | None = Field(3600, ge=1, le=INT32_MAX,
+        description="Kill the Job after this many seconds "
                                                 "(a cost cap). Empty: no deadline.")
     restart_policy: Literal["Never", "OnFailure"] = Field("Never", description="'Never': a failed container "
                                                           "makes a new pod (keeps its log and exit code).")
-    ttl_seconds_after_finished: int | None = Field(3600, ge=0, description="Kubernetes deletes the finished "
+    ttl_seconds_after_finished: int | None = Field(3600, ge=0, le=INT32_MAX,
+        description="Kubernetes deletes the finished "
                                                    "Job after this long (logs are saved before).")
     service_account: str | None = Field(None, description="Service account of the pods.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector (rarely needed on "
@@ -671,8 +855,20 @@ class JobSpec(_Model):
         value = value.strip()
         if not value:
             raise ValueError("the image is missing; fix: set job.image, e.g. 'python:3.11-slim'")
-        if any(c.isspace() for c in value) or value != value.strip("/:@"):
-            raise ValueError(f"{value!r} is not an image reference; fix: 'registry/repo:tag'")
+        m = IMAGE_REF_RE.match(value)
+        if not m or len(m["name"]) > 255:
+            raise ValueError(f"{value!r} is not an image reference (github.com/distribution/reference grammar: "
+                             f"lowercase repository, name at most 255 characters); fix: 'registry/repo:tag', "
+                             f"e.g. 'python:3.11-slim'")
+        return value
+
+    @field_validator("command", "args")
+    @classmethod
+    def _argv(cls, value: list[str] | None) -> list[str] | None:
+        for item in value or []:
+            if "\x00" in item:
+                raise ValueError("an argument contains a NUL character, which no process can receive; fix: remove "
+                                 "it")
         return value
 
     @field_validator("cpu", "cpu_limit", mode="before")
@@ -710,10 +906,37 @@ class JobSpec(_Model):
     @classmethod
     def _labels(cls, value: dict[str, str]) -> dict[str, str]:
         for key, val in value.items():
-            if not ANNOTATION_KEY_RE.match(key) or key.startswith(("ask-batch.io/", "app.kubernetes.io/managed-by")):
-                raise ValueError(f"label key {key!r} is invalid or reserved; fix: 'prefix/name', not ask-batch.io/")
-            if val and not re.match(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$", val):
-                raise ValueError(f"label value {val!r} is invalid; fix: ≤63 letters, digits, '-', '_', '.'")
+            if key.startswith(("ask-batch.io/", "app.kubernetes.io/managed-by")):
+                raise ValueError(f"label key {key!r} is reserved; fix: 'prefix/name', not ask-batch.io/")
+            _check_label(key, val, "label")
+        return value
+
+    @field_validator("node_selector")
+    @classmethod
+    def _node_selector(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            _check_label(key, val, "node_selector")
+        return value
+
+    @field_validator("tolerations")
+    @classmethod
+    def _tolerations(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/pod-v1/#scheduling
+        known = {"key", "operator", "value", "effect", "tolerationSeconds"}
+        for item in value:
+            if set(item) - known:
+                raise ValueError(f"toleration fields {sorted(set(item) - known)} are unknown; fix: use {sorted(known)}")
+            if item.get("operator", "Equal") not in ("Equal", "Exists"):
+                raise ValueError("toleration operator must be 'Equal' or 'Exists'")
+            if item.get("effect") not in (None, "", "NoSchedule", "PreferNoSchedule", "NoExecute"):
+                raise ValueError("toleration effect must be NoSchedule, PreferNoSchedule or NoExecute")
+            for field in ("key", "value"):
+                if field in item and not isinstance(item[field], str):
+                    raise ValueError(f"toleration {field} must be a string")
+            secs = item.get("tolerationSeconds")
+            if secs is not None and (isinstance(secs, bool) or not isinstance(secs, int)
+                                     or abs(secs) > 2**63 - 1):
+                raise ValueError("tolerationSeconds must be an integer (int64)")
         return value
 
     @field_validator("pod_failure_policy")
@@ -725,11 +948,37 @@ class JobSpec(_Model):
         if not isinstance(rules, list) or not rules or set(value) != {"rules"}:
             raise ValueError("pod_failure_policy must be {'rules': [...]} with at least one rule; fix: see "
                              "kubernetes.io/docs/tasks/job/pod-failure-policy")
+        # https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/job-v1/#JobSpec (podFailurePolicy)
+        if len(rules) > 20:
+            raise ValueError("pod_failure_policy has more than 20 rules, the Kubernetes limit; fix: merge rules")
         for rule in rules:
             if not isinstance(rule, dict) or rule.get("action") not in ("FailJob", "Ignore", "Count", "FailIndex"):
                 raise ValueError("each pod_failure_policy rule needs action FailJob, Ignore, Count or FailIndex")
             if ("onExitCodes" in rule) == ("onPodConditions" in rule):
                 raise ValueError("each pod_failure_policy rule needs exactly one of onExitCodes, onPodConditions")
+            if set(rule) - {"action", "onExitCodes", "onPodConditions"}:
+                raise ValueError("a pod_failure_policy rule has fields other than action, onExitCodes and "
+                                 "onPodConditions; fix: remove them")
+            codes = rule.get("onExitCodes")
+            if codes is not None:
+                values = codes.get("values") if isinstance(codes, dict) else None
+                if (not isinstance(codes, dict) or codes.get("operator") not in ("In", "NotIn")
+                        or set(codes) - {"operator", "values", "containerName"}
+                        or not isinstance(values, list) or not 1 <= len(values) <= 255
+                        or any(isinstance(v, bool) or not isinstance(v, int) or not -2**31 <= v < 2**31
+                               for v in values)
+                        or len(set(values)) != len(values)):
+                    raise ValueError("onExitCodes needs operator In or NotIn and 1-255 distinct int32 values; fix: "
+                                     "e.g. {'operator': 'In', 'values': [42]}")
+                if codes.get("operator") == "In" and 0 in values:
+                    raise ValueError("onExitCodes with operator In must not list 0; fix: remove 0")
+            conditions = rule.get("onPodConditions")
+            if conditions is not None and (
+                    not isinstance(conditions, list) or not all(
+                        isinstance(c, dict) and isinstance(c.get("type"), str) and c["type"]
+                        and set(c) <= {"type", "status"} and c.get("status", "True") in ("True", "False", "Unknown")
+                        for c in conditions)):
+                raise ValueError("onPodConditions needs a list of {'type': ..., 'status': 'True'|'False'|'Unknown'}")
         return value
 
     @model_validator(mode="after")
@@ -748,6 +997,13 @@ class JobSpec(_Model):
             if lim is not None and parse_quantity(lim) < parse_quantity(req):
                 raise ValueError(f"{what}_limit {lim} is below the {what} request {req}; fix: raise the limit "
                                  f"or lower the request")
+        if not any(s.startswith("ecs.") for s in self.eci.use_specs):
+            cpu, mem = cpu_cores(self.cpu_limit or self.cpu), memory_gib(self.memory_limit or self.memory)
+            if cpu > ECI_MAX_CPU or mem > ECI_MAX_MEMORY_GIB:
+                raise ValueError(f"{cpu:g} vCPU / {mem:g} GiB per pod is more than ECI offers by vCPU and memory "
+                                 f"({ECI_MAX_CPU:g} vCPU, {ECI_MAX_MEMORY_GIB:g} GiB); fix: lower job.cpu/memory, or "
+                                 f"name an ECS instance type in job.eci.use_specs")
+        _check_env_expansion(self.env, "job.env")
         size = self.compute.size_parts() if self.compute else None
         if size is not None and (size[0] < cpu_cores(self.cpu) or size[1] < memory_gib(self.memory)):
             raise ValueError(f"compute.size {self.compute.size} is below the requests (cpu {self.cpu}, memory "
@@ -761,10 +1017,12 @@ class JobSpec(_Model):
 class WaitSpec(_Model):
     """How wait_for_job watches the Job and when it gives up early."""
 
-    fail_fast_grace_seconds: int = Field(90, ge=0, description="A pod stuck in ImagePullBackOff, Unschedulable, "
+    fail_fast_grace_seconds: int = Field(90, ge=0, le=INT32_MAX,
+        description="A pod stuck in ImagePullBackOff, Unschedulable, "
                                          "CreateContainerConfigError or ECI creation failure for this long fails "
                                          "the run (a registry can be briefly unreachable).")
-    timeout_seconds: int | None = Field(None, ge=1, description="Give up waiting after this long. Empty: the "
+    timeout_seconds: int | None = Field(None, ge=1, le=INT32_MAX,
+        description="Give up waiting after this long. Empty: the "
                                         "Job's active deadline plus 10 minutes.")
     stream_logs: bool = Field(True, description="Stream every pod's log lines into the Prefect run log.")
     log_tail_lines: int = Field(20, ge=0, le=1000, description="Lines of a failed pod's log quoted in the error.")
@@ -786,7 +1044,7 @@ class OutputsSpec(_Model):
         "marker", description="'marker': every index wrote marker_name; 'min_objects': every index wrote at "
         "least min_objects objects.")
     marker_name: str = Field("_SUCCESS", description="Name of the per-index done-marker object.")
-    min_objects: int = Field(1, ge=1, description="For 'min_objects': objects each index must write.")
+    min_objects: int = Field(1, ge=1, le=INT32_MAX, description="For 'min_objects': objects each index must write.")
     download: bool = Field(True, description="Download the outputs (checksums verified); off: record only.")
     download_dir: str = Field("outputs", description="Local directory; files land in "
                               "<download_dir>/<flow-run-name>/.")
@@ -816,8 +1074,10 @@ class OutputsSpec(_Model):
         if unknown:
             raise ValueError(f"unknown field(s) {sorted(unknown)} in prefix_template; fix: use {{run_key}} or "
                              f"{{flow_run_name}}")
-        if value.startswith("/"):
-            raise ValueError("prefix_template must not start with '/'; fix: drop the leading slash")
+        if value.startswith(("/", "\\")):
+            raise ValueError("prefix_template must not start with '/' or '\\' (OSS object names cannot); fix: drop "
+                             "the leading slash")
+        _check_no_expansion(value, "prefix_template")
         return value if value.endswith("/") else value + "/"
 
     @field_validator("index_template")
@@ -828,16 +1088,38 @@ class OutputsSpec(_Model):
             raise ValueError("index_template must use exactly the field {index}; fix: e.g. 'index-{index:05d}/'")
         try:
             value.format(index=0)
-        except (ValueError, IndexError) as exc:
-            raise ValueError(f"index_template cannot be formatted ({exc}); fix: e.g. 'index-{{index:05d}}/'") from exc
+        except (ValueError, IndexError, TypeError, KeyError) as exc:
+            raise ValueError(f"index_template cannot be formatted ({exc}); fix: e.g. 'index-{{index:05d}}/'") from None
+        _check_no_expansion(value, "index_template")
         return value if value.endswith("/") else value + "/"
 
     @field_validator("marker_name")
     @classmethod
     def _marker(cls, value: str) -> str:
-        if not value or "/" in value:
+        if not value or "/" in value or "\\" in value or value in (".", "..") or any(ord(c) < 32 for c in value):
             raise ValueError(f"{value!r} is not a marker object name; fix: a plain name like '_SUCCESS'")
-        return value
+        return _check_no_expansion(value, "marker_name")
+
+    @field_validator("pod_endpoint")
+    @classmethod
+    def _pod_endpoint(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not ENDPOINT_RE.match(value):
+            raise ValueError(f"{value!r} is not an endpoint; fix: write 'host[:port]' or 'http(s)://host[:port]'")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _key_length(self) -> "OutputsSpec":
+        # the longest key a pod writes: the run prefix (a run key is at most 40 characters) + an index prefix + the
+        # marker; OSS_MAX_KEY_BYTES has the source
+        longest = (self.prefix_template.format(run_key="x" * 40, flow_run_name="ask-batch-" + "x" * 40)
+                   + self.index_template.format(index=100_000) + self.marker_name)
+        if len(longest.encode()) > OSS_MAX_KEY_BYTES - 64:  # room for the workload's own file names
+            raise ValueError(f"the output keys would be up to {len(longest.encode())} bytes, and OSS object names are "
+                             f"at most {OSS_MAX_KEY_BYTES}; fix: shorten prefix_template, index_template or "
+                             f"marker_name")
+        return self
 
 
 def _template_fields(template: str, what: str) -> set[str]:
@@ -914,6 +1196,15 @@ class BatchSpec(_Model):
         clash = set(self.config.env) & set(self.job.env)
         if clash:
             raise ValueError(f"{sorted(clash)} set in both config.env and job.env; fix: keep one")
+        secret_names = {item.name for item in self.config.secret_env}
+        for what, env in (("config.env", self.config.env), ("job.env", self.job.env)):
+            for name, value in env.items():
+                for ref in _env_references(value):
+                    if ref in secret_names:
+                        raise ValueError(f"{what}.{name} refers to $({ref}), a config.secret_env variable that "
+                                         f"Kubernetes sets after the plain env, so the pod would see the text "
+                                         f"'$({ref})'; fix: read {ref} in the workload itself")
+        _check_env_expansion({**self.config.env, **self.job.env}, "env")
         if self.outputs.pod_credentials == "ram_role" and not self.job.eci.ram_role_name:
             raise ValueError("outputs.pod_credentials 'ram_role' needs job.eci.ram_role_name; fix: set the RAM "
                              "role, or use 'target'")
@@ -968,6 +1259,10 @@ def spec_error_from(exc: ValidationError, *, root: str = "") -> SpecError:
             msg = "unknown field; fix: check the spelling (see the parameter form for the known fields)"
         elif err["type"] == "missing":
             msg = "required; fix: set it"
+        elif err["type"] in ("int_parsing_size", "int_from_float", "int_parsing", "int_type", "finite_number"):
+            msg = f"{msg}; fix: write a whole number of at most {INT32_MAX} (Kubernetes' int32)"
+        elif err["type"] in ("less_than_equal", "less_than", "greater_than_equal", "greater_than"):
+            msg = f"{msg}; fix: use a value in that range (see the field's description)"
         problems.append((field, msg))
     return SpecError(problems)
 

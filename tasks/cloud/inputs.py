@@ -9,53 +9,115 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tasks.cloud.clients import AliCredentials
+from tasks.cloud.local_files import decode_utf8, read_regular_file
+from tasks.errors import SpecError
 from tasks.render.manifests import ConfigContent
 from tasks.spec import BatchSpec, ConfigSpec
 
-MAX_OBJECT_BYTES = 1_000_000  # Kubernetes rejects ConfigMaps/Secrets over 1 MiB (etcd limit), metadata included
+#: The most bytes of data one ConfigMap or Secret may hold: Kubernetes' ``MaxSecretSize`` (1 MiB), which API
+#: validation compares with the sum of the values of ``data`` and ``binaryData`` (ConfigMap) or ``data`` (Secret).
+#: https://kubernetes.io/docs/concepts/configuration/configmap/ ("cannot exceed 1 MiB"),
+#: https://kubernetes.io/docs/concepts/configuration/secret/#restriction-data-size ("limited to 1MiB in size").
+MAX_OBJECT_BYTES = 1024 * 1024
+
+_TOO_BIG_FIX = "put big inputs on the shared volume (storage) or in OSS, and read them from the pods"
 
 
-def _read_local_files(paths: list[str]) -> dict[str, bytes]:
+def _read_local_files(paths: list[str], problems: list[tuple[str, str]]) -> tuple[dict[str, bytes], int]:
+    """Top-level regular files of each path (a file, or a directory's files; sub-directories are skipped).
+
+    Returns the files read and their total size; once the total is over ``MAX_OBJECT_BYTES`` the remaining files
+    are only measured, not read (the run is refused anyway).
+    """
     files: dict[str, bytes] = {}
-    for item in paths:
+    total = 0
+    for i, item in enumerate(paths):
+        field = f"config.local_paths.{i}"
         path = Path(item).expanduser()
-        entries = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        if path.is_dir():
+            try:
+                entries = sorted(p for p in path.iterdir() if not p.is_dir())
+            except OSError as exc:
+                problems.append((field, f"{item!r}: cannot list it ({exc.strerror}); fix: make it readable"))
+                continue
+        else:
+            entries = [path]
         for entry in entries:
             if entry.name in files:
-                raise ValueError(f"config.local_paths: two files are named {entry.name!r}; fix: rename one")
-            files[entry.name] = entry.read_bytes()
-    return files
+                problems.append((field, f"two files are named {entry.name!r}; fix: rename one"))
+                continue
+            if total > MAX_OBJECT_BYTES and entry.is_file():
+                total += entry.stat().st_size
+                continue
+            try:
+                data = read_regular_file(entry, limit=MAX_OBJECT_BYTES, field=field,
+                                         fix=f"{_TOO_BIG_FIX} (a ConfigMap holds at most 1 MiB)")
+            except SpecError as exc:
+                problems += exc.problems
+                continue
+            total += len(data)
+            files[entry.name] = data
+    return files, total
 
 
 def collect_config_content(config: ConfigSpec, *, load_secret: Callable[[str], str],
                            extra_secret_env: dict[str, str] | None = None) -> ConfigContent:
-    """Read every file and secret the run ships to its pods (local files, Prefect Secret blocks).
+    """Read every file and secret the run ships to its pods (local files, Prefect Secret blocks), with bounds.
 
-    Raises ValueError naming the field when something is missing or too big, before anything is created.
+    Every file is read as ``tasks.cloud.local_files.read_regular_file`` does (regular files only, never more than
+    the 1 MiB a ConfigMap or Secret can hold), and the totals are checked against ``MAX_OBJECT_BYTES`` the way the
+    Kubernetes API server checks them, so a run that cannot publish its config stops here, before anything exists.
+
+    Raises:
+        SpecError: one line per problem (missing, special or too big files, non-UTF-8 secret env values, a
+            ConfigMap or Secret over 1 MiB), each naming the field.
     """
-    files = _read_local_files(config.local_paths)
+    problems: list[tuple[str, str]] = []
+    files, local_bytes = _read_local_files(config.local_paths, problems)
     for name, text in config.files.items():
         if name in files:
-            raise ValueError(f"config.files: {name!r} is also in config.local_paths; fix: keep one")
+            problems.append((f"config.files.{name}", "is also in config.local_paths; fix: keep one"))
         files[name] = text.encode()
-    secret_files = {item.name: _secret_bytes(item.block, item.file, load_secret) for item in config.secret_files}
-    secret_env = {item.name: _secret_bytes(item.block, item.file, load_secret).decode()
-                  for item in config.secret_env}
+    secret_files: dict[str, bytes] = {}
+    for i, item in enumerate(config.secret_files):
+        blob = _secret_bytes(item.block, item.file, load_secret, field=f"config.secret_files.{i}", problems=problems)
+        if blob is not None:
+            secret_files[item.name] = blob
+    secret_env: dict[str, str] = {}
+    for i, item in enumerate(config.secret_env):
+        field = f"config.secret_env.{i}"
+        blob = _secret_bytes(item.block, item.file, load_secret, field=field, problems=problems)
+        if blob is not None:
+            try:
+                secret_env[item.name] = decode_utf8(blob, field=field, what=f"the value of {item.name}")
+            except SpecError as exc:
+                problems += exc.problems
     secret_env.update(extra_secret_env or {})
-    for what, blob in (("config files", files), ("secret files and env", {**secret_files, **{
-            k: v.encode() for k, v in secret_env.items()}})):
-        size = sum(len(v) for v in blob.values())
-        if size > MAX_OBJECT_BYTES:
-            raise ValueError(f"{what} total {size} bytes, over the 1 MiB Kubernetes limit; fix: put big inputs "
-                             f"on the shared volume or in OSS")
+    config_bytes = local_bytes + sum(len(v.encode()) for v in config.files.values())
+    if config_bytes > MAX_OBJECT_BYTES:
+        problems.append(("config.local_paths" if config.local_paths else "config.files",
+                         f"the config files total {config_bytes:,} bytes, over the {MAX_OBJECT_BYTES:,} bytes (1 MiB) "
+                         f"a Kubernetes ConfigMap holds; fix: {_TOO_BIG_FIX}"))
+    secret_bytes = sum(len(v) for v in secret_files.values()) + sum(
+        len(v.encode()) for v in secret_env.values())
+    if secret_bytes > MAX_OBJECT_BYTES:
+        problems.append(("config.secret_files", f"the secret files and env total {secret_bytes:,} bytes, over the "
+                         f"{MAX_OBJECT_BYTES:,} bytes (1 MiB) a Kubernetes Secret holds; fix: {_TOO_BIG_FIX}"))
+    if problems:
+        raise SpecError(problems)
     return ConfigContent(files=files, secret_files=secret_files, secret_env=secret_env)
 
 
-def _secret_bytes(block: str | None, file: str | None, load_secret: Callable[[str], str]) -> bytes:
+def _secret_bytes(block: str | None, file: str | None, load_secret: Callable[[str], str], *, field: str,
+                  problems: list[tuple[str, str]]) -> bytes | None:
     if block:
         return load_secret(block).encode()
     assert file is not None  # SecretItem guarantees one of the two
-    return Path(file).expanduser().read_bytes()
+    try:
+        return read_regular_file(file, limit=MAX_OBJECT_BYTES, field=field, fix=_TOO_BIG_FIX)
+    except SpecError as exc:
+        problems += exc.problems
+        return None
 
 
 def pod_credential_env(spec: BatchSpec, creds: AliCredentials | None) -> dict[str, str]:

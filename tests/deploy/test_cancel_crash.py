@@ -4,7 +4,7 @@
 What each test checks is what a user relies on: the run ends Cancelled / Crashed, and teardown ran per policy
 (job, config and volume 'always', NAS 'never'): the run's Job, pods, ConfigMap, Secret, PVC and PV are gone from
 the cluster (read with the kubernetes client), the NAS file system is kept, and the run's own log says what the
-``on_cancellation`` / ``on_crashed`` hook (``flows.ask_batch.sweep``) deleted and kept.
+``on_cancellation`` / ``on_crashed`` hook (``flows.hooks.sweep``) deleted and kept.
 
 In Prefect 3.9.1 both hooks run in the *worker's* process (``prefect.runner._hook_runner``): after a cancel the
 worker stops the flow process and runs ``on_cancellation`` before it sets Cancelled; after the process dies it
@@ -34,7 +34,7 @@ SELECTOR = "ask-batch.io/run={}"
 
 def sandbox_spec(stack: Stack, run_key: str) -> Any:
     """The run's spec aimed at the stack's sandbox, to look at the cluster and the NAS as the flow does."""
-    from flows.ask_batch import build_spec
+    from flows.cli import build_spec
 
     return build_spec(REPO / "deployments" / "example.yaml", [f"run_key={run_key}", "config.local_paths=[]",
                                                               "config.secret_files=[]"],

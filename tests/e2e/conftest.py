@@ -2,7 +2,7 @@
 
 The sandbox's virtual node runs pod commands as host processes with this process's PATH, so this interpreter's
 ``bin`` goes first on PATH before any pod starts: ``python3`` in the example Job then has the OSS SDK, as the
-example image does on ASK (the CLI does the same when it starts a sandbox; see flows/ask_batch.py).
+example image does on ASK (the CLI does the same when it starts a sandbox; see flows/cli.py).
 """
 
 import json

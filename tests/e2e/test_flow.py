@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from examples.workload.shard_hash import compute_shard
-from flows.ask_batch import LOCK_LEASE_SECONDS, ask_batch, build_spec, main
+from flows.ask_batch import LOCK_LEASE_SECONDS, ask_batch
+from flows.cli import build_spec, main
 from tasks.render.manifests import run_prefix
 from tests.e2e.conftest import EXAMPLE, REPO, example_sets, processes
 

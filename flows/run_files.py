@@ -1,0 +1,80 @@
+"""What a flow run is called and where its files go: the run key, the run name, the pod-log directories.
+
+Shared by the flow (``flows.ask_batch``), its hooks (``flows.hooks``), the summary (``flows.summary``) and the
+CLI (``flows.cli``); it holds no Prefect flow, so each of them can import it without importing the others.
+"""
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from prefect.runtime import flow_run as current_run
+
+from tasks.naming import make_run_key
+from tasks.spec import BatchSpec, parse_spec
+
+#: How long a crashed run keeps its spec locked (the live holder renews its lease well before this).
+LOCK_LEASE_SECONDS = 60.0  # the Prefect server's minimum lease
+
+
+def derive_run_key(spec: BatchSpec, flow_run_id: Any) -> str:
+    """``spec.run_key``, else one derived from the flow run id (stable across retries of that flow run)."""
+    if spec.run_key:
+        return spec.run_key
+    return make_run_key("r" + str(flow_run_id).replace("-", "")[:12])
+
+
+def _spec_of(parameters: dict[str, Any]) -> BatchSpec:
+    value = parameters["spec"]
+    return value if isinstance(value, BatchSpec) else parse_spec(value)
+
+
+def flow_run_name() -> str:
+    """``ask-batch-<run key>``: the name the outputs directory and the UI show."""
+    return f"ask-batch-{derive_run_key(_spec_of(current_run.parameters), current_run.id)}"
+
+
+def log_dir_for(spec: BatchSpec, name: str) -> Path:
+    """Where wait_for_job streams each pod's whole log while the Job runs (a staging directory).
+
+    collect_outputs uploads these files to OSS and copies them to ``<download_dir>/<run>/logs/``; when the run
+    fails before that, the flow copies them there itself (``keep_logs``), so the logs are always found there.
+    """
+    return Path(spec.outputs.download_dir) / ".pod-logs" / name
+
+
+def kept_logs_dir(spec: BatchSpec, name: str) -> Path:
+    """Where the user finds every pod's log after the run: ``<download_dir>/<run>/logs/``."""
+    return Path(spec.outputs.download_dir) / name / "logs"
+
+
+def keep_logs(spec: BatchSpec, name: str) -> Path:
+    """Copy the streamed pod logs to ``kept_logs_dir`` (for runs that fail before collect_outputs does it)."""
+    dest = kept_logs_dir(spec, name)
+    source = log_dir_for(spec, name)
+    if source.is_dir():
+        dest.mkdir(parents=True, exist_ok=True)
+        for path in source.glob("*.log"):
+            shutil.copyfile(path, dest / path.name)
+    return dest
+
+
+def save_logs_after_failure(spec: BatchSpec, *, run_key: str, name: str,
+                            logger: Any) -> tuple[dict[str, str] | None, str | None]:
+    """Upload a failed run's pod logs to ``<run prefix>logs/`` in OSS, as collect_outputs does on success.
+
+    Best effort: returns (pod -> key, None), or (None, why not); never raises, so the run's own error stays
+    the one the user sees.
+    """
+    from tasks.stages.outputs import save_pod_logs_task
+
+    source = log_dir_for(spec, name)
+    if not source.is_dir() or not any(source.glob("*.log")):
+        return None, "no pod log was streamed"
+    try:
+        saved = save_pod_logs_task(spec, run_key=run_key, flow_run_name=name, log_dir=source)
+    except Exception as exc:  # noqa: BLE001 - never hide the run's own error behind this one
+        logger.error("could not upload the pod logs to OSS: %s: %s", type(exc).__name__, exc)
+        return None, f"{type(exc).__name__}: {exc}"
+    return saved, None
+
