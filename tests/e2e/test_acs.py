@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from examples.workload.shard_hash import compute_shard
-from flows.ask_batch import ask_batch, build_spec
+from flows.ask_batch import ask_batch
+from flows.cli import build_spec
 from tests.e2e.conftest import REPO, example_sets
 from tests.e2e.test_flow import flow_artifacts, flow_logs
 
