@@ -409,8 +409,8 @@ class AcsClusterOptions(AskClusterOptions):
                       "in the region is reused.")
     create_if_missing: bool = Field(True, description="Create the ACS cluster when none has this name.")
     cluster_spec: Literal["ack.standard", "ack.pro.small"] = Field(
-        "ack.pro.small", description="Cluster specification of a new ACS cluster (ACS clusters are created as "
-        "'ack.pro.small'; ACS charges no cluster management fee).")
+        "ack.pro.small", description="Cluster specification of a new ACS cluster ('ack.pro.small', as public ACS "
+        "automation creates them; ACS charges no cluster management fee).")
     vswitch_ids: list[str] = Field(default_factory=list, description="vSwitches for the pods of a new cluster; "
                                    "several zones improve BestEffort stock availability.")
 
