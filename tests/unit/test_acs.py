@@ -131,3 +131,12 @@ def test_acs_prices_by_class_and_qos_with_source() -> None:
     assert estimate_acs_job(default, hour, region="ap-southeast-1").currency == "USD"
     assert estimate_job(default, hour, region="cn-hangzhou").amount != on_demand.amount  # ECI prices differ
     assert {k[2] for k in ACS_PRICES} == {"default", "best-effort"}
+
+
+def test_example_acs_parameters_are_valid_and_ask_for_acs() -> None:
+    import yaml
+
+    with open("deployments/example-acs.yaml") as fh:
+        spec = parse_spec(yaml.safe_load(fh))
+    assert spec.cluster.mode == "acs" and spec.cluster.managed is spec.cluster.acs
+    assert spec.job.compute is not None and spec.job.eci.model_dump(exclude_defaults=True) == {}
