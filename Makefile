@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PARAMS ?= deployments/example.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-deps lint sandbox bench clean up down
+.PHONY: install run test test-slow test-deps lint sandbox bench clean up down
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,15 +18,24 @@ $(STAMP): $(BIN)/python requirements.txt requirements-dev.txt
 
 install: $(STAMP)
 
-## run the whole pipeline on the sandbox (starts one if none is running)
+## run the whole pipeline on the sandbox (starts one if none is running); history in .prefect/, as `make up` shows it
+##   (SANDBOX=DIR, PARAMS=FILE, PREFECT_DIR=DIR and RUN_ARGS="--set a.b=v ..." change what it runs)
+SANDBOX ?= .sandbox
+PARAMS ?= deployments/example.yaml
+PREFECT_DIR ?= $(CURDIR)/.prefect
+RUN_ARGS ?=
 run: install
-	$(BIN)/python -m flows.ask_batch --sandbox .sandbox --params $(PARAMS)
+	PREFECT_HOME=$(PREFECT_DIR) $(BIN)/python -m flows.ask_batch --sandbox $(SANDBOX) --params $(PARAMS) $(RUN_ARGS)
 
-## install the test needs and run every test
+## install the test needs and run every test but the slow ones (`make test-slow`; .ci/run runs both)
 test: install test-deps
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs -m "not slow"
+
+## the slow end-to-end tests (marker `slow`: several minutes each, e.g. the Kubernetes work pool)
+test-slow: install test-deps
+	$(BIN)/python -m pytest -q -rs -m slow
 
 ## Debian packages of the browser and PostgreSQL tests (chromium, chromium-driver, postgresql); as root only,
 ## quick when present; without them those tests skip, naming the packages

@@ -11,7 +11,7 @@ The Job: the example workload (``examples/workload/shard_hash.py``, ``--completi
 with a 1 KiB shard, so each pod is a Python start-up, a tiny hash and two small OSS uploads (result + marker),
 then exits.
 
-- **ask-batch**: ``flows.ask_batch.ask_batch(spec)`` in this process (cluster mode ``existing``, storage ``pvc``):
+- **ask-batch**: ``ask_batch(**flow_parameters(spec))`` in this process (cluster mode ``existing``, storage ``pvc``):
   ensure_cluster, ensure_volume (checks the claim), ensure_bucket, publish_config, launch_job, wait_for_job
   (live logs), collect_outputs (saves the pod logs to OSS, lists, downloads and verifies 2 objects per index),
   teardown (Job, ConfigMap, Secret; waits until they are gone), summary artifact. Timed from the call to its
@@ -156,6 +156,7 @@ def run(repeat: int, completions: int) -> dict[str, dict[str, Series]]:
     with Sandbox() as sb, prefect_test_harness(server_startup_timeout=120), \
             temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         from flows.ask_batch import ask_batch
+        from flows.run_files import flow_parameters
 
         claim = shared_volume(sb)
         cid = sb.default_cluster_id
@@ -169,7 +170,7 @@ def run(repeat: int, completions: int) -> dict[str, dict[str, Series]]:
                 script = script_files(sb, spec, work, run_key) if name == "kubectl script" else None
                 before, t0 = sb.requests(cid), time.perf_counter()
                 if script is None:
-                    state = ask_batch(spec, return_state=True)
+                    state = ask_batch(**flow_parameters(spec), return_state=True)
                     wall = time.perf_counter() - t0
                     if not state.is_completed():
                         raise RuntimeError(f"flow run failed: {state.message}")

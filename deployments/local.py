@@ -13,8 +13,11 @@ Why Python and not a shell script: each step waits for a *condition* with a dead
 ``/api/health``, the sandbox's control endpoint, the worker's registration in the API) instead of sleeping, the
 same code starts the stack for the end-to-end tests (on free ports, in temp dirs), and stopping has one quirk
 worth code: a ``prefect worker`` started in the background of a non-interactive shell inherits SIGINT as ignored
-and then ignores its first SIGTERM (research/prefect.md §3.3 item 7). Children are therefore started with SIGINT
-reset to the default, in their own session, and stopped with SIGTERM, a second SIGTERM, then SIGKILL.
+and then ignores its first SIGTERM (observed with Prefect 3.9.1; the worker's handler is
+``setup_signal_handlers_worker``:
+https://github.com/PrefectHQ/prefect/blob/main/src/prefect/utilities/processutils.py). Children are therefore
+started with SIGINT reset to the default, in their own session, and stopped with SIGTERM, a second SIGTERM, then
+SIGKILL.
 """
 
 import argparse
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deployments.steps import PROJECT_ROOT
+from flows.prefect_home import API_URL_FILE
 
 POOL = "ask-batch-process"
 WORKER_NAME = "ask-batch-local"
@@ -150,12 +154,21 @@ class Stack:
     def log_file(self, service: str) -> Path:
         return self.state / f"{service}.log"
 
+    def pid_files(self, service: str) -> list[Path]:
+        """Where the pid of ``service`` may be: ``<state>/<service>.pid``, and for the sandbox also the
+        ``sandbox.pid`` that ``make run`` (the CLI) writes into the sandbox directory when it starts one."""
+        files = [self.pid_file(service)]
+        if service == "sandbox" and self.sandbox_dir is not None:
+            files.append(self.sandbox_dir / "sandbox.pid")
+        return files
+
     def running_pid(self, service: str) -> int | None:
-        """The pid from ``<service>.pid`` if that process still runs, else None."""
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(self.pid_file(service).read_text().split()[0])
-            if pid_alive(pid):
-                return pid
+        """The pid from the first pid file of ``service`` whose process still runs, else None."""
+        for path in self.pid_files(service):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(path.read_text().split()[0])
+                if pid_alive(pid):
+                    return pid
         return None
 
     # ------------------------------------------------------------------ processes
@@ -209,13 +222,18 @@ class Stack:
 
     # ------------------------------------------------------------------ steps of `up`
 
-    def start_server(self, timeout: float = 90.0) -> str:
+    def start_server(self, timeout: float = 300.0) -> str:
+        """Start (or keep) the server; record its API URL in ``<state>/api_url`` for CLI runs
+        (``flows.prefect_home``: a ``make run`` then reports to this server, so its runs show in this UI)."""
+        self.state.mkdir(parents=True, exist_ok=True)
         if self.server_healthy():
+            (self.state / API_URL_FILE).write_text(self.api_url + "\n")
             return f"Prefect server: already answering at {self.ui_url}"
         proc = self._spawn("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                                       "--port", str(self.port)])
         wait_until(self.server_healthy, timeout=timeout, alive=lambda: proc.poll() is None,
                    what=f"Prefect server (log {self.log_file('server')})")
+        (self.state / API_URL_FILE).write_text(self.api_url + "\n")
         return f"Prefect server: started (pid {proc.pid}) at {self.ui_url}"
 
     def start_sandbox(self, timeout: float = 60.0) -> str:
@@ -237,10 +255,20 @@ class Stack:
         return "wired the sandbox: " + "; ".join(result.stdout.strip().splitlines())
 
     def create_pool(self) -> str:
-        if self.prefect("work-pool", "inspect", self.pool, check=False).returncode == 0:
-            return f"work pool {self.pool}: exists"
-        self.prefect("work-pool", "create", self.pool, "--type", "process")
-        return f"work pool {self.pool}: created (process)"
+        """Create the process pool the worker serves and the Kubernetes pool of ``adhoc-k8s`` (both must exist
+        before ``prefect deploy --all``); existing pools are kept."""
+        from deployments.k8s_pool import BASE_JOB_TEMPLATE
+        from deployments.k8s_pool import POOL as K8S_POOL
+
+        said = []
+        for pool, extra in ((self.pool, ["--type", "process"]),
+                            (K8S_POOL, ["--type", "kubernetes", "--base-job-template", BASE_JOB_TEMPLATE])):
+            if self.prefect("work-pool", "inspect", pool, check=False).returncode == 0:
+                said.append(f"work pool {pool}: exists")
+                continue
+            self.prefect("work-pool", "create", pool, *extra)
+            said.append(f"work pool {pool}: created ({extra[1]})")
+        return "; ".join(said)
 
     def deploy(self) -> str:
         result = self.prefect("deploy", "--all", "--no-prompt", timeout=300)
@@ -267,15 +295,19 @@ class Stack:
         say(self.create_pool())
         say(self.deploy())
         say(self.start_worker())
-        say(f"UI: {self.ui_url}   (CLI: export PREFECT_API_URL={self.api_url})")
+        say(f"UI: {self.ui_url}   (`make run` and the CLI report here while it runs; their runs are kept in "
+            f"{self.state} either way)")
 
     # ------------------------------------------------------------------ down
 
     def stop(self, service: str, *, grace: float = 15.0) -> str:
         """Stop the process group started for ``service`` (SIGTERM, SIGTERM, then SIGKILL)."""
+        if service == "server":
+            (self.state / API_URL_FILE).unlink(missing_ok=True)
         pid = self.running_pid(service)
         if pid is None:
-            self.pid_file(service).unlink(missing_ok=True)
+            for path in self.pid_files(service):
+                path.unlink(missing_ok=True)
             return f"{service}: not running"
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
             with contextlib.suppress(ProcessLookupError):
@@ -283,7 +315,8 @@ class Stack:
             with contextlib.suppress(StackError):
                 wait_until(lambda: not pid_alive(pid), timeout=wait, what=service, interval=0.1)
                 break
-        self.pid_file(service).unlink(missing_ok=True)
+        for path in self.pid_files(service):
+            path.unlink(missing_ok=True)
         return f"{service}: stopped (pid {pid})"
 
     def down(self, say: Callable[[str], None] = print) -> None:
@@ -295,7 +328,7 @@ class Stack:
         out = {}
         for service in ("server", "sandbox", "worker"):
             pid = self.running_pid(service)
-            out[service] = f"running (pid {pid}, log {self.log_file(service)})" if pid else "not started here"
+            out[service] = f"running (pid {pid})" if pid else "not running"
         out["api"] = f"{self.api_url} {'healthy' if self.server_healthy() else 'not answering'}"
         return out
 

@@ -3,22 +3,23 @@
     prefect deployment run ask-batch/adhoc --params "$(python -m deployments.params deployments/example.yaml \
         --set job.completions=3 --set job.parallelism=3)" --watch
 
-Why: the deployments take one parameter, ``spec`` (a ``BatchSpec``), and ``--param spec=...`` replaces the whole
-of it (the server merges run parameters into the deployment's only one level deep). This prints the file, with
-``--set`` changes applied (``flows.cli.load_params``), validated, and its ``target`` replaced by a reference
-to the wired target variable, so the run goes where ``deployments.wire`` pointed the server.
+Why: the flow takes one parameter per section of a ``BatchSpec`` (``job``, ``config``, ``outputs``, ...), and the
+server merges a run's parameters into the deployment's by name, so ``--param job='{...}'`` replaces the ``job``
+section and keeps the others. To send a whole parameter file instead, this prints its sections, with ``--set``
+changes applied (``flows.cli.load_params``), validated, and ``target`` replaced by a reference to the wired
+target variable, so the run goes where ``deployments.wire`` pointed the server.
 """
 
 import argparse
 import json
 import sys
 
-from deployments.steps import TARGET_VARIABLE, target_reference
+from deployments.steps import TARGET_VARIABLE, sections_of, target_reference
 
 
 def run_parameters(path: str, sets: list[str] | None = None, *,
                    target_variable: str | None = TARGET_VARIABLE) -> dict[str, object]:
-    """``{"spec": ...}`` for a flow run: the file with ``sets`` applied, validated, target -> the wired variable.
+    """The flow's parameters for a run: the file with ``sets`` applied, validated, target -> the wired variable.
 
     Raises:
         ValueError: the file cannot be read, a ``--set`` is malformed, or the result is not a valid BatchSpec.
@@ -30,7 +31,7 @@ def run_parameters(path: str, sets: list[str] | None = None, *,
     admit(data)
     if target_variable:
         data["target"] = target_reference(target_variable)
-    return {"spec": data}
+    return {name: value for name, value in sections_of(data).items() if name in data}
 
 
 def main(argv: list[str] | None = None) -> int:

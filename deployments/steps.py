@@ -4,13 +4,15 @@ Why build steps and not literal values in prefect.yaml:
 
 - **The working directory.** A process worker runs the flow wherever the deployment's pull step points it. A
   literal path in prefect.yaml only works on the machine that wrote it, and leaving ``pull:`` out makes
-  ``prefect deploy`` bake in *its* current directory (research/prefect.md §3.3). ``project_directory`` returns the
+  ``prefect deploy`` bake in *its* current directory (the ``pull`` section:
+  https://docs.prefect.io/v3/deploy/infrastructure-concepts/prefect-yaml). ``project_directory`` returns the
   directory of the clone that holds this file, whatever the current directory, and the pull step uses it as
   ``{{ project.directory }}``.
 - **The parameters.** prefect.yaml cannot include another file, and a spec copied into it drifts from the files
   in ``deployments/`` that ``make run`` and the tests use. ``spec_parameters`` reads such a file, validates it
-  as a ``BatchSpec`` (an invalid parameter file fails ``prefect deploy``, not the 02:00 run), and hands it to the
-  deployment as ``{{ <step id>.spec }}``.
+  as a ``BatchSpec`` (an invalid parameter file fails ``prefect deploy``, not the 02:00 run), and hands its
+  sections to the deployment as ``{{ <step id>.job }}``, ``{{ <step id>.config }}``, ... (the flow takes one
+  parameter per section, ``flows.run_files.SECTIONS``).
 - **The target.** Where a run goes (region, credentials by Secret block name, endpoint overrides) is not part of
   the job: ``python -m deployments.wire`` writes it once per Prefect server into the variable ``ask_batch_target``,
   and prefect.yaml hands it to ``spec_parameters`` as ``target: "{{ prefect.variables.ask_batch_target }}"``
@@ -69,7 +71,7 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
 
 
 def spec_parameters(path: str, target: dict[str, Any] | str | None = None) -> dict[str, Any]:
-    """Build step: ``{"spec": <the parameter file>}``, validated, with ``target`` replaced by the wired one.
+    """Build step: the parameter file's sections, validated, with ``target`` replaced by the wired one.
 
     Args:
         path: the parameter file, relative to the project root (e.g. ``deployments/nightly.yaml``).
@@ -78,7 +80,9 @@ def spec_parameters(path: str, target: dict[str, Any] | str | None = None) -> di
             ``None`` keeps the file's own ``target``.
 
     Returns:
-        ``{"spec": dict}``: use it as ``parameters: {spec: "{{ <step id>.spec }}"}``.
+        ``{"job": dict, "config": dict, ..., "run_key": str}`` (every name in ``flows.run_files.SECTIONS``; a
+        section the file leaves out is ``{}``, its defaults): use them as
+        ``parameters: {job: "{{ <step id>.job }}", config: "{{ <step id>.config }}", ...}``.
 
     Raises:
         ValueError: no target is wired, or the file (with the target) is not a valid BatchSpec; ``prefect
@@ -104,5 +108,12 @@ def spec_parameters(path: str, target: dict[str, Any] | str | None = None) -> di
             admit(data)
     finally:
         os.chdir(cwd)
-    return {"spec": data}
+    return sections_of(data)
+
+
+def sections_of(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``BatchSpec`` mapping as the flow's parameters: one entry per section, ``{}`` (or ``""``) when absent."""
+    from flows.run_files import SECTIONS
+
+    return {name: data.get(name) or ("" if name == "run_key" else {}) for name in SECTIONS}
 

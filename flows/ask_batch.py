@@ -25,7 +25,7 @@ Why it is shaped like this:
   stages scrub every known secret value from pod log lines and error texts.
 """
 
-import sys
+import contextlib
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -34,54 +34,128 @@ from prefect.runtime import flow_run as current_run
 
 from flows.hooks import sweep
 from flows.run_files import (
-    LOCK_LEASE_SECONDS,
     derive_run_key,
     flow_run_name,
     keep_logs,
     log_dir_for,
     save_logs_after_failure,
+    spec_data,
 )
 from flows.summary import summary_markdown
 from tasks.cloud.admission import admit
+from tasks.cloud.run_lock import cluster_run_lock
+from tasks.errors import RunLocked, TeardownIncomplete
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, JobReport, VolumeHandle
-from tasks.spec import BatchSpec
+from tasks.spec import (
+    BatchSpec,
+    ClusterSpec,
+    ConfigSpec,
+    JobSpec,
+    OutputsSpec,
+    StorageSpec,
+    Target,
+    TeardownSpec,
+    WaitSpec,
+)
 from tasks.stages.cluster import ensure_cluster_task
 from tasks.stages.config import publish_config_task
-from tasks.stages.job import launch_job_task
+from tasks.stages.job import launch_job_task, relaunch_task
 from tasks.stages.volume import ensure_volume_task
-from tasks.stages.wait import JobFailed, wait_for_job_task
+from tasks.stages.wait import JobFailed, wait_for_follow_ups_task, wait_for_job_task
 
-__all__ = ["LOCK_LEASE_SECONDS", "ask_batch", "derive_run_key"]
+__all__ = ["ask_batch", "derive_run_key"]
+
+
+def finish(spec: BatchSpec, logger: Any, *, run_key: str, name: str, cluster: ClusterHandle | None,
+           volume: VolumeHandle | None, config: ConfigHandle | None, job: JobHandle | None,
+           report: JobReport | None, outputs: Any, error: BaseException | None) -> None:
+    """Whatever happened: keep and upload a failed run's pod logs, tear down per policy, publish the summary.
+
+    Never hides the run's own error behind its own. When the run otherwise succeeded, a teardown that could not
+    delete what it should have raises (``TeardownIncomplete``, or the teardown's own error): a leftover may still
+    be billed, so it is never a silent success.
+    """
+    from tasks.stages.teardown import teardown_task
+
+    saved_logs: dict[str, str] | None = None
+    logs_problem: str | None = None
+    if error is not None:
+        keep_logs(spec, name)
+        saved_logs, logs_problem = save_logs_after_failure(spec, run_key=run_key, name=name, logger=logger)
+    teardown = None
+    teardown_error: Exception | None = None
+    try:
+        teardown = teardown_task(spec, run_key=run_key, succeeded=error is None, cluster=cluster, volume=volume,
+                                 config=config, job=job)
+    except Exception as exc:  # noqa: BLE001 - never hide the run's own error behind a teardown error
+        logger.error("teardown failed: %s: %s", type(exc).__name__, exc)
+        teardown_error = exc
+    try:
+        create_markdown_artifact(
+            summary_markdown(spec, run_key=run_key, name=name, cluster=cluster, job=job, report=report,
+                             outputs=outputs, teardown=teardown,
+                             error=None if error is None else f"{type(error).__name__}: {error}",
+                             saved_logs=saved_logs, logs_problem=logs_problem),
+            key=f"summary-{run_key}", description=f"ask-batch run {name}")
+    except Exception as exc:  # noqa: BLE001
+        logger.error("could not publish the summary artifact: %s", exc)
+    if error is None and teardown_error is not None:
+        raise teardown_error
+    if error is None and teardown is not None and not teardown.ok:
+        raise TeardownIncomplete(teardown, run_key=run_key)
+
+
+# Defaults of the optional sections (module constants: never mutated, and the form shows their values).
+_CONFIG, _OUTPUTS, _STORAGE = ConfigSpec(), OutputsSpec(), StorageSpec()
+_CLUSTER, _TARGET, _TEARDOWN, _WAIT = ClusterSpec(), Target(), TeardownSpec(), WaitSpec()
 
 
 @flow(name="ask-batch", flow_run_name=flow_run_name, on_cancellation=[sweep], on_crashed=[sweep],
-      log_prints=False)
-def ask_batch(spec: BatchSpec) -> dict[str, Any]:
+      log_prints=False, validate_parameters=False)
+def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec = _OUTPUTS,
+              storage: StorageSpec = _STORAGE, cluster: ClusterSpec = _CLUSTER, target: Target = _TARGET,
+              teardown: TeardownSpec = _TEARDOWN, wait: WaitSpec = _WAIT, run_key: str = "") -> dict[str, Any]:
     """Run one parallel batch Job on ASK and collect its outputs.
 
+    The parameters are the sections of a ``tasks.spec.BatchSpec``, the work first (``flows.run_files.SECTIONS``);
+    ``ask_batch(**flow_parameters(spec))`` runs a whole spec. Prefect does not validate them itself
+    (``validate_parameters=False``): the flow checks them all at once as ``parse_spec`` does everywhere else, so a
+    bad field gets the same message — naming the field, the fix, and for a misspelt name the one meant.
+
     Args:
-        spec: the run's parameters (``tasks.spec.BatchSpec``); every field is described in the Prefect UI form.
+        job: The batch Job: image, command, completions, parallelism, resources, retries.
+        config: Files, secrets and environment variables given to the pods.
+        outputs: Where the pods put their results in OSS, how completeness is checked, the download.
+        storage: A shared volume for the pods (none, an existing PVC, or NAS).
+        cluster: The cluster the Job runs on (an ASK cluster by name, or an existing kubeconfig) and namespace.
+        target: Region, credentials and endpoints.
+        teardown: What to delete at the end.
+        wait: Watching the Job: fail-fast grace, timeout, log streaming.
+        run_key: Stable key naming everything this run creates; the same key re-attaches instead of starting
+            again. Empty: derived from the flow run.
 
     Returns:
         ``{"run_key", "flow_run_name", "job", "outputs_dir", "succeeded"}``.
 
     Raises:
+        SpecError: a parameter is invalid (nothing was created).
+        RunLocked: another run of the same spec holds the run lock.
         JobFailed: an index failed (naming index, pod, exit code) or could not start (pod and reason).
         OutputsIncomplete: the Job succeeded but some index's outputs are missing or do not verify.
 
     Example:
-        >>> ask_batch(parse_spec(yaml.safe_load(open("deployments/example.yaml"))))
+        >>> ask_batch(**flow_parameters(parse_spec(yaml.safe_load(open("deployments/example.yaml")))))
     """
-    from tasks.cloud.run_lock import lock_key, run_lock
-    from tasks.stages.outputs import collect_outputs_task, ensure_bucket_task
-    from tasks.stages.teardown import teardown_task
+    from tasks.stages.outputs import collect_outputs_task, complete_indexes_task, ensure_bucket_task
 
     logger = get_run_logger()
     from tasks.cloud.clients import _load_prefect_secret
 
-    # The same door as the CLI and `prefect deploy` (tasks.cloud.admission): every rule, the input files and the
-    # Secret block values, before any cloud call; a SpecError fails the run with one line per problem.
-    spec = admit(spec, load_secret=_load_prefect_secret).spec
+    # The same door as the CLI and `prefect deploy` (tasks.cloud.admission): every field, cross-field rule, input
+    # file and Secret block value, before any cloud call; a SpecError fails the run with one line per problem.
+    spec = admit(spec_data({"job": job, "config": config, "outputs": outputs, "storage": storage,
+                            "cluster": cluster, "target": target, "teardown": teardown, "wait": wait,
+                            "run_key": run_key}), load_secret=_load_prefect_secret).spec
     run_key = derive_run_key(spec, current_run.id)
     name = current_run.name or f"ask-batch-{run_key}"
     logger.info("run key %s: Job %d indexes x parallelism %d, image %s", run_key, spec.job.completions,
@@ -93,54 +167,54 @@ def ask_batch(spec: BatchSpec) -> dict[str, Any]:
     report: JobReport | None = None
     outputs: Any = None
     error: BaseException | None = None
-    # One run per spec at a time, teardown included: a second run of the same spec is refused while this one
-    # holds the lock (a Prefect global concurrency limit with a lease, so a crashed holder frees it within
-    # LOCK_LEASE_SECONDS; a re-run after a crash then re-attaches to the Job).
-    with run_lock(lock_key(spec), wait_seconds=0, lease_seconds=LOCK_LEASE_SECONDS):
+    # One run per spec at a time, teardown included: a Lease in the target cluster (tasks/cloud/run_lock.py), taken
+    # once the cluster is known. A run refused by it touches nothing: the resources are the holder's.
+    lock = contextlib.ExitStack()
+    locked_out = False
+    try:
+        # cheap checks before anything billed: a missing, foreign or read-only bucket stops the run here, before
+        # a cluster, a NAS file system or a PV exists (the check is idempotent, so it needs no lock)
+        ensure_bucket_task(spec)
+        cluster = ensure_cluster_task(spec, run_key)
         try:
-            cluster = ensure_cluster_task(spec, run_key)
-            volume = ensure_volume_task(spec, run_key=run_key, cluster=cluster)
-            ensure_bucket_task(spec)
-            config = publish_config_task(spec, run_key, cluster)
-            job = launch_job_task(spec, run_key, name, cluster, volume, config)
-            try:
-                report = wait_for_job_task(spec, run_key, cluster, job, str(log_dir_for(spec, name)))
-            except JobFailed as exc:
-                report = exc.report
-                raise
-            outputs = collect_outputs_task(spec, run_key=run_key, flow_run_name=name, report=report,
-                                           log_dir=log_dir_for(spec, name))
-        except BaseException as exc:
-            error = exc
+            lock.enter_context(cluster_run_lock(spec, cluster, holder=str(current_run.id)))
+        except RunLocked:
+            locked_out = True
             raise
-        finally:
-            saved_logs: dict[str, str] | None = None
-            logs_problem: str | None = None
-            if error is not None:
-                keep_logs(spec, name)
-                saved_logs, logs_problem = save_logs_after_failure(spec, run_key=run_key, name=name,
-                                                                   logger=logger)
-            teardown = None
-            try:
-                teardown = teardown_task(spec, run_key=run_key, succeeded=error is None, cluster=cluster,
-                                         volume=volume, config=config, job=job)
-            except Exception as exc:  # noqa: BLE001 - never hide the run's own error behind a teardown error
-                logger.error("teardown failed: %s: %s", type(exc).__name__, exc)
-            try:
-                create_markdown_artifact(
-                    summary_markdown(spec, run_key=run_key, name=name, cluster=cluster, job=job, report=report,
-                                     outputs=outputs, teardown=teardown,
-                                     error=None if error is None else f"{type(error).__name__}: {error}",
-                                     saved_logs=saved_logs, logs_problem=logs_problem),
-                    key=f"summary-{run_key}", description=f"ask-batch run {name}")
-            except Exception as exc:  # noqa: BLE001
-                logger.error("could not publish the summary artifact: %s", exc)
+        volume = ensure_volume_task(spec, run_key=run_key, cluster=cluster)
+        config = publish_config_task(spec, run_key, cluster)
+        # rerun 'missing': indexes an earlier attempt of this run key finished are not run again.
+        done = complete_indexes_task(spec, run_key=run_key, flow_run_name=name) if spec.job.rerun == "missing" else []
+        follow_ups: list[JobHandle] = []
+        if done:
+            missing = sorted(set(range(spec.job.completions)) - set(done))
+            job, follow_ups = relaunch_task(spec, run_key, name, cluster, volume, config, missing)
+        else:
+            job = launch_job_task(spec, run_key, name, cluster, volume, config)
+        try:
+            if job.uid is None:  # follow-up Jobs run the missing indexes
+                report = wait_for_follow_ups_task(spec, run_key, cluster, job, follow_ups, done,
+                                                  str(log_dir_for(spec, name)))
+            else:
+                report = wait_for_job_task(spec, run_key, cluster, job, str(log_dir_for(spec, name)))
+        except JobFailed as exc:
+            report = exc.report
+            raise
+        outputs = collect_outputs_task(spec, run_key=run_key, flow_run_name=name, report=report,
+                                       log_dir=log_dir_for(spec, name))
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        with lock:  # released last: after teardown
+            if not locked_out:
+                finish(spec, logger, run_key=run_key, name=name, cluster=cluster, volume=volume, config=config,
+                       job=job, report=report, outputs=outputs, error=error)
     return {"run_key": run_key, "flow_run_name": name, "job": job.name,
             "outputs_dir": outputs.download_dir if outputs is not None else None, "succeeded": True}
 
 
-
 if __name__ == "__main__":
-    from flows.cli import main
+    from flows.cli import run
 
-    sys.exit(main())
+    run()

@@ -10,16 +10,21 @@ an interpreter that has the OSS SDK, as the example image (examples/Dockerfile) 
 """
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from flows.run_files import kept_logs_dir
+from flows.prefect_home import prefect_api, run_url_hint, use_project_home
+from flows.run_files import flow_parameters, kept_logs_dir
 from tasks.cloud.admission import admit
 from tasks.cloud.params import apply_sets, load_params_file
 from tasks.errors import InvalidInput
@@ -98,15 +103,51 @@ def build_spec(params: str | Path, sets: list[str] | None, sandbox: str | Path |
     return parse_spec(data)
 
 
-def _ui_hint(flow_run_id: Any) -> str:
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+#: After SIGINT/SIGTERM, how long teardown may take before the CLI exits anyway (the run's Lease then expires by
+#: itself and running the same run key again cleans up).
+TEARDOWN_GRACE_SECONDS = 8.0
 
-    if PREFECT_API_URL.value():
-        ui = PREFECT_UI_URL.value() or PREFECT_API_URL.value().removesuffix("/api")
-        return f"see the run in the Prefect UI: {ui}/runs/flow-run/{flow_run_id}"
-    return ("this run was recorded by a temporary Prefect server that stopped with it (PREFECT_API_URL is unset).\n"
-            "  To keep history and browse runs: `.venv/bin/prefect server start` in another terminal, then\n"
-            "  `export PREFECT_API_URL=http://127.0.0.1:4200/api` and run again; the UI is at http://127.0.0.1:4200")
+
+@contextlib.contextmanager
+def teardown_on_signals(on_give_up: Callable[[], None]) -> Iterator[list[int]]:
+    """SIGINT and SIGTERM stop the run: the first raises ``KeyboardInterrupt`` in the flow (its ``finally`` tears
+    down, releases the run lock and reports), later ones only say that teardown is under way. If teardown has not
+    finished ``TEARDOWN_GRACE_SECONDS`` after the first signal, ``on_give_up`` runs and the process exits (130).
+
+    Yields the list of signals received.
+    """
+    received: list[int] = []
+
+    def give_up() -> None:
+        print(f"teardown did not finish within {TEARDOWN_GRACE_SECONDS:.0f} s; exiting without it. Run the same "
+              "run_key again to re-attach and clean up.", file=sys.stderr, flush=True)
+        with contextlib.suppress(Exception):
+            on_give_up()
+        os._exit(130)
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+        name = signal.Signals(signum).name
+        if len(received) > 1:
+            print(f"{name}: still tearing down (at most {TEARDOWN_GRACE_SECONDS:.0f} s in all) ...",
+                  file=sys.stderr, flush=True)
+            return
+        print(f"\n{name}: stopping the run and tearing it down ...", file=sys.stderr, flush=True)
+        timer = threading.Timer(TEARDOWN_GRACE_SECONDS, give_up)
+        timer.daemon = True
+        timers.append(timer)
+        timer.start()
+        raise KeyboardInterrupt(name)
+
+    timers: list[threading.Timer] = []
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for timer in timers:  # the flow is done: teardown finished in time
+            timer.cancel()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true",
                         help="print every manifest and API request as YAML (secrets redacted); change nothing")
     args = parser.parse_args(argv)
+    home = use_project_home()
     try:
         spec = build_spec(args.params, args.set, args.sandbox, start_sandbox=not args.dry_run)
     except InvalidInput as exc:
@@ -139,13 +181,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from flows.ask_batch import ask_batch
 
-    state = ask_batch(spec, return_state=True)
-    result = state.result(raise_on_failure=False)
-    name = state.state_details.flow_run_id
+    with prefect_api(home) as api:
+        try:
+            with teardown_on_signals(api.stop) as received:
+                state = ask_batch(**flow_parameters(spec), return_state=True)
+        except KeyboardInterrupt:
+            print(f"ask-batch run {spec.run_key or ''}: stopped by "
+                  f"{signal.Signals(received[0]).name if received else 'SIGINT'}; torn down", file=sys.stderr)
+            return 130
+        return report(spec, state, api, home)
+
+
+def report(spec: BatchSpec, state: Any, api: Any, home: Path) -> int:
+    """Print the end-of-run lines; returns the exit code (0 completed, 1 otherwise)."""
     from prefect import get_client
 
+    result = state.result(raise_on_failure=False)
     with get_client(sync_client=True) as client:
-        run = client.read_flow_run(name)
+        run = client.read_flow_run(state.state_details.flow_run_id)
     download = Path(spec.outputs.download_dir) / run.name
     if state.is_completed():
         print(f"\nask-batch run {run.name}: succeeded")
@@ -153,10 +206,26 @@ def main(argv: list[str] | None = None) -> int:
               f"  outputs recorded (not downloaded) under oss://{spec.outputs.bucket}/")
     else:
         print(f"\nask-batch run {run.name}: {state.type.value.lower()}\n  {result}", file=sys.stderr)
-        print(f"  pod logs kept in {kept_logs_dir(spec, run.name)}/", file=sys.stderr)
-    print(f"  {_ui_hint(run.id)}")
+        if kept_logs_dir(spec, run.name).is_dir():
+            print(f"  pod logs kept in {kept_logs_dir(spec, run.name)}/", file=sys.stderr)
+    print(f"  {run_url_hint(api, run.id, home)}")
     return 0 if state.is_completed() else 1
 
 
+def run() -> None:
+    """The entry point: ``main()``, then exit with its code.
+
+    After Ctrl-C or SIGTERM (130) the run is torn down, reported and its server stopped; the process then exits at
+    once (``os._exit``) instead of through the interpreter's shutdown, where Prefect's exit handlers and the
+    clients' thread pools took several seconds more on a loaded machine.
+    """
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

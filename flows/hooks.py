@@ -10,7 +10,7 @@ import logging
 import sys
 from typing import Any
 
-from flows.run_files import derive_run_key
+from flows.run_files import derive_run_key, spec_data
 from tasks.naming import RUN_LABEL
 from tasks.spec import BatchSpec, SpecError, parse_spec
 
@@ -22,13 +22,11 @@ def _spec_for_sweep(parameters: dict[str, Any]) -> BatchSpec:
     ``config`` paths were checked against; those files play no part in a sweep, so when they are what fails
     validation, the spec is read without its ``config`` section.
     """
-    value = parameters["spec"]
-    if isinstance(value, BatchSpec):
-        return value
+    data = spec_data(parameters)
     try:
-        return parse_spec(value)
+        return parse_spec(data)
     except SpecError:
-        return parse_spec({k: v for k, v in dict(value).items() if k != "config"})
+        return parse_spec({k: v for k, v in data.items() if k != "config"})
 
 
 def sweep(flow: Any, flow_run: Any, state: Any) -> None:

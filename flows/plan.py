@@ -138,8 +138,12 @@ def plan(spec: BatchSpec, *, run_key: str, flow_run_name: str) -> tuple[list[dic
 
 def render_plan(spec: BatchSpec, *, run_key: str, flow_run_name: str) -> str:
     """The plan as one YAML stream, safe to print."""
+    from tasks.render.cost import plan_lines
+
     docs, secrets = plan(spec, run_key=run_key, flow_run_name=flow_run_name)
-    text = yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, width=120)
+    cost = "".join(f"# cost: {line}\n" for line in plan_lines(spec.job, region=spec.target.region,
+                                                              site=spec.target.billing_site))
+    text = cost + yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, width=120)
     for value in secrets:  # belt and braces: nothing that redact() missed may reach the terminal
         if value and len(value) >= 4 and value in text:
             text = text.replace(value, "<redacted>")

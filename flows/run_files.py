@@ -13,9 +13,6 @@ from prefect.runtime import flow_run as current_run
 from tasks.naming import make_run_key
 from tasks.spec import BatchSpec, parse_spec
 
-#: How long a crashed run keeps its spec locked (the live holder renews its lease well before this).
-LOCK_LEASE_SECONDS = 60.0  # the Prefect server's minimum lease
-
 
 def derive_run_key(spec: BatchSpec, flow_run_id: Any) -> str:
     """``spec.run_key``, else one derived from the flow run id (stable across retries of that flow run)."""
@@ -24,14 +21,36 @@ def derive_run_key(spec: BatchSpec, flow_run_id: Any) -> str:
     return make_run_key("r" + str(flow_run_id).replace("-", "")[:12])
 
 
-def _spec_of(parameters: dict[str, Any]) -> BatchSpec:
-    value = parameters["spec"]
-    return value if isinstance(value, BatchSpec) else parse_spec(value)
+#: The flow's parameters, in the order the Prefect UI form shows them: the work first, where it runs last. Each is
+#: one section of a ``BatchSpec``, so ``prefect deployment run --param job='{...}'`` replaces one section and the
+#: server keeps the deployment's others (it merges run parameters into the deployment's by name).
+SECTIONS = ("job", "config", "outputs", "storage", "cluster", "target", "teardown", "wait", "run_key")
+
+
+def flow_parameters(spec: BatchSpec) -> dict[str, Any]:
+    """The flow's parameters for ``spec``: ``ask_batch(**flow_parameters(spec))``."""
+    return {name: getattr(spec, name) for name in SECTIONS} | {"run_key": spec.run_key or ""}
+
+
+def spec_data(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The flow's parameters as one ``BatchSpec`` mapping (sections that are None or absent are left out)."""
+    data: dict[str, Any] = {}
+    for name in SECTIONS:
+        value = parameters.get(name)
+        if value is None:
+            continue
+        data[name] = value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+    return data
+
+
+def spec_from_parameters(parameters: dict[str, Any]) -> BatchSpec:
+    """The flow's parameters validated into a ``BatchSpec`` (``SpecError`` names every bad field)."""
+    return parse_spec(spec_data(parameters))
 
 
 def flow_run_name() -> str:
     """``ask-batch-<run key>``: the name the outputs directory and the UI show."""
-    return f"ask-batch-{derive_run_key(_spec_of(current_run.parameters), current_run.id)}"
+    return f"ask-batch-{derive_run_key(spec_from_parameters(current_run.parameters), current_run.id)}"
 
 
 def log_dir_for(spec: BatchSpec, name: str) -> Path:

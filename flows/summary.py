@@ -10,6 +10,14 @@ from tasks.render.manifests import run_prefix
 from tasks.spec import BatchSpec
 
 
+def attempts_text(record: Any) -> str:
+    """An index's attempts in one cell: ``3: reclaimed (spot), reclaimed (spot), succeeded (on-demand)``."""
+    if not record.attempts:
+        return "0"
+    return f"{len(record.attempts)}: " + ", ".join(
+        f"{a.outcome} ({'spot' if a.spot else 'on-demand'})" for a in record.attempts)
+
+
 def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: ClusterHandle | None,
                      job: JobHandle | None, report: JobReport | None, outputs: Any, teardown: Any,
                      error: str | None, saved_logs: dict[str, str] | None = None,
@@ -35,27 +43,35 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
         lines.append(f"- `{job.namespace}/{job.name}` ({job.completions} indexes, parallelism "
                      f"{spec.job.parallelism}, image `{spec.job.image}`)"
                      f"{' — re-attached to an existing Job' if job.adopted else ''}")
+        if report is not None and (report.reused or report.follow_ups):
+            lines.append(f"- re-run of missing indexes: {len(report.reused)} reused from an earlier attempt, "
+                         f"{len(report.follow_ups)} run again as follow-up Jobs "
+                         f"({', '.join(f'`{j.name}`' for j in report.follow_ups[:10])})")
     else:
         lines.append("- not launched")
     per_index = {}
     if outputs is not None:
         per_index = {i.index: i for i in outputs.indexes}
     if report:
-        lines += ["", "| index | status | attempts | exit code | reason | duration (s) | outputs |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "| index | status | attempts | exit code | reason | duration (s) | billed (s) | outputs |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in report.indexes:
             out = per_index.get(r.index)
             out_txt = (f"{len(out.objects)} object(s){'' if out.complete else ' — ' + (out.problem or 'incomplete')}"
                        if out else "")
-            lines.append(f"| {r.index} | {r.status} | {r.attempts} | {'' if r.exit_code is None else r.exit_code} "
-                         f"| {r.reason or ''}{f' ({r.reclaims} reclaimed)' if r.reclaims else ''} | {r.seconds:.1f} "
-                         f"| {out_txt} |")
+            lines.append(f"| {r.index} | {r.status} | {attempts_text(r)} | "
+                         f"{'' if r.exit_code is None else r.exit_code} | {r.reason or ''} | {r.seconds:.1f} | "
+                         f"{r.billed_seconds:.1f} | {out_txt} |")
+        if report.job_gone:
+            lines.append("\n_The Job was gone when the wait began (removed by its TTL, or deleted): the outputs "
+                         "decided the verdict._")
     lines += ["", "## Outputs"]
     prefix = run_prefix(spec.outputs, run_key=run_key, flow_run_name=name)
     lines.append(f"- OSS: `oss://{spec.outputs.bucket}/{prefix}`")
     if outputs is not None and outputs.download_dir:
         lines.append(f"- downloaded to `{outputs.download_dir}` ({outputs.total_bytes} bytes"
                      f"{', complete' if outputs.complete else f', missing indexes {outputs.missing}'})")
+    lines.append(f"- {verification(spec)}")
     in_oss = saved_logs if saved_logs is not None else (outputs.log_keys if outputs is not None else None)
     if in_oss:
         lines.append(f"- pod logs: {len(in_oss)} in OSS under `oss://{spec.outputs.bucket}/{prefix}logs/`, "
@@ -64,8 +80,11 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
         lines.append(f"- pod logs: `{kept_logs_dir(spec, name)}/`"
                      f"{f' (not uploaded to OSS: {logs_problem})' if logs_problem else ''}")
     if report:
-        estimator = estimate_acs_job if cluster is not None and cluster.kind == "acs" else estimate_job
-        cost = estimator(spec.job, [r.seconds for r in report.indexes], region=spec.target.region)
+        if cluster is not None and cluster.kind == "acs":
+            cost = estimate_acs_job(spec.job, [r.seconds for r in report.indexes], region=spec.target.region)
+        else:
+            cost = estimate_job(spec.job, [r.seconds for r in report.indexes], region=spec.target.region,
+                                site=spec.target.billing_site)
         lines += ["", "## Estimated cost", f"- {cost.summary()}"]
         lines += [f"- {note}" for note in cost.notes]
         lines.append(f"- prices: {cost.source}")
@@ -73,3 +92,15 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
         lines += ["", "## Teardown"] + [f"- {line}" for line in teardown.lines()]
     return "\n".join(lines) + "\n"
 
+
+def verification(spec: BatchSpec) -> str:
+    """What the run checked of its outputs, in one line for the summary."""
+    out = spec.outputs
+    downloaded = "downloads checksum-verified (CRC-64 or MD5)" if out.download else "not downloaded"
+    if out.completeness == "none":
+        where = f" (results on the volume at `{spec.storage.mount_path}`)" if spec.storage.mode != "none" else ""
+        return (f"verified: nothing per index — `outputs.completeness` is `none`{where}: no index was checked "
+                f"for outputs in OSS; objects found there were collected, {downloaded}")
+    rule = (f"every index wrote the marker `{out.marker_name}`" if out.completeness == "marker"
+            else f"every index wrote at least {out.min_objects} object(s)")
+    return f"verified: {rule}; {downloaded}"

@@ -13,11 +13,12 @@ No ``from __future__ import annotations`` here: Prefect builds the parameter sch
 annotations at import time (see research/prefect.md §2.11).
 """
 
+import difflib
 import re
 import string
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -26,9 +27,24 @@ from tasks.naming import DNS1123_LABEL_RE, is_dns1123_label
 
 # --------------------------------------------------------------------------------------------- syntax helpers
 
+# Sources of the syntax rules below:
+# - DNS-1123 subdomains and labels, label and annotation keys:
+#   https://kubernetes.io/docs/concepts/overview/working-with-objects/names/ and .../labels/#syntax-and-character-set
+# - CS cluster names (1-63 characters: letters, digits, Chinese characters, '_' and '-', not starting with '-'):
+#   https://www.alibabacloud.com/help/en/ack/ack-managed-and-ack-dedicated/developer-reference/api-cs-2015-12-15-createcluster
+# - OSS bucket names (3-63 lowercase letters, digits and '-', starting and ending with a letter or digit):
+#   https://www.alibabacloud.com/help/en/oss/user-guide/bucket-naming-conventions
+# - environment variable names (letters, digits, '_', '-', '.', not starting with a digit; the API server's
+#   IsEnvVarName): https://kubernetes.io/docs/tasks/inject-data-application/define-environment-variable-container/
+# - ConfigMap and Secret keys (at most 253 of [-._a-zA-Z0-9]):
+#   https://kubernetes.io/docs/concepts/configuration/configmap/#configmap-object
+# - NAS storage and protocol types of General-purpose file systems (Capacity, Performance; NFS):
+#   https://www.alibabacloud.com/help/en/nas/developer-reference/api-nas-2017-06-26-createfilesystem
 REGION_RE = re.compile(r"^[a-z]{2,}(-[a-z0-9]+)+$")
 DNS1123_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-CS_CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9\u4e00-\u9fa5][-A-Za-z0-9_\u4e00-\u9fa5]{0,62}$")
+# CS: "1 to 63 characters ... digits, Chinese characters, letters and hyphens (-), cannot start with a hyphen"
+# (CreateCluster for ACK Serverless, name: https://www.alibabacloud.com/help/doc-detail/144246.htm). No '_'.
+CS_CLUSTER_NAME_RE = re.compile(r"^(?!-)[-A-Za-z0-9\u4e00-\u9fa5]{1,63}$")
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 ENV_NAME_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 CONFIG_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
@@ -289,6 +305,9 @@ class Target(_Model):
     """Which Alibaba Cloud region and account to work in, and how to reach the APIs."""
 
     region: str = Field("cn-hangzhou", description="Region id, e.g. 'cn-hangzhou', 'cn-beijing', 'ap-southeast-1'.")
+    billing_site: Literal["cn", "intl"] | None = Field(
+        None, description="The account's site, which sets the currency of cost estimates: 'cn' (aliyun.com, CNY) "
+        "or 'intl' (alibabacloud.com, USD). Empty: guessed from the region (cn-* -> 'cn').")
     credentials: CredentialsSpec = Field(default_factory=CredentialsSpec,
                                          description="Where the AccessKey comes from.")
     endpoints: EndpointOverrides = Field(default_factory=EndpointOverrides,
@@ -321,6 +340,8 @@ class AskClusterOptions(_Model):
     vpc_id: str | None = Field(None, description="VPC of a new cluster, e.g. 'vpc-bp1...'.")
     vswitch_ids: list[str] = Field(default_factory=list, description="vSwitches for pods (ECI) of a new cluster; "
                                    "several zones improve spot and stock availability.")
+    zone_id: str | None = Field(None, description="Zone of a new cluster when no vpc_id is given (CS then creates "
+                                "the VPC and vSwitch there), e.g. 'cn-hangzhou-k'. Required in that case.")
     service_cidr: str | None = Field(None, description="Service CIDR; must not overlap the VPC. Empty: "
                                      "172.19.0.0/20.")
     snat_entry: bool = Field(True, description="Create a NAT gateway + SNAT so pods reach the Internet "
@@ -342,16 +363,28 @@ class AskClusterOptions(_Model):
     @classmethod
     def _name(cls, value: str) -> str:
         if not CS_CLUSTER_NAME_RE.match(value):
-            raise ValueError(f"{value!r} is not a valid cluster name; fix: 1-63 letters, digits, '-' or '_', "
-                             f"not starting with '-'")
+            raise ValueError(f"{value!r} is not a valid cluster name; fix: 1-63 letters, digits or '-' (CS "
+                             f"refuses '_'), not starting with '-'")
         return value
+
+    @field_validator("zone_id")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        return _check_id(value, ZONE_ID_RE, "zone id", "cn-hangzhou-k")
+
+    @model_validator(mode="after")
+    def _network(self) -> "AskClusterOptions":
+        if bool(self.vpc_id) != bool(self.vswitch_ids):
+            raise ValueError("vpc_id and vswitch_ids go together; fix: set both (vSwitches of that VPC) or neither")
+        return self
 
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: dict[str, str]) -> dict[str, str]:
-        # CS allows 20 tags per cluster and ask-batch adds one (CS_TAG_MAX has the source)
-        if len(value) > 19:
-            raise ValueError("at most 19 extra tags (CS allows 20 and ask-batch uses one); fix: drop some")
+        # CS allows 20 tags per cluster and ask-batch adds two: managed-by and created-by-run
+        if len(value) > 18:
+            raise ValueError("at most 18 extra tags (CS allows 20 per cluster and ask-batch adds two: managed-by "
+                             "and created-by-run); fix: drop some")
         for key, val in value.items():
             if not key or len(key) > CS_TAG_MAX or key.startswith(("aliyun", "acs:")) or "http://" in key \
                     or "https://" in key:
@@ -680,6 +713,9 @@ class EciOptions(_Model):
                                             "1 (ECI's default) or 0 (none); ECI accepts no other value "
                                             "(k8s.aliyun.com/eci-spot-duration).")
     spot_fallback: bool = Field(True, description="Fall back to pay-as-you-go when there is no spot stock.")
+    ignore_reclaims: bool = Field(True, description="With spot: a reclaimed pod (condition DisruptionTarget) does "
+                                  "not spend the Job's retry budget (a podFailurePolicy rule Ignore, put before "
+                                  "job.pod_failure_policy's rules). Off: reclaims count as failures.")
     image_cache: bool = Field(True, description="Let ECI match an image cache automatically (faster starts).")
     image_snapshot_id: str | None = Field(None, description="A specific image cache id ('imc-...').")
     extra_ephemeral_storage: str | None = Field(None, description="Extra temporary storage beyond the free "
@@ -800,8 +836,46 @@ class ComputeSpec(_Model):
         return (float(match["cpu"]), float(match["mem"])) if match else None
 
 
+
+def _work_first(schema: dict[str, Any]) -> None:
+    """Show image, command, args, completions and parallelism first in the Prefect form (JSON schema order)."""
+    props = schema.get("properties", {})
+    first = [name for name in ("image", "command", "args", "completions", "parallelism") if name in props]
+    schema["properties"] = {name: props[name] for name in first} | {k: v for k, v in props.items() if k not in first}
+
+
+class PodSecurity(_Model):
+    """Who the workload runs as. Set it to the image's ``USER`` so volume permissions are planned for that user.
+
+    ECI applies only container-level ``runAsUser`` / ``runAsGroup`` / ``runAsNonRoot`` (and pod-level
+    ``runAsUser``), not ``fsGroup``
+    (https://www.alibabacloud.com/help/en/eci/user-guide/configure-a-security-context-for-an-elastic-container-instance-or-a-container),
+    so ask-batch makes mounted config and secret files world-readable (mode 0444, inside the pod only) and, for a
+    non-root user with a shared volume, hands the run's data directory to that user with a root init container.
+    """
+
+    run_as_user: int | None = Field(None, ge=0, le=2**31 - 1, description="UID of the workload (the image's "
+                                    "USER, e.g. 65534). Empty: whatever the image says.")
+    run_as_group: int | None = Field(None, ge=0, le=2**31 - 1, description="GID of the workload. Empty: the "
+                                     "user's primary group in the image.")
+    run_as_non_root: bool = Field(False, description="Refuse to start the container as root (Kubernetes "
+                                  "runAsNonRoot).")
+    prepare_data_dir: bool = Field(True, description="With a non-root run_as_user and a shared volume: run an "
+                                   "init container (as root, the job image, needs 'chown') that gives the data "
+                                   "directory to that user, since a new NAS sub-directory belongs to root.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PodSecurity":
+        if self.run_as_non_root and self.run_as_user == 0:
+            raise ValueError("run_as_non_root is true but run_as_user is 0 (root); fix: set run_as_user to the "
+                             "image's non-root user, e.g. 65534, or drop run_as_non_root")
+        return self
+
+
 class JobSpec(_Model):
     """The Kubernetes Job: what runs, how many times, how failures are handled."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, json_schema_extra=_work_first)
 
     image: str = Field(..., description="Container image, e.g. 'registry.cn-hangzhou.aliyuncs.com/me/app:1.0'.")
     image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field("IfNotPresent",
@@ -818,15 +892,20 @@ class JobSpec(_Model):
     parallelism: int = Field(1, ge=1, le=100_000, description="How many pods run at once (≤ completions).")
     completion_mode: Literal["Indexed", "NonIndexed"] = Field(
         "Indexed", description="'Indexed': each pod gets JOB_COMPLETION_INDEX 0..completions-1 (its shard).")
-    backoff_limit: int | None = Field(3, ge=0, le=INT32_MAX,
-        description="Pod failures allowed for the whole Job before it "
-                                      "fails. Empty with backoff_limit_per_index: unlimited.")
+    backoff_limit: int | None = Field(None, ge=0, le=INT32_MAX,
+        description="Pod failures allowed for the whole Job before it fails. Empty: 3, or with "
+                    "backoff_limit_per_index not sent (only the per-index budget applies).")
     backoff_limit_per_index: int | None = Field(None, ge=0, le=INT32_MAX,
         description="Retries allowed per index (Indexed "
                                                 "only); a failing index does not stop the others.")
     max_failed_indexes: int | None = Field(None, ge=0, le=INT32_MAX,
         description="With backoff_limit_per_index: fail the Job "
                                            "once this many indexes failed.")
+    rerun: Literal["missing", "all"] = Field("missing", description="A retry of the flow run, or a new run "
+                                             "with the same run_key: 'missing' runs only the indexes without "
+                                             "complete outputs in OSS (one follow-up Job each; their pods see "
+                                             "their original index as ASK_BATCH_INDEX), 'all' runs the whole "
+                                             "Job again.")
     pod_failure_policy: dict[str, Any] | None = Field(None, description="Kubernetes podFailurePolicy, e.g. "
                                                       "{'rules': [{'action': 'FailJob', 'onExitCodes': "
                                                       "{'operator': 'In', 'values': [42]}}]}.")
@@ -848,6 +927,10 @@ class JobSpec(_Model):
     compute: ComputeSpec | None = Field(None, description="Compute class, QoS (preemptible) and size, meaning the "
                                         "same on ASK and ACS. Empty: general-purpose, on demand, sized from the "
                                         "requests.")
+    security: PodSecurity = Field(default_factory=PodSecurity, description="The workload's user and group (its "
+                                  "securityContext).")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Names of docker-registry Secrets in "
+                                          "the namespace, for a private image (pod imagePullSecrets).")
 
     @field_validator("image")
     @classmethod
@@ -896,6 +979,11 @@ class JobSpec(_Model):
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         _check_env_names(value, "job.env")
         return value
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _pull_secrets(cls, value: list[str]) -> list[str]:
+        return [_check_dns_subdomain(name, "image pull Secret name") for name in value]
 
     @field_validator("service_account")
     @classmethod
@@ -1014,6 +1102,18 @@ class JobSpec(_Model):
         return self
 
 
+#: How long the waiter may still read pod logs after the Job finished: it lets open log streams end by themselves
+#: for LOG_GRACE_SECONDS, then reads each unfinished log once more for up to LOG_CATCH_UP_SECONDS, checking every
+#: WAIT_TICK_SECONDS (tasks/stages/wait.py WaitOptions uses these values).
+LOG_GRACE_SECONDS = 2.0
+LOG_CATCH_UP_SECONDS = 30.0
+WAIT_TICK_SECONDS = 2.0
+#: The smallest ``job.ttl_seconds_after_finished`` with which the pods (and their logs) outlive that drain: the
+#: TTL-after-finished controller deletes the Job and, with it, its pods
+#: (https://kubernetes.io/docs/concepts/workloads/controllers/ttlafterfinished/).
+MIN_TTL_SECONDS_AFTER_FINISHED = int(LOG_GRACE_SECONDS + LOG_CATCH_UP_SECONDS + WAIT_TICK_SECONDS)
+
+
 class WaitSpec(_Model):
     """How wait_for_job watches the Job and when it gives up early."""
 
@@ -1040,9 +1140,10 @@ class OutputsSpec(_Model):
                                  "{run_key}, {flow_run_name}.")
     index_template: str = Field("index-{index:05d}/", description="Sub-prefix of one index, under the run "
                                 "prefix. Must contain {index}.")
-    completeness: Literal["marker", "min_objects"] = Field(
+    completeness: Literal["marker", "min_objects", "none"] = Field(
         "marker", description="'marker': every index wrote marker_name; 'min_objects': every index wrote at "
-        "least min_objects objects.")
+        "least min_objects objects; 'none': no check of OSS outputs (a workload that writes only to the shared "
+        "volume): whatever it wrote to OSS is still collected, and the summary says nothing was verified.")
     marker_name: str = Field("_SUCCESS", description="Name of the per-index done-marker object.")
     min_objects: int = Field(1, ge=1, le=INT32_MAX, description="For 'min_objects': objects each index must write.")
     download: bool = Field(True, description="Download the outputs (checksums verified); off: record only.")
@@ -1212,6 +1313,13 @@ class BatchSpec(_Model):
                 and not (self.storage.nas.vpc_id and self.storage.nas.vswitch_id)):
             raise ValueError("storage.nas with cluster mode 'existing' needs storage.nas.vpc_id and "
                              "storage.nas.vswitch_id (the cluster's VPC is unknown); fix: set both")
+        ttl = self.job.ttl_seconds_after_finished
+        if self.wait.stream_logs and ttl is not None and ttl < MIN_TTL_SECONDS_AFTER_FINISHED:
+            raise ValueError(f"job.ttl_seconds_after_finished {ttl} is shorter than the "
+                             f"{MIN_TTL_SECONDS_AFTER_FINISHED} s the waiter needs after the Job finishes to read "
+                             f"the pods' logs (Kubernetes deletes the pods with the Job); fix: set it to at least "
+                             f"{MIN_TTL_SECONDS_AFTER_FINISHED}, "
+                             f"leave it empty (never), or turn off wait.stream_logs")
         if (self.cluster.mode == "ask" and self.teardown.effective()["cluster"] != "never"
                 and self.cluster.ask.deletion_protection):
             raise ValueError("teardown deletes the cluster but cluster.ask.deletion_protection is on; fix: turn "
@@ -1247,6 +1355,38 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(spec)"
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as ``X``, ``X | None`` or ``list[X]``, if any."""
+    stack = [annotation]
+    while stack:
+        candidate = stack.pop()
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+        stack.extend(get_args(candidate))
+    return None
+
+
+def unknown_field_message(loc: tuple[Any, ...]) -> str:
+    """The message for an unknown field at ``loc`` (a path in ``BatchSpec``): the closest known name, if any.
+
+    >>> unknown_field_message(("job", "complitions"))
+    "unknown field; fix: did you mean 'completions'?"
+    """
+    model: type[BaseModel] | None = BatchSpec
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue  # a list index: the model is the item's
+        field = model.model_fields.get(str(part))
+        model = _model_in(field.annotation) if field is not None else None
+    if model is None:
+        return "unknown field; fix: check the spelling (see the parameter form for the known fields)"
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown field; fix: did you mean {close[0]!r}?"
+    return f"unknown field; fix: use one of {', '.join(known)}"
+
+
 def spec_error_from(exc: ValidationError, *, root: str = "") -> SpecError:
     """Turn a pydantic ValidationError into a SpecError with dotted field paths and readable messages."""
     problems = []
@@ -1256,7 +1396,8 @@ def spec_error_from(exc: ValidationError, *, root: str = "") -> SpecError:
             field = f"{root}.{field}" if field != "(spec)" else root
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown field; fix: check the spelling (see the parameter form for the known fields)"
+            msg = unknown_field_message(tuple(err["loc"])) if not root else \
+                "unknown field; fix: check the spelling (see the parameter form for the known fields)"
         elif err["type"] == "missing":
             msg = "required; fix: set it"
         elif err["type"] in ("int_parsing_size", "int_from_float", "int_parsing", "int_type", "finite_number"):

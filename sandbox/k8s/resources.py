@@ -53,6 +53,8 @@ RESOURCES: tuple[ResourceType, ...] = (
                                "reportingComponent", "source", "type")),
     ResourceType("batch", "v1", "jobs", "Job", True, "job", (), ("status",), ("all",),
                  field_labels=("status.successful",)),
+    # https://kubernetes.io/docs/reference/kubernetes-api/cluster-resources/lease-v1/
+    ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True, "lease"),
     ResourceType("storage.k8s.io", "v1", "storageclasses", "StorageClass", False, "storageclass", ("sc",)),
 )
 

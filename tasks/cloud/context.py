@@ -4,9 +4,9 @@ Why this exists: handles carry no secrets (they are task results, shown in the U
 clients it needs from the spec — credentials from their source, the kubeconfig from the cluster's source. That
 takes a few lines every stage would otherwise repeat. The same goes for two Prefect concerns:
 
-- **retries**: ``tasks.cloud.retry.call`` already retries one API call a few times; a task retry is the coarse second
-  line for a cloud that stays unavailable longer. Only *transient* errors qualify (``retry_condition_fn``): a
-  permanent error (bad request, conflict, a failed Job) fails at once with the service's message.
+- **retries**: ``tasks.cloud.retry.call`` is the one retry policy (backoff with jitter within a time budget, per API
+  call). Task-level retries are off (``RETRY_DELAYS`` is empty): they multiplied with it. ``transient_only``
+  stays the rule should a task ever be given retries again.
 - **logs**: the stage functions log to the stdlib ``ask_batch.*`` loggers so they stay free of Prefect;
   ``stage_logs()`` forwards those records, scrubbed, into the task's Prefect run log while the task runs.
 """
@@ -23,8 +23,8 @@ from tasks.handles import ClusterHandle
 from tasks.render.manifests import REDACTED
 from tasks.spec import BatchSpec
 
-#: Task retries for a cloud that stays unavailable beyond ``call()``'s own attempts (seconds before each retry).
-RETRY_DELAYS = [5.0, 20.0]
+#: Task retries (seconds before each). Empty: ``tasks.cloud.retry.call()`` is the one retry layer (see above).
+RETRY_DELAYS: list[float] = []
 
 
 def transient_only(task: Any, task_run: Any, state: Any) -> bool:

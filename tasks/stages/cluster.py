@@ -46,23 +46,57 @@ CREATION_REFUSED_HINT = (
     "set cluster.mode to 'existing' with cluster.existing.kubeconfig_path (or a KubernetesCredentials block).")
 
 
-def create_managed_cluster(cs: Any, spec: BatchSpec, *, run_key: str) -> str:
-    """CreateCluster for the ASK or ACS cluster of ``spec.cluster.mode``; returns the cluster id.
+# What a refused CreateCluster means, by the service's error code (codes as CS answers them, e.g. ErrorCheckAcl,
+# QuotaExceeded.Cluster). The code for "ASK creation is closed to new accounts" is not published: that hint is
+# given only when the message says so; any other refusal shows the service's own code and message.
+CREATE_HINTS: dict[str, str] = {
+    "QuotaExceeded.Cluster": "the account's cluster quota is used up; fix: delete an unused cluster or raise the "
+                             "quota in the Quota Center",
+    "ErrorCheckAcl": "this RAM identity may not create clusters; fix: grant cs:CreateCluster (docs/ram-policy.md)",
+    "Forbidden.RAM": "this RAM identity may not create clusters; fix: grant cs:CreateCluster (docs/ram-policy.md)",
+    "NoPermission": "this RAM identity may not create clusters; fix: grant cs:CreateCluster (docs/ram-policy.md)",
+    "ErrorRamRoleNotExist": "Container Service's service roles are not authorised in this account; fix: open "
+                            "the ACK console once and accept the role authorisation (AliyunCSDefaultRole ...)",
+}
+ASK_CLOSED_WORDS = ("new user", "new account", "no longer", "not allowed to create", "ACS")
 
-    A refusal of an ASK creation carries the ASK-closed-to-new-accounts hint (use ACS).
+
+def create_refusal_hint(err: CloudError) -> str:
+    """The hint for a 4xx CreateCluster answer: by code, else the ASK-closed hint when the message says so."""
+    if err.code in CREATE_HINTS:
+        return CREATE_HINTS[err.code]
+    message = err.message or ""
+    if "zone_id" in message:
+        return "fix: set cluster.ask.zone_id (a zone of the region), or cluster.ask.vpc_id and vswitch_ids"
+    if "Serverless" in message and any(w.lower() in message.lower() for w in ASK_CLOSED_WORDS):
+        return CREATION_REFUSED_HINT
+    return "fix: see the service's code and message above (and its request id for Alibaba Cloud support)"
+
+
+def create_managed_cluster(cs: Any, spec: BatchSpec, *, run_key: str) -> str:
+    """CreateCluster for the ASK (profile Serverless) or ACS (profile Acs) cluster of ``spec.cluster.mode``; returns
+    the cluster id.
+
+    Raises:
+        ClusterError: the request would be refused (no VPC and no zone), or was refused; the message has the
+            service's code and message and a hint chosen by that code (``create_refusal_hint``).
     """
     from alibabacloud_cs20151215 import models as m
 
     kind = spec.cluster.mode
-    opts = spec.cluster.managed
-    assert opts is not None, "mode 'ask' or 'acs' needed"
-    body = create_cluster_body(opts, region=spec.target.region, run_key=run_key, profile=PROFILES[kind])
+    ask = spec.cluster.managed
+    assert ask is not None, "mode 'ask' or 'acs' needed"
+    if not ask.vpc_id and not ask.zone_id:
+        raise ClusterError(f"cannot create cluster {ask.name!r}: without cluster.{kind}.vpc_id, CS needs "
+                           f"cluster.{kind}.zone_id (it creates the VPC in that zone); fix: set zone_id, e.g. "
+                           f"'{spec.target.region}-k', or vpc_id and vswitch_ids")
+    body = create_cluster_body(ask, region=spec.target.region, run_key=run_key, profile=PROFILES[kind])
     try:
         resp = call(cs.create_cluster, m.CreateClusterRequest().from_map(body), service="CS",
                     operation="CreateCluster")
     except CloudError as err:
-        if kind == "ask" and err.status is not None and 400 <= err.status < 500:
-            raise ClusterError(f"{err}\n{CREATION_REFUSED_HINT}") from err
+        if err.status is not None and 400 <= err.status < 500:
+            raise ClusterError(f"{err}\n{create_refusal_hint(err)}") from err
         raise
     return as_map(resp.body)["cluster_id"]
 

@@ -96,7 +96,7 @@ def wait_gone(list_fn: Callable[..., Any], *, timeout: float, **kwargs: Any) -> 
 
     deadline = time.monotonic() + timeout
     while True:
-        listing = list_fn(**kwargs)
+        listing = call(list_fn, service="Kubernetes", operation="list (waiting for deletion)", **kwargs)
         names = {item.metadata.name for item in listing.items or []}
         remaining = deadline - time.monotonic()
         if not names or remaining <= 0:

@@ -34,9 +34,19 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.cloud.context import RETRY_DELAYS, Scrubber, credentials, kube_for, stage_logs, transient_only
 from tasks.errors import JobFailed
-from tasks.handles import ClusterHandle, IndexRecord, JobHandle, JobReport
+from tasks.handles import Attempt, ClusterHandle, IndexRecord, JobHandle, JobReport
 from tasks.naming import RUN_LABEL
-from tasks.render.diagnose import Diagnosis, diagnose_pod, exit_code, is_reclaimed, job_finished, parse_time, pod_index
+from tasks.render.diagnose import (
+    AttemptEnd,
+    Diagnosis,
+    attempt_end,
+    diagnose_pod,
+    is_spot,
+    job_finished,
+    parse_indexes,
+    parse_time,
+    pod_index,
+)
 from tasks.render.manifests import CONTAINER_NAME
 from tasks.spec import BatchSpec
 
@@ -296,47 +306,103 @@ def _container_started(pod: dict[str, Any]) -> bool:
 
 
 def _pod_seconds(pod: dict[str, Any], now: datetime) -> float:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+    """Billed seconds of one pod: ECI bills from instance creation (image pull included) to the pod's end
+    (https://www.alibabacloud.com/help/doc-detail/89142.htm), so from ``status.startTime`` (the virtual node took
+    the pod and created the instance) — not from the container's start — to the container's finish."""
+    status = pod.get("status") or {}
+    created = parse_time(status.get("startTime"))
+    for cs in status.get("containerStatuses") or []:
         state = cs.get("state") or {}
         if state.get("terminated"):
             t = state["terminated"]
-            start, end = parse_time(t.get("startedAt")), parse_time(t.get("finishedAt"))
+            start, end = created or parse_time(t.get("startedAt")), parse_time(t.get("finishedAt"))
             return max(0.0, (end - start).total_seconds()) if start and end else 0.0
         if state.get("running"):
-            start = parse_time(state["running"].get("startedAt"))
+            start = created or parse_time(state["running"].get("startedAt"))
             return max(0.0, (now - start).total_seconds()) if start else 0.0
+    if created is not None and status.get("phase") in ("Pending", "Running"):  # pulling the image: billed
+        return max(0.0, (now - created).total_seconds())
     return 0.0
 
 
+def _billed_seconds(pod: dict[str, Any], end: AttemptEnd | None, now: datetime) -> float:
+    """The instance's lifetime: ECI bills from the instance's creation (the pod leaves Scheduling) to its end
+    (https://www.alibabacloud.com/help/doc-detail/2833188.html). ``status.startTime`` is when the (virtual)
+    kubelet took the pod; the end is the last container's finish, else now. No instance, nothing billed."""
+    if end is not None and end.outcome in ("stock-out", "create-failed"):
+        return 0.0
+    status = pod.get("status") or {}
+    start = parse_time(status.get("startTime"))
+    if start is None:
+        return 0.0
+    finished = [parse_time(((cs.get("state") or {}).get("terminated") or {}).get("finishedAt"))
+                for cs in status.get("containerStatuses") or []]
+    finished = [f for f in finished if f]
+    stop = max(finished) if finished else (now if end is None else start)
+    return max(0.0, (stop - start).total_seconds())
+
+
+def attempt_record(pod: dict[str, Any], now: datetime) -> Attempt:
+    """One pod as a ledger line."""
+    status = pod.get("status") or {}
+    end = attempt_end(pod)
+    term: dict[str, Any] = {}
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or term
+    started = term.get("startedAt")
+    if not started:
+        for cs in status.get("containerStatuses") or []:
+            started = ((cs.get("state") or {}).get("running") or {}).get("startedAt") or started
+    if end is not None:
+        outcome, reason, message, code = end.outcome, end.reason, end.message or None, end.exit_code
+    else:
+        outcome = "running" if status.get("phase") == "Running" else "pending"
+        reason, message, code = None, None, None
+    return Attempt(pod=pod["metadata"]["name"], outcome=outcome, reason=reason, message=message, exit_code=code,
+                   spot=is_spot(pod), started=started, finished=term.get("finishedAt"),
+                   seconds=round(_pod_seconds(pod, now), 3), billed_seconds=round(_billed_seconds(pod, end, now), 3))
+
+
 def build_records(pods: dict[str, dict[str, Any]], completions: int, *, now: datetime,
-                  diagnoses: dict[str, Diagnosis] | None = None) -> list[IndexRecord]:
-    """Per-index record from the pods seen (the last pod of an index decides its status)."""
+                  diagnoses: dict[str, Diagnosis] | None = None,
+                  failed_indexes: set[int] | None = None, finished: bool = False,
+                  indexes: list[int] | None = None) -> list[IndexRecord]:
+    """Per-index ledger from the pods seen: every attempt, oldest first; the last one gives the status.
+
+    An index is ``failed`` when the Job says so (``failed_indexes``: its per-index budget is spent), when a pod of
+    it was diagnosed as stuck, or when its last pod failed and nothing replaced it by the time the Job finished;
+    a failed index is never shown as pending or running. Once the Job is ``finished``, an index that did not
+    succeed is ``failed`` (or ``not_started`` when no pod of it was ever seen).
+    """
+    failed = failed_indexes or set()
     by_index: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for pod in pods.values():
         idx = pod_index(pod)
         if idx is not None:
             by_index[idx].append(pod)
     records = []
-    for idx in range(completions):
-        attempts = sorted(by_index.get(idx, []), key=lambda p: p["metadata"].get("creationTimestamp") or "")
-        if not attempts:
-            records.append(IndexRecord(index=idx, status="pending"))
+    for idx in (indexes if indexes is not None else range(completions)):
+        pods_of = sorted(by_index.get(idx, []), key=lambda p: p["metadata"].get("creationTimestamp") or "")
+        if not pods_of:
+            status = "failed" if idx in failed else "not_started" if finished else "pending"
+            records.append(IndexRecord(index=idx, status=status))
             continue
-        last = attempts[-1]
-        name, status = last["metadata"]["name"], last.get("status") or {}
-        phase = status.get("phase")
-        state = {"Succeeded": "succeeded", "Failed": "failed", "Running": "running", "Pending": "pending"}.get(
-            phase or "", "unknown")
-        diag = (diagnoses or {}).get(name)
-        term = {}
-        for cs in status.get("containerStatuses") or []:
-            term = (cs.get("state") or {}).get("terminated") or term
+        attempts = [attempt_record(p, now) for p in pods_of]
+        # The last attempt decides, except that a succeeded one always wins (a late-listed older pod).
+        last = next((a for a in attempts if a.outcome == "succeeded"), attempts[-1])
+        diag = next((d for name, d in (diagnoses or {}).items() if name in {a.pod for a in attempts}), None)
+        if last.outcome == "succeeded":
+            state = "succeeded"
+        elif diag or idx in failed or finished or last.outcome not in ("running", "pending"):
+            state = "failed"  # a failed last pod may still be replaced by the Job: the next record says so
+        else:
+            state = last.outcome
         records.append(IndexRecord(
-            index=idx, status="failed" if diag else state, attempts=len(attempts), pod=name,
-            reclaims=sum(1 for p in attempts if is_reclaimed(p)),
-            exit_code=exit_code(last), reason=(diag.reason if diag else term.get("reason") or status.get("reason")),
-            started=term.get("startedAt") or status.get("startTime"), finished=term.get("finishedAt"),
-            seconds=round(sum(_pod_seconds(p, now) for p in attempts), 3)))
+            index=idx, status=state, attempts=attempts, pod=last.pod, exit_code=last.exit_code,
+            reason=(diag.reason if diag else last.reason),
+            started=last.started, finished=last.finished,
+            seconds=round(sum(a.seconds for a in attempts), 3),
+            billed_seconds=round(sum(a.billed_seconds for a in attempts), 3)))
     return records
 
 
@@ -346,7 +412,19 @@ def build_records(pods: dict[str, dict[str, Any]], completions: int, *, now: dat
 def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: WaitOptions, emit: Emit,
                  on_progress: Callable[[int, int], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> JobReport:
-    """Block until the Job completes; raise ``JobFailed`` (with the report) when it fails or cannot progress.
+    """Block until the Job has a verdict; raise ``JobFailed`` (with the report) when it failed or cannot progress.
+
+    The Job decides (https://kubernetes.io/docs/concepts/workloads/controllers/job/#handling-pod-and-container-failures):
+    the run fails on the Job's ``Failed`` condition, not on a pod failure the Job will retry. Pods that ended badly
+    (spot reclaim, ECI stock-out, eviction, exit code, OOM) are logged as they happen and kept in the per-index
+    ledger, whenever they happened (pods that failed before the first list are judged the same way). An index
+    whose per-index budget is spent (``status.failedIndexes``) is logged at once; the run still waits for the
+    Job's verdict, so the other indexes finish and nothing is deleted early. Only a pod that cannot end by itself
+    (``diagnose_pod``: bad image, unschedulable, ECI creation stuck, past the grace) ends the wait early.
+
+    A Job that vanishes is a verdict too: deleted before it finished -> ``JobFailed`` saying so; already gone
+    when the wait starts (removed by ``ttlSecondsAfterFinished`` after finishing) -> a report with
+    ``job_gone=True`` and the pods seen, so the outputs decide.
 
     Args:
         api_client: a ``kubernetes.client.ApiClient`` for the cluster.
@@ -357,7 +435,8 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
         on_progress: called with (succeeded, completions) whenever the count changes.
 
     Raises:
-        JobFailed: the Job failed, a pod cannot make progress (after the grace), or ``timeout_seconds`` passed.
+        JobFailed: the Job failed, was deleted while it ran, a pod cannot make progress (after the grace), or
+            ``timeout_seconds`` passed.
     """
     from kubernetes import client
 
@@ -380,6 +459,9 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
     unsettled: set[str] = set()  # pods not yet Succeeded/Failed: the only ones a grace can still catch
     logs: dict[str, PodLog] = {}
     job_obj: dict[str, Any] = {}
+    job_deleted = False  # a DELETED event for the Job, or a deletionTimestamp on it
+    ended: set[str] = set()  # pods whose end was already logged
+    failed_logged: set[int] = set()  # indexes whose spent budget was already logged
     synced: set[str] = set()
     last_progress = -1
     deadline = clock() + options.timeout_seconds if options.timeout_seconds else None
@@ -410,10 +492,41 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
             for item in core.list_namespaced_pod(job.namespace, label_selector=pod_selector).items:
                 see_pod("MODIFIED", api_client.sanitize_for_serialization(item))
 
-    def report(succeeded: bool, reason: str | None, diags: dict[str, Diagnosis] | None = None) -> JobReport:
+    def report(succeeded: bool, reason: str | None, diags: dict[str, Diagnosis] | None = None, *,
+               finished: bool = False, gone: bool = False) -> JobReport:
         now = datetime.now(UTC)
-        return JobReport(job=job, succeeded=succeeded, reason=reason,
-                         indexes=build_records(pods, job.completions, now=now, diagnoses=diags))
+        failed = failed_indexes()
+        return JobReport(job=job, succeeded=succeeded, reason=reason, job_gone=gone,
+                         indexes=build_records(pods, job.completions, now=now, diagnoses=diags,
+                                               failed_indexes=failed, finished=finished,
+                                               indexes=None if job.index is None else [job.index]))
+
+    def failed_indexes() -> set[int]:
+        # The Job's own indexes whose budget is spent, as original indexes (a follow-up Job runs one, as its 0).
+        failed = parse_indexes((job_obj.get("status") or {}).get("failedIndexes"))
+        return failed if job.index is None else ({job.index} if failed else set())
+
+    def explain_ends() -> None:
+        # Say, once per pod, how each attempt ended and who decides next; and once per index, that its budget
+        # is spent. Scrubbed: a container message can quote anything.
+        for name in sorted(changed):
+            pod = pods.get(name)
+            if pod is None or name in ended:
+                continue
+            end = attempt_end(pod)
+            if end is None or end.outcome == "succeeded":
+                continue
+            ended.add(name)
+            idx = pod_index(pod)
+            detail = f": {end.message}" if end.message else ""
+            log.warning("%s", options.scrub(
+                f"index {'?' if idx is None else idx}: pod {name} ended: {end.reason}{detail}; "
+                f"{'not the workload' + chr(39) + 's fault: ' if end.disruption else ''}"
+                f"the Job retries it within its limits (backoffLimitPerIndex / backoffLimit / podFailurePolicy)"))
+        for idx in sorted(failed_indexes() - failed_logged):
+            failed_logged.add(idx)
+            log.warning("index %d failed for good: its retry budget is spent; the Job still runs the other "
+                        "indexes, then fails", idx)
 
     def drain_logs() -> None:
         # Streams that end by themselves within the grace are the common case; the others are cut and caught up
@@ -444,10 +557,13 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
                     synced.add(kind)
                 elif kind == "job":
                     job_obj = obj
+                    job_deleted = job_deleted or etype == "DELETED" or bool(
+                        (obj.get("metadata") or {}).get("deletionTimestamp"))
                 elif kind == "pod":
                     see_pod(etype, obj)
             if synced != {"job", "pod"}:
                 continue
+            explain_ends()
             succeeded = int((job_obj.get("status") or {}).get("succeeded") or 0)
             if on_progress and succeeded != last_progress:
                 last_progress = succeeded
@@ -456,11 +572,27 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
             if finished:
                 final_pods()
                 drain_logs()
-                rep = report(ok, why)
+                rep = report(ok, why, finished=True)
                 if ok:
                     return rep
                 raise JobFailed(options.scrub(_failure_message(f"Job {job.name} failed: {why}", rep, logs,
                                                                options)), rep)
+            if not job_obj:
+                # The Job was gone before the first list: it finished and ttlSecondsAfterFinished removed it, or
+                # someone deleted it. Nothing here can tell which: the outputs decide (collect_outputs).
+                final_pods()
+                drain_logs()
+                log.warning("Job %s was already gone when the wait began (removed by its TTL after finishing, or "
+                            "deleted): judging the run by its outputs and the %d pod(s) seen", job.name, len(pods))
+                return report(True, None, gone=True)
+            if job_deleted:
+                final_pods()
+                drain_logs()
+                rep = report(False, "Job deleted while it ran", finished=True)
+                raise JobFailed(options.scrub(_failure_message(
+                    f"Job {job.namespace}/{job.name} was deleted while it ran ({succeeded}/{job.completions} "
+                    f"indexes done): something else deleted it (a cleanup script, kubectl delete, a colleague); "
+                    f"fix: find who (kubectl get events), then run again", rep, logs, options)), rep)
             # Diagnose the pods that just changed, and once per tick the unfinished ones (a grace can run out
             # while nothing changes). Finished pods are never rescanned: that was O(pods) per event.
             suspects = set(changed)
@@ -492,8 +624,13 @@ def _failure_message(head: str, rep: JobReport, logs: dict[str, PodLog], options
     lines = [head]
     failed = [r for r in rep.indexes if r.status == "failed"]
     for r in failed[:10]:
-        lines.append(f"  index {r.index}: pod {r.pod}, exit code {r.exit_code}, reason {r.reason}, "
-                     f"attempts {r.attempts}")
+        last = next((a for a in reversed(r.attempts) if a.pod == r.pod), None)
+        message = f": {last.message}" if last and last.message else ""
+        history = ", ".join(f"{a.outcome}" for a in r.attempts)
+        lines.append(f"  index {r.index}: pod {r.pod}, {r.reason or 'failed'}{message} "
+                     f"({len(r.attempts)} attempt(s): {history})")
+    if len(failed) > 10:
+        lines.append(f"  ... and {len(failed) - 10} more failed indexes (see the run summary)")
     target = pod or (failed[0].pod if failed else None)
     if target and target in logs and options.tail_lines:
         tail = logs[target].tail(options.tail_lines)
@@ -501,6 +638,62 @@ def _failure_message(head: str, rep: JobReport, logs: dict[str, PodLog], options
             lines.append(f"  last {len(tail)} log lines of {target}:")
             lines += [f"    {t}" for t in tail]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- re-runs
+
+
+def merge_reports(whole: JobHandle, reused: list[int], reports: list[JobReport]) -> JobReport:
+    """One report for a re-run: indexes an earlier attempt finished (``reused``, outputs already complete) plus
+    the records of the follow-up Jobs; it succeeded when every follow-up did."""
+    by_index = {i: IndexRecord(index=i, status="succeeded", reason="outputs from an earlier attempt")
+                for i in reused}
+    for rep in reports:
+        for record in rep.indexes:
+            by_index[record.index] = record
+    failed = [rep for rep in reports if not rep.succeeded]
+    reason = "; ".join(f"{rep.job.name} (index {rep.job.index}): {rep.reason}" for rep in failed) or None
+    return JobReport(job=whole, succeeded=not failed, reason=reason,
+                     indexes=[by_index.get(i) or IndexRecord(index=i, status="not_started")
+                              for i in range(whole.completions)],
+                     follow_ups=[rep.job for rep in reports], reused=sorted(reused))
+
+
+@task(name="wait_for_follow_ups", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS),
+      retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=transient_only)
+def wait_for_follow_ups_task(spec: BatchSpec, run_key: str, cluster: ClusterHandle, whole: JobHandle,
+                             follow_ups: list[JobHandle], reused: list[int], log_dir: str | None) -> JobReport:
+    """Prefect task: wait for every follow-up Job of a re-run (they run at once; each wait ends with its Job's
+    verdict), then one merged report. A failed follow-up does not stop the wait for the others.
+
+    Raises:
+        JobFailed: some follow-up Job failed (the merged report is attached), naming its index.
+    """
+    from tasks.cloud.clients import _load_prefect_secret
+    from tasks.cloud.inputs import run_secret_values
+
+    creds = credentials(spec)
+    scrub = Scrubber(run_secret_values(spec, creds, load_secret=_load_prefect_secret))
+    reports: list[JobReport] = []
+    errors: list[str] = []
+    with stage_logs(scrub) as run_logger:
+        api = kube_for(spec, cluster)
+        try:
+            for job in follow_ups:
+                try:
+                    reports.append(wait_for_job(api, job, run_key=run_key, options=wait_options(
+                        spec, log_dir=Path(log_dir) if log_dir else None, scrub=scrub), emit=run_logger.info))
+                except JobFailed as exc:
+                    reports.append(exc.report)
+                    errors.append(str(exc))
+                run_logger.info("re-run: %d of %d follow-up Jobs finished", len(reports), len(follow_ups))
+        finally:
+            api.close()
+    merged = merge_reports(whole, reused, reports)
+    if errors:
+        raise JobFailed(scrub(f"{len(errors)} of {len(follow_ups)} follow-up Jobs failed:\n" + "\n".join(errors)),
+                        merged)
+    return merged
 
 
 # --------------------------------------------------------------------------------------------- Prefect task

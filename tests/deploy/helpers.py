@@ -82,7 +82,7 @@ def adhoc_run_end_to_end(stack: Stack) -> dict[str, Any]:
 
     run = flow_run(stack, run_id)
     assert run["state_type"] == "COMPLETED"
-    assert run["parameters"]["spec"]["target"]["region"] == "cn-sandbox"  # the wired target, resolved by the server
+    assert run["parameters"]["target"]["region"] == "cn-sandbox"  # the wired target, resolved by the server
     name = run["name"]
 
     by_name: dict[str, list[str]] = {}

@@ -6,8 +6,6 @@ worker, see conftest.py). Every wait polls the API for a state, with a deadline.
 """
 
 import json
-import subprocess
-import sys
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,6 +16,7 @@ from deployments.local import Stack
 from tests.deploy.helpers import (
     SMALL,
     TERMINAL,
+    UUID_RE,
     adhoc_run_end_to_end,
     api,
     deployment,
@@ -58,9 +57,29 @@ def test_nightly_schedule_produces_runs_at_0200_shanghai(stack: Stack) -> None:
     first = (now + timedelta(days=1 if now.hour >= 2 else 0)).replace(hour=2, minute=0, second=0, microsecond=0)
     assert starts[:3] == [first + timedelta(days=i) for i in range(3)], starts
     # Each scheduled run carries the nightly parameter set with the wired target.
-    spec = runs[0]["parameters"]["spec"]
+    spec = runs[0]["parameters"]
+    assert list(spec) == ["job", "config", "outputs", "storage", "cluster", "target", "teardown", "wait", "run_key"]
     assert spec["job"]["completions"] == 10 and spec["outputs"]["prefix_template"].startswith("nightly/")
     assert spec["target"]["region"] == "cn-sandbox"
+
+
+def test_one_section_from_the_cli_replaces_that_section_and_keeps_the_deployments_others(stack: Stack) -> None:
+    """``prefect deployment run ask-batch/adhoc --param job='{...}'`` with only image, command and completions:
+    the server merges parameters by name, so config, outputs, storage, cluster and target stay the deployment's."""
+    job = {"image": "registry.cn-hangzhou.aliyuncs.com/ask-batch/shard-hash:0.1",
+           "command": ["python3", "/etc/ask-batch/config/shard_hash.py", "--settings", "settings.json"],
+           "completions": 3, "parallelism": 3}
+    result = stack.prefect("deployment", "run", "ask-batch/adhoc", "--param", f"job={json.dumps(job)}", "--watch",
+                           "--watch-interval", "1", "--watch-timeout", "400", check=False, timeout=460)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "Completed" in output, output
+    run = flow_run(stack, UUID_RE.search(output).group(0))  # type: ignore[union-attr]
+    params = run["parameters"]
+    assert params["job"]["completions"] == 3 and params["job"]["image"] == job["image"]
+    assert params["target"]["region"] == "cn-sandbox"  # the deployment's wired target, kept
+    assert params["config"]["local_paths"] == ["examples/workload/shard_hash.py", "examples/workload/settings.json"]
+    launches = [tr for tr in task_runs(stack, run["id"]) if tr["name"].startswith("launch_job")]
+    assert [tr["state_type"] for tr in launches] == ["COMPLETED"]
 
 
 def test_failing_run_is_retried_per_deployment_and_torn_down_each_time(stack: Stack) -> None:
@@ -82,8 +101,8 @@ def test_failing_run_is_retried_per_deployment_and_torn_down_each_time(stack: St
 
 def test_same_spec_twice_at_once_launches_the_job_once(stack: Stack) -> None:
     dep = deployment(stack, "nightly")
-    spec = json.loads(run_params(stack, *SMALL, file="deployments/nightly.yaml"))["spec"]
-    body = {"parameters": {"spec": spec}, "state": {"type": "SCHEDULED"}}
+    params = json.loads(run_params(stack, *SMALL, file="deployments/nightly.yaml"))
+    body = {"parameters": params, "state": {"type": "SCHEDULED"}}
     ids = [api(stack, f"/deployments/{dep['id']}/create_flow_run", body)["id"] for _ in range(2)]
 
     runs = poll(lambda: [flow_run(stack, i) for i in ids], lambda rs: all(r["state_type"] in TERMINAL for r in rs),
@@ -92,30 +111,6 @@ def test_same_spec_twice_at_once_launches_the_job_once(stack: Stack) -> None:
     assert states == ["CANCELLED", "COMPLETED"], [(r["state_type"], r["state"]["message"]) for r in runs]
     launches = [tr for i in ids for tr in task_runs(stack, i) if tr["name"].startswith("launch_job")]
     assert len(launches) == 1, launches
-
-
-def test_run_lock_refuses_a_second_holder_and_frees_on_release(stack: Stack) -> None:
-    probe = ("import sys\nfrom tasks.cloud.run_lock import RunLocked, run_lock\n"
-             "try:\n    with run_lock(sys.argv[1]):\n        print('acquired', flush=True)\n"
-             "        sys.stdin.readline()\nexcept RunLocked as exc:\n    print('refused', exc, flush=True)\n"
-             "    sys.exit(3)\n")
-
-    def start() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-c", probe, "lock-test"], cwd=stack.root, env=stack.env(),
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-
-    holder = start()
-    try:
-        assert holder.stdout.readline().strip() == "acquired"
-        second = start()
-        out, _ = second.communicate("\n", timeout=60)
-        assert second.returncode == 3 and out.startswith("refused"), out
-    finally:
-        holder.communicate("\n", timeout=60)
-    assert holder.returncode == 0
-    third = start()
-    out, _ = third.communicate("\n", timeout=60)
-    assert third.returncode == 0 and out.startswith("acquired"), out
 
 
 def test_lock_key_is_the_run_key_or_the_spec() -> None:

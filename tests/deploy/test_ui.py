@@ -145,3 +145,29 @@ def test_flow_run_page_shows_the_summary_and_the_progress(stack: Stack, browser:
     wait_for(browser, "the summary's result line", lambda d: "Result: succeeded" in rendered.text)
     assert f"downloaded to outputs/{run['name']}" in rendered.text, rendered.text
     screenshot(browser, tmp_path, "summary-artifact.png", rendered.find_element(By.CSS_SELECTOR, "h1"))
+
+
+def test_custom_run_form_opens_on_the_work(stack: Stack, browser: WebDriver, tmp_path: Path) -> None:
+    """The adhoc deployment's Custom run form: the job section first, its image, command, completions and
+    parallelism on the first screen (no scrolling), the other sections after it."""
+    from tests.deploy.helpers import deployment
+
+    dep = deployment(stack, "adhoc")
+    browser.get(f"{stack.ui_url}/deployments/deployment/{dep['id']}/run")
+
+    def label(text: str):
+        def find(d: WebDriver) -> WebElement | None:
+            for element in d.find_elements(By.CSS_SELECTOR, "label, legend, .p-label__text"):
+                if element.text.strip().lower().startswith(text) and element.is_displayed():
+                    return element
+            return None
+        return find
+
+    image = wait_for(browser, "the form's image field", label("image"))
+    shown = [image] + [wait_for(browser, f"the form's {name} field", label(name))
+                       for name in ("command", "completions", "parallelism")]
+    for element in shown:
+        assert in_viewport(browser, element), f"not on the first screen: {element.text!r}"
+    page = browser.find_element(By.TAG_NAME, "body").text.lower()
+    assert page.index("image") < page.index("region"), "the target section comes before the work"
+    screenshot(browser, tmp_path, "custom-run-form.png", *shown)

@@ -8,6 +8,7 @@ example image does on ASK (the CLI does the same when it starts a sandbox; see f
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ def prefect_server() -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60), \
+    with prefect_test_harness(server_startup_timeout=300), \
             temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield str(PREFECT_API_URL.value())
 
@@ -70,3 +71,64 @@ def processes(sandbox_dir: Path) -> list[dict[str, Any]]:
     for path in sandbox_dir.glob("clusters/*/node/processes.jsonl"):
         records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return records
+
+
+def kube(spec: Any) -> Any:
+    from tasks.cloud.cluster_access import connect, locate_cluster
+    from tasks.cloud.context import cs_for
+
+    cluster = locate_cluster(spec, cs=cs_for(spec))
+    return connect(cluster, spec, cs=cs_for(spec))
+
+
+def left_in_cluster(spec: Any, run_key: str) -> list[str]:
+    """Every object of the run still in its namespace (by the run label), and its lock's Lease."""
+    from kubernetes import client
+
+    from tasks.cloud.run_lock import lease_name
+    from tasks.naming import RUN_LABEL
+
+    api, ns, selector = kube(spec), spec.cluster.namespace, f"{RUN_LABEL}={run_key}"
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    left = [f"Job/{o.metadata.name}" for o in batch.list_namespaced_job(ns, label_selector=selector).items]
+    left += [f"ConfigMap/{o.metadata.name}"
+             for o in core.list_namespaced_config_map(ns, label_selector=selector).items]
+    left += [f"Secret/{o.metadata.name}" for o in core.list_namespaced_secret(ns, label_selector=selector).items]
+    left += [f"PersistentVolumeClaim/{o.metadata.name}"
+             for o in core.list_namespaced_persistent_volume_claim(ns, label_selector=selector).items]
+    left += [f"PersistentVolume/{o.metadata.name}"
+             for o in core.list_persistent_volume(label_selector=selector).items]
+    left += [f"Lease/{o.metadata.name}" for o in client.CoordinationV1Api(api).list_namespaced_lease(ns).items
+             if o.metadata.name == lease_name(run_key)]
+    return left
+
+
+def wait_lock_free(spec: Any, key: str, *, timeout: float) -> None:
+    """Wait until the run lock of ``key`` (its Lease in the target cluster) has no live holder."""
+    from datetime import UTC, datetime, timedelta
+
+    from kubernetes import client
+
+    from tasks.cloud.run_lock import lease_name
+
+    leases = client.CoordinationV1Api(kube(spec))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            lease = leases.read_namespaced_lease(lease_name(key), spec.cluster.namespace)
+        except client.ApiException as exc:
+            assert exc.status == 404
+            return
+        expires = lease.spec.renew_time + timedelta(seconds=lease.spec.lease_duration_seconds)
+        if expires < datetime.now(UTC):
+            return
+        assert time.monotonic() < deadline, f"the lock of {key!r} was not freed after {timeout} s"
+        time.sleep(1)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -6,34 +6,23 @@ sandbox's own record of processes started, the Prefect API (logs, artifacts, sta
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from examples.workload.shard_hash import compute_shard
-from flows.ask_batch import LOCK_LEASE_SECONDS, ask_batch
+from flows.ask_batch import ask_batch
 from flows.cli import build_spec, main
+from flows.run_files import flow_parameters
 from tasks.render.manifests import run_prefix
-from tests.e2e.conftest import EXAMPLE, REPO, example_sets, processes
+from tests.e2e.conftest import EXAMPLE, example_sets, kube
 
 
 def run(sandbox_dir: Path, workdir: Path, run_key: str, *extra: str, **settings: Any) -> tuple[Any, Any]:
     spec = build_spec(EXAMPLE, example_sets(workdir, run_key, **settings) + list(extra), sandbox_dir)
-    return spec, ask_batch(spec, return_state=True)
-
-
-def kube(spec: Any) -> Any:
-    from tasks.cloud.cluster_access import connect, locate_cluster
-    from tasks.cloud.context import cs_for
-
-    cluster = locate_cluster(spec, cs=cs_for(spec))
-    return connect(cluster, spec, cs=cs_for(spec))
+    return spec, ask_batch(**flow_parameters(spec), return_state=True)
 
 
 def flow_logs(flow_run_id: Any) -> list[str]:
@@ -53,19 +42,6 @@ def flow_logs(flow_run_id: Any) -> list[str]:
             out += [entry.message for entry in logs]
             offset += len(logs)
     return out
-
-
-def wait_lock_free(key: str, *, timeout: float) -> None:
-    """Wait until no run holds the run lock of ``key`` (its global concurrency limit has no active slot)."""
-    from prefect import get_client
-
-    from tasks.cloud.run_lock import limit_name
-
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while client.read_global_concurrency_limit_by_name(limit_name(key)).active_slots:
-            assert time.monotonic() < deadline, f"the lock of {key!r} was not freed after {timeout} s"
-            time.sleep(1)
 
 
 def flow_artifacts(flow_run_id: Any) -> list[str]:
@@ -105,7 +81,22 @@ def test_example_run_downloads_one_verified_result_per_index(sandbox_dir: Path, 
     logs = flow_logs(state.state_details.flow_run_id)
     assert any(line.startswith("[idx=3 pod=askb-e2e-ok-") for line in logs)
     summary = [a for a in flow_artifacts(state.state_details.flow_run_id) if "Estimated cost" in a]
-    assert summary and "| 9 | succeeded | 1 | 0 |" in summary[0]
+    assert summary and "| 9 | succeeded | 1: succeeded (on-demand) | 0 |" in summary[0]
+
+
+def test_a_nas_only_workload_with_completeness_none_succeeds_and_says_what_was_not_verified(
+        sandbox_dir: Path, workdir: Path) -> None:
+    # Each pod writes its result to the shared NAS volume only: nothing to OSS, no marker.
+    write = 'echo "done $JOB_COMPLETION_INDEX" > "$ASK_BATCH_DATA_DIR/nas-only-$JOB_COMPLETION_INDEX.txt"'
+    spec, state = run(sandbox_dir, workdir, "e2e-nas-only", f"job.command=[sh, -c, '{write}']", "job.args=[]",
+                      "job.completions=4", "job.parallelism=4", "outputs.completeness=none")
+    assert spec.storage.mode == "nas"
+    assert state.is_completed(), state.message
+    written = sorted(p.name for p in sandbox_dir.rglob("nas-only-*.txt") if "e2e-nas-only" in str(p))
+    assert written == [f"nas-only-{i}.txt" for i in range(4)], written
+    summary = [a for a in flow_artifacts(state.state_details.flow_run_id) if "Estimated cost" in a]
+    assert summary and "`outputs.completeness` is `none`" in summary[0]
+    assert "no index was checked for outputs in OSS" in summary[0]
 
 
 def test_second_run_reuses_the_cluster_and_the_nas(sandbox_dir: Path, workdir: Path) -> None:
@@ -208,63 +199,6 @@ def test_bad_image_fails_within_the_grace_naming_pod_and_reason(sandbox_dir: Pat
     assert "pod askb-e2e-image-" in message
     assert "ImagePullBackOff" in message or "ErrImagePull" in message
     assert elapsed < 45, f"took {elapsed:.0f}s for a 3s grace"
-
-
-@pytest.fixture
-def real_prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A `prefect server start` (not the ephemeral test server): only a real server runs the service that frees
-    the lease of a crashed run's lock, here checked every second instead of every 15."""
-    from deployments.local import Stack
-
-    port = _free_port()
-    stack = Stack(state=tmp_path_factory.mktemp("prefect-home"), port=port, sandbox_dir=None,
-                  extra_env={"PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "1"})
-    stack.start_server()
-    try:
-        yield stack.api_url
-    finally:
-        stack.stop("server")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_killed_flow_process_rerun_reattaches_and_runs_each_index_once(
-        sandbox_dir: Path, workdir: Path, real_prefect_server: str) -> None:
-    sets = example_sets(workdir, "e2e-kill", sleep_seconds=5)
-    argv = [sys.executable, "-m", "flows.ask_batch", "--params", str(EXAMPLE), "--sandbox", str(sandbox_dir)]
-    for item in sets:
-        argv += ["--set", item]
-    env = {**os.environ, "PREFECT_API_URL": real_prefect_server, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 90
-        while len([p for p in processes(sandbox_dir) if p["pod"].startswith("askb-e2e-kill-")]) < 10:
-            assert proc.poll() is None, "the flow ended before its pods ran"
-            assert time.monotonic() < deadline, "the Job's pods did not start"
-            time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGKILL)  # while it waits: the pods sleep 5 s
-    finally:
-        proc.wait(30)
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: real_prefect_server}):
-        # A re-run right away is refused: the killed run still holds the spec's lock ...
-        early = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
-        assert early.returncode == 1 and "RunLocked" in early.stdout + early.stderr
-        # ... until the lease of the dead holder runs out, as the refusal tells the user.
-        wait_lock_free("e2e-kill", timeout=LOCK_LEASE_SECONDS + 60)
-        rerun = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=240)
-        assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-        assert "re-attached" in rerun.stdout + rerun.stderr
-    started = [p for p in processes(sandbox_dir) if p["pod"].startswith("askb-e2e-kill-")]
-    assert sorted(int(p["index"]) for p in started) == list(range(10))
-    assert len(list((workdir / "outputs" / "ask-batch-e2e-kill").glob("index-*/result.json"))) == 10
 
 
 def test_known_secrets_never_reach_logs_artifacts_errors_or_dry_run(

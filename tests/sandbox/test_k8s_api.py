@@ -21,6 +21,7 @@ import urllib.request
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -685,3 +686,43 @@ def test_strategic_merge_by_schema() -> None:
     assert out["spec"]["volumes"] == [{"name": "w", "emptyDir": {}}]
     assert out["status"]["conditions"] == [{"type": "Ready", "status": "True"}]
     assert pod["spec"]["containers"][1]["name"] == "b"  # the original is untouched
+
+
+def test_leases_create_conflict_optimistic_update_and_guarded_delete(api_cluster_client: client.ApiClient) -> None:
+    """coordination.k8s.io/v1 Leases, as leader election and ask-batch's run lock use them: a second create of one
+    name is 409, an update carrying a stale resourceVersion is 409 (optimistic concurrency), a delete with a stale
+    resourceVersion precondition is 409 (https://kubernetes.io/docs/reference/kubernetes-api/cluster-resources/lease-v1/).
+    """
+    from datetime import datetime
+
+    leases = client.CoordinationV1Api(api_cluster_client)
+    name = unique("lease")
+    now = datetime.now(UTC)
+    body = client.V1Lease(metadata=client.V1ObjectMeta(name=name),
+                          spec=client.V1LeaseSpec(holder_identity="a", lease_duration_seconds=15,
+                                                  acquire_time=now, renew_time=now, lease_transitions=0))
+    created = leases.create_namespaced_lease("default", body)
+    assert created.spec.holder_identity == "a" and created.spec.lease_duration_seconds == 15
+    assert created.spec.renew_time is not None
+    with pytest.raises(ApiException) as exc:
+        leases.create_namespaced_lease("default", body)
+    assert exc.value.status == 409
+    # Holder b takes it over on the version it read; a's update on the same, now stale, version loses.
+    first = leases.read_namespaced_lease(name, "default")
+    first.spec.holder_identity = "b"
+    taken = leases.replace_namespaced_lease(name, "default", first)
+    assert taken.spec.holder_identity == "b" and taken.metadata.resource_version != first.metadata.resource_version
+    first.spec.holder_identity = "a"
+    with pytest.raises(ApiException) as exc:
+        leases.replace_namespaced_lease(name, "default", first)
+    assert exc.value.status == 409
+    assert name in [item.metadata.name for item in leases.list_namespaced_lease("default").items]
+    with pytest.raises(ApiException) as exc:
+        leases.delete_namespaced_lease(name, "default", body=client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(resource_version=first.metadata.resource_version)))
+    assert exc.value.status == 409
+    leases.delete_namespaced_lease(name, "default", body=client.V1DeleteOptions(
+        preconditions=client.V1Preconditions(resource_version=taken.metadata.resource_version)))
+    with pytest.raises(ApiException) as exc:
+        leases.read_namespaced_lease(name, "default")
+    assert exc.value.status == 404

@@ -14,7 +14,7 @@ from tasks.errors import InvalidInput, SpecError
 from tasks.render.acs_cost import ACS_PRICES, estimate_acs_job
 from tasks.render.compute import check_for_kind
 from tasks.render.cost import estimate_job
-from tasks.render.diagnose import diagnose_pod, is_reclaimed
+from tasks.render.diagnose import diagnose_pod, is_reclaimed, is_spot
 from tasks.spec import parse_spec
 from tests.unit.conftest import BASE, with_changes
 
@@ -45,6 +45,9 @@ def test_dry_runs_render_the_same_compute_request_for_ask_and_acs() -> None:
     assert acs_meta["labels"]["alibabacloud.com/compute-class"] == "general-purpose"
     assert acs_meta["annotations"] == {"alibabacloud.com/pod-required-spec": "2-4Gi"}
     assert not [k for k in {**acs_meta["annotations"], **acs_meta["labels"]} if k.startswith("k8s.aliyun.com/")]
+    # preemptible on both: a reclaimed pod (DisruptionTarget) spends no retry budget
+    for job in (ask, acs):
+        assert job["spec"]["podFailurePolicy"]["rules"][0]["onPodConditions"][0]["type"] == "DisruptionTarget"
 
 
 def test_dry_run_for_acs_looks_up_and_creates_with_profile_acs() -> None:
@@ -103,7 +106,7 @@ def test_best_effort_preemption_is_a_reclaim_not_a_fatal_failure() -> None:
     assert is_reclaimed(reclaimed) and diagnose_pod(reclaimed, now=now, grace=60) is None
     on_demand = _pod({"alibabacloud.com/compute-qos": "default"}, "Failed", target, "Evicted")
     assert not is_reclaimed(on_demand)
-    assert diagnose_pod(on_demand, now=now, grace=60).reason == "Evicted"
+    assert is_spot(reclaimed) and not is_spot(on_demand)  # the ledger marks best-effort attempts as spot
 
 
 def test_acs_stock_out_names_the_fix() -> None:

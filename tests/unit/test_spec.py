@@ -26,6 +26,7 @@ INVALID = [
     ("negative backoff", {"job.backoff_limit": -1}, "job.backoff_limit", ""),
     ("negative deadline", {"job.active_deadline_seconds": -5}, "job.active_deadline_seconds", ""),
     ("negative ttl", {"job.ttl_seconds_after_finished": -1}, "job.ttl_seconds_after_finished", ""),
+    ("ttl shorter than the log drain", {"job.ttl_seconds_after_finished": 0}, "(spec)", "at least 34"),
     ("cpu syntax", {"job.cpu": "two"}, "job.cpu", "500m"),
     ("cpu zero", {"job.cpu": "0"}, "job.cpu", "250m"),
     ("cpu negative", {"job.cpu": "-1"}, "job.cpu", "500m"),
@@ -41,8 +42,8 @@ INVALID = [
      "job.pod_failure_policy", "FailJob"),
     ("pfp with OnFailure", {"job.restart_policy": "OnFailure", "job.pod_failure_policy": {"rules": [
         {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [3]}}]}}, "job", "Never"),
-    ("unknown field (typo)", {"job.paralelism": 3}, "job.paralelism", "spelling"),
-    ("unknown top-level", {"clusterr": {}}, "clusterr", "spelling"),
+    ("unknown field (typo)", {"job.paralelism": 3}, "job.paralelism", "did you mean 'parallelism'"),
+    ("unknown top-level", {"clusterr": {}}, "clusterr", "did you mean 'cluster'"),
     ("reserved env", {"job.env": {"ASK_BATCH_DATA_DIR": "/x"}}, "job.env", "reserved"),
     ("bad env name", {"job.env": {"1BAD": "x"}}, "job.env", "environment variable"),
     ("env in both", {"job.env": {"A": "1"}, "config.env": {"A": "2"}}, "(spec)", "keep one"),

@@ -25,8 +25,24 @@ def test_records_take_the_last_attempt_and_sum_time():
             "c": pod("c", 1, "Failed", 42)}
     recs = build_records(pods, 3, now=NOW)
     assert [r.status for r in recs] == ["succeeded", "failed", "pending"]
-    assert recs[0].attempts == 2 and recs[0].pod == "b" and recs[0].seconds == 60
-    assert recs[1].exit_code == 42 and recs[1].reason == "Error"
+    assert [a.pod for a in recs[0].attempts] == ["a", "b"] and recs[0].pod == "b" and recs[0].seconds == 60
+    assert [a.outcome for a in recs[0].attempts] == ["exit", "succeeded"]
+    assert recs[1].exit_code == 42 and recs[1].reason == "exit code 42"
+
+
+def test_ledger_counts_reclaims_and_never_shows_a_failed_index_as_pending():
+    reclaimed = pod("a", 0, "Failed", 137, "2026-01-01T11:00:00Z")
+    reclaimed["status"].update({"reason": "BidFailed", "startTime": "2026-01-01T10:59:50Z"})
+    reclaimed["metadata"]["annotations"]["k8s.aliyun.com/eci-spot-strategy"] = "SpotAsPriceGo"
+    pods = {"a": reclaimed, "b": pod("b", 0, "Succeeded", 0, "2026-01-01T11:01:00Z")}
+    recs = build_records(pods, 3, now=NOW, failed_indexes={2}, finished=True)
+    first = recs[0].attempts[0]
+    assert (first.outcome, first.spot, first.billed_seconds) == ("reclaimed", True, 40)
+    assert recs[0].reclaims == 1 and recs[0].status == "succeeded"
+    assert recs[1].status == "not_started" and recs[2].status == "failed"
+    running = pod("c", 1, "Running")
+    running["status"]["containerStatuses"][0]["state"] = {"running": {"startedAt": "2026-01-01T11:00:00Z"}}
+    assert build_records({"c": running}, 2, now=NOW, finished=True)[1].status == "failed"
 
 
 class FakeCore:
@@ -110,3 +126,31 @@ def test_stop_after_the_stream_ended_reads_nothing_more(tmp_path):
     assert pl.finished.wait(10)
     pl.stop()
     assert pl.lines == ["a", "b"] and not core.calls
+
+
+def test_the_smallest_accepted_ttl_covers_the_waiters_log_drain():
+    from tasks.spec import MIN_TTL_SECONDS_AFTER_FINISHED
+    from tasks.stages.wait import WaitOptions
+
+    o = WaitOptions()
+    assert o.log_grace_seconds + o.log_catch_up_seconds + o.tick_seconds <= MIN_TTL_SECONDS_AFTER_FINISHED
+
+
+def test_a_rerun_report_merges_reused_indexes_and_follow_ups():
+    from tasks.handles import IndexRecord, JobHandle, JobReport
+    from tasks.stages.wait import merge_reports
+
+    whole = JobHandle(namespace="ns", name="askb-r-1", uid=None, completions=3)
+    follow = JobHandle(namespace="ns", name="askb-r-2", uid="u", completions=1, index=1)
+    rep = JobReport(job=follow, succeeded=False, reason="BackoffLimitExceeded",
+                    indexes=[IndexRecord(index=1, status="failed", reason="exit code 3")])
+    merged = merge_reports(whole, [0, 2], [rep])
+    assert [r.status for r in merged.indexes] == ["succeeded", "failed", "succeeded"]
+    assert not merged.succeeded and "index 1" in merged.reason and merged.reused == [0, 2]
+
+
+def test_a_follow_up_pod_reports_its_original_index():
+    p = pod("f", 0, "Succeeded", 0)
+    p["metadata"]["labels"] = {"ask-batch.io/index": "7"}
+    rec = build_records({"f": p}, 1, now=NOW, indexes=[7])
+    assert [(r.index, r.status) for r in rec] == [(7, "succeeded")]
