@@ -4,6 +4,7 @@ from typing import Any
 
 from flows.run_files import kept_logs_dir
 from tasks.handles import ClusterHandle, JobHandle, JobReport
+from tasks.render.acs_cost import estimate_acs_job
 from tasks.render.cost import estimate_job
 from tasks.render.manifests import run_prefix
 from tasks.render.redact import Scrubber
@@ -33,7 +34,7 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
         lines += ["", "```", error, "```"]
     lines += ["", "## Cluster"]
     if cluster:
-        lines.append(f"- {cluster.mode} cluster `{cluster.name or cluster.kubeconfig_source}`"
+        lines.append(f"- {cluster.mode} cluster `{cluster.name or cluster.kubeconfig_source}` ({cluster.kind.upper()})"
                      f"{f' (`{cluster.cluster_id}`)' if cluster.cluster_id else ''}, region `{cluster.region}`, "
                      f"namespace `{cluster.namespace}`{', created by this run' if cluster.created else ''}")
     else:
@@ -86,8 +87,11 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
         if len(report.incomplete_logs) > 20:
             lines.append(f"  - and {len(report.incomplete_logs) - 20} more")
     if report:
-        cost = estimate_job(spec.job, [r.seconds for r in report.indexes], region=spec.target.region,
-                            site=spec.target.billing_site)
+        if cluster is not None and cluster.kind == "acs":
+            cost = estimate_acs_job(spec.job, [r.seconds for r in report.indexes], region=spec.target.region)
+        else:
+            cost = estimate_job(spec.job, [r.seconds for r in report.indexes], region=spec.target.region,
+                                site=spec.target.billing_site)
         lines += ["", "## Estimated cost", f"- {cost.summary()}"]
         lines += [f"- {note}" for note in cost.notes]
         lines.append(f"- prices: {cost.source}")

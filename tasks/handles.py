@@ -11,10 +11,12 @@ from pydantic import BaseModel, Field
 
 
 class ClusterHandle(BaseModel):
-    mode: Literal["ask", "existing"] = Field(description="How the cluster was found.")
+    mode: Literal["ask", "acs", "existing"] = Field(description="How the cluster was found.")
+    kind: Literal["ask", "acs"] = Field("ask", description="What the cluster is: ASK (pods are ECI instances, "
+                                        "ECI annotations) or ACS (ACS compute labels); decides the pod rendering.")
     region: str = Field(description="Region of the cluster.")
     namespace: str = Field(description="Namespace the run uses.")
-    cluster_id: str | None = Field(None, description="CS cluster id (mode 'ask').")
+    cluster_id: str | None = Field(None, description="CS cluster id (modes 'ask' and 'acs').")
     name: str | None = Field(None, description="Cluster name.")
     vpc_id: str | None = Field(None, description="VPC of the cluster, for the NAS mount target.")
     vswitch_ids: list[str] = Field(default_factory=list, description="vSwitches of the cluster.")

@@ -49,6 +49,7 @@ BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 ENV_NAME_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 CONFIG_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 QUANTITY_RE = re.compile(r"^(?P<num>[0-9]+(\.[0-9]+)?|\.[0-9]+)(?P<suffix>m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+ACS_SIZE_RE = re.compile(r"^(?P<cpu>[0-9]+(\.[0-9]+)?)-(?P<mem>[0-9]+(\.[0-9]+)?)Gi$")
 ECI_SPEC_RE = re.compile(r"^([0-9]+(\.[0-9]+)?-[0-9]+(\.[0-9]+)?Gi|ecs\.[a-z0-9][a-z0-9.-]*)$")
 ENDPOINT_RE = re.compile(r"^(https?://)?[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$")
 ANNOTATION_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
@@ -430,6 +431,23 @@ class AskClusterOptions(_Model):
         return _check_id(value, KUBERNETES_VERSION_RE, "Kubernetes version", "1.32.1-aliyun.1")
 
 
+class AcsClusterOptions(AskClusterOptions):
+    """An ACS (Container Compute Service) cluster found by name, created if missing and allowed.
+
+    ACS is the serverless Kubernetes Alibaba Cloud offers to accounts that can no longer create ASK; its clusters are
+    found and created through the same Container Service API (``cluster_type`` ManagedKubernetes, ``profile`` Acs).
+    """
+
+    name: str = Field("ask-batch-acs", description="Cluster name; an existing ACS cluster with exactly this name "
+                      "in the region is reused.")
+    create_if_missing: bool = Field(True, description="Create the ACS cluster when none has this name.")
+    cluster_spec: Literal["ack.standard", "ack.pro.small"] = Field(
+        "ack.pro.small", description="Cluster specification of a new ACS cluster ('ack.pro.small', as public ACS "
+        "automation creates them; ACS charges no cluster management fee).")
+    vswitch_ids: list[str] = Field(default_factory=list, description="vSwitches for the pods of a new cluster; "
+                                   "several zones improve BestEffort stock availability.")
+
+
 class ExistingClusterOptions(_Model):
     """A cluster ask-batch does not manage: reached through a kubeconfig file or a prefect-kubernetes block."""
 
@@ -439,6 +457,10 @@ class ExistingClusterOptions(_Model):
                                           "block (or a Secret block holding kubeconfig YAML, see secret_block).")
     kubeconfig_secret_block: str | None = Field(None, description="Name of a Prefect Secret block holding the "
                                                 "kubeconfig YAML as a string (kept masked by Prefect).")
+    kind: Literal["auto", "ask", "acs"] = Field("auto", description="What the cluster is, which decides how pods "
+                                                "are rendered (ECI annotations on ASK, ACS labels on ACS). 'auto': "
+                                                "ask the Container Service which ASK or ACS cluster has this "
+                                                "kubeconfig's API server; 'ask' when none does.")
 
     @field_validator("kubeconfig_path")
     @classmethod
@@ -449,10 +471,12 @@ class ExistingClusterOptions(_Model):
 class ClusterSpec(_Model):
     """Where the Job runs."""
 
-    mode: Literal["ask", "existing"] = Field("ask", description="'ask': find or create an ASK cluster by name. "
-                                             "'existing': use a kubeconfig or a KubernetesCredentials block.")
+    mode: Literal["ask", "acs", "existing"] = Field(
+        "ask", description="'ask': find or create an ASK cluster by name. 'acs': find or create an ACS cluster by "
+        "name (new Alibaba Cloud accounts). 'existing': use a kubeconfig or a KubernetesCredentials block.")
     namespace: str = Field("default", description="Namespace for the Job, ConfigMap, Secret and PVC.")
     ask: AskClusterOptions = Field(default_factory=AskClusterOptions, description="Options for mode 'ask'.")
+    acs: AcsClusterOptions = Field(default_factory=AcsClusterOptions, description="Options for mode 'acs'.")
     existing: ExistingClusterOptions = Field(default_factory=ExistingClusterOptions,
                                              description="Options for mode 'existing'.")
 
@@ -460,6 +484,11 @@ class ClusterSpec(_Model):
     @classmethod
     def _namespace(cls, value: str) -> str:
         return _check_dns_label(value, "namespace")
+
+    @property
+    def managed(self) -> AskClusterOptions | None:
+        """The options of the cluster ask-batch finds or creates through CS (mode 'ask' or 'acs'), else None."""
+        return self.acs if self.mode == "acs" else self.ask if self.mode == "ask" else None
 
     @model_validator(mode="after")
     def _existing_source(self) -> "ClusterSpec":
@@ -757,6 +786,57 @@ class EciOptions(_Model):
         return self
 
 
+class ComputeSpec(_Model):
+    """What compute each pod gets, meaning the same on ASK and ACS.
+
+    Rendered as ECI annotations on ASK and as ACS labels/annotations on ACS (never an ECI annotation on an ACS pod):
+
+    - ``class``: ACS compute class (``alibabacloud.com/compute-class``): general-purpose, performance, gpu, gpu-hpn.
+      ECI has no compute classes, so ASK accepts general-purpose only.
+    - ``qos``: 'default' or 'preemptible': ACS compute QoS best-effort (``alibabacloud.com/compute-qos``), ECI spot
+      (``k8s.aliyun.com/eci-spot-strategy: SpotAsPriceGo``).
+    - ``size``: '<vCPU>-<GiB>Gi', e.g. '2-4Gi': ACS ``alibabacloud.com/pod-required-spec``, ECI
+      ``k8s.aliyun.com/eci-use-specs``. It must cover the container requests.
+
+    Sources: https://www.alibabacloud.com/help/en/cs/user-guide/acs-pod-instance-overview (classes, QoS,
+    pod-required-spec), https://www.alibabacloud.com/help/en/elastic-container-instance/latest/eci-pod-annotation.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    compute_class: Literal["general-purpose", "performance", "gpu", "gpu-hpn"] = Field(
+        "general-purpose", alias="class", description="Compute class: 'general-purpose', 'performance', 'gpu' or "
+        "'gpu-hpn' (ACS). ASK (ECI) offers general-purpose only.")
+    qos: Literal["default", "preemptible"] = Field("default", description="'default' (on demand) or "
+                                                   "'preemptible' (ACS best-effort, ECI spot): cheaper, may be "
+                                                   "reclaimed; the Job retries reclaimed pods.")
+    size: str | None = Field(None, description="Instance size '<vCPU>-<GiB>Gi', e.g. '2-4Gi'. Empty: from the "
+                             "container requests.")
+    gpu_model: str | None = Field(None, description="GPU model series for class 'gpu' on ACS "
+                                  "(alibabacloud.com/gpu-model-series), e.g. 'T4'.")
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value and not ACS_SIZE_RE.match(value):
+            raise ValueError(f"{value!r} is not a size; fix: write '<vCPU>-<GiB>Gi', e.g. '2-4Gi'")
+        return value or None
+
+    @model_validator(mode="after")
+    def _gpu(self) -> "ComputeSpec":
+        if self.compute_class == "gpu-hpn" and self.qos == "preemptible":
+            raise ValueError("class 'gpu-hpn' has no preemptible (best-effort) QoS on ACS; fix: use qos 'default'")
+        if self.gpu_model and self.compute_class != "gpu":
+            raise ValueError("gpu_model is only used with class 'gpu'; fix: set class 'gpu' or remove gpu_model")
+        return self
+
+    def size_parts(self) -> tuple[float, float] | None:
+        """(vCPU, GiB) of ``size``, or None."""
+        match = ACS_SIZE_RE.match(self.size or "")
+        return (float(match["cpu"]), float(match["mem"])) if match else None
+
+
+
 def _work_first(schema: dict[str, Any]) -> None:
     """Show image, command, args, completions and parallelism first in the Prefect form (JSON schema order)."""
     props = schema.get("properties", {})
@@ -843,7 +923,10 @@ class JobSpec(_Model):
     tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations, as Kubernetes "
                                               "objects.")
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the Job and its pods.")
-    eci: EciOptions = Field(default_factory=EciOptions, description="ECI options (pod annotations).")
+    eci: EciOptions = Field(default_factory=EciOptions, description="ECI options (pod annotations; ASK only).")
+    compute: ComputeSpec | None = Field(None, description="Compute class, QoS (preemptible) and size, meaning the "
+                                        "same on ASK and ACS. Empty: general-purpose, on demand, sized from the "
+                                        "requests.")
     security: PodSecurity = Field(default_factory=PodSecurity, description="The workload's user and group (its "
                                   "securityContext).")
     image_pull_secrets: list[str] = Field(default_factory=list, description="Names of docker-registry Secrets in "
@@ -1009,6 +1092,13 @@ class JobSpec(_Model):
                                  f"({ECI_MAX_CPU:g} vCPU, {ECI_MAX_MEMORY_GIB:g} GiB); fix: lower job.cpu/memory, or "
                                  f"name an ECS instance type in job.eci.use_specs")
         _check_env_expansion(self.env, "job.env")
+        size = self.compute.size_parts() if self.compute else None
+        if size is not None and (size[0] < cpu_cores(self.cpu) or size[1] < memory_gib(self.memory)):
+            raise ValueError(f"compute.size {self.compute.size} is below the requests (cpu {self.cpu}, memory "
+                             f"{self.memory}); ACS refuses such pods; fix: raise compute.size or lower the "
+                             f"requests")
+        if size is not None and self.eci.use_specs:
+            raise ValueError("compute.size and eci.use_specs both choose the instance size; fix: keep one")
         return self
 
 
@@ -1238,7 +1328,28 @@ class BatchSpec(_Model):
                 and self.cluster.ask.deletion_protection):
             raise ValueError("teardown deletes the cluster but cluster.ask.deletion_protection is on; fix: turn "
                              "one of them off")
+        if (self.cluster.mode == "acs" and self.teardown.effective()["cluster"] != "never"
+                and self.cluster.acs.deletion_protection):
+            raise ValueError("teardown deletes the cluster but cluster.acs.deletion_protection is on; fix: turn "
+                             "one of them off")
+        self._cross_compute()
         return self
+
+    def _cross_compute(self) -> None:
+        """job.compute / job.eci against the cluster kind known from the parameters (mode 'ask' or 'acs')."""
+        compute = self.job.compute
+        if self.cluster.mode == "ask" and compute is not None and compute.compute_class != "general-purpose":
+            raise ValueError(f"job.compute.class {compute.compute_class!r} exists on ACS only (ECI has no compute "
+                             f"classes); fix: use cluster.mode 'acs', or class 'general-purpose' with "
+                             f"job.eci.use_specs for an ECS type")
+        if self.cluster.mode == "acs":
+            changed = sorted(self.job.eci.model_dump(exclude_defaults=True))
+            if changed:
+                raise ValueError(f"job.eci ({', '.join(changed)}) sets ECI annotations, which ACS ignores; fix: "
+                                 f"remove job.eci and use job.compute (class, qos, size)")
+            if self.outputs.pod_credentials == "ram_role":
+                raise ValueError("outputs.pod_credentials 'ram_role' is ECI's RAM role annotation, not supported "
+                                 "on ACS by ask-batch; fix: use 'target'")
 
 
 # --------------------------------------------------------------------------------------------- errors

@@ -43,15 +43,15 @@ def credentials(spec: BatchSpec) -> AliCredentials:
 
 
 def cs_for(spec: BatchSpec, creds: AliCredentials | None = None) -> Any | None:
-    """A Container Service client in cluster mode 'ask', else None."""
-    if spec.cluster.mode != "ask":
+    """A Container Service client in cluster modes 'ask' and 'acs' (and 'existing' with kind 'auto'), else None."""
+    if spec.cluster.mode == "existing" and spec.cluster.existing.kind != "auto":
         return None
     return cs_client(spec.target, creds or credentials(spec))
 
 
 def kube_for(spec: BatchSpec, cluster: ClusterHandle, creds: AliCredentials | None = None) -> Any:
     """A ``kubernetes.client.ApiClient`` for the run's cluster (kubeconfig fetched again from its source)."""
-    cs = cs_for(spec, creds) if cluster.mode == "ask" else None
+    cs = cs_for(spec, creds) if cluster.mode in ("ask", "acs") else None
     return connect(cluster, spec, cs=cs)
 
 

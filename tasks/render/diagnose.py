@@ -132,12 +132,16 @@ def diagnose_pod(pod: dict[str, Any], *, now: datetime, grace: float) -> Diagnos
         if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable" and past_grace:
             return found("Unschedulable", cond.get("message", ""))
         if cond.get("type") == ECI_CREATED_CONDITION and past_grace:
+            if is_acs_pod(pod):
+                return found(*acs_create_failure(cond))
             return found(f"ECI {cond.get('reason') or 'ContainerInstanceCreated=False'}", cond.get("message", ""))
     return None
 
 
 def is_spot(pod: dict[str, Any]) -> bool:
-    """The pod asked ECI for a spot (preemptible) instance."""
+    """The pod asked for a preemptible instance: ECI spot, or ACS's best-effort QoS (label)."""
+    if ((pod.get("metadata") or {}).get("labels") or {}).get(ACS_QOS_LABEL) == "best-effort":
+        return True
     return ((pod.get("metadata") or {}).get("annotations") or {}).get(SPOT_ANNOTATION) in SPOT_STRATEGIES
 
 
@@ -241,3 +245,47 @@ def job_finished(job: dict[str, Any]) -> tuple[bool, bool, str | None]:
         if cond.get("type") == "Failed":
             return True, False, f"{cond.get('reason') or 'Failed'}: {cond.get('message') or ''}".rstrip(": ")
     return False, False, None
+
+
+# --------------------------------------------------------------------------------------------- ACS
+# Kept apart from the ECI rules above. ACS pods are recognised by their compute labels (ask-batch always sets them
+# on ACS, see tasks/render/compute.py). Sources: https://www.alibabacloud.com/help/en/cs/user-guide/acs-pod-instance-overview
+# (BestEffort: "forced instance preemption and eviction may occur", with an event 5 minutes before) and
+# https://help.aliyun.com/en/cs/user-guide/acs-pod-custom-condition (ContainerInstanceCreated reasons).
+
+ACS_CLASS_LABEL = "alibabacloud.com/compute-class"
+ACS_QOS_LABEL = "alibabacloud.com/compute-qos"
+ACS_CREATE_FAILURES = {  # ContainerInstanceCreated=False reason -> what to do
+    "NoStock": "ACS has no stock for this compute class/size in the zone; fix: add vSwitches in more zones, or "
+               "another job.compute.size/class",
+    "StockExhaust": "ACS stock in the zone is running out; fix: add vSwitches in more zones",
+    "StockClose": "the zone is closed to new ACS instances; fix: use vSwitches in other zones",
+    "DiskCapacityQuotaFull": "the disk capacity quota is used up; fix: raise it in the Quota Center",
+}
+
+
+def is_acs_pod(pod: dict[str, Any]) -> bool:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return ACS_CLASS_LABEL in labels or ACS_QOS_LABEL in labels
+
+
+def is_reclaimed(pod: dict[str, Any]) -> bool:
+    """A Failed ACS best-effort pod whose instance was preempted: it carries ``DisruptionTarget=True``.
+
+    The condition, not a reason string, is what is relied on: the exact reason ACS writes on a preempted pod is not
+    in its public docs (the sandbox uses ``Evicted``). ECI spot reclaims (``BidFailed``) are the ECI rules' business.
+    """
+    status = pod.get("status") or {}
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    if status.get("phase") != "Failed" or labels.get(ACS_QOS_LABEL) != "best-effort":
+        return False
+    return any(c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+               for c in status.get("conditions") or [])
+
+
+def acs_create_failure(cond: dict[str, Any]) -> tuple[str, str]:
+    """(reason, message) for an ACS pod whose instance cannot be created (``ContainerInstanceCreated=False``)."""
+    reason = cond.get("reason") or "ContainerInstanceCreated=False"
+    hint = ACS_CREATE_FAILURES.get(reason)
+    message = (cond.get("message") or "").strip()
+    return f"ACS {reason}", f"{message}; {hint}" if hint else message

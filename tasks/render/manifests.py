@@ -45,6 +45,14 @@ from tasks.naming import (
     secret_name,
     short_hash,
 )
+from tasks.render.compute import (
+    ClusterKind,
+    acs_annotations,
+    acs_labels,
+    check_for_kind,
+    eci_compute_annotations,
+    is_preemptible,
+)
 from tasks.render.redact import REDACTED, Scrubber
 from tasks.spec import (
     AskClusterOptions,
@@ -245,6 +253,13 @@ def eci_annotations(eci: EciOptions) -> dict[str, str]:
     return ann
 
 
+def _pod_metadata(job: JobSpec, labels: dict[str, str], kind: ClusterKind) -> dict[str, Any]:
+    if kind == "acs":
+        # job.labels win, so a compute class ask-batch does not list yet can be set directly (ACS admission decides)
+        return {"labels": {**acs_labels(job), **labels}, "annotations": acs_annotations(job)}
+    return {"labels": labels, "annotations": {**eci_annotations(job.eci), **eci_compute_annotations(job)}}
+
+
 #: Without backoff_limit_per_index, ask-batch's default Job-wide budget (Kubernetes' own default is 6).
 DEFAULT_BACKOFF_LIMIT = 3
 #: The podFailurePolicy rule added for spot pods: a pod the cloud took away does not count against any budget.
@@ -272,7 +287,7 @@ def pod_failure_policy(job: JobSpec) -> dict[str, Any] | None:
     """
     rules = copy.deepcopy((job.pod_failure_policy or {}).get("rules") or [])
     own_rule = any(c.get("type") == "DisruptionTarget" for r in rules for c in r.get("onPodConditions") or [])
-    if (job.eci.spot_strategy != "None" and job.eci.ignore_reclaims and not own_rule
+    if ((job.eci.spot_strategy != "None" or is_preemptible(job)) and job.eci.ignore_reclaims and not own_rule
             and job.restart_policy == "Never"):
         rules.insert(0, copy.deepcopy(IGNORE_DISRUPTIONS))
     return {"rules": rules} if rules else None
@@ -380,8 +395,12 @@ def data_dir_init_container(spec: BatchSpec, data_mount: dict[str, Any]) -> dict
     }
 
 
-def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs, index: int | None = None) -> dict[str, Any]:
+def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs, index: int | None = None,
+                 kind: ClusterKind = "ask") -> dict[str, Any]:
     """The Indexed Job, named ``askb-<run>-<hash of everything else in it>``.
+
+    ``kind`` is what the cluster is (``ClusterHandle.kind``): 'ask' renders ``job.eci``/``job.compute`` as ECI
+    annotations, 'acs' renders ``job.compute`` as ACS labels and no ECI annotation (``tasks.render.compute``).
 
     Hashing the rendered body (ConfigMap/Secret names included, which carry their own content hashes) means:
     the same parameters re-render the same name (a retry adopts the running Job), and any change yields a new
@@ -393,6 +412,7 @@ def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs, index: int
     its own env value, so each missing index gets its own one-pod Job).
     """
     job = spec.job
+    check_for_kind(job, kind)
     labels = {**job.labels, **run_labels(run_key)}
     if index is not None:
         labels[INDEX_LABEL] = str(index)
@@ -435,7 +455,7 @@ def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs, index: int
         "completions": job.completions if index is None else 1,
         "parallelism": job.parallelism if index is None else 1,
         "completionMode": job.completion_mode,
-        "template": {"metadata": {"labels": labels, "annotations": eci_annotations(job.eci)}, "spec": pod_spec},
+        "template": {"metadata": _pod_metadata(job, labels, kind), "spec": pod_spec},
     }
     optional = {
         "backoffLimit": job_backoff_limit(job),
@@ -466,8 +486,10 @@ def cloud_tags(run_key: str, extra: Mapping[str, str] | None = None) -> dict[str
     return {**(extra or {}), "app.kubernetes.io/managed-by": "ask-batch", "ask-batch.io/created-by-run": run_key}
 
 
-def create_cluster_body(ask: AskClusterOptions, *, region: str, run_key: str) -> dict[str, Any]:
-    """CS CreateCluster body for an ASK cluster (alibaba.md §1.5), snake_case for ``CreateClusterRequest``.
+def create_cluster_body(ask: AskClusterOptions, *, region: str, run_key: str,
+                        profile: str = "Serverless") -> dict[str, Any]:
+    """CS CreateCluster body for an ASK (``profile`` Serverless) or ACS (``profile`` Acs) cluster, snake_case for
+    ``CreateClusterRequest``.
 
     Logging off means: no ``logging_type`` and no log addon. ``load_balancer_spec`` is deprecated (CLB is
     pay-by-usage), so the smallest SLB is what the service gives.
@@ -476,13 +498,14 @@ def create_cluster_body(ask: AskClusterOptions, *, region: str, run_key: str) ->
         "name": ask.name,
         "region_id": region,
         "cluster_type": "ManagedKubernetes",
-        "profile": "Serverless",
+        "profile": profile,
         "cluster_spec": ask.cluster_spec,
         "snat_entry": ask.snat_entry,
         "endpoint_public_access": ask.endpoint_public_access,
         "deletion_protection": ask.deletion_protection,
         "tags": format_tags(cloud_tags(run_key, ask.tags)),
-        "client_token": "askb-" + short_hash(f"{region}/{ask.name}", 20),
+        "client_token": "askb-" + short_hash(f"{region}/{ask.name}" + ("" if profile == "Serverless" else
+                                                                         f"/{profile}"), 20),
     }
     if ask.kubernetes_version:
         body["kubernetes_version"] = ask.kubernetes_version

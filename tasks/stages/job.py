@@ -27,12 +27,42 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.cloud.context import RETRY_DELAYS, kube_for, stage_logs, transient_only
 from tasks.cloud.retry import CloudError, call
-from tasks.errors import JobConflict
+from tasks.errors import JobConflict, PodRejected
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, VolumeHandle
 from tasks.render.manifests import JobInputs, job_manifest, pod_oss_env
 from tasks.spec import BatchSpec
 
 log = logging.getLogger("ask_batch.job")
+
+
+def check_pod_admission(core_v1: Any, body: dict[str, Any]) -> None:
+    """Server-side dry run (``dryRun=All``) of one pod of the Job: the API server runs its admission (defaulting,
+    validation, webhooks such as ACS's compute-label checks) without storing anything.
+
+    Without this check a refused pod only shows as a ``FailedCreate`` event on the Job, and the run would wait for
+    the Job's deadline. A webhook that does not support dry runs makes the server refuse the dry run itself; that
+    says nothing about the pod, so it is logged and the Job is created as usual.
+    https://kubernetes.io/docs/reference/using-api/api-concepts/#dry-run
+
+    Raises:
+        PodRejected: the pod is refused (HTTP 400/403/422 from admission), with the server's message.
+    """
+    meta, template = body["metadata"], body["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {**template.get("metadata", {}), "name": f"{meta['name']}-admission-check"},
+           "spec": template["spec"]}
+    try:
+        call(core_v1.create_namespaced_pod, meta["namespace"], pod, dry_run="All", service="Kubernetes",
+             operation="create Pod (dry run)")
+    except CloudError as err:
+        if err.status not in (400, 403, 422):
+            raise
+        if "dry run" in (err.message or "").lower() or "dryrun" in (err.message or "").lower():
+            log.info("admission dry run not supported by the cluster (%s); creating the Job", err.message)
+            return
+        raise PodRejected(f"the cluster refuses the Job's pods, so no pod would ever start: {err.message}; fix: "
+                          f"correct the pod settings it names (job.compute, job.eci, job.labels) and run again") \
+            from err
 
 
 def launch_job(batch_v1: Any, body: dict[str, Any]) -> JobHandle:
@@ -103,8 +133,11 @@ def relaunch(batch_v1: Any, whole: dict[str, Any], follow_up: Callable[[int], di
 
 
 def render_job(spec: BatchSpec, *, run_key: str, flow_run_name: str, volume: VolumeHandle | None,
-               config: ConfigHandle | None, index: int | None = None) -> dict[str, Any]:
-    """The Job manifest for this run, from the handles of the earlier stages (names only, no content)."""
+               config: ConfigHandle | None, index: int | None = None, kind: str = "ask") -> dict[str, Any]:
+    """The Job manifest for this run, from the handles of the earlier stages (names only, no content).
+
+    ``kind`` is the cluster's (``ClusterHandle.kind``): pods are rendered for ASK or for ACS.
+    """
     inputs = JobInputs(
         config_map=config.config_map if config else None,
         secret=config.secret if config else None,
@@ -113,7 +146,7 @@ def render_job(spec: BatchSpec, *, run_key: str, flow_run_name: str, volume: Vol
         claim_name=volume.claim_name if volume else None,
         oss_env=pod_oss_env(spec, run_key=run_key, flow_run_name=flow_run_name),
     )
-    return job_manifest(spec, run_key=run_key, inputs=inputs, index=index)
+    return job_manifest(spec, run_key=run_key, inputs=inputs, index=index, kind=kind)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------- Prefect task
@@ -130,10 +163,12 @@ def launch_job_task(spec: BatchSpec, run_key: str, flow_run_name: str, cluster: 
     """
     from kubernetes import client
 
-    body = render_job(spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config)
     with stage_logs():
+        body = render_job(spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config,
+                          kind=cluster.kind)
         api = kube_for(spec, cluster)
         try:
+            check_pod_admission(client.CoreV1Api(api), body)
             handle = launch_job(client.BatchV1Api(api), body)
         finally:
             api.close()
@@ -152,12 +187,14 @@ def relaunch_task(spec: BatchSpec, run_key: str, flow_run_name: str, cluster: Cl
     follow-ups run instead; the follow-up Jobs)."""
     from kubernetes import client
 
-    whole = render_job(spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config)
+    whole = render_job(spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config,
+                       kind=cluster.kind)
     with stage_logs():
         api = kube_for(spec, cluster)
         try:
             adopted, follow_ups = relaunch(client.BatchV1Api(api), whole, lambda i: render_job(
-                spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config, index=i), missing)
+                spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config, index=i,
+                kind=cluster.kind), missing)
         finally:
             api.close()
         if adopted is not None:
