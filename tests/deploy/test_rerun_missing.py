@@ -34,7 +34,7 @@ def processes(stack: Stack, run_key: str) -> list[dict[str, Any]]:
     records = []
     for path in stack.sandbox_dir.glob("clusters/*/node/processes.jsonl"):
         records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r["pod"].startswith(f"askb-{run_key}-")]
+    return [r for r in records if r["pod"].startswith(f"askb-{run_key}-") and r["container"] == "workload"]
 
 
 def test_flow_retries_rerun_only_the_missing_index(stack: Stack) -> None:

@@ -23,7 +23,9 @@ def run(sandbox_dir: Path, workdir: Path, run_key: str, *extra: str, **settings:
 
 
 def started(sandbox_dir: Path, run_key: str) -> list[dict[str, Any]]:
-    return [p for p in processes(sandbox_dir) if p["pod"].startswith(f"askb-{run_key}-")]
+    """The workload processes of the run's pods (not their init containers)."""
+    return [p for p in processes(sandbox_dir)
+            if p["pod"].startswith(f"askb-{run_key}-") and p["container"] == "workload"]
 
 
 def test_same_run_key_after_a_failed_index_runs_only_that_index(sandbox_dir: Path, workdir: Path) -> None:
