@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from flows.ask_batch import ask_batch, build_spec
+from flows.ask_batch import ask_batch
+from flows.cli import build_spec
+from flows.run_files import flow_parameters
 from tests.e2e.conftest import EXAMPLE, example_sets
 
 LEAK = r"""
@@ -105,7 +107,7 @@ def test_no_form_of_a_secret_reaches_any_output(sandbox_dir: Path, workdir: Path
         f"{{name: token.txt, file: {workdir / 'token.txt'}}}]",
     ]
     spec = build_spec(EXAMPLE, sets, sandbox_dir)
-    state = ask_batch(spec, return_state=True)
+    state = ask_batch(**flow_parameters(spec), return_state=True)
     assert state.is_failed() if exit_code else state.is_completed(), state.message
     found = everything_written(workdir, spec, capfd)
     kept = [name for name in found if name.endswith(".log") and "/logs/" in name]
