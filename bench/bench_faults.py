@@ -12,9 +12,14 @@ There is no baseline to run beside it: the figure is the success rate of the one
 from __future__ import annotations
 
 import json
+import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, Sandbox, base_parser, load_average, provenance, table, write_section
 
