@@ -2,9 +2,11 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# `make run PARAMS=deployments/example-acs.yaml`: the same run on an ACS cluster
+PARAMS ?= deployments/example.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-deps lint sandbox bench clean up down
+.PHONY: install run test test-slow test-deps lint sandbox bench clean up down
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,11 +27,15 @@ RUN_ARGS ?=
 run: install
 	PREFECT_HOME=$(PREFECT_DIR) $(BIN)/python -m flows.ask_batch --sandbox $(SANDBOX) --params $(PARAMS) $(RUN_ARGS)
 
-## install the test needs and run every test
+## install the test needs and run every test but the slow ones (`make test-slow`; .ci/run runs both)
 test: install test-deps
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs -m "not slow"
+
+## the slow end-to-end tests (marker `slow`: several minutes each, e.g. the Kubernetes work pool)
+test-slow: install test-deps
+	$(BIN)/python -m pytest -q -rs -m slow
 
 ## Debian packages of the browser and PostgreSQL tests (chromium, chromium-driver, postgresql); as root only,
 ## quick when present; without them those tests skip, naming the packages

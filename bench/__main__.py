@@ -9,7 +9,8 @@ section's closing note.
 - default: the figures of record (5+ repetitions each; quiet waiting scaled to 20 s vs 100 s Jobs; sandbox scale
   and whole-flow scale 3 repetitions at 10,000 completions) — about 20 minutes on 2 cores, plus the whole-flow
   scale: about 2 minutes at 1,000 completions and up to 3 x 8 minutes at 10,000 (a run is killed after 480 s
-  and the size then given up);
+  and the size then given up), plus many runs at once (20 ask-batch runs on one server, SQLite and PostgreSQL:
+  up to about 40 minutes on a busy 2-core machine);
 - ``--quick``: 1–2 repetitions, smaller sizes, to check that everything runs (RESULTS.md is still rewritten:
   the commands recorded in it say what ran);
 - ``--full``: quiet waiting with the real 2 and 10 minute Jobs (about 45 minutes more at 5 repetitions).
@@ -39,8 +40,10 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "input-fuzz": ("bench_input_fuzz.py", ["--examples", "5000"], ["--examples", "500"]),
     "flow-scale": ("bench_flow_scale.py", ["--repeat", "3", "--baseline-repeat", "5"],
                    ["--repeat", "1", "--baseline-repeat", "1", "--completions", "2000", "--no-smoke"]),
+    # 20 runs at once on one server (SQLite, PostgreSQL when installed) beside one run alone: up to ~40 minutes
+    "concurrency": ("bench_concurrency.py", ["--runs", "20"], ["--runs", "4", "--databases", "sqlite"]),
 }
-ORDER = ["detect", "collect", "overhead", "quiet", "scale", "input-fuzz", "flow-scale"]
+ORDER = ["detect", "collect", "overhead", "quiet", "scale", "input-fuzz", "flow-scale", "concurrency"]
 
 HEAD = """# Benchmark results
 

@@ -13,8 +13,11 @@ Why Python and not a shell script: each step waits for a *condition* with a dead
 ``/api/health``, the sandbox's control endpoint, the worker's registration in the API) instead of sleeping, the
 same code starts the stack for the end-to-end tests (on free ports, in temp dirs), and stopping has one quirk
 worth code: a ``prefect worker`` started in the background of a non-interactive shell inherits SIGINT as ignored
-and then ignores its first SIGTERM (research/prefect.md §3.3 item 7). Children are therefore started with SIGINT
-reset to the default, in their own session, and stopped with SIGTERM, a second SIGTERM, then SIGKILL.
+and then ignores its first SIGTERM (observed with Prefect 3.9.1; the worker's handler is
+``setup_signal_handlers_worker``:
+https://github.com/PrefectHQ/prefect/blob/main/src/prefect/utilities/processutils.py). Children are therefore
+started with SIGINT reset to the default, in their own session, and stopped with SIGTERM, a second SIGTERM, then
+SIGKILL.
 """
 
 import argparse
@@ -219,7 +222,7 @@ class Stack:
 
     # ------------------------------------------------------------------ steps of `up`
 
-    def start_server(self, timeout: float = 90.0) -> str:
+    def start_server(self, timeout: float = 300.0) -> str:
         """Start (or keep) the server; record its API URL in ``<state>/api_url`` for CLI runs
         (``flows.prefect_home``: a ``make run`` then reports to this server, so its runs show in this UI)."""
         self.state.mkdir(parents=True, exist_ok=True)
@@ -252,10 +255,20 @@ class Stack:
         return "wired the sandbox: " + "; ".join(result.stdout.strip().splitlines())
 
     def create_pool(self) -> str:
-        if self.prefect("work-pool", "inspect", self.pool, check=False).returncode == 0:
-            return f"work pool {self.pool}: exists"
-        self.prefect("work-pool", "create", self.pool, "--type", "process")
-        return f"work pool {self.pool}: created (process)"
+        """Create the process pool the worker serves and the Kubernetes pool of ``adhoc-k8s`` (both must exist
+        before ``prefect deploy --all``); existing pools are kept."""
+        from deployments.k8s_pool import BASE_JOB_TEMPLATE
+        from deployments.k8s_pool import POOL as K8S_POOL
+
+        said = []
+        for pool, extra in ((self.pool, ["--type", "process"]),
+                            (K8S_POOL, ["--type", "kubernetes", "--base-job-template", BASE_JOB_TEMPLATE])):
+            if self.prefect("work-pool", "inspect", pool, check=False).returncode == 0:
+                said.append(f"work pool {pool}: exists")
+                continue
+            self.prefect("work-pool", "create", pool, *extra)
+            said.append(f"work pool {pool}: created ({extra[1]})")
+        return "; ".join(said)
 
     def deploy(self) -> str:
         result = self.prefect("deploy", "--all", "--no-prompt", timeout=300)

@@ -26,7 +26,6 @@ Why it is shaped like this:
 """
 
 import contextlib
-import sys
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -42,7 +41,7 @@ from flows.run_files import (
     save_logs_after_failure,
     spec_data,
 )
-from flows.summary import summary_markdown
+from flows.summary import run_scrubber, summary_markdown
 from tasks.cloud.admission import admit
 from tasks.cloud.run_lock import cluster_run_lock
 from tasks.errors import RunLocked, TeardownIncomplete
@@ -60,9 +59,9 @@ from tasks.spec import (
 )
 from tasks.stages.cluster import ensure_cluster_task
 from tasks.stages.config import publish_config_task
-from tasks.stages.job import launch_job_task
+from tasks.stages.job import launch_job_task, relaunch_task
 from tasks.stages.volume import ensure_volume_task
-from tasks.stages.wait import JobFailed, wait_for_job_task
+from tasks.stages.wait import JobFailed, wait_for_follow_ups_task, wait_for_job_task
 
 __all__ = ["ask_batch", "derive_run_key"]
 
@@ -93,10 +92,10 @@ def finish(spec: BatchSpec, logger: Any, *, run_key: str, name: str, cluster: Cl
         teardown_error = exc
     try:
         create_markdown_artifact(
-            summary_markdown(spec, run_key=run_key, name=name, cluster=cluster, job=job, report=report,
-                             outputs=outputs, teardown=teardown,
-                             error=None if error is None else f"{type(error).__name__}: {error}",
-                             saved_logs=saved_logs, logs_problem=logs_problem),
+            run_scrubber(spec)(summary_markdown(spec, run_key=run_key, name=name, cluster=cluster, job=job,
+                                                report=report, outputs=outputs, teardown=teardown,
+                                                error=None if error is None else f"{type(error).__name__}: {error}",
+                                                saved_logs=saved_logs, logs_problem=logs_problem)),
             key=f"summary-{run_key}", description=f"ask-batch run {name}")
     except Exception as exc:  # noqa: BLE001
         logger.error("could not publish the summary artifact: %s", exc)
@@ -147,7 +146,7 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
     Example:
         >>> ask_batch(**flow_parameters(parse_spec(yaml.safe_load(open("deployments/example.yaml")))))
     """
-    from tasks.stages.outputs import collect_outputs_task, ensure_bucket_task
+    from tasks.stages.outputs import collect_outputs_task, complete_indexes_task, ensure_bucket_task
 
     logger = get_run_logger()
     from tasks.cloud.clients import _load_prefect_secret
@@ -185,9 +184,20 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
             raise
         volume = ensure_volume_task(spec, run_key=run_key, cluster=cluster)
         config = publish_config_task(spec, run_key, cluster)
-        job = launch_job_task(spec, run_key, name, cluster, volume, config)
+        # rerun 'missing': indexes an earlier attempt of this run key finished are not run again.
+        done = complete_indexes_task(spec, run_key=run_key, flow_run_name=name) if spec.job.rerun == "missing" else []
+        follow_ups: list[JobHandle] = []
+        if done:
+            missing = sorted(set(range(spec.job.completions)) - set(done))
+            job, follow_ups = relaunch_task(spec, run_key, name, cluster, volume, config, missing)
+        else:
+            job = launch_job_task(spec, run_key, name, cluster, volume, config)
         try:
-            report = wait_for_job_task(spec, run_key, cluster, job, str(log_dir_for(spec, name)))
+            if job.uid is None:  # follow-up Jobs run the missing indexes
+                report = wait_for_follow_ups_task(spec, run_key, cluster, job, follow_ups, done,
+                                                  str(log_dir_for(spec, name)))
+            else:
+                report = wait_for_job_task(spec, run_key, cluster, job, str(log_dir_for(spec, name)))
         except JobFailed as exc:
             report = exc.report
             raise
@@ -206,6 +216,6 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
 
 
 if __name__ == "__main__":
-    from flows.cli import main
+    from flows.cli import run
 
-    sys.exit(main())
+    run()

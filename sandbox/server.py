@@ -151,10 +151,16 @@ class Sandbox:
 
     # ------------------------------------------------------------------ kubernetes clusters
 
-    async def create_kube_cluster(self, cluster_id: str) -> KubeCluster:
-        """Start (or restart) the Kubernetes of one sandbox cluster; its state lives under clusters/<id>."""
+    async def create_kube_cluster(self, cluster_id: str, flavour: str | None = None) -> KubeCluster:
+        """Start (or restart) the Kubernetes of one sandbox cluster; its state lives under clusters/<id>.
+
+        `flavour` "acs" gives the cluster ACS's pod behaviour (sandbox/k8s/acs.py); it is remembered, so a
+        restart brings the cluster back the same.
+        """
         if cluster_id in self.kube_clusters:
             return self.kube_clusters[cluster_id]
+        flavours = self.meta.setdefault("cluster_flavours", {})
+        flavour = flavours.setdefault(cluster_id, flavour or "ask")
         port = _free_port(self.ports.get(f"k8s:{cluster_id}"))
         tokens = self.meta.setdefault("cluster_tokens", {})
         token = tokens.setdefault(cluster_id, secrets.token_hex(16))
@@ -167,6 +173,7 @@ class Sandbox:
             token=token,
             port=port,
             tls_dir=self.data_dir / "tls",
+            flavour=flavour,
         )
         cluster.csi_resolver = self._csi_resolver
         await cluster.start()
@@ -181,6 +188,7 @@ class Sandbox:
             await cluster.stop()
         self.ports.pop(f"k8s:{cluster_id}", None)
         self.meta.get("cluster_tokens", {}).pop(cluster_id, None)
+        self.meta.get("cluster_flavours", {}).pop(cluster_id, None)
         self._save_meta()
         import shutil
 

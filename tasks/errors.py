@@ -12,6 +12,7 @@ AskBatchError
 ├── ClusterError            the cluster cannot be found, created or reached
 ├── VolumeError             the NAS file system, mount target, PV or PVC cannot be made ready
 ├── JobConflict             a Job with the run's name exists but was rendered from another spec
+├── PodRejected             the cluster's admission refuses the Job's pods (dry run before the Job)
 ├── JobFailed               the Job failed or cannot finish (``report`` has the per-index record)
 ├── OutputsIncomplete       indexes without verifiable outputs (``manifest`` has what was found)
 ├── ChecksumMismatch        downloaded bytes differ from what OSS reported (transient)
@@ -92,6 +93,11 @@ class VolumeError(AskBatchError, RuntimeError):
 
 class JobConflict(AskBatchError, RuntimeError):
     """A Job with our name exists but was not rendered from the same spec."""
+
+
+class PodRejected(AskBatchError, RuntimeError):
+    """The cluster's admission refuses the Job's pods (e.g. ACS: an unknown compute class): no pod would ever start,
+    so the run stops before creating the Job."""
 
 
 class JobFailed(AskBatchError, RuntimeError):

@@ -1,8 +1,14 @@
-"""Validation of the CreateCluster body, as the Container Service checks it for an ACK Serverless cluster.
+"""Validation of the CreateCluster body, as the Container Service checks it for a serverless cluster.
 
-The sandbox creates ACK Serverless (ASK) clusters only: `cluster_type="ManagedKubernetes"` with
-`profile="Serverless"`. Any other type is refused with a message that says so, rather than silently
-creating something the real service would have created differently.
+The sandbox creates the two serverless kinds: ACK Serverless (ASK), `cluster_type="ManagedKubernetes"` with
+`profile="Serverless"`, and ACS (Container Compute Service), `cluster_type="ManagedKubernetes"` with
+`profile="Acs"`. Any other type is refused with a message that says so, rather than silently creating
+something the real service would have created differently.
+
+Uncertain: the SDK's CreateClusterRequest documentation (alibabacloud_cs20151215 7.2.3) does not list the
+`profile` values; `Acs` comes from public third-party automation that creates ACS clusters through this API
+(OpenAPI scripts and Terraform `alicloud_cs_managed_kubernetes` modules with `profile = "Acs"`). ACS-only
+create parameters are not modelled (docs/sandbox.md).
 
 Parameters refused as deprecated (decided from the ACK API docs and the OpenAPI deprecation announcement
 that also retires DescribeClusters/DescribeClustersV1):
@@ -32,6 +38,12 @@ DEFAULT_VERSION = "1.32.1-aliyun.1"
 DEFAULT_SERVICE_CIDR = "172.19.0.0/20"
 RESERVED_TAG_PREFIXES = ("aliyun", "acs:", "http://", "https://")
 _ALNUM = string.ascii_lowercase + string.digits
+SERVERLESS_PROFILES = ("Serverless", "Acs")
+
+
+def flavour_of(rec: dict[str, Any]) -> str:
+    """The sandbox Kubernetes flavour of a cluster record: "acs" for profile Acs, else "ask"."""
+    return "acs" if rec.get("profile") == "Acs" else "ask"
 
 
 def _rand(prefix: str, n: int = 22) -> str:
@@ -95,9 +107,10 @@ def validate_create(body: Any, region: str) -> dict[str, Any]:
         raise deprecated("profile", profile, "use cluster_type=ManagedKubernetes with profile=Serverless")
     if not cluster_type:
         raise invalid("cluster_type is required.")
-    if cluster_type != "ManagedKubernetes" or profile != "Serverless":
+    if cluster_type != "ManagedKubernetes" or profile not in SERVERLESS_PROFILES:
         raise invalid(f"Unsupported cluster_type={cluster_type!r} profile={profile!r}: this region serves ACK "
-                      "Serverless clusters only (cluster_type=ManagedKubernetes, profile=Serverless).")
+                      "Serverless (cluster_type=ManagedKubernetes, profile=Serverless) and ACS "
+                      "(cluster_type=ManagedKubernetes, profile=Acs) clusters only.")
     if body.get("nat_gateway") is not None:
         raise deprecated("nat_gateway", body["nat_gateway"], "use snat_entry")
     logging_type = body.get("logging_type")

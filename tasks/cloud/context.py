@@ -13,14 +13,13 @@ takes a few lines every stage would otherwise repeat. The same goes for two Pref
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tasks.cloud.clients import AliCredentials, cs_client, resolve_credentials
 from tasks.cloud.cluster_access import connect
 from tasks.cloud.retry import CloudError, classify
 from tasks.handles import ClusterHandle
-from tasks.render.manifests import REDACTED
 from tasks.spec import BatchSpec
 
 #: Task retries (seconds before each). Empty: ``tasks.cloud.retry.call()`` is the one retry layer (see above).
@@ -38,42 +37,21 @@ def transient_only(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-class Scrubber:
-    """Replaces every known secret value in a text by ``<redacted>`` (longest first)."""
-
-    def __init__(self, secrets: Iterable[str] = ()):
-        self.needles: list[str] = []
-        self.add(secrets)
-
-    def add(self, secrets: Iterable[str]) -> None:
-        import base64
-
-        values = {s.strip() for s in secrets if s and len(s.strip()) >= 4}
-        values |= {base64.b64encode(v.encode()).decode() for v in values}
-        self.needles = sorted(set(self.needles) | values, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for needle in self.needles:
-            if needle in text:
-                text = text.replace(needle, REDACTED)
-        return text
-
-
 def credentials(spec: BatchSpec) -> AliCredentials:
     """The run's AccessKey, from its source (never from a handle)."""
     return resolve_credentials(spec.target.credentials)
 
 
 def cs_for(spec: BatchSpec, creds: AliCredentials | None = None) -> Any | None:
-    """A Container Service client in cluster mode 'ask', else None."""
-    if spec.cluster.mode != "ask":
+    """A Container Service client in cluster modes 'ask' and 'acs' (and 'existing' with kind 'auto'), else None."""
+    if spec.cluster.mode == "existing" and spec.cluster.existing.kind != "auto":
         return None
     return cs_client(spec.target, creds or credentials(spec))
 
 
 def kube_for(spec: BatchSpec, cluster: ClusterHandle, creds: AliCredentials | None = None) -> Any:
     """A ``kubernetes.client.ApiClient`` for the run's cluster (kubeconfig fetched again from its source)."""
-    cs = cs_for(spec, creds) if cluster.mode == "ask" else None
+    cs = cs_for(spec, creds) if cluster.mode in ("ask", "acs") else None
     return connect(cluster, spec, cs=cs)
 
 

@@ -98,7 +98,8 @@ def classify(exc: BaseException, *, service: str, operation: str) -> CloudError:
     message = getattr(exc, "message", None)
     request_id = getattr(exc, "request_id", None)
     # kubernetes.client.ApiException: .status, .reason, .body (JSON Status with "reason"/"message")
-    if type(exc).__name__ == "ApiException":
+    # (kubernetes >= 31 raises subclasses per status: BadRequestException, NotFoundException, ...)
+    if any(cls.__name__ == "ApiException" for cls in type(exc).__mro__):
         body = getattr(exc, "body", None) or ""
         code, message = _k8s_reason(body) or (getattr(exc, "reason", None), str(body)[:500])
         if status == 0:  # kubernetes clients report a connection that failed mid-request as status 0

@@ -38,7 +38,9 @@ class PriceTable:
     read_on: str
 
 
-#: research/alibaba.md §5. China-site prices apply to mainland regions ("cn-*"), the international site's to the
+#: https://www.alibabacloud.com/help/en/eci/product-overview/virtual-node-billing and
+#: https://www.alibabacloud.com/help/en/eci/billing-overview.
+#: China-site prices apply to mainland regions ("cn-*"), the international site's to the
 #: others. ECI bills per second (settled hourly); charges under 0.01 are rounded away.
 PRICES: dict[str, PriceTable] = {
     "cn": PriceTable(

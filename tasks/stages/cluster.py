@@ -1,4 +1,7 @@
-"""Stage ensure_cluster: find the ASK cluster by name or create it; or take an existing cluster's kubeconfig.
+"""Stage ensure_cluster: find the ASK or ACS cluster by name or create it; or take an existing cluster's kubeconfig.
+
+The handle records which kind the cluster is (``ClusterHandle.kind``): pods are rendered differently on ASK (ECI
+annotations) and ACS (compute labels). ACS clusters are the same CS API with ``profile`` Acs.
 
 Find-then-create, safe to repeat: the lookup filters on the exact name (the CS ``name`` filter is fuzzy), ASK's
 current type (``ManagedKubernetes`` + ``Serverless``) and a live state; creation carries a ``client_token`` derived
@@ -17,7 +20,17 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.cloud.cluster_access import DEAD_STATES, as_map, connect, existing_handle, find_ask_cluster, handle_from
+from tasks.cloud.cluster_access import (
+    DEAD_STATES,
+    KIND_NAMES,
+    PROFILES,
+    as_map,
+    connect,
+    existing_handle,
+    existing_kind,
+    find_cluster,
+    handle_from,
+)
 from tasks.cloud.context import RETRY_DELAYS, cs_for, stage_logs, transient_only
 from tasks.cloud.retry import CloudError, call
 from tasks.errors import ClusterError
@@ -60,8 +73,9 @@ def create_refusal_hint(err: CloudError) -> str:
     return "fix: see the service's code and message above (and its request id for Alibaba Cloud support)"
 
 
-def create_ask_cluster(cs: Any, spec: BatchSpec, *, run_key: str) -> str:
-    """CreateCluster for ASK; returns the cluster id.
+def create_managed_cluster(cs: Any, spec: BatchSpec, *, run_key: str) -> str:
+    """CreateCluster for the ASK (profile Serverless) or ACS (profile Acs) cluster of ``spec.cluster.mode``; returns
+    the cluster id.
 
     Raises:
         ClusterError: the request would be refused (no VPC and no zone), or was refused; the message has the
@@ -69,12 +83,14 @@ def create_ask_cluster(cs: Any, spec: BatchSpec, *, run_key: str) -> str:
     """
     from alibabacloud_cs20151215 import models as m
 
-    ask = spec.cluster.ask
+    kind = spec.cluster.mode
+    ask = spec.cluster.managed
+    assert ask is not None, "mode 'ask' or 'acs' needed"
     if not ask.vpc_id and not ask.zone_id:
-        raise ClusterError(f"cannot create cluster {ask.name!r}: without cluster.ask.vpc_id, CS needs "
-                           f"cluster.ask.zone_id (it creates the VPC in that zone); fix: set zone_id, e.g. "
+        raise ClusterError(f"cannot create cluster {ask.name!r}: without cluster.{kind}.vpc_id, CS needs "
+                           f"cluster.{kind}.zone_id (it creates the VPC in that zone); fix: set zone_id, e.g. "
                            f"'{spec.target.region}-k', or vpc_id and vswitch_ids")
-    body = create_cluster_body(ask, region=spec.target.region, run_key=run_key)
+    body = create_cluster_body(ask, region=spec.target.region, run_key=run_key, profile=PROFILES[kind])
     try:
         resp = call(cs.create_cluster, m.CreateClusterRequest().from_map(body), service="CS",
                     operation="CreateCluster")
@@ -83,6 +99,11 @@ def create_ask_cluster(cs: Any, spec: BatchSpec, *, run_key: str) -> str:
             raise ClusterError(f"{err}\n{create_refusal_hint(err)}") from err
         raise
     return as_map(resp.body)["cluster_id"]
+
+
+def create_ask_cluster(cs: Any, spec: BatchSpec, *, run_key: str) -> str:
+    """CreateCluster for ASK (kept for callers of the ASK-only name); see ``create_managed_cluster``."""
+    return create_managed_cluster(cs, spec, run_key=run_key)
 
 
 def wait_cluster_running(cs: Any, cluster_id: str, *, timeout: float, poll: float = 10.0,
@@ -108,7 +129,7 @@ def wait_cluster_running(cs: Any, cluster_id: str, *, timeout: float, poll: floa
                                f"delete it, and run again")
         if clock() > deadline:
             raise ClusterError(f"cluster {cluster_id} still {state!r} after {timeout:.0f}s; fix: raise "
-                               f"cluster.ask.ready_timeout_seconds or check the ACK console")
+                               f"cluster.<mode>.ready_timeout_seconds or check the console")
         sleep(interval)
         interval = min(poll, interval * 2)
 
@@ -119,28 +140,33 @@ def ensure_cluster(spec: BatchSpec, *, run_key: str, cs: Any | None) -> ClusterH
     Args:
         spec: the validated parameters.
         run_key: the run key (tags a cluster this run creates).
-        cs: a CS client (mode 'ask'); None in mode 'existing'.
+        cs: a CS client (modes 'ask', 'acs', and 'existing' with kind 'auto'); else None.
     """
     if spec.cluster.mode == "existing":
-        return existing_handle(spec)
-    assert cs is not None, "mode 'ask' needs a CS client"
-    ask = spec.cluster.ask
-    found = find_ask_cluster(cs, region=spec.target.region, name=ask.name)
+        handle = existing_handle(spec)
+        if spec.cluster.existing.kind != "auto":
+            return handle
+        return handle.model_copy(update={"kind": existing_kind(handle, spec, cs=cs)})
+    assert cs is not None, "mode 'ask'/'acs' needs a CS client"
+    kind, opts = spec.cluster.mode, spec.cluster.managed
+    assert opts is not None
+    found = find_cluster(cs, region=spec.target.region, name=opts.name, kind=kind)
     if found and found.get("state") == "running":
         # Found running: no need to poll (saves a DescribeClusterDetail round per stage that reconnects).
+        log.info("%s cluster %s found: %s", KIND_NAMES[kind], opts.name, found["cluster_id"])
         return handle_from(spec, found, created=False)
     created = False
     if found:
         cluster_id = found["cluster_id"]
-        log.info("cluster %s found: %s (%s)", ask.name, cluster_id, found.get("state"))
-    elif not ask.create_if_missing:
-        raise ClusterError(f"no ASK cluster named {ask.name!r} in {spec.target.region}; fix: create it, set "
-                           f"cluster.ask.create_if_missing, or use cluster.mode 'existing'")
+        log.info("%s cluster %s found: %s (%s)", KIND_NAMES[kind], opts.name, cluster_id, found.get("state"))
+    elif not opts.create_if_missing:
+        raise ClusterError(f"no {KIND_NAMES[kind]} cluster named {opts.name!r} in {spec.target.region}; fix: "
+                           f"create it, set cluster.{kind}.create_if_missing, or use cluster.mode 'existing'")
     else:
-        log.info("cluster %s not found: creating it in %s", ask.name, spec.target.region)
-        cluster_id = create_ask_cluster(cs, spec, run_key=run_key)
+        log.info("%s cluster %s not found: creating it in %s", KIND_NAMES[kind], opts.name, spec.target.region)
+        cluster_id = create_managed_cluster(cs, spec, run_key=run_key)
         created = True
-    detail = wait_cluster_running(cs, cluster_id, timeout=ask.ready_timeout_seconds)
+    detail = wait_cluster_running(cs, cluster_id, timeout=opts.ready_timeout_seconds)
     return handle_from(spec, detail, created=created)
 
 

@@ -39,11 +39,12 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.cloud.context import RETRY_DELAYS, Scrubber, credentials, stage_logs, transient_only
+from tasks.cloud.context import RETRY_DELAYS, credentials, stage_logs, transient_only
 from tasks.cloud.retry import CloudError, call
 from tasks.errors import BucketNotUsable, ChecksumMismatch, OutputsIncomplete
 from tasks.handles import IndexOutputs, JobReport, OutputManifest, OutputObject
 from tasks.render.manifests import index_prefix, run_prefix
+from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec, OutputsSpec
 
 log = logging.getLogger("ask_batch.outputs")
@@ -199,9 +200,9 @@ def completeness_problem(outputs: OutputsSpec, idx_prefix: str, objects: list[Li
 
 
 def _index_of_pod(pod: str, report: JobReport) -> int | None:
-    """The index a pod ran: from the report (last pods), else the Indexed Job pod name <job>-<index>-<suffix>."""
+    """The index a pod ran: from the report (every attempt), else the Indexed Job pod name <job>-<index>-<suffix>."""
     for record in report.indexes:
-        if record.pod == pod:
+        if record.pod == pod or any(a.pod == pod for a in record.attempts):
             return record.index
     m = re.match(rf"^{re.escape(report.job.name)}-(\d+)-[a-z0-9]+$", pod)
     return int(m.group(1)) if m else None
@@ -490,6 +491,38 @@ def save_pod_logs_task(spec: BatchSpec, *, run_key: str, flow_run_name: str,
     prefix = run_prefix(spec.outputs, run_key=run_key, flow_run_name=flow_run_name)
     with stage_logs(scrub):
         return save_pod_logs(oss, spec.outputs.bucket, prefix, log_dir)
+
+
+def complete_indexes(spec: BatchSpec, *, run_key: str, flow_run_name: str, oss: Any,
+                     max_keys: int = 1000) -> list[int]:
+    """Indexes whose outputs are already in OSS and complete per ``outputs.completeness`` (sorted).
+
+    What a re-run of the same run key (``rerun: missing``) need not run again. The same listing and rule as
+    ``collect_outputs``; nothing is downloaded (``collect_outputs`` verifies every object at the end). With
+    ``completeness: none`` nothing can be told apart, so none is reported complete.
+    """
+    outputs = spec.outputs
+    if outputs.completeness == "none":
+        return []  # nothing in OSS tells a finished index from a missing one: the whole Job runs (or is re-attached)
+    prefix = run_prefix(outputs, run_key=run_key, flow_run_name=flow_run_name)
+    completions = spec.job.completions
+    groups, _ = group_by_index(list_prefix(oss, outputs.bucket, prefix, max_keys=max_keys), outputs, prefix,
+                               completions)
+    return [i for i in range(completions)
+            if completeness_problem(outputs, index_prefix(outputs, prefix, i), groups[i]) is None]
+
+
+@task(name="complete_indexes", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=transient_only)
+def complete_indexes_task(spec: BatchSpec, *, run_key: str, flow_run_name: str) -> list[int]:
+    """Prefect task: ``complete_indexes`` (logs how many an earlier attempt already finished)."""
+    oss, scrub = _oss(spec)
+    with stage_logs(scrub):
+        done = complete_indexes(spec, run_key=run_key, flow_run_name=flow_run_name, oss=oss)
+        if done:
+            log.info("%d of %d indexes already have complete outputs from an earlier attempt of run key %s",
+                     len(done), spec.job.completions, run_key)
+        return done
 
 
 @task(name="collect_outputs", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,

@@ -137,4 +137,5 @@ def test_adhoc_run_end_to_end_on_a_postgresql_backed_server(pg_stack: Stack, pos
     assert not list(pg_stack.state.glob("*.db")), list(pg_stack.state.iterdir())
     # ... and the API answers from it: the deployments `prefect deploy` created are rows too.
     names = set(postgres.psql("select name from deployment").split())
-    assert names == {d["name"] for d in api(pg_stack, "/deployments/filter", {})} == {"nightly", "adhoc"}
+    assert names == {d["name"] for d in api(pg_stack, "/deployments/filter", {})} == {"nightly", "adhoc",
+                                                                                      "adhoc-k8s", "sweep-k8s"}

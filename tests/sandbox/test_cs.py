@@ -164,7 +164,7 @@ async def test_default_cluster_is_listed_running_and_protected(env: Env) -> None
     (dict(cluster_type="Ask", profile=None), "deprecated"),
     (dict(profile="ask.v2"), "deprecated"),
     (dict(nat_gateway=True), "use snat_entry"),
-    (dict(profile="Default"), "ACK Serverless clusters only"),
+    (dict(profile="Default"), "clusters only"),
     (dict(tags=[cs.Tag(key="aliyun-x", value="v")]), "must not start with"),
     (dict(zone_id=None), "zone_id is required when vpcid and vswitch_ids are not specified"),
 ])

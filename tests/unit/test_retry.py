@@ -73,6 +73,20 @@ def test_backoff_grows_and_is_capped():
     assert delays[:4] == [1, 2, 4, 8] and max(delays) == 10
 
 
+def test_kubernetes_status_subclasses_give_the_status_message():
+    """kubernetes >= 31 raises ApiException subclasses (BadRequestException for 400): the Status message is kept."""
+    import json
+
+    from kubernetes.client.exceptions import BadRequestException
+
+    exc = BadRequestException(status=400, reason="Bad Request")
+    exc.body = json.dumps({"kind": "Status", "reason": "BadRequest", "code": 400,
+                           "message": 'admission webhook "w" denied the request: label x="y" is not supported'})
+    err = classify(exc, service="Kubernetes", operation="create Pod")
+    assert (err.code, err.status) == ("BadRequest", 400)
+    assert err.message == 'admission webhook "w" denied the request: label x="y" is not supported'
+
+
 def oss_operation_error(status, code):
     """What the OSS v2 SDK raises for a service error: OperationError wrapping ServiceError."""
     from alibabacloud_oss_v2 import exceptions as e

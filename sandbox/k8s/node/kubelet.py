@@ -77,7 +77,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .. import errors
+from .. import acs, errors
 from ..store import Obj, WatchEvent, now_iso
 from .env import ConfigError, PathRewriter, build_env, expand
 from .identity import Identity, NonRootViolation, ensure_traversable, resolve
@@ -406,9 +406,13 @@ class PodWorker:
             if deadline is not None and now >= accepted + float(deadline):
                 await self._stop_run(run_task, "DeadlineExceeded", self._grace())
             elif spot_after is not None and self.running_since is not None and now >= self.running_since + spot_after:
-                self._event("SpotToBeReleased", f"Spot ECI will be released in 0 seconds: the spot instance of "
-                            f"this pod is reclaimed (sandbox fault spot_reclaim_after_s={spot_after:g}s; real "
-                            "ECI gives about 3 minutes of notice)", warning=True)
+                if self.cluster.acs is not None:  # ACS BestEffort preemption (see ../acs.py)
+                    self._event(acs.PREEMPT_NOTICE, f"{acs.PREEMPT_MESSAGE} (sandbox fault spot_reclaim_after_s="
+                                f"{spot_after:g}s; ACS notifies about 5 minutes ahead)", warning=True)
+                else:
+                    self._event("SpotToBeReleased", f"Spot ECI will be released in 0 seconds: the spot instance of "
+                                f"this pod is reclaimed (sandbox fault spot_reclaim_after_s={spot_after:g}s; real "
+                                "ECI gives about 3 minutes of notice)", warning=True)
                 await self._stop_run(run_task, "BidFailed", 0.0)
         with contextlib.suppress(Stopped):
             await run_task
@@ -432,6 +436,9 @@ class PodWorker:
         if self.stopping == "DeadlineExceeded":
             self._set_phase("Failed", "DeadlineExceeded",
                             "Pod was active on the node longer than the specified deadline")
+        elif self.stopping == "BidFailed" and self.cluster.acs is not None:
+            self._set_phase("Failed", acs.PREEMPT_REASON, acs.PREEMPT_MESSAGE)
+            self._condition("DisruptionTarget", "True", acs.PREEMPT_CONDITION_REASON, acs.PREEMPT_MESSAGE)
         elif self.stopping == "BidFailed":
             self._set_phase("Failed", "BidFailed", "The spot instance of this pod was released: the market price "
                             "exceeded the bid or the stock ran out")
@@ -468,6 +475,8 @@ class PodWorker:
     def _spot_after(self) -> float | None:
         annotations = (self.pod.get("metadata") or {}).get("annotations") or {}
         after = self.cluster.faults.spot_reclaim_after_s
+        if self.cluster.acs is not None:
+            return self.cluster.acs.reclaim_after(self.pod, after)
         if annotations.get("k8s.aliyun.com/eci-spot-strategy") in SPOT_STRATEGIES and after > 0:
             return float(after)
         return None
@@ -498,11 +507,17 @@ class PodWorker:
         faults = self.cluster.faults
         annotations = (self.pod.get("metadata") or {}).get("annotations") or {}
         delay = self.t.backoff_initial_s
+        ignored = self.cluster.acs.eci_warning(self.pod) if self.cluster.acs is not None else None
+        if ignored:
+            self.cluster.record_event(self.pod, "EciAnnotationIgnored", ignored, type_="Warning",
+                                      component=acs.COMPONENT)
         while faults.roll(faults.eci_create_fail_rate):
             reason = faults.eci_create_fail_reason or "NoStock"
             detail = ECI_MESSAGES.get(reason, f"the instance could not be created ({reason})")
             message = (f"[eci.containergroup]create eci failed, reason: {reason}, message: {detail} "
                        f"(sandbox fault eci_create_fail_rate)")
+            if self.cluster.acs is not None:
+                message = self.cluster.acs.create_failure_message(reason, self.cluster.node.zone)
             self._condition("ContainerInstanceCreated", "False", reason, message)
             self._event(reason, message, warning=True)
             if reason == "ProviderFailed" or annotations.get("k8s.aliyun.com/pod-fail-on-create-err") == "true":
@@ -518,6 +533,9 @@ class PodWorker:
 
         def annotate(obj: Obj) -> None:
             ann = obj["metadata"].setdefault("annotations", {})
+            if self.cluster.acs is not None:
+                ann.update(self.cluster.acs.instance_annotations(obj))
+                return
             ann["k8s.aliyun.com/eci-instance-id"] = instance
             ann["k8s.aliyun.com/eci-instance-spec"] = spec_name
 
