@@ -171,10 +171,11 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
     # once the cluster is known. A run refused by it touches nothing: the resources are the holder's.
     lock = contextlib.ExitStack()
     locked_out = False
+    # Cheap checks before anything billed: a missing, foreign or read-only bucket stops the run here, before a
+    # cluster, a NAS file system or a PV exists — and before the try below, since there is nothing to tear down
+    # (no CS, NAS or Kubernetes request at all). The check is idempotent, so it needs no lock.
+    ensure_bucket_task(spec)
     try:
-        # cheap checks before anything billed: a missing, foreign or read-only bucket stops the run here, before
-        # a cluster, a NAS file system or a PV exists (the check is idempotent, so it needs no lock)
-        ensure_bucket_task(spec)
         cluster = ensure_cluster_task(spec, run_key)
         try:
             lock.enter_context(cluster_run_lock(spec, cluster, holder=str(current_run.id)))

@@ -72,6 +72,20 @@ def _status(exc: BaseException) -> int | None:
     return getattr(exc, "status", None)
 
 
+class _Retried:
+    """The Lease API through the one retry policy (``tasks.cloud.retry.call``): a 503 or a reset while taking or
+    renewing the lock is retried, not a failed run; 404/409 come back at once as ``CloudError`` with ``status``."""
+
+    def __init__(self, api: Any) -> None:
+        self._api = api
+
+    def __getattr__(self, name: str) -> Any:
+        from tasks.cloud.retry import call
+
+        method = getattr(self._api, name)
+        return lambda *args, **kwargs: call(method, *args, service="Kubernetes", operation=name, **kwargs)
+
+
 def _expires(lease: Any) -> datetime | None:
     spec = lease.spec
     renewed = spec.renew_time or spec.acquire_time
@@ -96,7 +110,7 @@ class RunLease:
 
     def __init__(self, coordination: Any, namespace: str, key: str, holder: str, *,
                  lease_seconds: int = LEASE_SECONDS, clock: Callable[[], datetime] = _now) -> None:
-        self.api = coordination
+        self.api = _Retried(coordination)
         self.namespace = namespace
         self.key = key
         self.name = lease_name(key)
@@ -119,7 +133,7 @@ class RunLease:
     def try_acquire(self) -> str | None:
         """Take the Lease if it is free, ours or expired; returns None when taken, else the live holder's id.
 
-        Raises ``kubernetes.client.ApiException`` for anything but the 404/409 this protocol expects.
+        Raises ``CloudError`` for anything but the 404/409 this protocol expects (transient errors retried first).
         """
         for _ in range(5):  # each round either wins, sees a live holder, or lost a race and reads again
             try:

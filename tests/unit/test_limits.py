@@ -26,6 +26,7 @@ LIMITS = [
     ("k8s version junk", {"cluster.ask.kubernetes_version": "latest"}, "cluster.ask.kubernetes_version", "1.32"),
     ("tag key too long", {"cluster.ask.tags": {"k" * 129: "v"}}, "cluster.ask.tags", "128"),
     ("tag value http", {"cluster.ask.tags": {"k": "http://x"}}, "cluster.ask.tags", "http"),
+    # ask-batch adds two tags of its own (managed-by, created-by-run) and CS allows 20
     ("too many tags", {"cluster.ask.tags": {f"k{i}": "v" for i in range(19)}}, "cluster.ask.tags", "18"),
     ("marker with $(VAR)", {"outputs.marker_name": "$(ASK_BATCH_RUN_KEY)"}, "outputs.marker_name", "'$'"),
     ("marker with $$", {"outputs.marker_name": "a$$b"}, "outputs.marker_name", "'$'"),
