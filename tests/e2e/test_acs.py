@@ -15,6 +15,7 @@ from typing import Any
 from examples.workload.shard_hash import compute_shard
 from flows.ask_batch import ask_batch
 from flows.cli import build_spec
+from flows.run_files import flow_parameters
 from tests.e2e.conftest import REPO, example_sets
 from tests.e2e.test_flow import flow_artifacts, flow_logs
 
@@ -23,7 +24,7 @@ EXAMPLE_ACS = REPO / "deployments" / "example-acs.yaml"
 
 def run_acs(sandbox_dir: Path, workdir: Path, run_key: str, *extra: str, **settings: Any) -> tuple[Any, Any]:
     spec = build_spec(EXAMPLE_ACS, example_sets(workdir, run_key, **settings) + list(extra), sandbox_dir)
-    return spec, ask_batch(spec, return_state=True)
+    return spec, ask_batch(**flow_parameters(spec), return_state=True)
 
 
 def acs_clusters(spec: Any) -> list[dict[str, Any]]:
