@@ -17,7 +17,8 @@ from tests.integration.conftest import Cloud
 
 
 def test_mode_acs_creates_once_then_finds(cloud: Cloud, make_spec: Callable[..., BatchSpec], run_key: str) -> None:
-    spec = make_spec({"cluster": {"mode": "acs", "acs": {"name": f"acs-{run_key}", "ready_timeout_seconds": 60}}})
+    spec = make_spec({"cluster": {"mode": "acs", "acs": {"name": f"acs-{run_key}", "ready_timeout_seconds": 60,
+                                                                 "zone_id": "cn-sandbox-a"}}})
     first = ensure_cluster(spec, run_key=run_key, cs=cloud.cs)
     assert (first.mode, first.kind, first.created) == ("acs", "acs", True)
     detail = as_map(call(cloud.cs.describe_cluster_detail, first.cluster_id, service="CS", operation="detail").body)
@@ -37,7 +38,8 @@ def _kubeconfig_file(cloud: Cloud, cluster_id: str, path: Path) -> str:
 
 def test_existing_cluster_kind_is_recognised_from_its_api_endpoint(cloud: Cloud, make_spec: Callable[..., Any],
                                                                    run_key: str, tmp_path: Path) -> None:
-    acs = ensure_cluster(make_spec({"cluster": {"mode": "acs", "acs": {"name": f"acs-{run_key}"}}}),
+    acs = ensure_cluster(make_spec({"cluster": {"mode": "acs", "acs": {"name": f"acs-{run_key}",
+                                                                       "zone_id": "cn-sandbox-a"}}}),
                          run_key=run_key, cs=cloud.cs)
     ask = ensure_cluster(make_spec(), run_key=run_key, cs=cloud.cs)  # the sandbox's default ASK cluster
 
