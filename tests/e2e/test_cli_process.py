@@ -90,7 +90,7 @@ def cli(sandbox_dir: Path, home: Path, sets: list[str]) -> list[str]:
 
 def wait_pods(sandbox_dir: Path, run_key: str, count: int, proc: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
-    while len([p for p in processes(sandbox_dir) if p["pod"].startswith(f"askb-{run_key}-")]) < count:
+    while len(pods_of(sandbox_dir, run_key)) < count:
         assert proc.poll() is None, f"the run ended before its pods ran:\n{proc.stdout.read() if proc.stdout else ''}"
         assert time.monotonic() < deadline, "the Job's pods did not start"
         time.sleep(0.2)
@@ -119,9 +119,15 @@ def wait_no_server(home: Path, timeout: float = 30) -> None:
         time.sleep(0.2)
 
 
+def pods_of(sandbox_dir: Path, run_key: str) -> dict[str, int]:
+    """Pod uid -> index of every pod of the run that started a process (init containers share their pod's uid)."""
+    return {p["uid"]: int(p["index"]) for p in processes(sandbox_dir) if p["pod"].startswith(f"askb-{run_key}-")}
+
+
 def ran_once(sandbox_dir: Path, run_key: str, completions: int = 10) -> None:
-    started = [p for p in processes(sandbox_dir) if p["pod"].startswith(f"askb-{run_key}-")]
-    assert sorted(int(p["index"]) for p in started) == list(range(completions)), started
+    """Exactly one pod per index ran: the work was not started twice."""
+    indexes = sorted(pods_of(sandbox_dir, run_key).values())
+    assert indexes == list(range(completions)), indexes
 
 
 def test_ctrl_c_of_make_run_tears_down_exits_and_the_next_run_starts_at_once(
