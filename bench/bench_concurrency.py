@@ -173,6 +173,7 @@ class Phase:
     peak_rss: float = 0.0
     wall: float = 0.0
     unfinished: int = 0
+    api_errors: list[str] = field(default_factory=list)
 
 
 def _ts(value: str | None) -> float | None:
@@ -180,7 +181,7 @@ def _ts(value: str | None) -> float | None:
 
 
 def create_runs(st: Stack, specs: list[tuple[str, list[str]]]) -> list[str]:
-    deployments = {d["name"]: d["id"] for d in http_json(f"{st.api_url}/deployments/filter", {})}
+    deployments = {d["name"]: d["id"] for d in http_json(f"{st.api_url}/deployments/filter", {}, timeout=60)}
     ids = []
     cwd = Path.cwd()
     os.chdir(st.root)  # config.local_paths are relative to the project root
@@ -188,7 +189,7 @@ def create_runs(st: Stack, specs: list[tuple[str, list[str]]]) -> list[str]:
         for deployment, sets in specs:
             params = run_parameters("deployments/example.yaml", sets)
             ids.append(http_json(f"{st.api_url}/deployments/{deployments[deployment]}/create_flow_run",
-                                 {"parameters": params, "state": {"type": "SCHEDULED"}})["id"])
+                                 {"parameters": params, "state": {"type": "SCHEDULED"}}, timeout=120)["id"])
     finally:
         os.chdir(cwd)
     return ids
@@ -200,8 +201,16 @@ def run_phase(st: Stack, server_pid: int, name: str, specs: list[tuple[str, list
     with Usage(server_pid) as usage:
         ids = create_runs(st, specs)
         deadline = started + timeout
+        runs: list[dict[str, Any]] = [{"id": i, "state_type": "?", "name": "?", "created": None,
+                                       "start_time": None, "end_time": None} for i in ids]
         while True:
-            runs = [http_json(f"{st.api_url}/flow_runs/{i}", timeout=30) for i in ids]
+            for k, run_id in enumerate(ids):
+                if runs[k]["state_type"] in TERMINAL:
+                    continue
+                try:
+                    runs[k] = http_json(f"{st.api_url}/flow_runs/{run_id}", timeout=60)
+                except OSError as exc:  # a server too busy to answer in time: noted, asked again next round
+                    phase.api_errors.append(f"{type(exc).__name__}: {exc}")
             if all(r["state_type"] in TERMINAL for r in runs) or time.monotonic() > deadline:
                 break
             time.sleep(2)  # polling the API for end states: there is no push channel for them
@@ -315,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                 phases, locked = measure(database, args.runs, args.timeout, {})
         except Exception as exc:  # noqa: BLE001 - a stack that does not come up is a result too
             notes.append(f"{database}: the measurement stopped: {type(exc).__name__}: {exc}")
+            print(notes[-1], flush=True)
+            report(all_rows, notes, argv, load, write=not args.no_write)
             continue
         all_rows += rows(database, phases)
         bad = [r for p in phases for r in p.runs if r["state"] != "COMPLETED"]
@@ -322,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         failed = ", ".join(f"{r['name']} ({r['state']})" for r in bad)
         notes.append(f"{database}: {total - len(bad)} of {total} runs Completed"
                      + (f"; not completed: {failed}" if bad else "")
-                     + f"; 'database is locked' in the server log: {locked}.")
+                     + f"; 'database is locked' in the server log: {locked}; API reads that timed out or "
+                     f"failed: {sum(len(p.api_errors) for p in phases)}.")
         print(json.dumps([p.__dict__ for p in phases], default=str)[:4000], flush=True)
         report(all_rows, notes, argv, load, write=not args.no_write)  # after each database: a late stop keeps it
     report(all_rows, notes, argv, load, write=not args.no_write)
