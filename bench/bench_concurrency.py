@@ -180,16 +180,22 @@ def _ts(value: str | None) -> float | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
 
 
-def create_runs(st: Stack, specs: list[tuple[str, list[str]]]) -> list[str]:
+def create_runs(st: Stack, specs: list[tuple[str, list[str]]]) -> list[str | None]:
+    """Create one run per spec; a creation the server refuses (after ``http_json``'s retries of 503/429) is
+    ``None`` in the list and counts as a run that did not complete: that is one way the server breaks."""
     deployments = {d["name"]: d["id"] for d in http_json(f"{st.api_url}/deployments/filter", {}, timeout=60)}
-    ids = []
+    ids: list[str | None] = []
     cwd = Path.cwd()
     os.chdir(st.root)  # config.local_paths are relative to the project root
     try:
         for deployment, sets in specs:
             params = run_parameters("deployments/example.yaml", sets)
-            ids.append(http_json(f"{st.api_url}/deployments/{deployments[deployment]}/create_flow_run",
-                                 {"parameters": params, "state": {"type": "SCHEDULED"}}, timeout=120)["id"])
+            try:
+                ids.append(http_json(f"{st.api_url}/deployments/{deployments[deployment]}/create_flow_run",
+                                     {"parameters": params, "state": {"type": "SCHEDULED"}}, timeout=120)["id"])
+            except OSError as exc:  # urllib's HTTPError (503 "database is locked") and timeouts are OSErrors
+                print(f"  creating a {deployment} run failed: {type(exc).__name__}: {exc}", flush=True)
+                ids.append(None)
     finally:
         os.chdir(cwd)
     return ids
@@ -201,17 +207,17 @@ def run_phase(st: Stack, server_pid: int, name: str, specs: list[tuple[str, list
     with Usage(server_pid) as usage:
         ids = create_runs(st, specs)
         deadline = started + timeout
-        runs: list[dict[str, Any]] = [{"id": i, "state_type": "?", "name": "?", "created": None,
-                                       "start_time": None, "end_time": None} for i in ids]
+        runs: list[dict[str, Any]] = [{"id": i, "state_type": "?" if i else "NOT CREATED", "name": "-",
+                                       "created": None, "start_time": None, "end_time": None} for i in ids]
         while True:
             for k, run_id in enumerate(ids):
-                if runs[k]["state_type"] in TERMINAL:
+                if runs[k]["state_type"] in TERMINAL or run_id is None:
                     continue
                 try:
                     runs[k] = http_json(f"{st.api_url}/flow_runs/{run_id}", timeout=60)
                 except OSError as exc:  # a server too busy to answer in time: noted, asked again next round
                     phase.api_errors.append(f"{type(exc).__name__}: {exc}")
-            if all(r["state_type"] in TERMINAL for r in runs) or time.monotonic() > deadline:
+            if all(r["state_type"] in TERMINAL | {"NOT CREATED"} for r in runs) or time.monotonic() > deadline:
                 break
             time.sleep(2)  # polling the API for end states: there is no push channel for them
     phase.wall = time.monotonic() - started
