@@ -2,6 +2,8 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# `make run PARAMS=deployments/example-acs.yaml`: the same run on an ACS cluster
+PARAMS ?= deployments/example.yaml
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-slow test-deps lint sandbox bench clean up down

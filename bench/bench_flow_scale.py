@@ -149,7 +149,7 @@ def run(sizes: list[tuple[int, int]], parallelism: int, timeout: float,
 
     results = {n: {"wall": Series(), "flow_rss": Series(), "sandbox_rss": Series()} for n, _ in sizes}
     problems: list[str] = []
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=300):
         api_url = str(PREFECT_API_URL.value())
         plan: list[tuple[str, int, bool]] = [("warm", 10, False)]
         if smoke:

@@ -13,8 +13,11 @@ Why Python and not a shell script: each step waits for a *condition* with a dead
 ``/api/health``, the sandbox's control endpoint, the worker's registration in the API) instead of sleeping, the
 same code starts the stack for the end-to-end tests (on free ports, in temp dirs), and stopping has one quirk
 worth code: a ``prefect worker`` started in the background of a non-interactive shell inherits SIGINT as ignored
-and then ignores its first SIGTERM (research/prefect.md §3.3 item 7). Children are therefore started with SIGINT
-reset to the default, in their own session, and stopped with SIGTERM, a second SIGTERM, then SIGKILL.
+and then ignores its first SIGTERM (observed with Prefect 3.9.1; the worker's handler is
+``setup_signal_handlers_worker``:
+https://github.com/PrefectHQ/prefect/blob/main/src/prefect/utilities/processutils.py). Children are therefore
+started with SIGINT reset to the default, in their own session, and stopped with SIGTERM, a second SIGTERM, then
+SIGKILL.
 """
 
 import argparse
@@ -219,7 +222,7 @@ class Stack:
 
     # ------------------------------------------------------------------ steps of `up`
 
-    def start_server(self, timeout: float = 90.0) -> str:
+    def start_server(self, timeout: float = 300.0) -> str:
         """Start (or keep) the server; record its API URL in ``<state>/api_url`` for CLI runs
         (``flows.prefect_home``: a ``make run`` then reports to this server, so its runs show in this UI)."""
         self.state.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@ Why build steps and not literal values in prefect.yaml:
 
 - **The working directory.** A process worker runs the flow wherever the deployment's pull step points it. A
   literal path in prefect.yaml only works on the machine that wrote it, and leaving ``pull:`` out makes
-  ``prefect deploy`` bake in *its* current directory (research/prefect.md §3.3). ``project_directory`` returns the
+  ``prefect deploy`` bake in *its* current directory (the ``pull`` section:
+  https://docs.prefect.io/v3/deploy/infrastructure-concepts/prefect-yaml). ``project_directory`` returns the
   directory of the clone that holds this file, whatever the current directory, and the pull step uses it as
   ``{{ project.directory }}``.
 - **The parameters.** prefect.yaml cannot include another file, and a spec copied into it drifts from the files

@@ -9,8 +9,9 @@ What it writes (against the Prefect server of ``PREFECT_API_URL``):
 
 - Secret blocks ``<prefix>-access-key-id``, ``<prefix>-access-key-secret`` (and ``<prefix>-security-token`` for
   an STS token), each holding a **string**: the Prefect API masks a string Secret but not a dict one
-  (research/prefect.md §1.2). With ``--credentials chain`` no block is written and runs use the Alibaba Cloud
-  default credential chain of the worker's host (e.g. an ECS RAM role).
+  (observed with Prefect 3.9.1: https://docs.prefect.io/v3/develop/secrets). With ``--credentials chain`` no
+  block is written and runs use the Alibaba Cloud default credential chain of the worker's host (e.g. an ECS RAM
+  role).
 - The variable ``ask_batch_target`` (``--variable``): a ``Target`` (region, credentials *by block name*, endpoint
   overrides) as JSON. The deployments' ``spec.target`` refers to it, and the server resolves that reference when
   it creates each run, so re-wiring takes effect with the next run and needs no redeploy.

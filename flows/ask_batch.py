@@ -26,7 +26,6 @@ Why it is shaped like this:
 """
 
 import contextlib
-import sys
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -42,10 +41,10 @@ from flows.run_files import (
     save_logs_after_failure,
     spec_data,
 )
-from flows.summary import summary_markdown
+from flows.summary import run_scrubber, summary_markdown
 from tasks.cloud.admission import admit
 from tasks.cloud.run_lock import cluster_run_lock
-from tasks.errors import RunLocked
+from tasks.errors import RunLocked, TeardownIncomplete
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, JobReport, VolumeHandle
 from tasks.spec import (
     BatchSpec,
@@ -60,9 +59,9 @@ from tasks.spec import (
 )
 from tasks.stages.cluster import ensure_cluster_task
 from tasks.stages.config import publish_config_task
-from tasks.stages.job import launch_job_task
+from tasks.stages.job import launch_job_task, relaunch_task
 from tasks.stages.volume import ensure_volume_task
-from tasks.stages.wait import JobFailed, wait_for_job_task
+from tasks.stages.wait import JobFailed, wait_for_follow_ups_task, wait_for_job_task
 
 __all__ = ["ask_batch", "derive_run_key"]
 
@@ -72,7 +71,9 @@ def finish(spec: BatchSpec, logger: Any, *, run_key: str, name: str, cluster: Cl
            report: JobReport | None, outputs: Any, error: BaseException | None) -> None:
     """Whatever happened: keep and upload a failed run's pod logs, tear down per policy, publish the summary.
 
-    Never raises: the run's own error stays the one the user sees.
+    Never hides the run's own error behind its own. When the run otherwise succeeded, a teardown that could not
+    delete what it should have raises (``TeardownIncomplete``, or the teardown's own error): a leftover may still
+    be billed, so it is never a silent success.
     """
     from tasks.stages.teardown import teardown_task
 
@@ -82,20 +83,26 @@ def finish(spec: BatchSpec, logger: Any, *, run_key: str, name: str, cluster: Cl
         keep_logs(spec, name)
         saved_logs, logs_problem = save_logs_after_failure(spec, run_key=run_key, name=name, logger=logger)
     teardown = None
+    teardown_error: Exception | None = None
     try:
         teardown = teardown_task(spec, run_key=run_key, succeeded=error is None, cluster=cluster, volume=volume,
                                  config=config, job=job)
     except Exception as exc:  # noqa: BLE001 - never hide the run's own error behind a teardown error
         logger.error("teardown failed: %s: %s", type(exc).__name__, exc)
+        teardown_error = exc
     try:
         create_markdown_artifact(
-            summary_markdown(spec, run_key=run_key, name=name, cluster=cluster, job=job, report=report,
-                             outputs=outputs, teardown=teardown,
-                             error=None if error is None else f"{type(error).__name__}: {error}",
-                             saved_logs=saved_logs, logs_problem=logs_problem),
+            run_scrubber(spec)(summary_markdown(spec, run_key=run_key, name=name, cluster=cluster, job=job,
+                                                report=report, outputs=outputs, teardown=teardown,
+                                                error=None if error is None else f"{type(error).__name__}: {error}",
+                                                saved_logs=saved_logs, logs_problem=logs_problem)),
             key=f"summary-{run_key}", description=f"ask-batch run {name}")
     except Exception as exc:  # noqa: BLE001
         logger.error("could not publish the summary artifact: %s", exc)
+    if error is None and teardown_error is not None:
+        raise teardown_error
+    if error is None and teardown is not None and not teardown.ok:
+        raise TeardownIncomplete(teardown, run_key=run_key)
 
 
 # Defaults of the optional sections (module constants: never mutated, and the form shows their values).
@@ -139,7 +146,7 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
     Example:
         >>> ask_batch(**flow_parameters(parse_spec(yaml.safe_load(open("deployments/example.yaml")))))
     """
-    from tasks.stages.outputs import collect_outputs_task, ensure_bucket_task
+    from tasks.stages.outputs import collect_outputs_task, complete_indexes_task, ensure_bucket_task
 
     logger = get_run_logger()
     from tasks.cloud.clients import _load_prefect_secret
@@ -165,6 +172,9 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
     lock = contextlib.ExitStack()
     locked_out = False
     try:
+        # cheap checks before anything billed: a missing, foreign or read-only bucket stops the run here, before
+        # a cluster, a NAS file system or a PV exists (the check is idempotent, so it needs no lock)
+        ensure_bucket_task(spec)
         cluster = ensure_cluster_task(spec, run_key)
         try:
             lock.enter_context(cluster_run_lock(spec, cluster, holder=str(current_run.id)))
@@ -172,11 +182,21 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
             locked_out = True
             raise
         volume = ensure_volume_task(spec, run_key=run_key, cluster=cluster)
-        ensure_bucket_task(spec)
         config = publish_config_task(spec, run_key, cluster)
-        job = launch_job_task(spec, run_key, name, cluster, volume, config)
+        # rerun 'missing': indexes an earlier attempt of this run key finished are not run again.
+        done = complete_indexes_task(spec, run_key=run_key, flow_run_name=name) if spec.job.rerun == "missing" else []
+        follow_ups: list[JobHandle] = []
+        if done:
+            missing = sorted(set(range(spec.job.completions)) - set(done))
+            job, follow_ups = relaunch_task(spec, run_key, name, cluster, volume, config, missing)
+        else:
+            job = launch_job_task(spec, run_key, name, cluster, volume, config)
         try:
-            report = wait_for_job_task(spec, run_key, cluster, job, str(log_dir_for(spec, name)))
+            if job.uid is None:  # follow-up Jobs run the missing indexes
+                report = wait_for_follow_ups_task(spec, run_key, cluster, job, follow_ups, done,
+                                                  str(log_dir_for(spec, name)))
+            else:
+                report = wait_for_job_task(spec, run_key, cluster, job, str(log_dir_for(spec, name)))
         except JobFailed as exc:
             report = exc.report
             raise
@@ -195,6 +215,6 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
 
 
 if __name__ == "__main__":
-    from flows.cli import main
+    from flows.cli import run
 
-    sys.exit(main())
+    run()

@@ -59,7 +59,8 @@ def sweep(flow: Any, flow_run: Any, state: Any) -> None:
 
         from tasks.cloud.clients import nas_client
         from tasks.cloud.cluster_access import connect, locate_cluster
-        from tasks.cloud.context import Scrubber, credentials, cs_for
+        from tasks.cloud.context import credentials, cs_for
+        from tasks.render.redact import Scrubber
         from tasks.stages import teardown
 
         spec = _spec_for_sweep(flow_run.parameters)

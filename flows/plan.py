@@ -26,6 +26,7 @@ from tasks.render.manifests import (
     redact,
     run_prefix,
 )
+from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec
 from tasks.stages.config import render_config_objects
 
@@ -60,13 +61,14 @@ def plan(spec: BatchSpec, *, run_key: str, flow_run_name: str) -> tuple[list[dic
 
     region, ns = spec.target.region, spec.cluster.namespace
     # ensure_cluster
-    if spec.cluster.mode == "ask":
-        ask = spec.cluster.ask
+    ask = spec.cluster.managed
+    profile = {"ask": "Serverless", "acs": "Acs"}.get(spec.cluster.mode, "")
+    if ask is not None:
         request("CS", "DescribeClustersForRegion", {"region_id": region, "cluster_type": "ManagedKubernetes",
-                                                     "profile": "Serverless", "name": ask.name})
+                                                     "profile": profile, "name": ask.name})
         if ask.create_if_missing:
-            request("CS", "CreateCluster", create_cluster_body(ask, region=region, run_key=run_key),
-                    when=f"no ASK cluster named {ask.name!r} exists")
+            request("CS", "CreateCluster", create_cluster_body(ask, region=region, run_key=run_key, profile=profile),
+                    when=f"no {spec.cluster.mode.upper()} cluster named {ask.name!r} exists")
         request("CS", "DescribeClusterDetail", when="until the cluster is running")
         request("CS", "DescribeClusterUserKubeconfig", {"private_ip_address": ask.private_kubeconfig,
                                                          "temporary_duration_minutes": ask.kubeconfig_minutes})
@@ -105,7 +107,11 @@ def plan(spec: BatchSpec, *, run_key: str, flow_run_name: str) -> tuple[list[dic
                           secret_file_keys=tuple(sorted(content.secret_files)),
                           secret_env_keys=tuple(sorted(content.secret_env)))
     volume = VolumeHandle(mode=spec.storage.mode, claim_name=claim)
-    job = render_job(spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config)
+    # pods are rendered for what the cluster is; offline, mode 'existing' with kind 'auto' is shown as ASK
+    kind = spec.cluster.mode if ask is not None else spec.cluster.existing.kind.replace("auto", "ask")
+    job = render_job(spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config, kind=kind)
+    request("Kubernetes", "POST Pod (dryRun=All): admission check of one pod of the Job",
+            {"labels": job["spec"]["template"]["metadata"]["labels"]})
     request("Kubernetes", "POST Job", job)
     # wait_for_job
     name = job["metadata"]["name"]
@@ -124,7 +130,7 @@ def plan(spec: BatchSpec, *, run_key: str, flow_run_name: str) -> tuple[list[dic
                "volume": f"DELETE PersistentVolumeClaim {ns}/{claim}, PersistentVolume" if spec.storage.mode == "nas"
                else None,
                "nas": "NAS DeleteMountTarget, DeleteFileSystem" if spec.storage.mode == "nas" else None,
-               "cluster": "CS DeleteCluster" if spec.cluster.mode == "ask" else None}
+               "cluster": "CS DeleteCluster" if ask is not None else None}
     for what, text in deletes.items():
         if text and policy[what] != "never":
             request("Teardown", text, when=f"teardown.{what}: {policy[what]}")
@@ -133,9 +139,11 @@ def plan(spec: BatchSpec, *, run_key: str, flow_run_name: str) -> tuple[list[dic
 
 def render_plan(spec: BatchSpec, *, run_key: str, flow_run_name: str) -> str:
     """The plan as one YAML stream, safe to print."""
+    from tasks.render.cost import plan_lines
+
     docs, secrets = plan(spec, run_key=run_key, flow_run_name=flow_run_name)
-    text = yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, width=120)
-    for value in secrets:  # belt and braces: nothing that redact() missed may reach the terminal
-        if value and len(value) >= 4 and value in text:
-            text = text.replace(value, "<redacted>")
-    return text
+    cost = "".join(f"# cost: {line}\n" for line in plan_lines(spec.job, region=spec.target.region,
+                                                              site=spec.target.billing_site))
+    text = cost + yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, width=120)
+    # Belt and braces: nothing that redact() missed (a value split over YAML lines) may reach the terminal.
+    return Scrubber(secrets)(text)

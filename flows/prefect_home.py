@@ -180,10 +180,26 @@ def prefect_api(home: Path) -> Iterator[Api]:
     try:
         yield Api(url, url.removesuffix("/api") if up else None, server)
     finally:
+        if server is not None:
+            drain_to_server()
         os.environ.pop("PREFECT_API_URL", None)
         refresh_global_settings_context()
         if server is not None:
             server.stop()
+
+
+def drain_to_server(timeout: float = 2.0) -> None:
+    """Send the run's queued logs and events to the server now, while it still runs (at most ``timeout`` s each).
+
+    Prefect ships them from background workers that otherwise drain at interpreter exit: after the temporary
+    server has stopped, that drain retries a closed port for over a minute before the process can exit.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=timeout, at_exit=False)
 
 
 def run_url_hint(api: Api, flow_run_id: object, home: Path) -> str:

@@ -4,9 +4,19 @@ from typing import Any
 
 from flows.run_files import kept_logs_dir
 from tasks.handles import ClusterHandle, JobHandle, JobReport
+from tasks.render.acs_cost import estimate_acs_job
 from tasks.render.cost import estimate_job
 from tasks.render.manifests import run_prefix
+from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec
+
+
+def attempts_text(record: Any) -> str:
+    """An index's attempts in one cell: ``3: reclaimed (spot), reclaimed (spot), succeeded (on-demand)``."""
+    if not record.attempts:
+        return "0"
+    return f"{len(record.attempts)}: " + ", ".join(
+        f"{a.outcome} ({'spot' if a.spot else 'on-demand'})" for a in record.attempts)
 
 
 def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: ClusterHandle | None,
@@ -24,7 +34,7 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
         lines += ["", "```", error, "```"]
     lines += ["", "## Cluster"]
     if cluster:
-        lines.append(f"- {cluster.mode} cluster `{cluster.name or cluster.kubeconfig_source}`"
+        lines.append(f"- {cluster.mode} cluster `{cluster.name or cluster.kubeconfig_source}` ({cluster.kind.upper()})"
                      f"{f' (`{cluster.cluster_id}`)' if cluster.cluster_id else ''}, region `{cluster.region}`, "
                      f"namespace `{cluster.namespace}`{', created by this run' if cluster.created else ''}")
     else:
@@ -34,20 +44,28 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
         lines.append(f"- `{job.namespace}/{job.name}` ({job.completions} indexes, parallelism "
                      f"{spec.job.parallelism}, image `{spec.job.image}`)"
                      f"{' — re-attached to an existing Job' if job.adopted else ''}")
+        if report is not None and (report.reused or report.follow_ups):
+            lines.append(f"- re-run of missing indexes: {len(report.reused)} reused from an earlier attempt, "
+                         f"{len(report.follow_ups)} run again as follow-up Jobs "
+                         f"({', '.join(f'`{j.name}`' for j in report.follow_ups[:10])})")
     else:
         lines.append("- not launched")
     per_index = {}
     if outputs is not None:
         per_index = {i.index: i for i in outputs.indexes}
     if report:
-        lines += ["", "| index | status | attempts | exit code | reason | duration (s) | outputs |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "| index | status | attempts | exit code | reason | duration (s) | billed (s) | outputs |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in report.indexes:
             out = per_index.get(r.index)
             out_txt = (f"{len(out.objects)} object(s){'' if out.complete else ' — ' + (out.problem or 'incomplete')}"
                        if out else "")
-            lines.append(f"| {r.index} | {r.status} | {r.attempts} | {'' if r.exit_code is None else r.exit_code} "
-                         f"| {r.reason or ''} | {r.seconds:.1f} | {out_txt} |")
+            lines.append(f"| {r.index} | {r.status} | {attempts_text(r)} | "
+                         f"{'' if r.exit_code is None else r.exit_code} | {r.reason or ''} | {r.seconds:.1f} | "
+                         f"{r.billed_seconds:.1f} | {out_txt} |")
+        if report.job_gone:
+            lines.append("\n_The Job was gone when the wait began (removed by its TTL, or deleted): the outputs "
+                         "decided the verdict._")
     lines += ["", "## Outputs"]
     prefix = run_prefix(spec.outputs, run_key=run_key, flow_run_name=name)
     lines.append(f"- OSS: `oss://{spec.outputs.bucket}/{prefix}`")
@@ -62,14 +80,36 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
     else:
         lines.append(f"- pod logs: `{kept_logs_dir(spec, name)}/`"
                      f"{f' (not uploaded to OSS: {logs_problem})' if logs_problem else ''}")
+    if report and report.incomplete_logs:
+        # Never a silent gap: each such kept log also ends with a marker line saying what is missing.
+        lines.append(f"- **incomplete pod logs ({len(report.incomplete_logs)}):**")
+        lines += [f"  - `{pod}`: {why}" for pod, why in list(report.incomplete_logs.items())[:20]]
+        if len(report.incomplete_logs) > 20:
+            lines.append(f"  - and {len(report.incomplete_logs) - 20} more")
     if report:
-        cost = estimate_job(spec.job, [r.seconds for r in report.indexes], region=spec.target.region)
+        if cluster is not None and cluster.kind == "acs":
+            cost = estimate_acs_job(spec.job, [r.seconds for r in report.indexes], region=spec.target.region)
+        else:
+            cost = estimate_job(spec.job, [r.seconds for r in report.indexes], region=spec.target.region,
+                                site=spec.target.billing_site)
         lines += ["", "## Estimated cost", f"- {cost.summary()}"]
         lines += [f"- {note}" for note in cost.notes]
         lines.append(f"- prices: {cost.source}")
     if teardown is not None:
         lines += ["", "## Teardown"] + [f"- {line}" for line in teardown.lines()]
     return "\n".join(lines) + "\n"
+
+
+def run_scrubber(spec: BatchSpec) -> Scrubber:
+    """The run's one scrubber (every form of every secret value it handles), for what the flow itself writes."""
+    from tasks.cloud.clients import _load_prefect_secret
+    from tasks.cloud.context import credentials
+    from tasks.cloud.inputs import run_secret_values
+
+    try:
+        return Scrubber(run_secret_values(spec, credentials(spec), load_secret=_load_prefect_secret))
+    except Exception:  # noqa: BLE001 - a source that cannot be read now has nothing of it printed either
+        return Scrubber()
 
 
 def verification(spec: BatchSpec) -> str:

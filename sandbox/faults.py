@@ -30,6 +30,10 @@ class Faults:
     drop_rate: float = 0.0  # share of requests whose connection is closed without an answer
     latency_ms: int = 0  # added to every request
     watch_drop_after_s: float = 0.0  # >0: watch streams are cut after this many seconds
+    # >0: pods/log follow streams end after this many bytes / seconds, cleanly and mid-line if it falls there
+    # (as a proxy or load balancer that limits long responses, or an API server restart, ends them)
+    log_cut_after_bytes: int = 0
+    log_cut_after_s: float = 0.0
     services: list[str] = field(default_factory=lambda: ["k8s", "oss", "cs", "nas"])  # where faults apply
     # ECI knobs (pods as elastic container instances)
     eci_create_fail_rate: float = 0.0  # share of pods whose instance cannot be created
@@ -67,6 +71,11 @@ class Faults:
 
     def pick_status(self) -> int:
         return self._rng.choice(self.error_statuses or [500])
+
+    def log_cut(self) -> tuple[int | None, float | None]:
+        """(bytes, seconds) after which a pods/log follow stream ends; None: no limit."""
+        return (self.log_cut_after_bytes if self.log_cut_after_bytes > 0 else None,
+                self.log_cut_after_s if self.log_cut_after_s > 0 else None)
 
     def watch_deadline(self) -> float | None:
         return self.watch_drop_after_s if self.watch_drop_after_s > 0 else None

@@ -35,6 +35,7 @@ from aiohttp import web
 
 from .faults import Faults
 from .k8s.cluster import KubeCluster, NodeConfig
+from .oss.context import ACCOUNT_ID, OTHER_ACCOUNT_ID
 
 log = logging.getLogger("sandbox")
 T = TypeVar("T")
@@ -89,6 +90,12 @@ class Sandbox:
         self._meta_file = self.data_dir / "sandbox.json"
         self.meta = self._load_meta()
         self.credentials: dict[str, str] = {self.meta["access_key_id"]: self.meta["access_key_secret"]}
+        # OSS knows a second account, so "a bucket that belongs to someone else" happens here as it does in the
+        # real, global bucket namespace. (CS and NAS know the sandbox's own account only.)
+        other = self.meta["other_account"]
+        self.oss_credentials: dict[str, str] = {**self.credentials, other["access_key_id"]: other["access_key_secret"]}
+        self.accounts: dict[str, str] = {self.meta["access_key_id"]: ACCOUNT_ID,
+                                         self.meta["other_account"]["access_key_id"]: OTHER_ACCOUNT_ID}
         self.default_cluster_id: str = self.meta["default_cluster_id"]
         self._runners: list[web.AppRunner] = []
         self.ports: dict[str, int] = dict(self.meta.get("ports", {}))
@@ -99,7 +106,11 @@ class Sandbox:
 
     def _load_meta(self) -> dict[str, Any]:
         if self._meta_file.exists():
-            return dict(json.loads(self._meta_file.read_text()))
+            meta = dict(json.loads(self._meta_file.read_text()))
+            if "other_account" not in meta:  # a data dir from before the second account
+                meta["other_account"] = self._new_account()
+                self._write_private(self._meta_file, json.dumps(meta, indent=2))
+            return meta
         meta = {
             "access_key_id": "LTAI" + _random_id(string.ascii_letters + string.digits, 20),
             "access_key_secret": _random_id(string.ascii_letters + string.digits, 30),
@@ -108,9 +119,15 @@ class Sandbox:
             "vswitch_id": "vsw-" + _random_id(string.ascii_lowercase + string.digits, 22),
             "zone_id": f"{self.region}-a",
             "ports": {},
+            "other_account": self._new_account(),
         }
         self._write_private(self._meta_file, json.dumps(meta, indent=2))
         return meta
+
+    @staticmethod
+    def _new_account() -> dict[str, str]:
+        return {"access_key_id": "LTAI" + _random_id(string.ascii_letters + string.digits, 20),
+                "access_key_secret": _random_id(string.ascii_letters + string.digits, 30)}
 
     def _save_meta(self) -> None:
         self.meta["ports"] = self.ports
@@ -134,10 +151,16 @@ class Sandbox:
 
     # ------------------------------------------------------------------ kubernetes clusters
 
-    async def create_kube_cluster(self, cluster_id: str) -> KubeCluster:
-        """Start (or restart) the Kubernetes of one sandbox cluster; its state lives under clusters/<id>."""
+    async def create_kube_cluster(self, cluster_id: str, flavour: str | None = None) -> KubeCluster:
+        """Start (or restart) the Kubernetes of one sandbox cluster; its state lives under clusters/<id>.
+
+        `flavour` "acs" gives the cluster ACS's pod behaviour (sandbox/k8s/acs.py); it is remembered, so a
+        restart brings the cluster back the same.
+        """
         if cluster_id in self.kube_clusters:
             return self.kube_clusters[cluster_id]
+        flavours = self.meta.setdefault("cluster_flavours", {})
+        flavour = flavours.setdefault(cluster_id, flavour or "ask")
         port = _free_port(self.ports.get(f"k8s:{cluster_id}"))
         tokens = self.meta.setdefault("cluster_tokens", {})
         token = tokens.setdefault(cluster_id, secrets.token_hex(16))
@@ -150,6 +173,7 @@ class Sandbox:
             token=token,
             port=port,
             tls_dir=self.data_dir / "tls",
+            flavour=flavour,
         )
         cluster.csi_resolver = self._csi_resolver
         await cluster.start()
@@ -164,6 +188,7 @@ class Sandbox:
             await cluster.stop()
         self.ports.pop(f"k8s:{cluster_id}", None)
         self.meta.get("cluster_tokens", {}).pop(cluster_id, None)
+        self.meta.get("cluster_flavours", {}).pop(cluster_id, None)
         self._save_meta()
         import shutil
 
@@ -208,7 +233,8 @@ class Sandbox:
         for cluster_id in cs.load_clusters(self):
             if cluster_id != self.default_cluster_id:
                 await self.create_kube_cluster(cluster_id)
-        await self._serve("oss", oss.make_app(self.data_dir / "oss", credentials=self.credentials,
+        await self._serve("oss", oss.make_app(self.data_dir / "oss", credentials=self.oss_credentials,
+                                              accounts=self.accounts,
                                               region=self.region, faults=self.faults))
         await self._serve("cs", cs.make_app(self))
         await self._serve("nas", nas.make_app(self))
@@ -248,6 +274,8 @@ class Sandbox:
             "cs": {"endpoint": f"127.0.0.1:{self.ports['cs']}", "protocol": "http"},
             "nas": {"endpoint": f"127.0.0.1:{self.ports['nas']}", "protocol": "http"},
             "control": {"endpoint": f"http://127.0.0.1:{self.ports['control']}"},
+            # Another account's key pair (tests: buckets owned by someone else). Not used by the pipeline.
+            "other_account": {**self.meta["other_account"], "account_id": OTHER_ACCOUNT_ID},
         }
 
     def write_files(self) -> None:

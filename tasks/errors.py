@@ -12,9 +12,12 @@ AskBatchError
 ├── ClusterError            the cluster cannot be found, created or reached
 ├── VolumeError             the NAS file system, mount target, PV or PVC cannot be made ready
 ├── JobConflict             a Job with the run's name exists but was rendered from another spec
+├── PodRejected             the cluster's admission refuses the Job's pods (dry run before the Job)
 ├── JobFailed               the Job failed or cannot finish (``report`` has the per-index record)
 ├── OutputsIncomplete       indexes without verifiable outputs (``manifest`` has what was found)
-├── ChecksumMismatch        downloaded bytes differ from what OSS reported
+├── ChecksumMismatch        downloaded bytes differ from what OSS reported (transient)
+├── BucketNotUsable         the outputs bucket is another account's or not writable with these credentials
+├── TeardownIncomplete      teardown could not delete something it should have (``report``)
 └── RunLocked               another run of the same spec holds the run lock
 ```
 """
@@ -92,6 +95,11 @@ class JobConflict(AskBatchError, RuntimeError):
     """A Job with our name exists but was not rendered from the same spec."""
 
 
+class PodRejected(AskBatchError, RuntimeError):
+    """The cluster's admission refuses the Job's pods (e.g. ACS: an unknown compute class): no pod would ever start,
+    so the run stops before creating the Job."""
+
+
 class JobFailed(AskBatchError, RuntimeError):
     """The Job failed or will not finish; ``report`` has the per-index record."""
 
@@ -119,7 +127,35 @@ class OutputsIncomplete(AskBatchError, RuntimeError):
 
 
 class ChecksumMismatch(AskBatchError, RuntimeError):
-    """The bytes received do not match the size or checksum OSS reported."""
+    """The bytes received do not match the size or checksum OSS reported (transient: fetched again)."""
+
+    transient = True
+
+
+class BucketNotUsable(AskBatchError, RuntimeError):
+    """The outputs bucket cannot be used with these credentials: another account's, or access denied."""
+
+
+class TeardownIncomplete(AskBatchError, RuntimeError):
+    """Something the teardown policy said to delete is still there: the run fails (it may still be billed).
+
+    ``report`` is the whole ``TeardownReport``; the message names each leftover and how to delete it.
+    """
+
+    def __init__(self, report: Any, *, run_key: str):
+        self.report, self.run_key = report, run_key
+        left = "; ".join(f"{i.kind} {i.name}: {i.why}" for i in report.failed[:10])
+        more = f"; and {len(report.failed) - 10} more" if len(report.failed) > 10 else ""
+        super().__init__(f"teardown left {len(report.failed)} resource(s) behind: {left}{more}; fix: run the "
+                         f"same spec again with run_key={run_key} (its teardown deletes them), or delete them "
+                         f"by hand (labels/tags ask-batch.io/run={run_key})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_teardown_incomplete, (self.report, self.run_key))
+
+
+def _rebuild_teardown_incomplete(report: Any, run_key: str) -> "TeardownIncomplete":
+    return TeardownIncomplete(report, run_key=run_key)
 
 
 class RunLocked(AskBatchError, RuntimeError):

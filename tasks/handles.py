@@ -11,10 +11,12 @@ from pydantic import BaseModel, Field
 
 
 class ClusterHandle(BaseModel):
-    mode: Literal["ask", "existing"] = Field(description="How the cluster was found.")
+    mode: Literal["ask", "acs", "existing"] = Field(description="How the cluster was found.")
+    kind: Literal["ask", "acs"] = Field("ask", description="What the cluster is: ASK (pods are ECI instances, "
+                                        "ECI annotations) or ACS (ACS compute labels); decides the pod rendering.")
     region: str = Field(description="Region of the cluster.")
     namespace: str = Field(description="Namespace the run uses.")
-    cluster_id: str | None = Field(None, description="CS cluster id (mode 'ask').")
+    cluster_id: str | None = Field(None, description="CS cluster id (modes 'ask' and 'acs').")
     name: str | None = Field(None, description="Cluster name.")
     vpc_id: str | None = Field(None, description="VPC of the cluster, for the NAS mount target.")
     vswitch_ids: list[str] = Field(default_factory=list, description="vSwitches of the cluster.")
@@ -44,29 +46,65 @@ class ConfigHandle(BaseModel):
 class JobHandle(BaseModel):
     namespace: str = Field(description="Namespace of the Job.")
     name: str = Field(description="Job name (run key + spec hash).")
-    uid: str = Field(description="Job uid: pods carry it in their controller-uid label.")
+    uid: str | None = Field(description="Job uid: pods carry it in their controller-uid label. None only in the "
+                            "merged report of a re-run, which names the run's whole Job as rendered.")
     adopted: bool = Field(False, description="True when an existing Job was re-attached instead of created.")
     completions: int = Field(description="Indexes the Job needs.")
+    index: int | None = Field(None, description="On a follow-up Job (rerun of missing indexes): the one original "
+                              "index it runs.")
+
+
+class Attempt(BaseModel):
+    """One pod of an index: how it ended and what it cost (the per-index ledger)."""
+
+    pod: str = Field(description="Pod name.")
+    outcome: str = Field(description="pending, running, succeeded, or how it failed: reclaimed, stock-out, "
+                         "create-failed, evicted, deadline, oom, start-error, exit (see tasks.render.diagnose).")
+    reason: str | None = Field(None, description="In words, e.g. 'spot instance reclaimed (BidFailed)', "
+                               "'exit code 3'.")
+    message: str | None = Field(None, description="The pod's or container's own message (scrubbed).")
+    exit_code: int | None = Field(None, description="Exit code of the container, if it ran.")
+    spot: bool = Field(False, description="The pod asked ECI for a spot instance (else pay-as-you-go).")
+    started: str | None = Field(None, description="RFC 3339 start of the container.")
+    finished: str | None = Field(None, description="RFC 3339 end of the container.")
+    seconds: float = Field(0.0, description="Container running time, seconds.")
+    billed_seconds: float = Field(0.0, description="Instance lifetime ECI bills, seconds: from the pod's start "
+                                  "(instance created) to its end; 0 when no instance was created.")
 
 
 class IndexRecord(BaseModel):
     index: int = Field(description="Completion index.")
-    status: Literal["succeeded", "failed", "pending", "running", "unknown"] = Field(description="Final state.")
-    attempts: int = Field(0, description="Pods created for this index.")
+    status: Literal["succeeded", "failed", "pending", "running", "not_started", "unknown"] = Field(
+        description="Final state; 'not_started': the Job ended before any pod of this index was created.")
+    attempts: list[Attempt] = Field(default_factory=list, description="Every pod of this index, oldest first.")
     pod: str | None = Field(None, description="Last pod of this index.")
     exit_code: int | None = Field(None, description="Exit code of the last pod's container.")
     reason: str | None = Field(None, description="Why it failed, if it did.")
     started: str | None = Field(None, description="RFC 3339 start of the last attempt.")
     finished: str | None = Field(None, description="RFC 3339 end of the last attempt.")
     seconds: float = Field(0.0, description="Running time summed over attempts (for the cost estimate).")
+    billed_seconds: float = Field(0.0, description="Instance time summed over attempts.")
     log_key: str | None = Field(None, description="Where the pod log was saved (OSS key).")
+
+    @property
+    def reclaims(self) -> int:
+        """Attempts the cloud took away (spot reclaim, disruption)."""
+        return sum(1 for a in self.attempts if a.outcome == "reclaimed")
 
 
 class JobReport(BaseModel):
     job: JobHandle = Field(description="The Job.")
-    succeeded: bool = Field(description="The Job completed.")
+    succeeded: bool = Field(description="The Job completed (or, when ``job_gone``, nothing said it failed).")
     reason: str | None = Field(None, description="Why it failed (Job condition or fail-fast diagnosis).")
+    job_gone: bool = Field(False, description="The Job was removed (e.g. by ttlSecondsAfterFinished) before the "
+                           "wait saw its verdict: the outputs decide.")
+    follow_ups: list[JobHandle] = Field(default_factory=list, description="On a re-run: the follow-up Jobs that "
+                                        "ran the missing indexes.")
+    reused: list[int] = Field(default_factory=list, description="On a re-run: indexes whose outputs an earlier "
+                              "attempt of this run key already wrote (not run again).")
     indexes: list[IndexRecord] = Field(default_factory=list, description="Per-index record.")
+    incomplete_logs: dict[str, str] = Field(default_factory=dict, description="Pod -> why its kept log is "
+                                            "incomplete (the kept file ends with a marker line saying so).")
 
 
 class OutputObject(BaseModel):

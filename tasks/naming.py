@@ -27,6 +27,8 @@ HASH_LEN = 10
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "ask-batch"
 RUN_LABEL = "ask-batch.io/run"
+#: On a follow-up Job (a re-run of missing indexes) and its pods: the original index it runs.
+INDEX_LABEL = "ask-batch.io/index"
 
 
 def is_dns1123_label(text: str) -> bool:

@@ -27,13 +27,29 @@ from tasks.naming import DNS1123_LABEL_RE, is_dns1123_label
 
 # --------------------------------------------------------------------------------------------- syntax helpers
 
+# Sources of the syntax rules below:
+# - DNS-1123 subdomains and labels, label and annotation keys:
+#   https://kubernetes.io/docs/concepts/overview/working-with-objects/names/ and .../labels/#syntax-and-character-set
+# - CS cluster names (1-63 characters: letters, digits, Chinese characters, '_' and '-', not starting with '-'):
+#   https://www.alibabacloud.com/help/en/ack/ack-managed-and-ack-dedicated/developer-reference/api-cs-2015-12-15-createcluster
+# - OSS bucket names (3-63 lowercase letters, digits and '-', starting and ending with a letter or digit):
+#   https://www.alibabacloud.com/help/en/oss/user-guide/bucket-naming-conventions
+# - environment variable names (letters, digits, '_', '-', '.', not starting with a digit; the API server's
+#   IsEnvVarName): https://kubernetes.io/docs/tasks/inject-data-application/define-environment-variable-container/
+# - ConfigMap and Secret keys (at most 253 of [-._a-zA-Z0-9]):
+#   https://kubernetes.io/docs/concepts/configuration/configmap/#configmap-object
+# - NAS storage and protocol types of General-purpose file systems (Capacity, Performance; NFS):
+#   https://www.alibabacloud.com/help/en/nas/developer-reference/api-nas-2017-06-26-createfilesystem
 REGION_RE = re.compile(r"^[a-z]{2,}(-[a-z0-9]+)+$")
 DNS1123_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-CS_CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9\u4e00-\u9fa5][-A-Za-z0-9_\u4e00-\u9fa5]{0,62}$")
+# CS: "1 to 63 characters ... digits, Chinese characters, letters and hyphens (-), cannot start with a hyphen"
+# (CreateCluster for ACK Serverless, name: https://www.alibabacloud.com/help/doc-detail/144246.htm). No '_'.
+CS_CLUSTER_NAME_RE = re.compile(r"^(?!-)[-A-Za-z0-9\u4e00-\u9fa5]{1,63}$")
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 ENV_NAME_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 CONFIG_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 QUANTITY_RE = re.compile(r"^(?P<num>[0-9]+(\.[0-9]+)?|\.[0-9]+)(?P<suffix>m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+ACS_SIZE_RE = re.compile(r"^(?P<cpu>[0-9]+(\.[0-9]+)?)-(?P<mem>[0-9]+(\.[0-9]+)?)Gi$")
 ECI_SPEC_RE = re.compile(r"^([0-9]+(\.[0-9]+)?-[0-9]+(\.[0-9]+)?Gi|ecs\.[a-z0-9][a-z0-9.-]*)$")
 ENDPOINT_RE = re.compile(r"^(https?://)?[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$")
 ANNOTATION_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
@@ -289,6 +305,9 @@ class Target(_Model):
     """Which Alibaba Cloud region and account to work in, and how to reach the APIs."""
 
     region: str = Field("cn-hangzhou", description="Region id, e.g. 'cn-hangzhou', 'cn-beijing', 'ap-southeast-1'.")
+    billing_site: Literal["cn", "intl"] | None = Field(
+        None, description="The account's site, which sets the currency of cost estimates: 'cn' (aliyun.com, CNY) "
+        "or 'intl' (alibabacloud.com, USD). Empty: guessed from the region (cn-* -> 'cn').")
     credentials: CredentialsSpec = Field(default_factory=CredentialsSpec,
                                          description="Where the AccessKey comes from.")
     endpoints: EndpointOverrides = Field(default_factory=EndpointOverrides,
@@ -321,6 +340,8 @@ class AskClusterOptions(_Model):
     vpc_id: str | None = Field(None, description="VPC of a new cluster, e.g. 'vpc-bp1...'.")
     vswitch_ids: list[str] = Field(default_factory=list, description="vSwitches for pods (ECI) of a new cluster; "
                                    "several zones improve spot and stock availability.")
+    zone_id: str | None = Field(None, description="Zone of a new cluster when no vpc_id is given (CS then creates "
+                                "the VPC and vSwitch there), e.g. 'cn-hangzhou-k'. Required in that case.")
     service_cidr: str | None = Field(None, description="Service CIDR; must not overlap the VPC. Empty: "
                                      "172.19.0.0/20.")
     snat_entry: bool = Field(True, description="Create a NAT gateway + SNAT so pods reach the Internet "
@@ -342,16 +363,28 @@ class AskClusterOptions(_Model):
     @classmethod
     def _name(cls, value: str) -> str:
         if not CS_CLUSTER_NAME_RE.match(value):
-            raise ValueError(f"{value!r} is not a valid cluster name; fix: 1-63 letters, digits, '-' or '_', "
-                             f"not starting with '-'")
+            raise ValueError(f"{value!r} is not a valid cluster name; fix: 1-63 letters, digits or '-' (CS "
+                             f"refuses '_'), not starting with '-'")
         return value
+
+    @field_validator("zone_id")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        return _check_id(value, ZONE_ID_RE, "zone id", "cn-hangzhou-k")
+
+    @model_validator(mode="after")
+    def _network(self) -> "AskClusterOptions":
+        if bool(self.vpc_id) != bool(self.vswitch_ids):
+            raise ValueError("vpc_id and vswitch_ids go together; fix: set both (vSwitches of that VPC) or neither")
+        return self
 
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: dict[str, str]) -> dict[str, str]:
-        # CS allows 20 tags per cluster and ask-batch adds one (CS_TAG_MAX has the source)
-        if len(value) > 19:
-            raise ValueError("at most 19 extra tags (CS allows 20 and ask-batch uses one); fix: drop some")
+        # CS allows 20 tags per cluster and ask-batch adds two: managed-by and created-by-run
+        if len(value) > 18:
+            raise ValueError("at most 18 extra tags (CS allows 20 per cluster and ask-batch adds two: managed-by "
+                             "and created-by-run); fix: drop some")
         for key, val in value.items():
             if not key or len(key) > CS_TAG_MAX or key.startswith(("aliyun", "acs:")) or "http://" in key \
                     or "https://" in key:
@@ -398,6 +431,23 @@ class AskClusterOptions(_Model):
         return _check_id(value, KUBERNETES_VERSION_RE, "Kubernetes version", "1.32.1-aliyun.1")
 
 
+class AcsClusterOptions(AskClusterOptions):
+    """An ACS (Container Compute Service) cluster found by name, created if missing and allowed.
+
+    ACS is the serverless Kubernetes Alibaba Cloud offers to accounts that can no longer create ASK; its clusters are
+    found and created through the same Container Service API (``cluster_type`` ManagedKubernetes, ``profile`` Acs).
+    """
+
+    name: str = Field("ask-batch-acs", description="Cluster name; an existing ACS cluster with exactly this name "
+                      "in the region is reused.")
+    create_if_missing: bool = Field(True, description="Create the ACS cluster when none has this name.")
+    cluster_spec: Literal["ack.standard", "ack.pro.small"] = Field(
+        "ack.pro.small", description="Cluster specification of a new ACS cluster ('ack.pro.small', as public ACS "
+        "automation creates them; ACS charges no cluster management fee).")
+    vswitch_ids: list[str] = Field(default_factory=list, description="vSwitches for the pods of a new cluster; "
+                                   "several zones improve BestEffort stock availability.")
+
+
 class ExistingClusterOptions(_Model):
     """A cluster ask-batch does not manage: reached through a kubeconfig file or a prefect-kubernetes block."""
 
@@ -407,6 +457,10 @@ class ExistingClusterOptions(_Model):
                                           "block (or a Secret block holding kubeconfig YAML, see secret_block).")
     kubeconfig_secret_block: str | None = Field(None, description="Name of a Prefect Secret block holding the "
                                                 "kubeconfig YAML as a string (kept masked by Prefect).")
+    kind: Literal["auto", "ask", "acs"] = Field("auto", description="What the cluster is, which decides how pods "
+                                                "are rendered (ECI annotations on ASK, ACS labels on ACS). 'auto': "
+                                                "ask the Container Service which ASK or ACS cluster has this "
+                                                "kubeconfig's API server; 'ask' when none does.")
 
     @field_validator("kubeconfig_path")
     @classmethod
@@ -417,10 +471,12 @@ class ExistingClusterOptions(_Model):
 class ClusterSpec(_Model):
     """Where the Job runs."""
 
-    mode: Literal["ask", "existing"] = Field("ask", description="'ask': find or create an ASK cluster by name. "
-                                             "'existing': use a kubeconfig or a KubernetesCredentials block.")
+    mode: Literal["ask", "acs", "existing"] = Field(
+        "ask", description="'ask': find or create an ASK cluster by name. 'acs': find or create an ACS cluster by "
+        "name (new Alibaba Cloud accounts). 'existing': use a kubeconfig or a KubernetesCredentials block.")
     namespace: str = Field("default", description="Namespace for the Job, ConfigMap, Secret and PVC.")
     ask: AskClusterOptions = Field(default_factory=AskClusterOptions, description="Options for mode 'ask'.")
+    acs: AcsClusterOptions = Field(default_factory=AcsClusterOptions, description="Options for mode 'acs'.")
     existing: ExistingClusterOptions = Field(default_factory=ExistingClusterOptions,
                                              description="Options for mode 'existing'.")
 
@@ -428,6 +484,11 @@ class ClusterSpec(_Model):
     @classmethod
     def _namespace(cls, value: str) -> str:
         return _check_dns_label(value, "namespace")
+
+    @property
+    def managed(self) -> AskClusterOptions | None:
+        """The options of the cluster ask-batch finds or creates through CS (mode 'ask' or 'acs'), else None."""
+        return self.acs if self.mode == "acs" else self.ask if self.mode == "ask" else None
 
     @model_validator(mode="after")
     def _existing_source(self) -> "ClusterSpec":
@@ -652,6 +713,9 @@ class EciOptions(_Model):
                                             "1 (ECI's default) or 0 (none); ECI accepts no other value "
                                             "(k8s.aliyun.com/eci-spot-duration).")
     spot_fallback: bool = Field(True, description="Fall back to pay-as-you-go when there is no spot stock.")
+    ignore_reclaims: bool = Field(True, description="With spot: a reclaimed pod (condition DisruptionTarget) does "
+                                  "not spend the Job's retry budget (a podFailurePolicy rule Ignore, put before "
+                                  "job.pod_failure_policy's rules). Off: reclaims count as failures.")
     image_cache: bool = Field(True, description="Let ECI match an image cache automatically (faster starts).")
     image_snapshot_id: str | None = Field(None, description="A specific image cache id ('imc-...').")
     extra_ephemeral_storage: str | None = Field(None, description="Extra temporary storage beyond the free "
@@ -722,11 +786,90 @@ class EciOptions(_Model):
         return self
 
 
+class ComputeSpec(_Model):
+    """What compute each pod gets, meaning the same on ASK and ACS.
+
+    Rendered as ECI annotations on ASK and as ACS labels/annotations on ACS (never an ECI annotation on an ACS pod):
+
+    - ``class``: ACS compute class (``alibabacloud.com/compute-class``): general-purpose, performance, gpu, gpu-hpn.
+      ECI has no compute classes, so ASK accepts general-purpose only.
+    - ``qos``: 'default' or 'preemptible': ACS compute QoS best-effort (``alibabacloud.com/compute-qos``), ECI spot
+      (``k8s.aliyun.com/eci-spot-strategy: SpotAsPriceGo``).
+    - ``size``: '<vCPU>-<GiB>Gi', e.g. '2-4Gi': ACS ``alibabacloud.com/pod-required-spec``, ECI
+      ``k8s.aliyun.com/eci-use-specs``. It must cover the container requests.
+
+    Sources: https://www.alibabacloud.com/help/en/cs/user-guide/acs-pod-instance-overview (classes, QoS,
+    pod-required-spec), https://www.alibabacloud.com/help/en/elastic-container-instance/latest/eci-pod-annotation.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    compute_class: Literal["general-purpose", "performance", "gpu", "gpu-hpn"] = Field(
+        "general-purpose", alias="class", description="Compute class: 'general-purpose', 'performance', 'gpu' or "
+        "'gpu-hpn' (ACS). ASK (ECI) offers general-purpose only.")
+    qos: Literal["default", "preemptible"] = Field("default", description="'default' (on demand) or "
+                                                   "'preemptible' (ACS best-effort, ECI spot): cheaper, may be "
+                                                   "reclaimed; the Job retries reclaimed pods.")
+    size: str | None = Field(None, description="Instance size '<vCPU>-<GiB>Gi', e.g. '2-4Gi'. Empty: from the "
+                             "container requests.")
+    gpu_model: str | None = Field(None, description="GPU model series for class 'gpu' on ACS "
+                                  "(alibabacloud.com/gpu-model-series), e.g. 'T4'.")
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value and not ACS_SIZE_RE.match(value):
+            raise ValueError(f"{value!r} is not a size; fix: write '<vCPU>-<GiB>Gi', e.g. '2-4Gi'")
+        return value or None
+
+    @model_validator(mode="after")
+    def _gpu(self) -> "ComputeSpec":
+        if self.compute_class == "gpu-hpn" and self.qos == "preemptible":
+            raise ValueError("class 'gpu-hpn' has no preemptible (best-effort) QoS on ACS; fix: use qos 'default'")
+        if self.gpu_model and self.compute_class != "gpu":
+            raise ValueError("gpu_model is only used with class 'gpu'; fix: set class 'gpu' or remove gpu_model")
+        return self
+
+    def size_parts(self) -> tuple[float, float] | None:
+        """(vCPU, GiB) of ``size``, or None."""
+        match = ACS_SIZE_RE.match(self.size or "")
+        return (float(match["cpu"]), float(match["mem"])) if match else None
+
+
+
 def _work_first(schema: dict[str, Any]) -> None:
     """Show image, command, args, completions and parallelism first in the Prefect form (JSON schema order)."""
     props = schema.get("properties", {})
     first = [name for name in ("image", "command", "args", "completions", "parallelism") if name in props]
     schema["properties"] = {name: props[name] for name in first} | {k: v for k, v in props.items() if k not in first}
+
+
+class PodSecurity(_Model):
+    """Who the workload runs as. Set it to the image's ``USER`` so volume permissions are planned for that user.
+
+    ECI applies only container-level ``runAsUser`` / ``runAsGroup`` / ``runAsNonRoot`` (and pod-level
+    ``runAsUser``), not ``fsGroup``
+    (https://www.alibabacloud.com/help/en/eci/user-guide/configure-a-security-context-for-an-elastic-container-instance-or-a-container),
+    so ask-batch makes mounted config and secret files world-readable (mode 0444, inside the pod only) and, for a
+    non-root user with a shared volume, hands the run's data directory to that user with a root init container.
+    """
+
+    run_as_user: int | None = Field(None, ge=0, le=2**31 - 1, description="UID of the workload (the image's "
+                                    "USER, e.g. 65534). Empty: whatever the image says.")
+    run_as_group: int | None = Field(None, ge=0, le=2**31 - 1, description="GID of the workload. Empty: the "
+                                     "user's primary group in the image.")
+    run_as_non_root: bool = Field(False, description="Refuse to start the container as root (Kubernetes "
+                                  "runAsNonRoot).")
+    prepare_data_dir: bool = Field(True, description="With a non-root run_as_user and a shared volume: run an "
+                                   "init container (as root, the job image, needs 'chown') that gives the data "
+                                   "directory to that user, since a new NAS sub-directory belongs to root.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PodSecurity":
+        if self.run_as_non_root and self.run_as_user == 0:
+            raise ValueError("run_as_non_root is true but run_as_user is 0 (root); fix: set run_as_user to the "
+                             "image's non-root user, e.g. 65534, or drop run_as_non_root")
+        return self
 
 
 class JobSpec(_Model):
@@ -749,15 +892,20 @@ class JobSpec(_Model):
     parallelism: int = Field(1, ge=1, le=100_000, description="How many pods run at once (≤ completions).")
     completion_mode: Literal["Indexed", "NonIndexed"] = Field(
         "Indexed", description="'Indexed': each pod gets JOB_COMPLETION_INDEX 0..completions-1 (its shard).")
-    backoff_limit: int | None = Field(3, ge=0, le=INT32_MAX,
-        description="Pod failures allowed for the whole Job before it "
-                                      "fails. Empty with backoff_limit_per_index: unlimited.")
+    backoff_limit: int | None = Field(None, ge=0, le=INT32_MAX,
+        description="Pod failures allowed for the whole Job before it fails. Empty: 3, or with "
+                    "backoff_limit_per_index not sent (only the per-index budget applies).")
     backoff_limit_per_index: int | None = Field(None, ge=0, le=INT32_MAX,
         description="Retries allowed per index (Indexed "
                                                 "only); a failing index does not stop the others.")
     max_failed_indexes: int | None = Field(None, ge=0, le=INT32_MAX,
         description="With backoff_limit_per_index: fail the Job "
                                            "once this many indexes failed.")
+    rerun: Literal["missing", "all"] = Field("missing", description="A retry of the flow run, or a new run "
+                                             "with the same run_key: 'missing' runs only the indexes without "
+                                             "complete outputs in OSS (one follow-up Job each; their pods see "
+                                             "their original index as ASK_BATCH_INDEX), 'all' runs the whole "
+                                             "Job again.")
     pod_failure_policy: dict[str, Any] | None = Field(None, description="Kubernetes podFailurePolicy, e.g. "
                                                       "{'rules': [{'action': 'FailJob', 'onExitCodes': "
                                                       "{'operator': 'In', 'values': [42]}}]}.")
@@ -775,7 +923,14 @@ class JobSpec(_Model):
     tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations, as Kubernetes "
                                               "objects.")
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the Job and its pods.")
-    eci: EciOptions = Field(default_factory=EciOptions, description="ECI options (pod annotations).")
+    eci: EciOptions = Field(default_factory=EciOptions, description="ECI options (pod annotations; ASK only).")
+    compute: ComputeSpec | None = Field(None, description="Compute class, QoS (preemptible) and size, meaning the "
+                                        "same on ASK and ACS. Empty: general-purpose, on demand, sized from the "
+                                        "requests.")
+    security: PodSecurity = Field(default_factory=PodSecurity, description="The workload's user and group (its "
+                                  "securityContext).")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Names of docker-registry Secrets in "
+                                          "the namespace, for a private image (pod imagePullSecrets).")
 
     @field_validator("image")
     @classmethod
@@ -824,6 +979,11 @@ class JobSpec(_Model):
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         _check_env_names(value, "job.env")
         return value
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _pull_secrets(cls, value: list[str]) -> list[str]:
+        return [_check_dns_subdomain(name, "image pull Secret name") for name in value]
 
     @field_validator("service_account")
     @classmethod
@@ -932,7 +1092,26 @@ class JobSpec(_Model):
                                  f"({ECI_MAX_CPU:g} vCPU, {ECI_MAX_MEMORY_GIB:g} GiB); fix: lower job.cpu/memory, or "
                                  f"name an ECS instance type in job.eci.use_specs")
         _check_env_expansion(self.env, "job.env")
+        size = self.compute.size_parts() if self.compute else None
+        if size is not None and (size[0] < cpu_cores(self.cpu) or size[1] < memory_gib(self.memory)):
+            raise ValueError(f"compute.size {self.compute.size} is below the requests (cpu {self.cpu}, memory "
+                             f"{self.memory}); ACS refuses such pods; fix: raise compute.size or lower the "
+                             f"requests")
+        if size is not None and self.eci.use_specs:
+            raise ValueError("compute.size and eci.use_specs both choose the instance size; fix: keep one")
         return self
+
+
+#: How long the waiter may still read pod logs after the Job finished: it lets open log streams end by themselves
+#: for LOG_GRACE_SECONDS, then reads each unfinished log once more for up to LOG_CATCH_UP_SECONDS, checking every
+#: WAIT_TICK_SECONDS (tasks/stages/wait.py WaitOptions uses these values).
+LOG_GRACE_SECONDS = 2.0
+LOG_CATCH_UP_SECONDS = 30.0
+WAIT_TICK_SECONDS = 2.0
+#: The smallest ``job.ttl_seconds_after_finished`` with which the pods (and their logs) outlive that drain: the
+#: TTL-after-finished controller deletes the Job and, with it, its pods
+#: (https://kubernetes.io/docs/concepts/workloads/controllers/ttlafterfinished/).
+MIN_TTL_SECONDS_AFTER_FINISHED = int(LOG_GRACE_SECONDS + LOG_CATCH_UP_SECONDS + WAIT_TICK_SECONDS)
 
 
 class WaitSpec(_Model):
@@ -947,6 +1126,10 @@ class WaitSpec(_Model):
                                         "Job's active deadline plus 10 minutes.")
     stream_logs: bool = Field(True, description="Stream every pod's log lines into the Prefect run log.")
     log_tail_lines: int = Field(20, ge=0, le=1000, description="Lines of a failed pod's log quoted in the error.")
+    max_log_streams: int = Field(64, ge=1, le=1000, description="Pod logs followed live at once at most; the "
+                                 "others are read once when their container ends (nothing is lost: the node "
+                                 "keeps a container's log until the pod is deleted). Each follow is one "
+                                 "long-lived request to the API server and the node.")
 
 
 # --------------------------------------------------------------------------------------------- outputs
@@ -1134,11 +1317,39 @@ class BatchSpec(_Model):
                 and not (self.storage.nas.vpc_id and self.storage.nas.vswitch_id)):
             raise ValueError("storage.nas with cluster mode 'existing' needs storage.nas.vpc_id and "
                              "storage.nas.vswitch_id (the cluster's VPC is unknown); fix: set both")
+        ttl = self.job.ttl_seconds_after_finished
+        if self.wait.stream_logs and ttl is not None and ttl < MIN_TTL_SECONDS_AFTER_FINISHED:
+            raise ValueError(f"job.ttl_seconds_after_finished {ttl} is shorter than the "
+                             f"{MIN_TTL_SECONDS_AFTER_FINISHED} s the waiter needs after the Job finishes to read "
+                             f"the pods' logs (Kubernetes deletes the pods with the Job); fix: set it to at least "
+                             f"{MIN_TTL_SECONDS_AFTER_FINISHED}, "
+                             f"leave it empty (never), or turn off wait.stream_logs")
         if (self.cluster.mode == "ask" and self.teardown.effective()["cluster"] != "never"
                 and self.cluster.ask.deletion_protection):
             raise ValueError("teardown deletes the cluster but cluster.ask.deletion_protection is on; fix: turn "
                              "one of them off")
+        if (self.cluster.mode == "acs" and self.teardown.effective()["cluster"] != "never"
+                and self.cluster.acs.deletion_protection):
+            raise ValueError("teardown deletes the cluster but cluster.acs.deletion_protection is on; fix: turn "
+                             "one of them off")
+        self._cross_compute()
         return self
+
+    def _cross_compute(self) -> None:
+        """job.compute / job.eci against the cluster kind known from the parameters (mode 'ask' or 'acs')."""
+        compute = self.job.compute
+        if self.cluster.mode == "ask" and compute is not None and compute.compute_class != "general-purpose":
+            raise ValueError(f"job.compute.class {compute.compute_class!r} exists on ACS only (ECI has no compute "
+                             f"classes); fix: use cluster.mode 'acs', or class 'general-purpose' with "
+                             f"job.eci.use_specs for an ECS type")
+        if self.cluster.mode == "acs":
+            changed = sorted(self.job.eci.model_dump(exclude_defaults=True))
+            if changed:
+                raise ValueError(f"job.eci ({', '.join(changed)}) sets ECI annotations, which ACS ignores; fix: "
+                                 f"remove job.eci and use job.compute (class, qos, size)")
+            if self.outputs.pod_credentials == "ram_role":
+                raise ValueError("outputs.pod_credentials 'ram_role' is ECI's RAM role annotation, not supported "
+                                 "on ACS by ask-batch; fix: use 'target'")
 
 
 # --------------------------------------------------------------------------------------------- errors

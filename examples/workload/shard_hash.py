@@ -1,21 +1,22 @@
 """Example ask-batch workload: hash one deterministic shard of data per Job index.
 
-Each pod of the Indexed Job reads ``JOB_COMPLETION_INDEX``, generates its shard (SHA-256 in counter mode over the
-seed and the index, so anyone can recompute it), writes it to the shared volume as scratch, reads it back, hashes
-it, and uploads a JSON result plus a done-marker to OSS with the OSS v2 SDK.
+Each pod of the Indexed Job reads its index from ``ASK_BATCH_INDEX``, generates its shard (SHA-256 in counter mode
+over the seed and the index, so anyone can recompute it), writes it to the shared volume as scratch, reads it back,
+hashes it, and uploads a JSON result plus a done-marker to OSS with the OSS v2 SDK.
 
 Every path comes from the environment (or an argument), never from a constant in this file: on ASK the mounts
 are where the Job spec puts them; in a local emulation the same Job runs as a host process whose mount paths are
 rewritten in its env and args. The contract is the one ``tasks/render/manifests.py`` documents:
 
-    JOB_COMPLETION_INDEX       this pod's index
+    ASK_BATCH_INDEX            this pod's index (the original one, also on a follow-up Job that re-runs only the
+                               missing indexes; equal to JOB_COMPLETION_INDEX on the first Job, which is the fallback)
     ASK_BATCH_CONFIG_DIR       settings file (``settings.json`` unless --settings names another)
     ASK_BATCH_SECRET_DIR       ``token``: a secret used to sign the result (HMAC), never printed
     ASK_BATCH_DATA_DIR         shared scratch space (optional)
     ASK_BATCH_OSS_ENDPOINT / _REGION / _BUCKET, ASK_BATCH_OUTPUT_PREFIX (with ``{index}``), ASK_BATCH_MARKER_NAME
     OSS_ACCESS_KEY_ID / OSS_ACCESS_KEY_SECRET [/ OSS_SESSION_TOKEN]
 
-Run it alone (no OSS): ``JOB_COMPLETION_INDEX=3 python3 shard_hash.py --no-upload``.
+Run it alone (no OSS): ``ASK_BATCH_INDEX=3 python3 shard_hash.py --no-upload``.
 """
 
 import argparse
@@ -132,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env = dict(os.environ)
     try:
-        index = int(env.get("JOB_COMPLETION_INDEX", ""))
+        index = int(env.get("ASK_BATCH_INDEX") or env.get("JOB_COMPLETION_INDEX", ""))
     except ValueError:
-        print("JOB_COMPLETION_INDEX is not set: run me as an Indexed Job pod", file=sys.stderr)
+        print("neither ASK_BATCH_INDEX nor JOB_COMPLETION_INDEX is set: run me as an ask-batch Job pod",
+              file=sys.stderr)
         return 2
     settings = load_settings(env.get("ASK_BATCH_CONFIG_DIR"), args.settings)
     print(f"index {index}: shard of {settings['shard_bytes']} bytes, seed {settings['seed']!r}", flush=True)

@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import CsError, not_found
 from .store import ClusterStore, Record, now_cs
-from .validate import DEFAULT_SERVICE_CIDR, DEFAULT_VERSION, validate_create
+from .validate import DEFAULT_SERVICE_CIDR, DEFAULT_VERSION, flavour_of, validate_create
 
 log = logging.getLogger("sandbox.cs")
 
@@ -115,7 +115,7 @@ class ClusterService:
         error: tuple[str, str] | None = None
         if not rec.get("fail"):
             try:
-                await self.sb.create_kube_cluster(cid)
+                await self.sb.create_kube_cluster(cid, flavour=flavour_of(rec))
             except Exception as exc:  # a broken Kubernetes is a failed cluster, as in the real service
                 log.exception("starting the Kubernetes of cluster %s failed", cid)
                 error = ("ErrorCreateCluster", f"starting the cluster's Kubernetes failed: {exc}")

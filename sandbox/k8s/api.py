@@ -617,6 +617,7 @@ class PodLog:
         self.path = Path(cluster.data_dir) / "pods" / self.uid / "logs" / f"{self.container}.log"
         self.sent = 0
         self.at_line_start = True
+        self.cut_at: float | None = None
 
     def _pick_container(self, pod: Obj, wanted: str | None) -> str:
         spec = pod.get("spec") or {}
@@ -694,6 +695,12 @@ class PodLog:
         self._check_started()
         data, offset = self._initial()
         mtime = self.path.stat().st_mtime if self.path.exists() else time.time()
+        if self.follow:
+            # Fault knobs log_cut_after_bytes / log_cut_after_s: the stream ends early, wherever that falls.
+            cut_bytes, cut_s = self.cluster.faults.log_cut()
+            if cut_bytes is not None:
+                self.limit = cut_bytes if self.limit is None else min(self.limit, cut_bytes)
+            self.cut_at = time.monotonic() + cut_s if cut_s is not None else None
         first = self._limit(self._stamp(data, mtime))
         if not self.follow:
             return web.Response(body=first, content_type="text/plain")
@@ -709,6 +716,8 @@ class PodLog:
 
     async def _follow(self, resp: web.StreamResponse, offset: int) -> None:
         while self.limit is None or self.sent < self.limit:
+            if self.cut_at is not None and time.monotonic() >= self.cut_at:
+                return
             pod = self.cluster.store.peek("pods", self.namespace, self.name)
             done = pod is None or pod["metadata"].get("uid") != self.uid or self._state(pod)[0] == "terminated"
             chunk = self._read_from(offset)

@@ -31,6 +31,12 @@ from .tls import ServerTLS, ensure_server_tls
 log = logging.getLogger("sandbox.k8s")
 
 
+def _acs_provider() -> Any:
+    from .acs import AcsProvider
+
+    return AcsProvider()
+
+
 @dataclass
 class NodeConfig:
     """The virtual node's capacity (like ASK's virtual-kubelet node)."""
@@ -65,8 +71,11 @@ class KubeCluster:
         token: str | None = None,
         port: int = 0,
         tls_dir: Path | None = None,
+        flavour: str = "ask",
     ) -> None:
         self.name = name
+        # "acs": ACS pod admission and virtual node (see acs.py); None on ASK clusters
+        self.acs = _acs_provider() if flavour == "acs" else None
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.faults = faults or Faults()
@@ -91,6 +100,10 @@ class KubeCluster:
             from .admission import admit
         except ImportError:  # pragma: no cover - during bring-up
             return None
+        if self.acs is not None:
+            from .acs import wrap_admission
+
+            return wrap_admission(admit)
         return admit
 
     def _controller_classes(self) -> list[type]:

@@ -18,7 +18,7 @@ from aiohttp import web
 from ..faults import Faults, fault_middleware
 from . import bucket_ops, multipart_ops, object_ops
 from .auth import V1_SUBRESOURCES, authenticate
-from .context import Service
+from .context import ACCOUNT_KEY, BucketOwners, Service
 from .errors import REQUEST_ID_KEY, OssError, error_response, fault_responder, new_request_id
 from .routing import Target, resolve
 from .storage import Storage
@@ -122,8 +122,11 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     target = resolve(request, svc.host_suffix, lambda name: name in svc.storage.buckets)
     if target.key is not None:
         request[KEY_KEY] = target.key
-    authenticate(request, target, svc.credentials, svc.region)
+    access_key_id = authenticate(request, target, svc.credentials, svc.region)
     handler = _select(request, target)
+    if not (request.method == "PUT" and target.key is None and handler is bucket_ops.put_bucket):
+        svc.check_owner(target.bucket, access_key_id)
+    request[ACCOUNT_KEY] = svc.account_of(access_key_id)
     return await handler(svc, request, target)
 
 
@@ -154,16 +157,19 @@ def make_app(
     region: str,
     faults: Faults,
     host_suffix: str | None = None,
+    accounts: dict[str, str] | None = None,
 ) -> web.Application:
     """An OSS-compatible application storing its data under `data_dir`.
 
-    `credentials` maps AccessKeyId -> AccessKeySecret. `region` is the V4 scope region (e.g.
-    "cn-sandbox"; the SDK's `Config.region`). `host_suffix`, e.g. "oss-cn-sandbox.aliyuncs.com",
-    makes `<bucket>.<host_suffix>` virtual-hosted requests route even before the bucket exists.
-    Without it, a Host whose first label names an existing bucket still routes virtual-hosted.
+    `credentials` maps AccessKeyId -> AccessKeySecret; `accounts` maps AccessKeyId -> account id (absent: the
+    sandbox's account). A bucket belongs to the account that created it; other accounts get 403 AccessDenied.
+    `region` is the V4 scope region (e.g. "cn-sandbox"; the SDK's `Config.region`). `host_suffix`, e.g.
+    "oss-cn-sandbox.aliyuncs.com", makes `<bucket>.<host_suffix>` virtual-hosted requests route even before the
+    bucket exists. Without it, a Host whose first label names an existing bucket still routes virtual-hosted.
     """
     storage = Storage(Path(data_dir))
-    svc = Service(storage=storage, credentials=dict(credentials), region=region, host_suffix=host_suffix)
+    svc = Service(storage=storage, credentials=dict(credentials), region=region, host_suffix=host_suffix,
+                  accounts=dict(accounts or {}), owners=BucketOwners(Path(data_dir) / "owners.json"))
     app = web.Application(middlewares=[_oss_errors, fault_middleware(faults, "oss", fault_responder)])
     app[SERVICE_KEY] = svc
     app.router.add_route("*", "/{tail:.*}", _dispatch)

@@ -14,7 +14,7 @@ from xml.etree import ElementTree as ET
 
 from aiohttp import web
 
-from .context import OWNER_ID, Service, empty, expected_md5, valid_bucket_name
+from .context import ACCOUNT_ID, ACCOUNT_KEY, OWNER_ID, Service, empty, expected_md5, valid_bucket_name
 from .errors import OssError, invalid_argument
 from .listing import list_page
 from .routing import Target
@@ -48,7 +48,9 @@ async def list_buckets(svc: Service, request: web.Request, target: Target) -> we
     q = target.query
     prefix, marker = q.get("prefix", ""), q.get("marker", "")
     max_keys = _max_keys(q)
-    names = sorted(n for n in svc.storage.buckets if n.startswith(prefix) and n > marker)
+    caller = request.get(ACCOUNT_KEY) or ACCOUNT_ID
+    names = sorted(n for n in svc.storage.buckets if n.startswith(prefix) and n > marker
+                   and (svc.owners is None or svc.owners.get(n) == caller))  # ListBuckets: the caller's own
     page, truncated = names[:max_keys], len(names) > max_keys
     root = ET.Element("ListAllMyBucketsResult")
     sub(root, "Prefix", prefix)
@@ -85,7 +87,10 @@ async def put_bucket(svc: Service, request: web.Request, target: Target) -> web.
     if body.strip():
         root = parse_body(body, "CreateBucketConfiguration")
         storage_class = (root.findtext("StorageClass") or "Standard").strip() or "Standard"
-    if svc.storage.create_bucket(name, storage_class) is None:
+    created = svc.storage.create_bucket(name, storage_class)
+    if created is not None and svc.owners is not None:
+        svc.owners.set(name, request.get(ACCOUNT_KEY) or ACCOUNT_ID)
+    if created is None:
         raise OssError(
             409,
             "BucketAlreadyExists",

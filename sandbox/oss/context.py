@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
@@ -14,6 +17,9 @@ from .storage import Bucket, Storage, Written
 
 # Sandbox account id shown as Owner/ID (real OSS shows the account UID).
 OWNER_ID = "1000000000000001"
+ACCOUNT_ID = OWNER_ID
+OTHER_ACCOUNT_ID = "1000000000000002"  # a second account (sandbox.server): owns buckets "someone else" made
+ACCOUNT_KEY: web.RequestKey[str] = web.RequestKey("oss_account", str)  # the caller's account id
 MAX_OBJECT_KEY_BYTES = 1023
 MAX_PUT_SIZE = 5 * 1024**3
 CHUNK = 1 << 20
@@ -30,6 +36,19 @@ class Service:
     region: str
     host_suffix: str | None = None
     completing: set[str] = field(default_factory=set)  # upload ids being assembled right now
+    accounts: dict[str, str] = field(default_factory=dict)  # AccessKeyId -> account id (default: ACCOUNT_ID)
+    owners: BucketOwners | None = None
+
+    def account_of(self, access_key_id: str) -> str:
+        return self.accounts.get(access_key_id, ACCOUNT_ID)
+
+    def check_owner(self, bucket: str | None, access_key_id: str) -> None:
+        """A bucket of another account answers 403, as a private bucket does to a stranger (no bucket policies
+        or ACL grants are emulated)."""
+        if not bucket or bucket not in self.storage.buckets or self.owners is None:
+            return
+        if self.owners.get(bucket) != self.account_of(access_key_id):
+            raise OssError(403, "AccessDenied", "The bucket you access does not belong to you.", BucketName=bucket)
 
     @property
     def location(self) -> str:
@@ -40,6 +59,23 @@ class Service:
         if bucket is None:
             raise no_such_bucket(name or "")
         return bucket
+
+
+class BucketOwners:
+    """Bucket -> owning account id, kept beside the storage in ``owners.json`` (absent: the sandbox's account)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._owners: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+
+    def get(self, bucket: str) -> str:
+        return self._owners.get(bucket, ACCOUNT_ID)
+
+    def set(self, bucket: str, account: str) -> None:
+        self._owners[bucket] = account
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._owners))
+        os.replace(tmp, self.path)
 
 
 def valid_bucket_name(name: str) -> bool:

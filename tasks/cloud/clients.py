@@ -4,9 +4,11 @@ Why one module: the pipeline must not know whether it talks to Alibaba Cloud or 
 only difference is endpoint overrides, and they are applied here and nowhere else. Stages receive clients as
 arguments and never build them.
 
-Wire facts applied here (research/alibaba.md §0): tea clients need ``protocol="http"`` for a plain-HTTP endpoint
-override and want ``host:port`` (not a URL) as the endpoint; the OSS client only switches to path-style addressing
-by itself for IP-literal hosts, so we ask for path style whenever the endpoint is overridden to a non-Alibaba host.
+Wire facts applied here (from the SDKs' own code: https://github.com/aliyun/tea-python and
+https://github.com/aliyun/alibabacloud-oss-python-sdk-v2): tea clients need ``protocol="http"`` for a plain-HTTP
+endpoint override and want ``host:port`` (not a URL) as the endpoint; the OSS client only switches to path-style
+addressing by itself for IP-literal hosts, so we ask for path style whenever the endpoint is overridden to a
+non-Alibaba host.
 
 Credentials are resolved once per flow run (Prefect Secret blocks or the Alibaba default chain) into an
 ``AliCredentials`` whose secret fields never appear in its ``repr``.
@@ -46,7 +48,7 @@ def _load_prefect_secret(name: str) -> str:
 
     value = Secret.load(name).get()
     if not isinstance(value, str):
-        # A dict value is not masked by the Prefect API (research/prefect.md §1.2): refuse to rely on it.
+        # A dict value is not masked by the Prefect API (https://docs.prefect.io/v3/develop/secrets): refuse it.
         raise ValueError(f"Prefect Secret block {name!r} must hold a string")
     return value
 
@@ -128,8 +130,10 @@ def oss_client(target: Target, creds: AliCredentials, *, endpoint: str | None = 
     config = oss.config.load_default()
     config.credentials_provider = provider
     config.region = target.region
-    # ≥2 attempts: get_object_to_file silently does nothing with a single attempt (alibaba.md §0.10).
-    config.retry_max_attempts = 3
+    # No SDK retries: tasks.cloud.retry.call() is the one retry policy (retries inside the SDK multiplied with it).
+    # (get_object_to_file needs >=2 SDK attempts to write anything; ask-batch uses get_object only.)
+    config.retryer = oss.retry.NopRetryer()
+    config.retry_max_attempts = 1
     if endpoint:
         host, scheme = split_endpoint(endpoint)
         config.endpoint = f"{scheme}://{host}"
@@ -172,7 +176,8 @@ def kube_api_client(source: str | Path | Mapping[str, Any], *, context: str | No
 
     We use the sync ``kubernetes`` client rather than prefect-kubernetes' async ``get_client``: the stages run
     watches and one log stream per pod in threads, and ``get_client`` also rewrites the process-global
-    kubernetes_asyncio configuration each time (research/prefect.md §1.2).
+    kubernetes_asyncio configuration each time (``KubernetesCredentials.get_client`` in
+    https://github.com/PrefectHQ/prefect/blob/main/src/integrations/prefect-kubernetes/prefect_kubernetes/credentials.py).
     """
     from kubernetes import config as kconfig
 

@@ -4,27 +4,26 @@ Why this exists: handles carry no secrets (they are task results, shown in the U
 clients it needs from the spec — credentials from their source, the kubeconfig from the cluster's source. That
 takes a few lines every stage would otherwise repeat. The same goes for two Prefect concerns:
 
-- **retries**: ``tasks.cloud.retry.call`` already retries one API call a few times; a task retry is the coarse second
-  line for a cloud that stays unavailable longer. Only *transient* errors qualify (``retry_condition_fn``): a
-  permanent error (bad request, conflict, a failed Job) fails at once with the service's message.
+- **retries**: ``tasks.cloud.retry.call`` is the one retry policy (backoff with jitter within a time budget, per API
+  call). Task-level retries are off (``RETRY_DELAYS`` is empty): they multiplied with it. ``transient_only``
+  stays the rule should a task ever be given retries again.
 - **logs**: the stage functions log to the stdlib ``ask_batch.*`` loggers so they stay free of Prefect;
   ``stage_logs()`` forwards those records, scrubbed, into the task's Prefect run log while the task runs.
 """
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tasks.cloud.clients import AliCredentials, cs_client, resolve_credentials
 from tasks.cloud.cluster_access import connect
 from tasks.cloud.retry import CloudError, classify
 from tasks.handles import ClusterHandle
-from tasks.render.manifests import REDACTED
 from tasks.spec import BatchSpec
 
-#: Task retries for a cloud that stays unavailable beyond ``call()``'s own attempts (seconds before each retry).
-RETRY_DELAYS = [5.0, 20.0]
+#: Task retries (seconds before each). Empty: ``tasks.cloud.retry.call()`` is the one retry layer (see above).
+RETRY_DELAYS: list[float] = []
 
 
 def transient_only(task: Any, task_run: Any, state: Any) -> bool:
@@ -38,42 +37,21 @@ def transient_only(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-class Scrubber:
-    """Replaces every known secret value in a text by ``<redacted>`` (longest first)."""
-
-    def __init__(self, secrets: Iterable[str] = ()):
-        self.needles: list[str] = []
-        self.add(secrets)
-
-    def add(self, secrets: Iterable[str]) -> None:
-        import base64
-
-        values = {s.strip() for s in secrets if s and len(s.strip()) >= 4}
-        values |= {base64.b64encode(v.encode()).decode() for v in values}
-        self.needles = sorted(set(self.needles) | values, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for needle in self.needles:
-            if needle in text:
-                text = text.replace(needle, REDACTED)
-        return text
-
-
 def credentials(spec: BatchSpec) -> AliCredentials:
     """The run's AccessKey, from its source (never from a handle)."""
     return resolve_credentials(spec.target.credentials)
 
 
 def cs_for(spec: BatchSpec, creds: AliCredentials | None = None) -> Any | None:
-    """A Container Service client in cluster mode 'ask', else None."""
-    if spec.cluster.mode != "ask":
+    """A Container Service client in cluster modes 'ask' and 'acs' (and 'existing' with kind 'auto'), else None."""
+    if spec.cluster.mode == "existing" and spec.cluster.existing.kind != "auto":
         return None
     return cs_client(spec.target, creds or credentials(spec))
 
 
 def kube_for(spec: BatchSpec, cluster: ClusterHandle, creds: AliCredentials | None = None) -> Any:
     """A ``kubernetes.client.ApiClient`` for the run's cluster (kubeconfig fetched again from its source)."""
-    cs = cs_for(spec, creds) if cluster.mode == "ask" else None
+    cs = cs_for(spec, creds) if cluster.mode in ("ask", "acs") else None
     return connect(cluster, spec, cs=cs)
 
 

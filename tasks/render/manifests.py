@@ -11,7 +11,12 @@ human goes through ``redact()`` first, which blanks Secret data and scrubs any k
 The pod contract (what the workload can rely on), all set as env vars on the container:
 
 ============================  ===========================================================================
-``JOB_COMPLETION_INDEX``      set by Kubernetes for Indexed Jobs: this pod's shard
+``ASK_BATCH_INDEX``           this pod's shard, 0..completions-1, on the first Job *and* on a follow-up Job
+                              that re-runs only the missing indexes (``job.rerun: missing``): read this one
+``JOB_COMPLETION_INDEX``      set by Kubernetes for Indexed Jobs; equal to ``ASK_BATCH_INDEX`` on the first
+                              Job, and set to it by ask-batch on a follow-up Job (Kubernetes keeps a
+                              container's own ``JOB_COMPLETION_INDEX``: ``addCompletionIndexEnvVariable`` in
+                              https://github.com/kubernetes/kubernetes/blob/master/pkg/controller/job/indexed_job_utils.go)
 ``ASK_BATCH_RUN_KEY``         the run key
 ``ASK_BATCH_CONFIG_DIR``      the ConfigMap mount (if any config files)
 ``ASK_BATCH_SECRET_DIR``      the Secret mount (if any secret files)
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.naming import (
+    INDEX_LABEL,
     config_map_name,
     content_hash,
     format_tags,
@@ -39,14 +45,36 @@ from tasks.naming import (
     secret_name,
     short_hash,
 )
-from tasks.spec import AskClusterOptions, BatchSpec, EciOptions, NasOptions, OutputsSpec, Target
+from tasks.render.compute import (
+    ClusterKind,
+    acs_annotations,
+    acs_labels,
+    check_for_kind,
+    eci_compute_annotations,
+    is_preemptible,
+)
+from tasks.render.redact import REDACTED, Scrubber
+from tasks.spec import (
+    AskClusterOptions,
+    BatchSpec,
+    EciOptions,
+    JobSpec,
+    NasOptions,
+    OutputsSpec,
+    PodSecurity,
+    Target,
+)
 
 CONTAINER_NAME = "workload"
 SECRET_ENV_KEY_PREFIX = "env."  # Secret keys that back env vars; kept apart from secret *files*
 NAS_CSI_DRIVER = "nasplugin.csi.alibabacloud.com"
 NAS_PV_LABEL = "alicloud-pvname"
 ECI = "k8s.aliyun.com/"
-REDACTED = "<redacted>"
+# Mode of mounted config and secret files: readable by whatever user the image runs as. ECI does not apply
+# fsGroup, so a 0400 root-owned file would be unreadable by a non-root workload; the files are visible inside
+# the pod only.
+READABLE_MODE = 0o444
+DATA_DIR_INIT_NAME = "prepare-data-dir"
 
 # --------------------------------------------------------------------------------------------- config objects
 
@@ -225,6 +253,46 @@ def eci_annotations(eci: EciOptions) -> dict[str, str]:
     return ann
 
 
+def _pod_metadata(job: JobSpec, labels: dict[str, str], kind: ClusterKind) -> dict[str, Any]:
+    if kind == "acs":
+        # job.labels win, so a compute class ask-batch does not list yet can be set directly (ACS admission decides)
+        return {"labels": {**acs_labels(job), **labels}, "annotations": acs_annotations(job)}
+    return {"labels": labels, "annotations": {**eci_annotations(job.eci), **eci_compute_annotations(job)}}
+
+
+#: Without backoff_limit_per_index, ask-batch's default Job-wide budget (Kubernetes' own default is 6).
+DEFAULT_BACKOFF_LIMIT = 3
+#: The podFailurePolicy rule added for spot pods: a pod the cloud took away does not count against any budget.
+#: https://kubernetes.io/docs/concepts/workloads/controllers/job/#pod-failure-policy (condition
+#: ``DisruptionTarget``: https://kubernetes.io/docs/concepts/workloads/pods/disruptions/#pod-disruption-conditions)
+IGNORE_DISRUPTIONS = {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+
+
+def job_backoff_limit(job: JobSpec) -> int | None:
+    """``backoffLimit`` to send: the user's; else none next to ``backoffLimitPerIndex`` (Kubernetes then defaults
+    it to 2147483647, so only the per-index budget applies:
+    https://kubernetes.io/docs/concepts/workloads/controllers/job/#backoff-limit-per-index); else 3."""
+    if job.backoff_limit is not None:
+        return job.backoff_limit
+    return None if job.backoff_limit_per_index is not None else DEFAULT_BACKOFF_LIMIT
+
+
+def pod_failure_policy(job: JobSpec) -> dict[str, Any] | None:
+    """The user's ``podFailurePolicy``, with ``IGNORE_DISRUPTIONS`` first when the pods are spot.
+
+    Kubernetes applies the first rule that matches, so ours goes first (a user's ``onExitCodes`` rule would
+    otherwise match a reclaimed pod's exit code 137); it is left out when the user has a rule on the
+    ``DisruptionTarget`` condition (theirs decides), when ``job.eci.ignore_reclaims`` is off, and with
+    ``restart_policy: OnFailure`` (Kubernetes accepts a podFailurePolicy only with ``Never``).
+    """
+    rules = copy.deepcopy((job.pod_failure_policy or {}).get("rules") or [])
+    own_rule = any(c.get("type") == "DisruptionTarget" for r in rules for c in r.get("onPodConditions") or [])
+    if ((job.eci.spot_strategy != "None" or is_preemptible(job)) and job.eci.ignore_reclaims and not own_rule
+            and job.restart_policy == "Never"):
+        rules.insert(0, copy.deepcopy(IGNORE_DISRUPTIONS))
+    return {"rules": rules} if rules else None
+
+
 @dataclass(frozen=True)
 class JobInputs:
     """What the earlier stages produced that the Job refers to (names only, never content)."""
@@ -237,7 +305,21 @@ class JobInputs:
     oss_env: Mapping[str, str] = field(default_factory=dict)
 
 
-def _container_env(spec: BatchSpec, run_key: str, inputs: JobInputs) -> list[dict[str, Any]]:
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+
+def _index_env(spec: BatchSpec, index: int | None) -> list[dict[str, Any]]:
+    """``ASK_BATCH_INDEX`` (and, on a follow-up Job, ``JOB_COMPLETION_INDEX``) as container env."""
+    if index is not None:
+        return [{"name": "ASK_BATCH_INDEX", "value": str(index)}, {"name": "JOB_COMPLETION_INDEX", "value": str(index)}]
+    if spec.job.completion_mode != "Indexed":
+        return []
+    # The same downward-API source Kubernetes uses for JOB_COMPLETION_INDEX.
+    return [{"name": "ASK_BATCH_INDEX", "valueFrom": {"fieldRef": {
+        "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}}]
+
+
+def _container_env(spec: BatchSpec, run_key: str, inputs: JobInputs, index: int | None = None) -> list[dict[str, Any]]:
     env: dict[str, str] = {"ASK_BATCH_RUN_KEY": run_key}
     if inputs.config_map:
         env["ASK_BATCH_CONFIG_DIR"] = spec.config.mount_path
@@ -248,7 +330,7 @@ def _container_env(spec: BatchSpec, run_key: str, inputs: JobInputs) -> list[dic
     env.update(inputs.oss_env)
     env.update(spec.config.env)
     env.update(spec.job.env)
-    out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
+    out: list[dict[str, Any]] = _index_env(spec, index) + [{"name": k, "value": v} for k, v in env.items()]
     for name in sorted(inputs.secret_env_keys):
         if not inputs.secret:
             raise ValueError(f"secret env {name!r} given without a Secret object")
@@ -261,12 +343,12 @@ def _volumes(spec: BatchSpec, run_key: str, inputs: JobInputs) -> tuple[list[dic
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     if inputs.config_map:
-        volumes.append({"name": "config", "configMap": {"name": inputs.config_map}})
+        volumes.append({"name": "config", "configMap": {"name": inputs.config_map, "defaultMode": READABLE_MODE}})
         mounts.append({"name": "config", "mountPath": spec.config.mount_path, "readOnly": True})
     if inputs.secret and inputs.secret_file_keys:
         items = [{"key": k, "path": k} for k in sorted(inputs.secret_file_keys)]
         volumes.append({"name": "secret", "secret": {"secretName": inputs.secret, "items": items,
-                                                     "defaultMode": 0o400}})
+                                                     "defaultMode": READABLE_MODE}})
         mounts.append({"name": "secret", "mountPath": spec.config.secret_mount_path, "readOnly": True})
     if inputs.claim_name:
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": inputs.claim_name}})
@@ -277,21 +359,69 @@ def _volumes(spec: BatchSpec, run_key: str, inputs: JobInputs) -> tuple[list[dic
     return volumes, mounts
 
 
-def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs) -> dict[str, Any]:
+def container_security_context(security: PodSecurity) -> dict[str, Any]:
+    """The workload container's ``securityContext``: only the fields ECI applies (see ``PodSecurity``)."""
+    ctx: dict[str, Any] = {}
+    if security.run_as_user is not None:
+        ctx["runAsUser"] = security.run_as_user
+    if security.run_as_group is not None:
+        ctx["runAsGroup"] = security.run_as_group
+    if security.run_as_non_root:
+        ctx["runAsNonRoot"] = True
+    return ctx
+
+
+def data_dir_init_container(spec: BatchSpec, data_mount: dict[str, Any]) -> dict[str, Any] | None:
+    """A root init container that gives the shared data directory to a non-root workload user, or None.
+
+    Why: the kubelet creates a missing ``subPath`` as root with the volume root's mode
+    (kubernetes pkg/kubelet/kubelet_pods.go, makeMounts), a NAS root is root-owned, and ECI does not apply
+    ``fsGroup``; so a non-root workload could not write its scratch data. Runs the job image's ``chown``.
+    """
+    sec = spec.job.security
+    if not sec.prepare_data_dir or sec.run_as_user in (None, 0):
+        return None
+    owner = str(sec.run_as_user) if sec.run_as_group is None else f"{sec.run_as_user}:{sec.run_as_group}"
+    return {
+        "name": DATA_DIR_INIT_NAME,
+        "image": spec.job.image,
+        "imagePullPolicy": spec.job.image_pull_policy,
+        "command": ["chown", owner, data_mount["mountPath"]],
+        "securityContext": {"runAsUser": 0, "runAsGroup": 0},
+        "resources": {"requests": {"cpu": spec.job.cpu, "memory": spec.job.memory},
+                      "limits": {"cpu": spec.job.cpu_limit or spec.job.cpu,
+                                 "memory": spec.job.memory_limit or spec.job.memory}},
+        "volumeMounts": [dict(data_mount)],
+    }
+
+
+def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs, index: int | None = None,
+                 kind: ClusterKind = "ask") -> dict[str, Any]:
     """The Indexed Job, named ``askb-<run>-<hash of everything else in it>``.
+
+    ``kind`` is what the cluster is (``ClusterHandle.kind``): 'ask' renders ``job.eci``/``job.compute`` as ECI
+    annotations, 'acs' renders ``job.compute`` as ACS labels and no ECI annotation (``tasks.render.compute``).
 
     Hashing the rendered body (ConfigMap/Secret names included, which carry their own content hashes) means:
     the same parameters re-render the same name (a retry adopts the running Job), and any change yields a new
     name (an old Job is never adopted for different work).
+
+    ``index``: render the follow-up Job that re-runs only that original index (``job.rerun: missing``): one
+    completion, labelled ``ask-batch.io/index``, its pod seeing ``ASK_BATCH_INDEX`` = ``JOB_COMPLETION_INDEX``
+    = ``index`` (an Indexed Job cannot run an arbitrary set of indexes, and a pod template cannot give each pod
+    its own env value, so each missing index gets its own one-pod Job).
     """
     job = spec.job
+    check_for_kind(job, kind)
     labels = {**job.labels, **run_labels(run_key)}
+    if index is not None:
+        labels[INDEX_LABEL] = str(index)
     volumes, mounts = _volumes(spec, run_key, inputs)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": job.image,
         "imagePullPolicy": job.image_pull_policy,
-        "env": _container_env(spec, run_key, inputs),
+        "env": _container_env(spec, run_key, inputs, index),
         "resources": {
             "requests": {"cpu": job.cpu, "memory": job.memory},
             "limits": {"cpu": job.cpu_limit or job.cpu, "memory": job.memory_limit or job.memory},
@@ -303,28 +433,37 @@ def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs) -> dict[st
         container["args"] = list(job.args)
     if mounts:
         container["volumeMounts"] = mounts
+    security_context = container_security_context(job.security)
+    if security_context:
+        container["securityContext"] = security_context
     pod_spec: dict[str, Any] = {"restartPolicy": job.restart_policy, "containers": [container]}
+    data_mount = next((m for m in mounts if m["name"] == "data"), None)
+    init = data_dir_init_container(spec, data_mount) if data_mount else None
+    if init:
+        pod_spec["initContainers"] = [init]
     if volumes:
         pod_spec["volumes"] = volumes
     if job.service_account:
         pod_spec["serviceAccountName"] = job.service_account
+    if job.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in job.image_pull_secrets]
     if job.node_selector:
         pod_spec["nodeSelector"] = dict(job.node_selector)
     if job.tolerations:
         pod_spec["tolerations"] = copy.deepcopy(job.tolerations)
     job_spec: dict[str, Any] = {
-        "completions": job.completions,
-        "parallelism": job.parallelism,
+        "completions": job.completions if index is None else 1,
+        "parallelism": job.parallelism if index is None else 1,
         "completionMode": job.completion_mode,
-        "template": {"metadata": {"labels": labels, "annotations": eci_annotations(job.eci)}, "spec": pod_spec},
+        "template": {"metadata": _pod_metadata(job, labels, kind), "spec": pod_spec},
     }
     optional = {
-        "backoffLimit": job.backoff_limit,
+        "backoffLimit": job_backoff_limit(job),
         "backoffLimitPerIndex": job.backoff_limit_per_index,
-        "maxFailedIndexes": job.max_failed_indexes,
+        "maxFailedIndexes": job.max_failed_indexes if index is None else None,
         "activeDeadlineSeconds": job.active_deadline_seconds,
         "ttlSecondsAfterFinished": job.ttl_seconds_after_finished,
-        "podFailurePolicy": copy.deepcopy(job.pod_failure_policy) if job.pod_failure_policy else None,
+        "podFailurePolicy": pod_failure_policy(job),
     }
     job_spec.update({k: v for k, v in optional.items() if v is not None})
     body: dict[str, Any] = {
@@ -347,8 +486,10 @@ def cloud_tags(run_key: str, extra: Mapping[str, str] | None = None) -> dict[str
     return {**(extra or {}), "app.kubernetes.io/managed-by": "ask-batch", "ask-batch.io/created-by-run": run_key}
 
 
-def create_cluster_body(ask: AskClusterOptions, *, region: str, run_key: str) -> dict[str, Any]:
-    """CS CreateCluster body for an ASK cluster (alibaba.md §1.5), snake_case for ``CreateClusterRequest``.
+def create_cluster_body(ask: AskClusterOptions, *, region: str, run_key: str,
+                        profile: str = "Serverless") -> dict[str, Any]:
+    """CS CreateCluster body for an ASK (``profile`` Serverless) or ACS (``profile`` Acs) cluster, snake_case for
+    ``CreateClusterRequest``.
 
     Logging off means: no ``logging_type`` and no log addon. ``load_balancer_spec`` is deprecated (CLB is
     pay-by-usage), so the smallest SLB is what the service gives.
@@ -357,18 +498,24 @@ def create_cluster_body(ask: AskClusterOptions, *, region: str, run_key: str) ->
         "name": ask.name,
         "region_id": region,
         "cluster_type": "ManagedKubernetes",
-        "profile": "Serverless",
+        "profile": profile,
         "cluster_spec": ask.cluster_spec,
         "snat_entry": ask.snat_entry,
         "endpoint_public_access": ask.endpoint_public_access,
         "deletion_protection": ask.deletion_protection,
         "tags": format_tags(cloud_tags(run_key, ask.tags)),
-        "client_token": "askb-" + short_hash(f"{region}/{ask.name}", 20),
+        "client_token": "askb-" + short_hash(f"{region}/{ask.name}" + ("" if profile == "Serverless" else
+                                                                         f"/{profile}"), 20),
     }
     if ask.kubernetes_version:
         body["kubernetes_version"] = ask.kubernetes_version
     if ask.vpc_id:
         body["vpcid"] = ask.vpc_id
+    elif ask.zone_id:
+        # Without a VPC, CS creates one in this zone and needs the zone (CreateCluster for ACK Serverless,
+        # https://www.alibabacloud.com/help/doc-detail/144246.htm, where the page spells it `zoneid`; the CS SDK's
+        # CreateClusterRequest, used for every cluster type, sends `zone_id`).
+        body["zone_id"] = ask.zone_id
     if ask.vswitch_ids:
         body["vswitch_ids"] = list(ask.vswitch_ids)
     if ask.service_cidr:
@@ -429,14 +576,13 @@ def redact(obj: Any, *, secrets: Iterable[str] = ()) -> Any:
 
     - Secret objects: every ``data``/``stringData`` value becomes ``<redacted>`` (the keys stay, they are useful).
     - Any mapping key that looks sensitive (token, secret, password, access key...) with a scalar value.
-    - Every occurrence of a known secret value (``secrets``) inside any string, base64 form included.
+    - Every occurrence of a known secret value (``secrets``) inside any string, in every form
+      ``tasks.render.redact.Scrubber`` knows (lines of multi-line values, base64, JSON-escaped, URL-encoded).
     """
-    needles = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
-    needles += [base64.b64encode(s.encode()).decode() for s in list(needles)]
-    return _redact(obj, needles)
+    return _redact(obj, Scrubber(secrets))
 
 
-def _redact(obj: Any, needles: list[str]) -> Any:
+def _redact(obj: Any, needles: Scrubber) -> Any:
     if isinstance(obj, Mapping):
         is_secret = obj.get("kind") == "Secret"
         out: dict[Any, Any] = {}
@@ -454,8 +600,5 @@ def _redact(obj: Any, needles: list[str]) -> Any:
     if isinstance(obj, bytes):
         return REDACTED
     if isinstance(obj, str):
-        for needle in needles:
-            if needle in obj:
-                obj = obj.replace(needle, REDACTED)
-        return obj
+        return needles(obj)
     return obj

@@ -1,4 +1,7 @@
-"""Stage ensure_cluster: find the ASK cluster by name or create it; or take an existing cluster's kubeconfig.
+"""Stage ensure_cluster: find the ASK or ACS cluster by name or create it; or take an existing cluster's kubeconfig.
+
+The handle records which kind the cluster is (``ClusterHandle.kind``): pods are rendered differently on ASK (ECI
+annotations) and ACS (compute labels). ACS clusters are the same CS API with ``profile`` Acs.
 
 Find-then-create, safe to repeat: the lookup filters on the exact name (the CS ``name`` filter is fuzzy), ASK's
 current type (``ManagedKubernetes`` + ``Serverless``) and a live state; creation carries a ``client_token`` derived
@@ -17,7 +20,17 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.cloud.cluster_access import DEAD_STATES, as_map, connect, existing_handle, find_ask_cluster, handle_from
+from tasks.cloud.cluster_access import (
+    DEAD_STATES,
+    KIND_NAMES,
+    PROFILES,
+    as_map,
+    connect,
+    existing_handle,
+    existing_kind,
+    find_cluster,
+    handle_from,
+)
 from tasks.cloud.context import RETRY_DELAYS, cs_for, stage_logs, transient_only
 from tasks.cloud.retry import CloudError, call
 from tasks.errors import ClusterError
@@ -33,19 +46,64 @@ CREATION_REFUSED_HINT = (
     "set cluster.mode to 'existing' with cluster.existing.kubeconfig_path (or a KubernetesCredentials block).")
 
 
-def create_ask_cluster(cs: Any, spec: BatchSpec, *, run_key: str) -> str:
-    """CreateCluster for ASK; returns the cluster id. A refusal carries the ASK-closed-to-new-accounts hint."""
+# What a refused CreateCluster means, by the service's error code (codes as CS answers them, e.g. ErrorCheckAcl,
+# QuotaExceeded.Cluster). The code for "ASK creation is closed to new accounts" is not published: that hint is
+# given only when the message says so; any other refusal shows the service's own code and message.
+CREATE_HINTS: dict[str, str] = {
+    "QuotaExceeded.Cluster": "the account's cluster quota is used up; fix: delete an unused cluster or raise the "
+                             "quota in the Quota Center",
+    "ErrorCheckAcl": "this RAM identity may not create clusters; fix: grant cs:CreateCluster (docs/ram-policy.md)",
+    "Forbidden.RAM": "this RAM identity may not create clusters; fix: grant cs:CreateCluster (docs/ram-policy.md)",
+    "NoPermission": "this RAM identity may not create clusters; fix: grant cs:CreateCluster (docs/ram-policy.md)",
+    "ErrorRamRoleNotExist": "Container Service's service roles are not authorised in this account; fix: open "
+                            "the ACK console once and accept the role authorisation (AliyunCSDefaultRole ...)",
+}
+ASK_CLOSED_WORDS = ("new user", "new account", "no longer", "not allowed to create", "ACS")
+
+
+def create_refusal_hint(err: CloudError) -> str:
+    """The hint for a 4xx CreateCluster answer: by code, else the ASK-closed hint when the message says so."""
+    if err.code in CREATE_HINTS:
+        return CREATE_HINTS[err.code]
+    message = err.message or ""
+    if "zone_id" in message:
+        return "fix: set cluster.ask.zone_id (a zone of the region), or cluster.ask.vpc_id and vswitch_ids"
+    if "Serverless" in message and any(w.lower() in message.lower() for w in ASK_CLOSED_WORDS):
+        return CREATION_REFUSED_HINT
+    return "fix: see the service's code and message above (and its request id for Alibaba Cloud support)"
+
+
+def create_managed_cluster(cs: Any, spec: BatchSpec, *, run_key: str) -> str:
+    """CreateCluster for the ASK (profile Serverless) or ACS (profile Acs) cluster of ``spec.cluster.mode``; returns
+    the cluster id.
+
+    Raises:
+        ClusterError: the request would be refused (no VPC and no zone), or was refused; the message has the
+            service's code and message and a hint chosen by that code (``create_refusal_hint``).
+    """
     from alibabacloud_cs20151215 import models as m
 
-    body = create_cluster_body(spec.cluster.ask, region=spec.target.region, run_key=run_key)
+    kind = spec.cluster.mode
+    ask = spec.cluster.managed
+    assert ask is not None, "mode 'ask' or 'acs' needed"
+    if not ask.vpc_id and not ask.zone_id:
+        raise ClusterError(f"cannot create cluster {ask.name!r}: without cluster.{kind}.vpc_id, CS needs "
+                           f"cluster.{kind}.zone_id (it creates the VPC in that zone); fix: set zone_id, e.g. "
+                           f"'{spec.target.region}-k', or vpc_id and vswitch_ids")
+    body = create_cluster_body(ask, region=spec.target.region, run_key=run_key, profile=PROFILES[kind])
     try:
         resp = call(cs.create_cluster, m.CreateClusterRequest().from_map(body), service="CS",
                     operation="CreateCluster")
     except CloudError as err:
         if err.status is not None and 400 <= err.status < 500:
-            raise ClusterError(f"{err}\n{CREATION_REFUSED_HINT}") from err
+            raise ClusterError(f"{err}\n{create_refusal_hint(err)}") from err
         raise
     return as_map(resp.body)["cluster_id"]
+
+
+def create_ask_cluster(cs: Any, spec: BatchSpec, *, run_key: str) -> str:
+    """CreateCluster for ASK (kept for callers of the ASK-only name); see ``create_managed_cluster``."""
+    return create_managed_cluster(cs, spec, run_key=run_key)
 
 
 def wait_cluster_running(cs: Any, cluster_id: str, *, timeout: float, poll: float = 10.0,
@@ -71,7 +129,7 @@ def wait_cluster_running(cs: Any, cluster_id: str, *, timeout: float, poll: floa
                                f"delete it, and run again")
         if clock() > deadline:
             raise ClusterError(f"cluster {cluster_id} still {state!r} after {timeout:.0f}s; fix: raise "
-                               f"cluster.ask.ready_timeout_seconds or check the ACK console")
+                               f"cluster.<mode>.ready_timeout_seconds or check the console")
         sleep(interval)
         interval = min(poll, interval * 2)
 
@@ -82,28 +140,33 @@ def ensure_cluster(spec: BatchSpec, *, run_key: str, cs: Any | None) -> ClusterH
     Args:
         spec: the validated parameters.
         run_key: the run key (tags a cluster this run creates).
-        cs: a CS client (mode 'ask'); None in mode 'existing'.
+        cs: a CS client (modes 'ask', 'acs', and 'existing' with kind 'auto'); else None.
     """
     if spec.cluster.mode == "existing":
-        return existing_handle(spec)
-    assert cs is not None, "mode 'ask' needs a CS client"
-    ask = spec.cluster.ask
-    found = find_ask_cluster(cs, region=spec.target.region, name=ask.name)
+        handle = existing_handle(spec)
+        if spec.cluster.existing.kind != "auto":
+            return handle
+        return handle.model_copy(update={"kind": existing_kind(handle, spec, cs=cs)})
+    assert cs is not None, "mode 'ask'/'acs' needs a CS client"
+    kind, opts = spec.cluster.mode, spec.cluster.managed
+    assert opts is not None
+    found = find_cluster(cs, region=spec.target.region, name=opts.name, kind=kind)
     if found and found.get("state") == "running":
         # Found running: no need to poll (saves a DescribeClusterDetail round per stage that reconnects).
+        log.info("%s cluster %s found: %s", KIND_NAMES[kind], opts.name, found["cluster_id"])
         return handle_from(spec, found, created=False)
     created = False
     if found:
         cluster_id = found["cluster_id"]
-        log.info("cluster %s found: %s (%s)", ask.name, cluster_id, found.get("state"))
-    elif not ask.create_if_missing:
-        raise ClusterError(f"no ASK cluster named {ask.name!r} in {spec.target.region}; fix: create it, set "
-                           f"cluster.ask.create_if_missing, or use cluster.mode 'existing'")
+        log.info("%s cluster %s found: %s (%s)", KIND_NAMES[kind], opts.name, cluster_id, found.get("state"))
+    elif not opts.create_if_missing:
+        raise ClusterError(f"no {KIND_NAMES[kind]} cluster named {opts.name!r} in {spec.target.region}; fix: "
+                           f"create it, set cluster.{kind}.create_if_missing, or use cluster.mode 'existing'")
     else:
-        log.info("cluster %s not found: creating it in %s", ask.name, spec.target.region)
-        cluster_id = create_ask_cluster(cs, spec, run_key=run_key)
+        log.info("%s cluster %s not found: creating it in %s", KIND_NAMES[kind], opts.name, spec.target.region)
+        cluster_id = create_managed_cluster(cs, spec, run_key=run_key)
         created = True
-    detail = wait_cluster_running(cs, cluster_id, timeout=ask.ready_timeout_seconds)
+    detail = wait_cluster_running(cs, cluster_id, timeout=opts.ready_timeout_seconds)
     return handle_from(spec, detail, created=created)
 
 

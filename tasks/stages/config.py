@@ -16,11 +16,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.cloud.clients import _load_prefect_secret
-from tasks.cloud.context import RETRY_DELAYS, Scrubber, credentials, kube_for, stage_logs, transient_only
+from tasks.cloud.context import RETRY_DELAYS, credentials, kube_for, stage_logs, transient_only
 from tasks.cloud.inputs import collect_config_content, pod_credential_env
 from tasks.cloud.retry import call
 from tasks.handles import ClusterHandle, ConfigHandle
 from tasks.render.manifests import ConfigContent, config_map_manifest, secret_manifest
+from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec
 
 log = logging.getLogger("ask_batch.config")

@@ -39,17 +39,17 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.cloud.context import RETRY_DELAYS, Scrubber, credentials, stage_logs, transient_only
+from tasks.cloud.context import RETRY_DELAYS, credentials, stage_logs, transient_only
 from tasks.cloud.retry import CloudError, call
-from tasks.errors import ChecksumMismatch, OutputsIncomplete
+from tasks.errors import BucketNotUsable, ChecksumMismatch, OutputsIncomplete
 from tasks.handles import IndexOutputs, JobReport, OutputManifest, OutputObject
 from tasks.render.manifests import index_prefix, run_prefix
+from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec, OutputsSpec
 
 log = logging.getLogger("ask_batch.outputs")
 
 LOGS_DIR = "logs/"
-DOWNLOAD_ATTEMPTS = 3
 CHUNK = 1 << 20
 ARTIFACT_MAX_ROWS = 500
 
@@ -66,31 +66,77 @@ class Listed:
 # --------------------------------------------------------------------------------------------- bucket
 
 
+WRITE_CHECK_KEY = ".ask-batch/write-check-"
+
+
 def ensure_bucket(spec: BatchSpec, oss: Any) -> bool:
-    """Make sure the outputs bucket exists (before the Job starts). Returns True when it was created.
+    """Make sure the outputs bucket exists and these credentials can write to it, before anything is billed.
+
+    GetBucketInfo decides (https://www.alibabacloud.com/help/en/oss/developer-reference/getbucketinfo):
+    ``NoSuchBucket`` -> create it (if allowed); ``AccessDenied`` -> the bucket belongs to another account (bucket
+    names are global) or a policy forbids it; anything transient is retried, never taken for "exists". Then a
+    tiny object is written and deleted, so a bucket we may read but not write is caught now, not by every pod.
+
+    Returns:
+        True when the bucket was created.
 
     Raises:
+        BucketNotUsable: the bucket is someone else's, or these credentials may not write to it.
         ValueError: the bucket is missing and ``outputs.create_bucket`` is off.
+        CloudError: any other service error (with its code and request id).
     """
     import alibabacloud_oss_v2 as o
 
     bucket = spec.outputs.bucket
-    if call(oss.is_bucket_exist, bucket, service="OSS", operation="GetBucketAcl"):
-        return False
+    created = False
+    try:
+        call(oss.get_bucket_info, o.GetBucketInfoRequest(bucket=bucket), service="OSS", operation="GetBucketInfo")
+    except CloudError as err:
+        if err.code == "AccessDenied" or err.status == 403:
+            raise BucketNotUsable(
+                f"OSS bucket {bucket!r} (outputs.bucket) exists but these credentials may not use it "
+                f"({err.code}: {err.message}): bucket names are global, so it probably belongs to another account; "
+                f"fix: choose a name of your own for outputs.bucket (e.g. with your account id in it), or grant "
+                f"this RAM identity oss:GetBucketInfo, oss:PutObject, oss:GetObject, oss:ListObjects on it") from err
+        if err.code != "NoSuchBucket":
+            raise
+        created = _create_bucket(spec, oss)
+    _check_writable(oss, bucket)
+    return created
+
+
+def _create_bucket(spec: BatchSpec, oss: Any) -> bool:
+    import alibabacloud_oss_v2 as o
+
+    bucket = spec.outputs.bucket
     if not spec.outputs.create_bucket:
         raise ValueError(f"OSS bucket {bucket!r} (outputs.bucket) does not exist; fix: create it, or turn on "
                          f"outputs.create_bucket")
     try:
         call(oss.put_bucket, o.PutBucketRequest(bucket=bucket), service="OSS", operation="PutBucket")
     except CloudError as err:
-        if err.code not in ("BucketAlreadyExists", "BucketAlreadyOwnedByYou"):
-            raise
-        if err.code == "BucketAlreadyExists":  # owned by another account: our pods could not write to it
-            raise ValueError(f"OSS bucket name {bucket!r} is taken by another account; fix: choose another "
-                             f"outputs.bucket") from err
-        return False
+        if err.code == "BucketAlreadyExists":  # taken meanwhile, by another account: our pods could not write
+            raise BucketNotUsable(f"OSS bucket name {bucket!r} is taken by another account; fix: choose another "
+                                  f"outputs.bucket") from err
+        raise
     log.info("OSS bucket %s created", bucket)
     return True
+
+
+def _check_writable(oss: Any, bucket: str) -> None:
+    import alibabacloud_oss_v2 as o
+
+    key = WRITE_CHECK_KEY + uuid.uuid4().hex[:12]
+    try:
+        call(oss.put_object, o.PutObjectRequest(bucket=bucket, key=key, body=b"ask-batch write check"),
+             service="OSS", operation="PutObject")
+    except CloudError as err:
+        if err.status == 403:
+            raise BucketNotUsable(f"OSS bucket {bucket!r} (outputs.bucket) is not writable with these credentials "
+                                  f"({err.code}: {err.message}); fix: grant oss:PutObject on it, or choose another "
+                                  f"bucket") from err
+        raise
+    call(oss.delete_object, o.DeleteObjectRequest(bucket=bucket, key=key), service="OSS", operation="DeleteObject")
 
 
 # --------------------------------------------------------------------------------------------- listing
@@ -154,9 +200,9 @@ def completeness_problem(outputs: OutputsSpec, idx_prefix: str, objects: list[Li
 
 
 def _index_of_pod(pod: str, report: JobReport) -> int | None:
-    """The index a pod ran: from the report (last pods), else the Indexed Job pod name <job>-<index>-<suffix>."""
+    """The index a pod ran: from the report (every attempt), else the Indexed Job pod name <job>-<index>-<suffix>."""
     for record in report.indexes:
-        if record.pod == pod:
+        if record.pod == pod or any(a.pod == pod for a in record.attempts):
             return record.index
     m = re.match(rf"^{re.escape(report.job.name)}-(\d+)-[a-z0-9]+$", pod)
     return int(m.group(1)) if m else None
@@ -236,8 +282,7 @@ def _fetch_verified(oss: Any, bucket: str, obj: Listed, dest: Path) -> str:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
     try:
-        result = call(oss.get_object, o.GetObjectRequest(bucket=bucket, key=obj.key), service="OSS",
-                      operation="GetObject")
+        result = oss.get_object(o.GetObjectRequest(bucket=bucket, key=obj.key))
         # The CRC is always computed (it is what we report); the MD5 only when the server sent no CRC to check.
         md5 = None if result.hash_crc64 else hashlib.md5(usedforsecurity=False)
         crc, size = Crc64(0), 0
@@ -265,20 +310,28 @@ def _fetch_verified(oss: Any, bucket: str, obj: Listed, dest: Path) -> str:
 
 
 def download_object(oss: Any, bucket: str, obj: Listed, dest: Path) -> OutputObject:
-    """One object, verified (retried on a mismatch or a transient error). Raises ChecksumMismatch/CloudError."""
+    """One object, verified. GET, streaming and verification are one call of the retry policy, so a connection
+    cut mid-body or damaged bytes are retried like a 503. Raises CloudError when that gives up."""
+    if obj.key.endswith("/"):
+        return _folder(bucket, obj, dest)
     crc = _already_there(oss, bucket, obj, dest)
-    last: Exception | None = None
-    for attempt in range(DOWNLOAD_ATTEMPTS if crc is None else 0):
-        try:
-            crc = _fetch_verified(oss, bucket, obj, dest)
-            break
-        except (ChecksumMismatch, CloudError) as exc:
-            last = exc
-            log.warning("download %d/%d of %s failed: %s", attempt + 1, DOWNLOAD_ATTEMPTS, obj.key, exc)
     if crc is None:
-        assert last is not None
-        raise last
+        crc = call(_fetch_verified, oss, bucket, obj, dest, service="OSS", operation="GetObject")
     return OutputObject(key=obj.key, size=obj.size, etag=obj.etag, crc64=crc, local_path=str(dest), verified=True)
+
+
+def _folder(bucket: str, obj: Listed, dest: Path) -> OutputObject:
+    """A "folder" object (key ending in ``/``, as the OSS console and many tools write them): a directory.
+
+    OSS has no directories; such a 0-byte object only marks one
+    (https://www.alibabacloud.com/help/en/oss/user-guide/manage-directories). It becomes a local directory; one
+    with content cannot be saved under a directory's name and is reported.
+    """
+    if obj.size:
+        raise ChecksumMismatch(f"oss://{bucket}/{obj.key} ends with '/' but holds {obj.size} bytes: it cannot be "
+                               f"saved as a file under a directory's name; fix: give it a key without the '/'")
+    dest.mkdir(parents=True, exist_ok=True)
+    return OutputObject(key=obj.key, size=0, etag=obj.etag, crc64="0", local_path=str(dest), verified=True)
 
 
 def presign(oss: Any, bucket: str, key: str, *, seconds: int) -> str:
@@ -438,6 +491,38 @@ def save_pod_logs_task(spec: BatchSpec, *, run_key: str, flow_run_name: str,
     prefix = run_prefix(spec.outputs, run_key=run_key, flow_run_name=flow_run_name)
     with stage_logs(scrub):
         return save_pod_logs(oss, spec.outputs.bucket, prefix, log_dir)
+
+
+def complete_indexes(spec: BatchSpec, *, run_key: str, flow_run_name: str, oss: Any,
+                     max_keys: int = 1000) -> list[int]:
+    """Indexes whose outputs are already in OSS and complete per ``outputs.completeness`` (sorted).
+
+    What a re-run of the same run key (``rerun: missing``) need not run again. The same listing and rule as
+    ``collect_outputs``; nothing is downloaded (``collect_outputs`` verifies every object at the end). With
+    ``completeness: none`` nothing can be told apart, so none is reported complete.
+    """
+    outputs = spec.outputs
+    if outputs.completeness == "none":
+        return []  # nothing in OSS tells a finished index from a missing one: the whole Job runs (or is re-attached)
+    prefix = run_prefix(outputs, run_key=run_key, flow_run_name=flow_run_name)
+    completions = spec.job.completions
+    groups, _ = group_by_index(list_prefix(oss, outputs.bucket, prefix, max_keys=max_keys), outputs, prefix,
+                               completions)
+    return [i for i in range(completions)
+            if completeness_problem(outputs, index_prefix(outputs, prefix, i), groups[i]) is None]
+
+
+@task(name="complete_indexes", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=transient_only)
+def complete_indexes_task(spec: BatchSpec, *, run_key: str, flow_run_name: str) -> list[int]:
+    """Prefect task: ``complete_indexes`` (logs how many an earlier attempt already finished)."""
+    oss, scrub = _oss(spec)
+    with stage_logs(scrub):
+        done = complete_indexes(spec, run_key=run_key, flow_run_name=flow_run_name, oss=oss)
+        if done:
+            log.info("%d of %d indexes already have complete outputs from an earlier attempt of run key %s",
+                     len(done), spec.job.completions, run_key)
+        return done
 
 
 @task(name="collect_outputs", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,

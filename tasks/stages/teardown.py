@@ -26,12 +26,13 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.cloud.cluster_access import existing_handle, find_ask_cluster, locate_cluster
-from tasks.cloud.context import Scrubber, credentials, cs_for, kube_for, stage_logs
+from tasks.cloud.cluster_access import existing_handle, find_cluster, locate_cluster
+from tasks.cloud.context import credentials, cs_for, kube_for, stage_logs
 from tasks.cloud.nas import describe_file_system, find_file_systems_by_name, list_mount_targets
 from tasks.cloud.retry import CloudError, call
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, TeardownItem, TeardownReport, VolumeHandle
 from tasks.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE, run_selector
+from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec
 
 log = logging.getLogger("ask_batch.teardown")
@@ -96,7 +97,7 @@ def wait_gone(list_fn: Callable[..., Any], *, timeout: float, **kwargs: Any) -> 
 
     deadline = time.monotonic() + timeout
     while True:
-        listing = list_fn(**kwargs)
+        listing = call(list_fn, service="Kubernetes", operation="list (waiting for deletion)", **kwargs)
         names = {item.metadata.name for item in listing.items or []}
         remaining = deadline - time.monotonic()
         if not names or remaining <= 0:
@@ -254,13 +255,13 @@ def _teardown_cluster(rec: _Recorder, *, delete: bool, why: str, spec: BatchSpec
                       cs: Any) -> None:
     from alibabacloud_cs20151215 import models as m
 
-    if spec.cluster.mode != "ask":
+    if spec.cluster.managed is None:
         if cluster or delete:
             rec.kept("Cluster", "(existing)", "cluster mode 'existing': ask-batch never deletes it")
         return
     cluster_id = cluster.cluster_id if cluster else None
     if not cluster_id:
-        found = find_ask_cluster(cs, region=spec.target.region, name=spec.cluster.ask.name)
+        found = find_cluster(cs, region=spec.target.region, name=spec.cluster.managed.name, kind=spec.cluster.mode)
         cluster_id = found["cluster_id"] if found else None
     if not cluster_id:
         return

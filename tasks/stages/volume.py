@@ -29,7 +29,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.cloud.context import RETRY_DELAYS, Scrubber, credentials, kube_for, stage_logs, transient_only
+from tasks.cloud.context import RETRY_DELAYS, credentials, kube_for, stage_logs, transient_only
 from tasks.cloud.nas import (
     describe_file_system,
     find_file_systems_by_name,
@@ -47,6 +47,7 @@ from tasks.render.manifests import (
     nas_pv_manifest,
     nas_pvc_manifest,
 )
+from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec, NasOptions
 
 log = logging.getLogger("ask_batch.volume")

@@ -6,11 +6,11 @@ prefect-kubernetes wait loop reads logs one pod after another (research/prefect.
 - one watch on the Job (field selector on its name) and one on its pods (our run label, filtered on the Job's
   uid in ownerReferences) feed a single queue; each watch lists first, then watches from that resourceVersion,
   resumes from the last seen version when the stream drops, and relists on 410 Gone (anchors.md pain 5);
-- every pod gets a log thread as soon as its container starts: lines go to ``emit`` prefixed with
-  ``[idx=N pod=NAME]`` and into a per-pod file, so the whole log outlives pod deletion and TTL (pain 4); a broken
-  log stream reconnects and skips the lines already seen; once the Job is finished, a stream still open after
-  ``log_grace_seconds`` (a real kubelet can take ~5 s to end it) is cut and the rest of that log is read once
-  without follow, skipping the same way, so the wait ends promptly with every log complete;
+- every pod's log is read by ``tasks.cloud.pod_logs.PodLogs`` as soon as its container starts (at most
+  ``max_log_streams`` live follows; the others are read once when their container ends): every byte is kept once
+  in a per-pod file and lines go to ``emit`` prefixed with ``[idx=N pod=NAME]``, so the whole log outlives pod
+  deletion and TTL (pain 4); once the Job is finished, a stream still open after ``log_grace_seconds`` (a real
+  kubelet can take ~5 s to end it) is cut and the rest of that log is read once without follow;
 - the main loop wakes on events *and* on a short timer, because a grace period can run out while nothing changes,
   and asks ``tasks.render.diagnose`` about each pod: the first fatal diagnosis ends the wait, naming index, pod, reason,
   exit code and the last log lines.
@@ -32,12 +32,24 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.cloud.context import RETRY_DELAYS, Scrubber, credentials, kube_for, stage_logs, transient_only
+from tasks.cloud.context import RETRY_DELAYS, credentials, kube_for, stage_logs, transient_only
+from tasks.cloud.pod_logs import PodLogs
 from tasks.errors import JobFailed
-from tasks.handles import ClusterHandle, IndexRecord, JobHandle, JobReport
+from tasks.handles import Attempt, ClusterHandle, IndexRecord, JobHandle, JobReport
 from tasks.naming import RUN_LABEL
-from tasks.render.diagnose import Diagnosis, diagnose_pod, exit_code, job_finished, parse_time, pod_index
+from tasks.render.diagnose import (
+    AttemptEnd,
+    Diagnosis,
+    attempt_end,
+    diagnose_pod,
+    is_spot,
+    job_finished,
+    parse_indexes,
+    parse_time,
+    pod_index,
+)
 from tasks.render.manifests import CONTAINER_NAME
+from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec
 
 log = logging.getLogger("ask_batch.wait")
@@ -64,6 +76,8 @@ class WaitOptions:
     log_catch_up_seconds: float = 30.0
     watch_seconds: int = 240  # server-side watch timeout: reconnect regularly rather than trust idle streams
     scrub: Callable[[str], str] = str  # applied to every log line and error text (blanks known secret values)
+    #: Live log follow streams at most; pods beyond are read once when their container ends.
+    max_log_streams: int = 64
 
 
 # --------------------------------------------------------------------------------------------- watches
@@ -164,178 +178,119 @@ class _Watcher:
 # --------------------------------------------------------------------------------------------- logs
 
 
-class PodLog:
-    """One pod's log: streamed live to ``emit``, kept whole in memory and in a file.
-
-    The follow stream normally ends by itself when the container exits. On a real cluster the kubelet can take
-    seconds to end it, so ``stop()`` cuts it short: the thread then reads the log once more without follow and
-    keeps only the lines it had not delivered yet (the same line count as after a reconnect), so the kept log is
-    complete and has no line twice.
-    """
-
-    def __init__(self, core: Any, namespace: str, pod: str, index: int | None, emit: Emit, log_dir: Path | None,
-                 *, scrub: Callable[[str], str] = str):
-        self.core, self.namespace, self.pod, self.emit, self.scrub = core, namespace, pod, emit, scrub
-        self.prefix = f"[idx={'?' if index is None else index} pod={pod}]"
-        self.lines: list[str] = []
-        self.path = (log_dir / f"{pod}.log") if log_dir else None
-        self.finished = threading.Event()  # set when the log is read to its end (or the pod is gone)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._resp: Any = None
-        self.thread = threading.Thread(target=self._run, name=f"log-{pod}", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def tail(self, n: int) -> list[str]:
-        return self.lines[-n:] if n else []
-
-    def stop(self) -> None:
-        """End the follow stream now; the thread catches up with one non-follow read, then sets ``finished``."""
-        if self.finished.is_set():
-            return
-        self._stop.set()
-        with self._lock:
-            resp = self._resp
-        if resp is not None:
-            with contextlib.suppress(Exception):
-                resp.shutdown()  # unblocks a read waiting for the next chunk (urllib3 >= 2.3)
-
-    def _run(self) -> None:
-        attempts = 0
-        while attempts < 50 and not self._stop.is_set():
-            attempts += 1
-            try:
-                self._read(follow=True)
-                if self._stop.is_set() or self._terminated():
-                    break
-            except Exception as exc:  # noqa: BLE001 - keep trying: a log stream may drop at any time
-                if self._stop.is_set():
-                    break
-                if getattr(exc, "status", None) == 404:  # pod gone: what we have is all there is
-                    self.finished.set()
-                    return
-                self._stop.wait(min(5.0, 0.2 * attempts))
-        if self._stop.is_set():
-            try:
-                self._read(follow=False)
-            except Exception as exc:  # noqa: BLE001 - the pod may be gone: what we have is all there is
-                log.debug("catch-up read of %s failed: %s", self.pod, type(exc).__name__)
-        self.finished.set()
-
-    def _read(self, *, follow: bool) -> None:
-        """One log request from the start; lines already delivered (by count) are skipped.
-
-        A follow stream cut by ``stop()`` must not deliver another byte: ``shutdown`` on a TLS socket drops its
-        TLS layer (``SSLSocket.shutdown``), so what is read after it can be raw TLS records, not log text. The
-        stop flag is set before the shutdown, so a chunk read after it is always seen with the flag set: such a
-        chunk, and the unfinished line before it, are discarded; the catch-up read delivers them.
-        """
-        resp = self.core.read_namespaced_pod_log(self.pod, self.namespace, container=CONTAINER_NAME,
-                                                 follow=follow, _preload_content=False)
-        with self._lock:
-            self._resp = resp if follow else None
-        if follow and self._stop.is_set():  # stopped while the request was being made
-            with contextlib.suppress(Exception):
-                resp.shutdown()
-        seen = 0
-        buffer = b""
-        cut = False
-        try:
-            for chunk in resp.stream(4096):
-                if follow and self._stop.is_set():
-                    cut = True
-                    break
-                buffer += chunk
-                *complete, buffer = buffer.split(b"\n")
-                for raw in complete:
-                    seen += 1
-                    if seen > len(self.lines):  # after a reconnect, skip what we already have
-                        self._line(raw.decode("utf-8", "replace"))
-        finally:
-            with self._lock:
-                self._resp = None
-            cut = cut or (follow and self._stop.is_set())
-            if cut:  # never reuse a connection that was shut down
-                with contextlib.suppress(Exception):
-                    resp.close()
-        # A last line without a newline is complete only when the server ended the stream, not when we cut it.
-        if buffer and not cut:
-            seen += 1
-            if seen > len(self.lines):
-                self._line(buffer.decode("utf-8", "replace"))
-
-    def _line(self, text: str) -> None:
-        # Scrubbed before it is kept anywhere: a workload that prints its token must not leak it into the run
-        # log, the saved log file (uploaded to OSS) or an error message.
-        text = self.scrub(text.rstrip("\r"))
-        self.lines.append(text)
-        if self.path:
-            with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(text + "\n")
-        self.emit(f"{self.prefix} {text}")
-
-    def _terminated(self) -> bool:
-        try:
-            pod = self.core.read_namespaced_pod(self.pod, self.namespace)
-        except Exception as exc:  # noqa: BLE001
-            return getattr(exc, "status", None) == 404
-        return (pod.status.phase or "") in ("Succeeded", "Failed")
-
-
-def _container_started(pod: dict[str, Any]) -> bool:
+def _container(pod: dict[str, Any]) -> tuple[bool, bool, int]:
+    """(started, terminated now, restartCount) of the workload container, for ``PodLogs.seen``."""
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") not in (None, CONTAINER_NAME):
+            continue
         state = cs.get("state") or {}
-        if state.get("running") or state.get("terminated"):
-            return True
-    return False
+        restarts = int(cs.get("restartCount") or 0)
+        started = bool(state.get("running") or state.get("terminated") or restarts)
+        return started, bool(state.get("terminated")), restarts
+    return False, False, 0
 
 
 # --------------------------------------------------------------------------------------------- records
 
 
 def _pod_seconds(pod: dict[str, Any], now: datetime) -> float:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+    """Billed seconds of one pod: ECI bills from instance creation (image pull included) to the pod's end
+    (https://www.alibabacloud.com/help/doc-detail/89142.htm), so from ``status.startTime`` (the virtual node took
+    the pod and created the instance) — not from the container's start — to the container's finish."""
+    status = pod.get("status") or {}
+    created = parse_time(status.get("startTime"))
+    for cs in status.get("containerStatuses") or []:
         state = cs.get("state") or {}
         if state.get("terminated"):
             t = state["terminated"]
-            start, end = parse_time(t.get("startedAt")), parse_time(t.get("finishedAt"))
+            start, end = created or parse_time(t.get("startedAt")), parse_time(t.get("finishedAt"))
             return max(0.0, (end - start).total_seconds()) if start and end else 0.0
         if state.get("running"):
-            start = parse_time(state["running"].get("startedAt"))
+            start = created or parse_time(state["running"].get("startedAt"))
             return max(0.0, (now - start).total_seconds()) if start else 0.0
+    if created is not None and status.get("phase") in ("Pending", "Running"):  # pulling the image: billed
+        return max(0.0, (now - created).total_seconds())
     return 0.0
 
 
+def _billed_seconds(pod: dict[str, Any], end: AttemptEnd | None, now: datetime) -> float:
+    """The instance's lifetime: ECI bills from the instance's creation (the pod leaves Scheduling) to its end
+    (https://www.alibabacloud.com/help/doc-detail/2833188.html). ``status.startTime`` is when the (virtual)
+    kubelet took the pod; the end is the last container's finish, else now. No instance, nothing billed."""
+    if end is not None and end.outcome in ("stock-out", "create-failed"):
+        return 0.0
+    status = pod.get("status") or {}
+    start = parse_time(status.get("startTime"))
+    if start is None:
+        return 0.0
+    finished = [parse_time(((cs.get("state") or {}).get("terminated") or {}).get("finishedAt"))
+                for cs in status.get("containerStatuses") or []]
+    finished = [f for f in finished if f]
+    stop = max(finished) if finished else (now if end is None else start)
+    return max(0.0, (stop - start).total_seconds())
+
+
+def attempt_record(pod: dict[str, Any], now: datetime) -> Attempt:
+    """One pod as a ledger line."""
+    status = pod.get("status") or {}
+    end = attempt_end(pod)
+    term: dict[str, Any] = {}
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or term
+    started = term.get("startedAt")
+    if not started:
+        for cs in status.get("containerStatuses") or []:
+            started = ((cs.get("state") or {}).get("running") or {}).get("startedAt") or started
+    if end is not None:
+        outcome, reason, message, code = end.outcome, end.reason, end.message or None, end.exit_code
+    else:
+        outcome = "running" if status.get("phase") == "Running" else "pending"
+        reason, message, code = None, None, None
+    return Attempt(pod=pod["metadata"]["name"], outcome=outcome, reason=reason, message=message, exit_code=code,
+                   spot=is_spot(pod), started=started, finished=term.get("finishedAt"),
+                   seconds=round(_pod_seconds(pod, now), 3), billed_seconds=round(_billed_seconds(pod, end, now), 3))
+
+
 def build_records(pods: dict[str, dict[str, Any]], completions: int, *, now: datetime,
-                  diagnoses: dict[str, Diagnosis] | None = None) -> list[IndexRecord]:
-    """Per-index record from the pods seen (the last pod of an index decides its status)."""
+                  diagnoses: dict[str, Diagnosis] | None = None,
+                  failed_indexes: set[int] | None = None, finished: bool = False,
+                  indexes: list[int] | None = None) -> list[IndexRecord]:
+    """Per-index ledger from the pods seen: every attempt, oldest first; the last one gives the status.
+
+    An index is ``failed`` when the Job says so (``failed_indexes``: its per-index budget is spent), when a pod of
+    it was diagnosed as stuck, or when its last pod failed and nothing replaced it by the time the Job finished;
+    a failed index is never shown as pending or running. Once the Job is ``finished``, an index that did not
+    succeed is ``failed`` (or ``not_started`` when no pod of it was ever seen).
+    """
+    failed = failed_indexes or set()
     by_index: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for pod in pods.values():
         idx = pod_index(pod)
         if idx is not None:
             by_index[idx].append(pod)
     records = []
-    for idx in range(completions):
-        attempts = sorted(by_index.get(idx, []), key=lambda p: p["metadata"].get("creationTimestamp") or "")
-        if not attempts:
-            records.append(IndexRecord(index=idx, status="pending"))
+    for idx in (indexes if indexes is not None else range(completions)):
+        pods_of = sorted(by_index.get(idx, []), key=lambda p: p["metadata"].get("creationTimestamp") or "")
+        if not pods_of:
+            status = "failed" if idx in failed else "not_started" if finished else "pending"
+            records.append(IndexRecord(index=idx, status=status))
             continue
-        last = attempts[-1]
-        name, status = last["metadata"]["name"], last.get("status") or {}
-        phase = status.get("phase")
-        state = {"Succeeded": "succeeded", "Failed": "failed", "Running": "running", "Pending": "pending"}.get(
-            phase or "", "unknown")
-        diag = (diagnoses or {}).get(name)
-        term = {}
-        for cs in status.get("containerStatuses") or []:
-            term = (cs.get("state") or {}).get("terminated") or term
+        attempts = [attempt_record(p, now) for p in pods_of]
+        # The last attempt decides, except that a succeeded one always wins (a late-listed older pod).
+        last = next((a for a in attempts if a.outcome == "succeeded"), attempts[-1])
+        diag = next((d for name, d in (diagnoses or {}).items() if name in {a.pod for a in attempts}), None)
+        if last.outcome == "succeeded":
+            state = "succeeded"
+        elif diag or idx in failed or finished or last.outcome not in ("running", "pending"):
+            state = "failed"  # a failed last pod may still be replaced by the Job: the next record says so
+        else:
+            state = last.outcome
         records.append(IndexRecord(
-            index=idx, status="failed" if diag else state, attempts=len(attempts), pod=name,
-            exit_code=exit_code(last), reason=(diag.reason if diag else term.get("reason") or status.get("reason")),
-            started=term.get("startedAt") or status.get("startTime"), finished=term.get("finishedAt"),
-            seconds=round(sum(_pod_seconds(p, now) for p in attempts), 3)))
+            index=idx, status=state, attempts=attempts, pod=last.pod, exit_code=last.exit_code,
+            reason=(diag.reason if diag else last.reason),
+            started=last.started, finished=last.finished,
+            seconds=round(sum(a.seconds for a in attempts), 3),
+            billed_seconds=round(sum(a.billed_seconds for a in attempts), 3)))
     return records
 
 
@@ -345,7 +300,19 @@ def build_records(pods: dict[str, dict[str, Any]], completions: int, *, now: dat
 def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: WaitOptions, emit: Emit,
                  on_progress: Callable[[int, int], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> JobReport:
-    """Block until the Job completes; raise ``JobFailed`` (with the report) when it fails or cannot progress.
+    """Block until the Job has a verdict; raise ``JobFailed`` (with the report) when it failed or cannot progress.
+
+    The Job decides (https://kubernetes.io/docs/concepts/workloads/controllers/job/#handling-pod-and-container-failures):
+    the run fails on the Job's ``Failed`` condition, not on a pod failure the Job will retry. Pods that ended badly
+    (spot reclaim, ECI stock-out, eviction, exit code, OOM) are logged as they happen and kept in the per-index
+    ledger, whenever they happened (pods that failed before the first list are judged the same way). An index
+    whose per-index budget is spent (``status.failedIndexes``) is logged at once; the run still waits for the
+    Job's verdict, so the other indexes finish and nothing is deleted early. Only a pod that cannot end by itself
+    (``diagnose_pod``: bad image, unschedulable, ECI creation stuck, past the grace) ends the wait early.
+
+    A Job that vanishes is a verdict too: deleted before it finished -> ``JobFailed`` saying so; already gone
+    when the wait starts (removed by ``ttlSecondsAfterFinished`` after finishing) -> a report with
+    ``job_gone=True`` and the pods seen, so the outputs decide.
 
     Args:
         api_client: a ``kubernetes.client.ApiClient`` for the cluster.
@@ -356,7 +323,8 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
         on_progress: called with (succeeded, completions) whenever the count changes.
 
     Raises:
-        JobFailed: the Job failed, a pod cannot make progress (after the grace), or ``timeout_seconds`` passed.
+        JobFailed: the Job failed, was deleted while it ran, a pod cannot make progress (after the grace), or
+            ``timeout_seconds`` passed.
     """
     from kubernetes import client
 
@@ -377,8 +345,13 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
     pods: dict[str, dict[str, Any]] = {}
     changed: set[str] = set()  # pods seen since the last diagnosis
     unsettled: set[str] = set()  # pods not yet Succeeded/Failed: the only ones a grace can still catch
-    logs: dict[str, PodLog] = {}
+    logs = PodLogs(core, job.namespace, CONTAINER_NAME, emit, options.log_dir, scrub=options.scrub,
+                   max_streams=options.max_log_streams, tail_lines=options.tail_lines) if options.stream_logs else None
+    incomplete: dict[str, str] = {}
     job_obj: dict[str, Any] = {}
+    job_deleted = False  # a DELETED event for the Job, or a deletionTimestamp on it
+    ended: set[str] = set()  # pods whose end was already logged
+    failed_logged: set[int] = set()  # indexes whose spent budget was already logged
     synced: set[str] = set()
     last_progress = -1
     deadline = clock() + options.timeout_seconds if options.timeout_seconds else None
@@ -397,10 +370,10 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
             unsettled.discard(name)
         else:
             unsettled.add(name)
-        if options.stream_logs and name not in logs and _container_started(obj):
-            logs[name] = PodLog(core, job.namespace, name, pod_index(obj), emit, options.log_dir,
-                                scrub=options.scrub)
-            logs[name].start()
+        if logs is not None:
+            started, ended_now, restarts = _container(obj)
+            logs.seen(name, pod_index(obj), started=started, ended=ended_now or etype == "DELETED",
+                      restarts=restarts)
 
     def final_pods() -> None:
         # The Job and pod watches are separate streams: the Job's final condition can arrive before the last
@@ -409,24 +382,48 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
             for item in core.list_namespaced_pod(job.namespace, label_selector=pod_selector).items:
                 see_pod("MODIFIED", api_client.sanitize_for_serialization(item))
 
-    def report(succeeded: bool, reason: str | None, diags: dict[str, Diagnosis] | None = None) -> JobReport:
+    def report(succeeded: bool, reason: str | None, diags: dict[str, Diagnosis] | None = None, *,
+               finished: bool = False, gone: bool = False) -> JobReport:
         now = datetime.now(UTC)
-        return JobReport(job=job, succeeded=succeeded, reason=reason,
-                         indexes=build_records(pods, job.completions, now=now, diagnoses=diags))
+        failed = failed_indexes()
+        return JobReport(job=job, succeeded=succeeded, reason=reason, job_gone=gone,
+                         indexes=build_records(pods, job.completions, now=now, diagnoses=diags,
+                                               failed_indexes=failed, finished=finished,
+                                               indexes=None if job.index is None else [job.index]),
+                         incomplete_logs=dict(sorted(incomplete.items())))
+
+    def failed_indexes() -> set[int]:
+        # The Job's own indexes whose budget is spent, as original indexes (a follow-up Job runs one, as its 0).
+        failed = parse_indexes((job_obj.get("status") or {}).get("failedIndexes"))
+        return failed if job.index is None else ({job.index} if failed else set())
+
+    def explain_ends() -> None:
+        # Say, once per pod, how each attempt ended and who decides next; and once per index, that its budget
+        # is spent. Scrubbed: a container message can quote anything.
+        for name in sorted(changed):
+            pod = pods.get(name)
+            if pod is None or name in ended:
+                continue
+            end = attempt_end(pod)
+            if end is None or end.outcome == "succeeded":
+                continue
+            ended.add(name)
+            idx = pod_index(pod)
+            detail = f": {end.message}" if end.message else ""
+            log.warning("%s", options.scrub(
+                f"index {'?' if idx is None else idx}: pod {name} ended: {end.reason}{detail}; "
+                f"{'not the workload' + chr(39) + 's fault: ' if end.disruption else ''}"
+                f"the Job retries it within its limits (backoffLimitPerIndex / backoffLimit / podFailurePolicy)"))
+        for idx in sorted(failed_indexes() - failed_logged):
+            failed_logged.add(idx)
+            log.warning("index %d failed for good: its retry budget is spent; the Job still runs the other "
+                        "indexes, then fails", idx)
 
     def drain_logs() -> None:
-        # Streams that end by themselves within the grace are the common case; the others are cut and caught up
-        # with one plain read each (PodLog.stop), so a slow kubelet does not hold the run for seconds.
-        end = time.monotonic() + options.log_grace_seconds
-        for pl in list(logs.values()):
-            pl.finished.wait(max(0.0, end - time.monotonic()))
-        open_streams = [pl for pl in logs.values() if not pl.finished.is_set()]
-        for pl in open_streams:
-            pl.stop()
-        end = time.monotonic() + options.log_catch_up_seconds
-        for pl in open_streams:
-            if not pl.finished.wait(max(0.0, end - time.monotonic())):
-                log.warning("log of pod %s may be incomplete: not read to its end in time", pl.pod)
+        # Streams that end by themselves within the grace are the common case; the others are cut and the rest
+        # of their log is read once without follow, so a slow kubelet does not hold the run for seconds.
+        if logs is not None:
+            incomplete.update(logs.close(grace=options.log_grace_seconds, catch_up=options.log_catch_up_seconds))
 
     try:
         last_scan = clock()
@@ -443,10 +440,13 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
                     synced.add(kind)
                 elif kind == "job":
                     job_obj = obj
+                    job_deleted = job_deleted or etype == "DELETED" or bool(
+                        (obj.get("metadata") or {}).get("deletionTimestamp"))
                 elif kind == "pod":
                     see_pod(etype, obj)
             if synced != {"job", "pod"}:
                 continue
+            explain_ends()
             succeeded = int((job_obj.get("status") or {}).get("succeeded") or 0)
             if on_progress and succeeded != last_progress:
                 last_progress = succeeded
@@ -455,11 +455,27 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
             if finished:
                 final_pods()
                 drain_logs()
-                rep = report(ok, why)
+                rep = report(ok, why, finished=True)
                 if ok:
                     return rep
                 raise JobFailed(options.scrub(_failure_message(f"Job {job.name} failed: {why}", rep, logs,
                                                                options)), rep)
+            if not job_obj:
+                # The Job was gone before the first list: it finished and ttlSecondsAfterFinished removed it, or
+                # someone deleted it. Nothing here can tell which: the outputs decide (collect_outputs).
+                final_pods()
+                drain_logs()
+                log.warning("Job %s was already gone when the wait began (removed by its TTL after finishing, or "
+                            "deleted): judging the run by its outputs and the %d pod(s) seen", job.name, len(pods))
+                return report(True, None, gone=True)
+            if job_deleted:
+                final_pods()
+                drain_logs()
+                rep = report(False, "Job deleted while it ran", finished=True)
+                raise JobFailed(options.scrub(_failure_message(
+                    f"Job {job.namespace}/{job.name} was deleted while it ran ({succeeded}/{job.completions} "
+                    f"indexes done): something else deleted it (a cleanup script, kubectl delete, a colleague); "
+                    f"fix: find who (kubectl get events), then run again", rep, logs, options)), rep)
             # Diagnose the pods that just changed, and once per tick the unfinished ones (a grace can run out
             # while nothing changes). Finished pods are never rescanned: that was O(pods) per event.
             suspects = set(changed)
@@ -483,23 +499,86 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
     finally:
         for w in watchers:
             w.close()
+        if logs is not None:
+            logs.stop()  # a no-op after drain_logs(); else no reader may write on after this wait is over
 
 
-def _failure_message(head: str, rep: JobReport, logs: dict[str, PodLog], options: WaitOptions,
+def _failure_message(head: str, rep: JobReport, logs: PodLogs | None, options: WaitOptions,
                      pod: str | None = None) -> str:
     """The error a user reads: which indexes failed, how, and the end of the failing pod's log."""
     lines = [head]
     failed = [r for r in rep.indexes if r.status == "failed"]
     for r in failed[:10]:
-        lines.append(f"  index {r.index}: pod {r.pod}, exit code {r.exit_code}, reason {r.reason}, "
-                     f"attempts {r.attempts}")
+        last = next((a for a in reversed(r.attempts) if a.pod == r.pod), None)
+        message = f": {last.message}" if last and last.message else ""
+        history = ", ".join(f"{a.outcome}" for a in r.attempts)
+        lines.append(f"  index {r.index}: pod {r.pod}, {r.reason or 'failed'}{message} "
+                     f"({len(r.attempts)} attempt(s): {history})")
+    if len(failed) > 10:
+        lines.append(f"  ... and {len(failed) - 10} more failed indexes (see the run summary)")
     target = pod or (failed[0].pod if failed else None)
-    if target and target in logs and options.tail_lines:
-        tail = logs[target].tail(options.tail_lines)
+    if target and logs is not None and options.tail_lines:
+        tail = logs.tail(target)
         if tail:
             lines.append(f"  last {len(tail)} log lines of {target}:")
             lines += [f"    {t}" for t in tail]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- re-runs
+
+
+def merge_reports(whole: JobHandle, reused: list[int], reports: list[JobReport]) -> JobReport:
+    """One report for a re-run: indexes an earlier attempt finished (``reused``, outputs already complete) plus
+    the records of the follow-up Jobs; it succeeded when every follow-up did."""
+    by_index = {i: IndexRecord(index=i, status="succeeded", reason="outputs from an earlier attempt")
+                for i in reused}
+    for rep in reports:
+        for record in rep.indexes:
+            by_index[record.index] = record
+    failed = [rep for rep in reports if not rep.succeeded]
+    reason = "; ".join(f"{rep.job.name} (index {rep.job.index}): {rep.reason}" for rep in failed) or None
+    return JobReport(job=whole, succeeded=not failed, reason=reason,
+                     indexes=[by_index.get(i) or IndexRecord(index=i, status="not_started")
+                              for i in range(whole.completions)],
+                     follow_ups=[rep.job for rep in reports], reused=sorted(reused))
+
+
+@task(name="wait_for_follow_ups", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS),
+      retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=transient_only)
+def wait_for_follow_ups_task(spec: BatchSpec, run_key: str, cluster: ClusterHandle, whole: JobHandle,
+                             follow_ups: list[JobHandle], reused: list[int], log_dir: str | None) -> JobReport:
+    """Prefect task: wait for every follow-up Job of a re-run (they run at once; each wait ends with its Job's
+    verdict), then one merged report. A failed follow-up does not stop the wait for the others.
+
+    Raises:
+        JobFailed: some follow-up Job failed (the merged report is attached), naming its index.
+    """
+    from tasks.cloud.clients import _load_prefect_secret
+    from tasks.cloud.inputs import run_secret_values
+
+    creds = credentials(spec)
+    scrub = Scrubber(run_secret_values(spec, creds, load_secret=_load_prefect_secret))
+    reports: list[JobReport] = []
+    errors: list[str] = []
+    with stage_logs(scrub) as run_logger:
+        api = kube_for(spec, cluster)
+        try:
+            for job in follow_ups:
+                try:
+                    reports.append(wait_for_job(api, job, run_key=run_key, options=wait_options(
+                        spec, log_dir=Path(log_dir) if log_dir else None, scrub=scrub), emit=run_logger.info))
+                except JobFailed as exc:
+                    reports.append(exc.report)
+                    errors.append(str(exc))
+                run_logger.info("re-run: %d of %d follow-up Jobs finished", len(reports), len(follow_ups))
+        finally:
+            api.close()
+    merged = merge_reports(whole, reused, reports)
+    if errors:
+        raise JobFailed(scrub(f"{len(errors)} of {len(follow_ups)} follow-up Jobs failed:\n" + "\n".join(errors)),
+                        merged)
+    return merged
 
 
 # --------------------------------------------------------------------------------------------- Prefect task
@@ -512,7 +591,7 @@ def wait_options(spec: BatchSpec, *, log_dir: Path | None, scrub: Callable[[str]
         timeout = spec.job.active_deadline_seconds + 600
     return WaitOptions(grace_seconds=spec.wait.fail_fast_grace_seconds, timeout_seconds=timeout,
                        stream_logs=spec.wait.stream_logs, tail_lines=spec.wait.log_tail_lines, log_dir=log_dir,
-                       scrub=scrub)
+                       scrub=scrub, max_log_streams=spec.wait.max_log_streams)
 
 
 @task(name="wait_for_job", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,

@@ -81,7 +81,7 @@ def test_example_run_downloads_one_verified_result_per_index(sandbox_dir: Path, 
     logs = flow_logs(state.state_details.flow_run_id)
     assert any(line.startswith("[idx=3 pod=askb-e2e-ok-") for line in logs)
     summary = [a for a in flow_artifacts(state.state_details.flow_run_id) if "Estimated cost" in a]
-    assert summary and "| 9 | succeeded | 1 | 0 |" in summary[0]
+    assert summary and "| 9 | succeeded | 1: succeeded (on-demand) | 0 |" in summary[0]
 
 
 def test_a_nas_only_workload_with_completeness_none_succeeds_and_says_what_was_not_verified(
@@ -159,15 +159,6 @@ def test_logs_complete_without_duplicates_when_open_streams_are_cut_at_once(
     real = tasks.stages.wait.wait_options
     monkeypatch.setattr(tasks.stages.wait, "wait_options",
                         lambda *a, **k: dataclasses.replace(real(*a, **k), log_grace_seconds=0.0))
-    stopped: list[str] = []
-    real_stop = tasks.stages.wait.PodLog.stop
-
-    def spy(self: Any) -> None:
-        if not self.finished.is_set():
-            stopped.append(self.pod)
-        real_stop(self)
-
-    monkeypatch.setattr(tasks.stages.wait.PodLog, "stop", spy)
     (workdir / "noisy.py").write_text(NOISY)
     _, state = run(sandbox_dir, workdir, "e2e-cut", "job.completions=3", "job.parallelism=3",
                    f"config.local_paths=[{WORKLOAD / 'shard_hash.py'}, {settings_file(workdir)}, "
@@ -181,9 +172,6 @@ def test_logs_complete_without_duplicates_when_open_streams_are_cut_at_once(
         assert [line for line in lines if line.startswith("noise ")] == [f"noise {i:05d}" for i in range(3000)]
         assert len(lines) == len(set(lines)), "a line was kept twice"
         assert any(line.startswith("index ") for line in lines)  # the last lines, after the noise
-    # Usually all 3: the log threads lag behind 3000 quick lines, so their streams are cut mid-data (not asserted:
-    # it depends on timing; tests/unit/test_wait.py covers the cut deterministically).
-    print(f"streams cut at the Job's end: {len(stopped)} of 3")
 
 
 def test_bad_image_fails_within_the_grace_naming_pod_and_reason(sandbox_dir: Path, workdir: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import alibabacloud_oss_v2 as oss
 import pytest
 
-from tasks.handles import IndexRecord, JobHandle, JobReport
+from tasks.handles import Attempt, IndexRecord, JobHandle, JobReport
 from tasks.stages.outputs import (
     OutputsIncomplete,
     artifact_key,
@@ -29,7 +29,8 @@ JOB = "askb-it-0123456789"
 def make_report(completions: int) -> JobReport:
     job = JobHandle(namespace="default", name=JOB, uid="uid-1", completions=completions)
     return JobReport(job=job, succeeded=True, indexes=[
-        IndexRecord(index=i, status="succeeded", attempts=1, pod=f"{JOB}-{i}-ab{i}cd") for i in range(completions)])
+        IndexRecord(index=i, status="succeeded", pod=f"{JOB}-{i}-ab{i}cd",
+                    attempts=[Attempt(pod=f"{JOB}-{i}-ab{i}cd", outcome="succeeded")]) for i in range(completions)])
 
 
 @pytest.fixture
@@ -116,6 +117,20 @@ def test_a_missing_marker_names_the_index_and_the_prefix(cloud: Any, spec_for: A
     assert "index 1: no marker '_SUCCESS'" in str(err) and "index 3: no marker" in str(err)
     assert not err.manifest.complete
     assert err.manifest.indexes[0].complete and err.manifest.indexes[0].objects[0].verified
+
+
+def test_complete_indexes_are_the_ones_a_rerun_skips(cloud: Any, spec_for: Any, put: Any, run_key: str) -> None:
+    from tasks.stages.outputs import complete_indexes
+
+    spec = spec_for()
+    spec = spec.model_copy(update={"job": spec.job.model_copy(update={"completions": 4})})
+    ensure_bucket(spec, cloud.oss)
+    seed_index(put, run_key, 0)
+    seed_index(put, run_key, 1, marker=False)  # an index cut off mid-upload is run again
+    seed_index(put, run_key, 3)
+    assert complete_indexes(spec, run_key=run_key, flow_run_name="flow-r", oss=cloud.oss, max_keys=2) == [0, 3]
+    unchecked = spec.model_copy(update={"outputs": spec.outputs.model_copy(update={"completeness": "none"})})
+    assert complete_indexes(unchecked, run_key=run_key, flow_run_name="flow-r", oss=cloud.oss) == []
 
 
 def test_min_objects_mode(cloud: Any, spec_for: Any, put: Any, run_key: str) -> None:

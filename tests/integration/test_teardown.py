@@ -147,7 +147,8 @@ def test_partial_handles_and_unreachable_cluster_are_reported_not_raised(cloud: 
 
 def test_a_cluster_created_by_ask_batch_is_deleted_when_the_policy_says_so(cloud: Any, make_spec: Any,
                                                                           run_key: str) -> None:
-    spec = make_spec({"cluster": {"mode": "ask", "ask": {"name": "it-" + run_key, "create_if_missing": True}},
+    spec = make_spec({"cluster": {"mode": "ask", "ask": {"name": "it-" + run_key, "create_if_missing": True,
+                                                         "zone_id": "cn-sandbox-a"}},
                       "teardown": {"cluster": "on_success"}})
     handle = ensure_cluster(spec, run_key=run_key, cs=cloud.cs)
     assert handle.created

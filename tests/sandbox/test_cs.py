@@ -51,7 +51,7 @@ async def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
 def ask_request(name: str, **kw: Any) -> cs.CreateClusterRequest:
     args: dict[str, Any] = dict(name=name, region_id="cn-sandbox", cluster_type="ManagedKubernetes",
                                 profile="Serverless", cluster_spec="ack.pro.small", snat_entry=True,
-                                endpoint_public_access=True, deletion_protection=False,
+                                endpoint_public_access=True, deletion_protection=False, zone_id="cn-sandbox-b",
                                 tags=[cs.Tag(key="pipeline", value=name)])
     args.update(kw)
     return cs.CreateClusterRequest(**args)
@@ -164,8 +164,9 @@ async def test_default_cluster_is_listed_running_and_protected(env: Env) -> None
     (dict(cluster_type="Ask", profile=None), "deprecated"),
     (dict(profile="ask.v2"), "deprecated"),
     (dict(nat_gateway=True), "use snat_entry"),
-    (dict(profile="Default"), "ACK Serverless clusters only"),
+    (dict(profile="Default"), "clusters only"),
     (dict(tags=[cs.Tag(key="aliyun-x", value="v")]), "must not start with"),
+    (dict(zone_id=None), "zone_id is required when vpcid and vswitch_ids are not specified"),
 ])
 async def test_create_cluster_validation(env: Env, kw: dict[str, Any], message: str) -> None:
     request = ask_request(**{"name": "valid-name", **kw})

@@ -26,7 +26,7 @@ LIMITS = [
     ("k8s version junk", {"cluster.ask.kubernetes_version": "latest"}, "cluster.ask.kubernetes_version", "1.32"),
     ("tag key too long", {"cluster.ask.tags": {"k" * 129: "v"}}, "cluster.ask.tags", "128"),
     ("tag value http", {"cluster.ask.tags": {"k": "http://x"}}, "cluster.ask.tags", "http"),
-    ("too many tags", {"cluster.ask.tags": {f"k{i}": "v" for i in range(20)}}, "cluster.ask.tags", "19"),
+    ("too many tags", {"cluster.ask.tags": {f"k{i}": "v" for i in range(19)}}, "cluster.ask.tags", "18"),
     ("marker with $(VAR)", {"outputs.marker_name": "$(ASK_BATCH_RUN_KEY)"}, "outputs.marker_name", "'$'"),
     ("marker with $$", {"outputs.marker_name": "a$$b"}, "outputs.marker_name", "'$'"),
     ("prefix with $(VAR)", {"outputs.prefix_template": "out/$(HOME)/{run_key}/"}, "outputs.prefix_template", "'$'"),
@@ -82,8 +82,8 @@ def test_cloud_limits_are_checked_up_front(changes, field, fix):
     {"job.image": "localhost:5000/team/app"},
     {"job.eci.spot_duration_hours": 0},
     {"job.cpu": "96", "job.eci.use_specs": ["ecs.g7.24xlarge"]},
-    {"cluster.ask.tags": {f"k{i}": "v" for i in range(19)}},
+    {"cluster.ask.tags": {f"k{i}": "v" for i in range(18)}},
 ], ids=["int32 max", "real network ids", "env refs to earlier", "args refs", "job env refs config env",
-        "image with digest", "registry with port", "spot duration 0", "big pod on an ECS type", "19 tags"])
+        "image with digest", "registry with port", "spot duration 0", "big pod on an ECS type", "18 tags"])
 def test_values_at_the_limits_are_accepted(changes):
     parse_spec(with_changes(BASE, changes))

@@ -144,6 +144,34 @@ def test_optional_job_fields_only_when_set():
     assert "volumes" not in job["spec"]["template"]["spec"]
 
 
+def test_no_job_wide_backoff_limit_next_to_a_per_index_budget_unless_asked():
+    per_index = job_manifest(parse_spec(with_changes(BASE, {"job.backoff_limit_per_index": 1})), run_key=RUN,
+                             inputs=JobInputs())["spec"]
+    assert per_index["backoffLimitPerIndex"] == 1 and "backoffLimit" not in per_index
+    asked = job_manifest(parse_spec(with_changes(BASE, {"job.backoff_limit_per_index": 1, "job.backoff_limit": 5})),
+                         run_key=RUN, inputs=JobInputs())["spec"]
+    assert asked["backoffLimit"] == 5
+    plain = job_manifest(parse_spec(BASE), run_key=RUN, inputs=JobInputs())["spec"]
+    assert plain["backoffLimit"] == 3
+
+
+def test_spot_pods_get_an_ignore_rule_for_disruptions_before_the_users_rules():
+    user_rule = {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [137]}}
+    spec = parse_spec(with_changes(BASE, {"job.eci.spot_strategy": "SpotAsPriceGo",
+                                          "job.pod_failure_policy": {"rules": [user_rule]}}))
+    rules = job_manifest(spec, run_key=RUN, inputs=JobInputs())["spec"]["podFailurePolicy"]["rules"]
+    assert rules == [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                     user_rule]
+    off = parse_spec(with_changes(BASE, {"job.eci.spot_strategy": "SpotAsPriceGo", "job.eci.ignore_reclaims": False}))
+    assert "podFailurePolicy" not in job_manifest(off, run_key=RUN, inputs=JobInputs())["spec"]
+    on_demand = parse_spec(BASE)
+    assert "podFailurePolicy" not in job_manifest(on_demand, run_key=RUN, inputs=JobInputs())["spec"]
+    own = {"action": "Count", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    theirs = parse_spec(with_changes(BASE, {"job.eci.spot_strategy": "SpotAsPriceGo",
+                                            "job.pod_failure_policy": {"rules": [own]}}))
+    assert job_manifest(theirs, run_key=RUN, inputs=JobInputs())["spec"]["podFailurePolicy"]["rules"] == [own]
+
+
 def test_nas_pv_and_pvc_bind_to_each_other():
     nas = parse_spec(with_changes(BASE, {"storage.mode": "nas"})).storage.nas
     pv = nas_pv_manifest("askb-pv-r", run_key=RUN, server="fs-1.cn-hangzhou.nas.aliyuncs.com", path="/", nas=nas)
@@ -211,3 +239,18 @@ def test_redact_removes_every_secret_value(spec, content):
     # references to secrets are kept
     assert sec["metadata"]["name"] in json.dumps(rendered[2])
     assert sec["data"]["token"] != "<redacted>"  # redact() copies, never mutates
+
+
+def test_pods_read_their_index_from_ask_batch_index_on_the_first_job_and_on_a_follow_up():
+    spec = parse_spec(with_changes(BASE, {"job.completions": 5, "job.parallelism": 5}))
+    first = job_manifest(spec, run_key=RUN, inputs=JobInputs())
+    env = {e["name"]: e for e in first["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ASK_BATCH_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    follow = job_manifest(spec, run_key=RUN, inputs=JobInputs(), index=3)
+    env = {e["name"]: e.get("value") for e in follow["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ASK_BATCH_INDEX"] == env["JOB_COMPLETION_INDEX"] == "3"
+    assert (follow["spec"]["completions"], follow["spec"]["parallelism"]) == (1, 1)
+    assert follow["spec"]["template"]["metadata"]["labels"]["ask-batch.io/index"] == "3"
+    others = {job_manifest(spec, run_key=RUN, inputs=JobInputs(), index=i)["metadata"]["name"] for i in range(5)}
+    assert len(others | {first["metadata"]["name"]}) == 6  # every Job its own name

@@ -26,6 +26,7 @@ INVALID = [
     ("negative backoff", {"job.backoff_limit": -1}, "job.backoff_limit", ""),
     ("negative deadline", {"job.active_deadline_seconds": -5}, "job.active_deadline_seconds", ""),
     ("negative ttl", {"job.ttl_seconds_after_finished": -1}, "job.ttl_seconds_after_finished", ""),
+    ("ttl shorter than the log drain", {"job.ttl_seconds_after_finished": 0}, "(spec)", "at least 34"),
     ("cpu syntax", {"job.cpu": "two"}, "job.cpu", "500m"),
     ("cpu zero", {"job.cpu": "0"}, "job.cpu", "250m"),
     ("cpu negative", {"job.cpu": "-1"}, "job.cpu", "500m"),

@@ -35,12 +35,17 @@ texts = (st.sampled_from(["", " ", "a", "A", "-a", "a-", "a" * 63, "a" * 64, "a"
 values = ints | floats | texts | st.booleans() | st.none()
 labels = st.dictionaries(texts, texts, max_size=3)
 
+def edges(*valid_and_invalid: Any) -> st.SearchStrategy[Any]:
+    """A field's own values on both sides of its limits, mixed with the generic ones."""
+    return st.sampled_from(valid_and_invalid) | texts
+
+
 #: field -> strategy of values around its limits
 FIELDS: dict[str, st.SearchStrategy[Any]] = {
-    "run_key": texts,
+    "run_key": edges("a" * 40, "a" * 41, "run-1", "Run-1", "-a"),
     "target.region": texts,
-    "cluster.namespace": texts,
-    "cluster.ask.name": texts,
+    "cluster.namespace": edges("default", "a" * 63, "a" * 64, "batch-jobs"),
+    "cluster.ask.name": edges("a" * 63, "a" * 64, "名字-1", "ask_batch", "-x"),
     "cluster.ask.vpc_id": texts | st.none(),
     "cluster.ask.vswitch_ids": st.lists(texts, max_size=3),
     "cluster.ask.service_cidr": texts | st.none(),
@@ -57,7 +62,8 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "config.files": st.dictionaries(texts, texts, max_size=2),
     "config.env": st.dictionaries(texts, texts, max_size=3),
     "config.mount_path": texts,
-    "job.image": texts,
+    "job.image": edges("python:3.11-slim", "localhost:5000/a/b:1", "a" * 255, "a" * 256, "Python",
+                       "a/b@sha256:" + "0" * 64),
     "job.command": st.lists(texts, max_size=3) | st.none(),
     "job.args": st.lists(texts, max_size=3),
     "job.env": st.dictionaries(texts, texts, max_size=3),
@@ -83,16 +89,16 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "job.eci.spot_duration_hours": ints | st.none(),
     "job.eci.extra_annotations": labels,
     "wait.timeout_seconds": ints | st.none(),
-    "outputs.bucket": texts,
-    "outputs.prefix_template": texts,
+    "outputs.bucket": edges("abc", "ab", "a" * 63, "a" * 64, "my-bucket", "-ab"),
+    "outputs.prefix_template": edges("{run_key}/", "x/{flow_run_name}/", "p" * 900 + "/", "{user}/", "/{run_key}"),
     "outputs.index_template": texts | st.sampled_from(["i-{index}/", "{index:05d}", "{index!r}", "{index:>9999}"]),
-    "outputs.marker_name": texts,
+    "outputs.marker_name": edges("_SUCCESS", "done.txt", "$(X)", "a/b", "ü" * 300),
 }
 
 
 @st.composite
 def specs(draw: st.DrawFn) -> dict[str, Any]:
-    chosen = draw(st.lists(st.sampled_from(sorted(FIELDS)), min_size=1, max_size=6, unique=True))
+    chosen = draw(st.lists(st.sampled_from(sorted(FIELDS)), min_size=1, max_size=4, unique=True))
     return with_changes(BASE, {name: draw(FIELDS[name]) for name in chosen})
 
 

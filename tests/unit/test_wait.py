@@ -1,12 +1,8 @@
 """wait_for_job pieces that need no cluster: per-index records and the log follower."""
 
-import threading
 from datetime import UTC, datetime
-from types import SimpleNamespace
 
-import pytest
-
-from tasks.stages.wait import PodLog, build_records
+from tasks.stages.wait import build_records
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -25,88 +21,49 @@ def test_records_take_the_last_attempt_and_sum_time():
             "c": pod("c", 1, "Failed", 42)}
     recs = build_records(pods, 3, now=NOW)
     assert [r.status for r in recs] == ["succeeded", "failed", "pending"]
-    assert recs[0].attempts == 2 and recs[0].pod == "b" and recs[0].seconds == 60
-    assert recs[1].exit_code == 42 and recs[1].reason == "Error"
+    assert [a.pod for a in recs[0].attempts] == ["a", "b"] and recs[0].pod == "b" and recs[0].seconds == 60
+    assert [a.outcome for a in recs[0].attempts] == ["exit", "succeeded"]
+    assert recs[1].exit_code == 42 and recs[1].reason == "exit code 42"
 
 
-class FakeCore:
-    def __init__(self, chunks_per_call):
-        self.calls = list(chunks_per_call)
-
-    def read_namespaced_pod_log(self, *args, **kwargs):
-        chunks = self.calls.pop(0)
-        if isinstance(chunks, Exception):
-            raise chunks
-        return SimpleNamespace(stream=lambda n: iter(chunks))
-
-    def read_namespaced_pod(self, *args, **kwargs):
-        phase = "Running" if self.calls else "Succeeded"
-        return SimpleNamespace(status=SimpleNamespace(phase=phase))
-
-
-def test_pod_log_reconnects_without_duplicates(tmp_path):
-    emitted = []
-    core = FakeCore([[b"one\ntw", b"o\n"], [b"one\ntwo\nthree\n"]])  # second stream replays from the start
-    pl = PodLog(core, "ns", "p-1", 4, emitted.append, tmp_path)
-    pl.start()
-    assert pl.finished.wait(10)
-    assert emitted == ["[idx=4 pod=p-1] one", "[idx=4 pod=p-1] two", "[idx=4 pod=p-1] three"]
-    assert (tmp_path / "p-1.log").read_text() == "one\ntwo\nthree\n"
+def test_ledger_counts_reclaims_and_never_shows_a_failed_index_as_pending():
+    reclaimed = pod("a", 0, "Failed", 137, "2026-01-01T11:00:00Z")
+    reclaimed["status"].update({"reason": "BidFailed", "startTime": "2026-01-01T10:59:50Z"})
+    reclaimed["metadata"]["annotations"]["k8s.aliyun.com/eci-spot-strategy"] = "SpotAsPriceGo"
+    pods = {"a": reclaimed, "b": pod("b", 0, "Succeeded", 0, "2026-01-01T11:01:00Z")}
+    recs = build_records(pods, 3, now=NOW, failed_indexes={2}, finished=True)
+    first = recs[0].attempts[0]
+    assert (first.outcome, first.spot, first.billed_seconds) == ("reclaimed", True, 40)
+    assert recs[0].reclaims == 1 and recs[0].status == "succeeded"
+    assert recs[1].status == "not_started" and recs[2].status == "failed"
+    running = pod("c", 1, "Running")
+    running["status"]["containerStatuses"][0]["state"] = {"running": {"startedAt": "2026-01-01T11:00:00Z"}}
+    assert build_records({"c": running}, 2, now=NOW, finished=True)[1].status == "failed"
 
 
-class SlowKubelet:
-    """A pod whose container has exited but whose follow stream stays open (a kubelet slow to end it).
+def test_the_smallest_accepted_ttl_covers_the_waiters_log_drain():
+    from tasks.spec import MIN_TTL_SECONDS_AFTER_FINISHED
+    from tasks.stages.wait import WaitOptions
 
-    The follow stream delivers ``streamed`` and then blocks until ``shutdown()``; a plain read returns ``full``.
-    """
-
-    def __init__(self, streamed, full, *, after_cut="end"):
-        self.streamed, self.full, self.after_cut = streamed, full, after_cut
-        self.cut = threading.Event()
-        self.delivered = threading.Event()
-        self.requests = []
-
-    def read_namespaced_pod_log(self, *args, follow=False, **kwargs):
-        self.requests.append(follow)
-        if not follow:
-            return SimpleNamespace(stream=lambda n: iter([self.full]))
-
-        def stream(n):
-            yield from self.streamed
-            self.delivered.set()
-            self.cut.wait(30)
-            if self.after_cut == "raise":
-                raise ConnectionResetError("shut down")
-            if self.after_cut == "garbage":  # SSLSocket.shutdown drops TLS: raw records may follow
-                yield b"e\n\x17\x03\x03\x00\x1a\xfe junk\nmore junk\n"
-
-        return SimpleNamespace(stream=stream, shutdown=self.cut.set, release_conn=lambda: None)
-
-    def read_namespaced_pod(self, *args, **kwargs):
-        return SimpleNamespace(status=SimpleNamespace(phase="Succeeded"))
+    o = WaitOptions()
+    assert o.log_grace_seconds + o.log_catch_up_seconds + o.tick_seconds <= MIN_TTL_SECONDS_AFTER_FINISHED
 
 
-@pytest.mark.parametrize("after_cut", ["end", "raise", "garbage"])
-def test_stopped_stream_catches_up_with_one_plain_read(tmp_path, after_cut):
-    emitted = []
-    # The open stream has delivered two lines and half of the third; the whole log has five.
-    kubelet = SlowKubelet([b"one\ntwo\nthr"], b"one\ntwo\nthree\nfour\nfive", after_cut=after_cut)
-    pl = PodLog(kubelet, "ns", "p-2", 1, emitted.append, tmp_path)
-    pl.start()
-    assert kubelet.delivered.wait(10)
-    assert not pl.finished.is_set()
-    pl.stop()
-    assert pl.finished.wait(10)
-    assert kubelet.requests == [True, False]
-    assert pl.lines == ["one", "two", "three", "four", "five"]
-    assert (tmp_path / "p-2.log").read_text() == "one\ntwo\nthree\nfour\nfive\n"
-    assert emitted[0] == "[idx=1 pod=p-2] one" and len(emitted) == 5
+def test_a_rerun_report_merges_reused_indexes_and_follow_ups():
+    from tasks.handles import IndexRecord, JobHandle, JobReport
+    from tasks.stages.wait import merge_reports
+
+    whole = JobHandle(namespace="ns", name="askb-r-1", uid=None, completions=3)
+    follow = JobHandle(namespace="ns", name="askb-r-2", uid="u", completions=1, index=1)
+    rep = JobReport(job=follow, succeeded=False, reason="BackoffLimitExceeded",
+                    indexes=[IndexRecord(index=1, status="failed", reason="exit code 3")])
+    merged = merge_reports(whole, [0, 2], [rep])
+    assert [r.status for r in merged.indexes] == ["succeeded", "failed", "succeeded"]
+    assert not merged.succeeded and "index 1" in merged.reason and merged.reused == [0, 2]
 
 
-def test_stop_after_the_stream_ended_reads_nothing_more(tmp_path):
-    core = FakeCore([[b"a\nb\n"]])
-    pl = PodLog(core, "ns", "p-3", 0, lambda line: None, tmp_path)
-    pl.start()
-    assert pl.finished.wait(10)
-    pl.stop()
-    assert pl.lines == ["a", "b"] and not core.calls
+def test_a_follow_up_pod_reports_its_original_index():
+    p = pod("f", 0, "Succeeded", 0)
+    p["metadata"]["labels"] = {"ask-batch.io/index": "7"}
+    rec = build_records({"f": p}, 1, now=NOW, indexes=[7])
+    assert [(r.index, r.status) for r in rec] == [(7, "succeeded")]

@@ -40,14 +40,15 @@ Modelled (and how):
   standing in for a non-mounted `workingDir`). A private mount namespace (bwrap/unshare) was considered
   and left out: it needs root or user namespaces and per-mountPath mount points, and would make the
   sandbox behave differently from machine to machine.
-- **Processes.** initContainers one after another, then containers in parallel, each in its own session,
-  stdin /dev/null, stdout+stderr appended unbuffered to `<data>/pods/<uid>/logs/<container>.log` (what
-  `kubectl logs` reads). At most `spawn_concurrency` (64) process starts at a time. Each start appends a
-  JSON line to `<data>/node/processes.jsonl`. When the main process exits the rest of its session is
-  killed, as a container's cgroup would be. `securityContext.runAsUser/runAsGroup` are honoured when the
-  sandbox runs as root (ignored otherwise). restartPolicy Never: exit 0 -> Completed, else Error, phase
-  Succeeded/Failed; OnFailure/Always restart the container in place (restartCount+1, CrashLoopBackOff
-  with a small doubling backoff).
+- **Processes.** initContainers one after another, then containers in parallel, each in its own session, stdin
+  /dev/null, stdout+stderr appended unbuffered to `<data>/pods/<uid>/logs/<container>.log` (what `kubectl logs`
+  reads). At most `spawn_concurrency` (64) process starts at a time. Each start appends a JSON line to
+  `<data>/node/processes.jsonl` (with the `user` it ran as). When the main process exits the rest of its session
+  is killed, as a container's cgroup would be. Users as ECI applies them (see `identity.py`): the container's
+  `runAsUser`/`runAsGroup` (pod level: `runAsUser` only; `fsGroup` is not applied, a Warning says so) when the
+  sandbox runs as root; `runAsNonRoot` is verified (CreateContainerConfigError). restartPolicy Never: exit 0 ->
+  Completed, else Error, phase Succeeded/Failed; OnFailure/Always restart the container in place
+  (restartCount+1, CrashLoopBackOff with a small doubling backoff).
 - **Memory limits** by sampling RSS every 100 ms (see `procs.py`): over the limit -> SIGKILL, OOMKilled,
   137. CPU limits are not enforced.
 - **Deletion:** SIGTERM to every container's process group, wait min(deletionGracePeriodSeconds,
@@ -76,9 +77,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .. import errors
+from .. import acs, errors
 from ..store import Obj, WatchEvent, now_iso
 from .env import ConfigError, PathRewriter, build_env, expand
+from .identity import Identity, NonRootViolation, ensure_traversable, resolve
 from .procs import MemoryWatch, signal_group
 from .quantity import container_requests, memory_bytes, parse_quantity
 from .volumes import PreparedVolumes, VolumeBuilder, VolumeNotReady
@@ -161,6 +163,7 @@ class VirtualNode:
         self.finished: set[str] = set()
         self.spawn_sem = asyncio.Semaphore(self.spawn_concurrency)
         self.memory = MemoryWatch()
+        self.traversable: set[Path] = set()  # directories already given o+x (identity.ensure_traversable)
         self.allocatable = {"cpu": str(cluster.node.cpu), "memory": str(cluster.node.memory)}
         self._deps_event = asyncio.Event()
         self._ip_next = 1
@@ -290,6 +293,8 @@ class PodWorker:
         self.deleting = bool(meta.get("deletionTimestamp"))
         self.running_since: float | None = None
         self.volumes = PreparedVolumes()
+        self.identities: dict[str, Identity] = {}
+        self._warned_ignored = False
         self._flush_handle: asyncio.TimerHandle | None = None
         self.task = asyncio.create_task(self._main(), name=f"pod-{self.namespace}-{self.name}")
 
@@ -401,9 +406,13 @@ class PodWorker:
             if deadline is not None and now >= accepted + float(deadline):
                 await self._stop_run(run_task, "DeadlineExceeded", self._grace())
             elif spot_after is not None and self.running_since is not None and now >= self.running_since + spot_after:
-                self._event("SpotToBeReleased", f"Spot ECI will be released in 0 seconds: the spot instance of "
-                            f"this pod is reclaimed (sandbox fault spot_reclaim_after_s={spot_after:g}s; real "
-                            "ECI gives about 3 minutes of notice)", warning=True)
+                if self.cluster.acs is not None:  # ACS BestEffort preemption (see ../acs.py)
+                    self._event(acs.PREEMPT_NOTICE, f"{acs.PREEMPT_MESSAGE} (sandbox fault spot_reclaim_after_s="
+                                f"{spot_after:g}s; ACS notifies about 5 minutes ahead)", warning=True)
+                else:
+                    self._event("SpotToBeReleased", f"Spot ECI will be released in 0 seconds: the spot instance of "
+                                f"this pod is reclaimed (sandbox fault spot_reclaim_after_s={spot_after:g}s; real "
+                                "ECI gives about 3 minutes of notice)", warning=True)
                 await self._stop_run(run_task, "BidFailed", 0.0)
         with contextlib.suppress(Stopped):
             await run_task
@@ -427,6 +436,9 @@ class PodWorker:
         if self.stopping == "DeadlineExceeded":
             self._set_phase("Failed", "DeadlineExceeded",
                             "Pod was active on the node longer than the specified deadline")
+        elif self.stopping == "BidFailed" and self.cluster.acs is not None:
+            self._set_phase("Failed", acs.PREEMPT_REASON, acs.PREEMPT_MESSAGE)
+            self._condition("DisruptionTarget", "True", acs.PREEMPT_CONDITION_REASON, acs.PREEMPT_MESSAGE)
         elif self.stopping == "BidFailed":
             self._set_phase("Failed", "BidFailed", "The spot instance of this pod was released: the market price "
                             "exceeded the bid or the stock ran out")
@@ -463,6 +475,8 @@ class PodWorker:
     def _spot_after(self) -> float | None:
         annotations = (self.pod.get("metadata") or {}).get("annotations") or {}
         after = self.cluster.faults.spot_reclaim_after_s
+        if self.cluster.acs is not None:
+            return self.cluster.acs.reclaim_after(self.pod, after)
         if annotations.get("k8s.aliyun.com/eci-spot-strategy") in SPOT_STRATEGIES and after > 0:
             return float(after)
         return None
@@ -493,11 +507,17 @@ class PodWorker:
         faults = self.cluster.faults
         annotations = (self.pod.get("metadata") or {}).get("annotations") or {}
         delay = self.t.backoff_initial_s
+        ignored = self.cluster.acs.eci_warning(self.pod) if self.cluster.acs is not None else None
+        if ignored:
+            self.cluster.record_event(self.pod, "EciAnnotationIgnored", ignored, type_="Warning",
+                                      component=acs.COMPONENT)
         while faults.roll(faults.eci_create_fail_rate):
             reason = faults.eci_create_fail_reason or "NoStock"
             detail = ECI_MESSAGES.get(reason, f"the instance could not be created ({reason})")
             message = (f"[eci.containergroup]create eci failed, reason: {reason}, message: {detail} "
                        f"(sandbox fault eci_create_fail_rate)")
+            if self.cluster.acs is not None:
+                message = self.cluster.acs.create_failure_message(reason, self.cluster.node.zone)
             self._condition("ContainerInstanceCreated", "False", reason, message)
             self._event(reason, message, warning=True)
             if reason == "ProviderFailed" or annotations.get("k8s.aliyun.com/pod-fail-on-create-err") == "true":
@@ -513,6 +533,9 @@ class PodWorker:
 
         def annotate(obj: Obj) -> None:
             ann = obj["metadata"].setdefault("annotations", {})
+            if self.cluster.acs is not None:
+                ann.update(self.cluster.acs.instance_annotations(obj))
+                return
             ann["k8s.aliyun.com/eci-instance-id"] = instance
             ann["k8s.aliyun.com/eci-instance-spec"] = spec_name
 
@@ -601,9 +624,11 @@ class PodWorker:
         name = container.get("name", "")
         while True:
             try:
-                return build_env(self.store, self.pod, container, api_port=self.cluster.port,
-                                 node_allocatable=self.node.allocatable)
-            except ConfigError as exc:
+                env = build_env(self.store, self.pod, container, api_port=self.cluster.port,
+                                node_allocatable=self.node.allocatable)
+                self.identities[name] = resolve(self.pod, container)
+                return env
+            except (ConfigError, NonRootViolation) as exc:
                 self._waiting(table, name, "CreateContainerConfigError", str(exc))
                 self._event("Failed", f"Error: {exc}", warning=True)
                 self.flush()
@@ -618,7 +643,10 @@ class PodWorker:
             sub = mount.get("subPath") or expand(mount.get("subPathExpr") or "", env)
             host = base / sub if sub else base
             if sub and not host.exists():
-                host.mkdir(parents=True, exist_ok=True)
+                # The kubelet creates a missing sub-path as root "with the same mode as the volume root"
+                # (kubernetes pkg/kubelet/kubelet_pods.go, makeMounts): a non-root container cannot write into
+                # it unless the volume root lets it.
+                host.mkdir(parents=True, exist_ok=True, mode=base.stat().st_mode & 0o7777)
             mounts[mount.get("mountPath", "")] = str(host)
         return mounts
 
@@ -635,19 +663,31 @@ class PodWorker:
             cwd.mkdir(parents=True, exist_ok=True)
         return argv, cwd, env
 
-    def _user(self, container: Obj) -> dict[str, Any]:
-        pod_ctx = (self.pod.get("spec") or {}).get("securityContext") or {}
-        ctx = {**pod_ctx, **(container.get("securityContext") or {})}
-        if os.geteuid() != 0 or "runAsUser" not in ctx:
-            return {}
-        out: dict[str, Any] = {"user": int(ctx["runAsUser"]), "group": int(ctx.get("runAsGroup", ctx["runAsUser"])),
-                               "extra_groups": [int(g) for g in pod_ctx.get("supplementalGroups") or []]}
-        return out
+    def _identity(self, container: Obj, mounts: dict[str, str], cwd: Path, argv: list[str],
+                  env: dict[str, str]) -> Identity:
+        """The resolved identity (see identity.py); when switching users, make the paths it needs reachable."""
+        ident = self.identities.get(container.get("name", "")) or resolve(self.pod, container)
+        if ident.ignored and not self._warned_ignored:
+            self._warned_ignored = True
+            self._event("SecurityContextIgnored", "ECI does not apply pod securityContext field(s) "
+                        f"{', '.join(ident.ignored)}; set runAsUser/runAsGroup/runAsNonRoot on the container "
+                        "(https://www.alibabacloud.com/help/en/eci/user-guide/configure-a-security-context-for-an-"
+                        "elastic-container-instance-or-a-container)", warning=True)
+        if ident.switch:
+            paths = [cwd, *map(Path, mounts.values())]
+            # The host stands in for the image: its program must be reachable by the pod's user too.
+            program = shutil.which(argv[0], path=env.get("PATH")) if argv else None
+            if program:
+                paths += [Path(program), Path(os.path.realpath(program))]
+            for path in paths:
+                ensure_traversable(path, done=self.node.traversable)
+        return ident
 
     async def _execute(self, container: Obj, env: dict[str, str], table: dict[str, Obj]) -> tuple[int, Obj]:
         """Start the process and wait for it; returns (exit code, terminated state)."""
         name = container.get("name", "")
         argv, cwd, env = self._argv_and_cwd(container, env)
+        ident = self._identity(container, self._mounts(container, env), cwd, argv, env)
         if not argv:
             return self._start_error(table, name, "the sandbox cannot run the image's entrypoint: there is no "
                                      "image; set the container's command (and args)", fatal=True)
@@ -659,7 +699,7 @@ class PodWorker:
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, cwd=str(cwd),
-                    env=env, start_new_session=True, **self._user(container))
+                    env=env, start_new_session=True, **ident.popen_kwargs())
             except (OSError, ValueError) as exc:
                 return self._start_error(table, name, f'failed to create containerd task: exec: "{argv[0]}": '
                                          f"{exc.strerror if isinstance(exc, OSError) else exc}: unknown")
@@ -673,7 +713,8 @@ class PodWorker:
         self.node.record_process({
             "pod": self.name, "namespace": self.namespace, "uid": self.uid, "container": name,
             "index": ((self.pod.get("metadata") or {}).get("annotations") or {}).get(INDEX_ANNOTATION),
-            "pid": proc.pid, "started": started, "restart": table.get(name, {}).get("restartCount", 0),
+            "pid": proc.pid, "user": ident.uid if ident.switch else os.geteuid(),
+            "started": started, "restart": table.get(name, {}).get("restartCount", 0),
         })
         self._mark_running(container, table, run)
         limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
