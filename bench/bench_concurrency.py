@@ -173,22 +173,29 @@ class Phase:
     peak_rss: float = 0.0
     wall: float = 0.0
     unfinished: int = 0
+    api_errors: list[str] = field(default_factory=list)
 
 
 def _ts(value: str | None) -> float | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
 
 
-def create_runs(st: Stack, specs: list[tuple[str, list[str]]]) -> list[str]:
-    deployments = {d["name"]: d["id"] for d in http_json(f"{st.api_url}/deployments/filter", {})}
-    ids = []
+def create_runs(st: Stack, specs: list[tuple[str, list[str]]]) -> list[str | None]:
+    """Create one run per spec; a creation the server refuses (after ``http_json``'s retries of 503/429) is
+    ``None`` in the list and counts as a run that did not complete: that is one way the server breaks."""
+    deployments = {d["name"]: d["id"] for d in http_json(f"{st.api_url}/deployments/filter", {}, timeout=60)}
+    ids: list[str | None] = []
     cwd = Path.cwd()
     os.chdir(st.root)  # config.local_paths are relative to the project root
     try:
         for deployment, sets in specs:
             params = run_parameters("deployments/example.yaml", sets)
-            ids.append(http_json(f"{st.api_url}/deployments/{deployments[deployment]}/create_flow_run",
-                                 {"parameters": params, "state": {"type": "SCHEDULED"}})["id"])
+            try:
+                ids.append(http_json(f"{st.api_url}/deployments/{deployments[deployment]}/create_flow_run",
+                                     {"parameters": params, "state": {"type": "SCHEDULED"}}, timeout=120)["id"])
+            except OSError as exc:  # urllib's HTTPError (503 "database is locked") and timeouts are OSErrors
+                print(f"  creating a {deployment} run failed: {type(exc).__name__}: {exc}", flush=True)
+                ids.append(None)
     finally:
         os.chdir(cwd)
     return ids
@@ -200,9 +207,17 @@ def run_phase(st: Stack, server_pid: int, name: str, specs: list[tuple[str, list
     with Usage(server_pid) as usage:
         ids = create_runs(st, specs)
         deadline = started + timeout
+        runs: list[dict[str, Any]] = [{"id": i, "state_type": "?" if i else "NOT CREATED", "name": "-",
+                                       "created": None, "start_time": None, "end_time": None} for i in ids]
         while True:
-            runs = [http_json(f"{st.api_url}/flow_runs/{i}", timeout=30) for i in ids]
-            if all(r["state_type"] in TERMINAL for r in runs) or time.monotonic() > deadline:
+            for k, run_id in enumerate(ids):
+                if runs[k]["state_type"] in TERMINAL or run_id is None:
+                    continue
+                try:
+                    runs[k] = http_json(f"{st.api_url}/flow_runs/{run_id}", timeout=60)
+                except OSError as exc:  # a server too busy to answer in time: noted, asked again next round
+                    phase.api_errors.append(f"{type(exc).__name__}: {exc}")
+            if all(r["state_type"] in TERMINAL | {"NOT CREATED"} for r in runs) or time.monotonic() > deadline:
                 break
             time.sleep(2)  # polling the API for end states: there is no push channel for them
     phase.wall = time.monotonic() - started
@@ -315,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                 phases, locked = measure(database, args.runs, args.timeout, {})
         except Exception as exc:  # noqa: BLE001 - a stack that does not come up is a result too
             notes.append(f"{database}: the measurement stopped: {type(exc).__name__}: {exc}")
+            print(notes[-1], flush=True)
+            report(all_rows, notes, argv, load, write=not args.no_write)
             continue
         all_rows += rows(database, phases)
         bad = [r for p in phases for r in p.runs if r["state"] != "COMPLETED"]
@@ -322,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         failed = ", ".join(f"{r['name']} ({r['state']})" for r in bad)
         notes.append(f"{database}: {total - len(bad)} of {total} runs Completed"
                      + (f"; not completed: {failed}" if bad else "")
-                     + f"; 'database is locked' in the server log: {locked}.")
+                     + f"; 'database is locked' in the server log: {locked}; API reads that timed out or "
+                     f"failed: {sum(len(p.api_errors) for p in phases)}.")
         print(json.dumps([p.__dict__ for p in phases], default=str)[:4000], flush=True)
         report(all_rows, notes, argv, load, write=not args.no_write)  # after each database: a late stop keeps it
     report(all_rows, notes, argv, load, write=not args.no_write)

@@ -13,7 +13,7 @@ has to know, and it is decided when deploying (``image_directory`` below), so on
 with another layout too.
 
 Prefect documents this pattern (an image with the code and a ``set_working_directory`` pull step):
-https://docs.prefect.io/v3/deploy/infrastructure-examples/kubernetes
+https://docs.prefect.io/v3/how-to-guides/deployment_infra/kubernetes
 """
 
 import os

@@ -10,7 +10,7 @@ flow with that run's id, in a pod of the same pool. It reads the crashed run's p
 by the run's labels, exactly as the hook would, logging into the crashed run's own log.
 
 Prefect documents deployment triggers with templated parameters here:
-https://docs.prefect.io/v3/automate/events/automations-triggers
+https://docs.prefect.io/v3/how-to-guides/automations/creating-deployment-triggers
 """
 
 from typing import Any
