@@ -49,7 +49,8 @@ async def _serve(args: argparse.Namespace) -> None:
     _tune_gc()
     faults = Faults()
     faults.update(_pairs(args.fault or []))
-    node = NodeConfig(cpu=args.node_cpu, memory=args.node_memory, pods=args.node_pods)
+    node = NodeConfig(cpu=args.node_cpu, memory=args.node_memory, pods=args.node_pods,
+                      backoff_scale=args.backoff_scale)
     settings = Settings(cluster_create_delay_s=args.cluster_create_delay, node=node)
     sandbox = Sandbox(args.dir, region=args.region, faults=faults, settings=settings)
     await sandbox.start()
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--node-memory", default="256Gi")
     serve.add_argument("--node-pods", type=int, default=1000)
     serve.add_argument("--cluster-create-delay", type=float, default=2.0)
+    serve.add_argument("--backoff-scale", type=float, default=1.0,
+                       help="multiply the kubelet's restart and image-pull back-offs (10 s doubling to 5 min); "
+                            "e.g. 0.01 for tests")
     for name in ("faults", "settings"):
         p = sub.add_parser(name, help=f"show or change the running sandbox's {name}")
         p.add_argument("--dir", required=True)

@@ -43,6 +43,10 @@ class NodeConfig:
     region: str = "cn-sandbox"
     # seconds of pod-failure backoff before the Job controller replaces a failed pod (real: 10s doubling)
     failure_backoff_s: float = 0.0
+    # multiplies the kubelet's back-offs (container restarts of restartPolicy OnFailure/Always, image pulls):
+    # 1.0 is Kubernetes' own 10 s doubling to 5 min; tests set e.g. 0.01. Read at each back-off, so
+    # `PUT /settings {"node.backoff_scale": ...}` applies to the running sandbox.
+    backoff_scale: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -33,13 +33,14 @@ Obj = dict[str, Any]
 
 async def start_cluster(data_dir: Path, monkeypatch: pytest.MonkeyPatch, **node: Any) -> KubeCluster:
     monkeypatch.setattr(KubeCluster, "_controller_classes", lambda self: [Scheduler, VirtualNode])
-    config = NodeConfig(cpu=node.pop("cpu", "4"), memory=node.pop("memory", "8Gi"), pods=node.pop("pods", 50))
+    # backoff_scale 0.01: the kubelet's 10 s..5 min crash-loop and image-pull back-offs become 0.1 s..3 s
+    config = NodeConfig(cpu=node.pop("cpu", "4"), memory=node.pop("memory", "8Gi"), pods=node.pop("pods", 50),
+                        backoff_scale=node.pop("backoff_scale", 0.01))
     cluster = KubeCluster("node-test", data_dir, faults=Faults(seed=7), node=config)
     await cluster.start()
     timings = cluster.controller("VirtualNode").timings
     timings.backoff_initial_s = 0.2
     timings.err_image_pull_hold_s = 0.2
-    timings.crashloop_initial_s = 0.1
     timings.deps_fallback_s = 2.0
     return cluster
 
@@ -321,7 +322,33 @@ async def test_restart_on_failure_in_place(cluster: KubeCluster, tmp_path: Path)
     cs = pod["status"]["containerStatuses"][0]
     assert pod["status"]["phase"] == "Succeeded" and cs["restartCount"] == 1
     assert cs["lastState"]["terminated"]["exitCode"] == 1
-    assert log_text(cluster, pod) == "first\nsecond\n"
+    assert log_text(cluster, pod) == "second\n"  # a restarted container's log holds only its attempt
+    assert log_text(cluster, pod, "main.previous") == "first\n"
+
+
+async def test_crash_loop_backs_off_as_the_kubelet_does(cluster: KubeCluster) -> None:
+    """First restart at once, then CrashLoopBackOff with 10 s doubling (x backoff_scale 0.01: 0.1 s, 0.2 s...)."""
+    create_pod(cluster, "crashy", ["sh", "-c", "echo attempt; exit 2"], restartPolicy="Always")
+    pod = await wait_pod(cluster, "crashy", lambda p: waiting_reason(p) == "CrashLoopBackOff", timeout=10)
+    cs = pod["status"]["containerStatuses"][0]
+    assert cs["restartCount"] >= 1 and cs["lastState"]["terminated"]["exitCode"] == 2
+    uid = pod["metadata"]["uid"]
+    assert cs["state"]["waiting"]["message"].startswith("back-off ") and cs["state"]["waiting"]["message"].endswith(
+        f"restarting failed container=main pod=crashy_default({uid})")
+    pod = await wait_pod(cluster, "crashy", lambda p: p["status"]["containerStatuses"][0]["restartCount"] >= 4,
+                         timeout=10)
+    starts = [r["started"] for r in map(json.loads, (cluster.data_dir / "node" / "processes.jsonl").read_text()
+                                        .splitlines()) if r["pod"] == "crashy"]
+    assert len(starts) >= 5
+    assert "BackOff" in events_for(cluster, "crashy")
+    assert log_text(cluster, pod) in ("", "attempt\n") and log_text(cluster, pod, "main.previous") == "attempt\n"
+    cluster.store.delete("pods", "default", "crashy", grace_period_seconds=0)
+
+
+def test_backoff_duration_prints_like_go() -> None:
+    from sandbox.k8s.node.kubelet import _duration
+
+    assert [_duration(s) for s in (10, 20, 160, 300, 0.1, 1.5)] == ["10s", "20s", "2m40s", "5m0s", "100ms", "1.5s"]
 
 
 async def test_no_command_fails_clearly(cluster: KubeCluster) -> None:

@@ -109,15 +109,45 @@ class Stopped(Exception):
 
 
 class Timings:
-    """Backoffs, small so tests and demos stay fast (real kubelet: 10 s doubling to 5 min)."""
+    """The node's waits. The kubelet's own back-offs (crash loop and image pull) are Kubernetes' values,
+    multiplied by `NodeConfig.backoff_scale` when used (see `PodWorker._scaled`)."""
 
-    backoff_initial_s = 1.0
+    backoff_initial_s = 1.0  # ECI instance creation retries
     backoff_max_s = 20.0
-    crashloop_initial_s = 0.5
-    crashloop_max_s = 10.0
+    crashloop_initial_s = 10.0  # kubelet: 10 s doubling to 5 min (pkg/kubelet: MaxContainerBackOff)
+    crashloop_max_s = 300.0
+    image_pull_initial_s = 10.0  # kubelet's image back-off: the same 10 s doubling to 5 min
+    image_pull_max_s = 300.0
     err_image_pull_hold_s = 0.5  # how long ErrImagePull shows before ImagePullBackOff
     deps_fallback_s = 5.0  # retry of config/volume waits even without a change event
     flush_delay_s = 0.05
+
+
+def _duration(seconds: float) -> str:
+    """A back-off as Go's time.Duration prints it: 10s, 2m40s, 5m0s, 100ms."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    whole = round(seconds, 3)
+    minutes, rest = divmod(whole, 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{text}" if minutes else text
+
+
+def rotate_log(log_path: Path) -> None:
+    """A restarted container's log holds only its current attempt; the one before is kept beside it.
+
+    Path contract with `api.PodLog`: `<container>.log` is the latest attempt and `<container>.id` its
+    containerID; `<container>.previous.log` / `.previous.id` the attempt before (the kubelet keeps only one
+    dead container per container name, so `kubectl logs --previous` has exactly one to show).
+    """
+    for suffix in (".log", ".id"):
+        current = log_path.with_suffix(suffix)
+        if current.exists():
+            os.replace(current, log_path.with_suffix(".previous" + suffix))
+
+
+def write_attempt_id(log_path: Path, container_id: str) -> None:
+    log_path.with_suffix(".id").write_text(container_id)
 
 
 def _exit_code(returncode: int) -> int:
@@ -542,37 +572,53 @@ class PodWorker:
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o777)
 
+    def _scaled(self, seconds: float) -> float:
+        return seconds * max(0.0, float(getattr(self.cluster.node, "backoff_scale", 1.0)))
+
     async def _run_container(self, container: Obj, *, init: bool) -> int:
-        """Run a container until it is done for good; returns its last exit code."""
+        """Run a container until it is done for good; returns its last exit code.
+
+        Restarts follow the kubelet's container back-off (kuberuntime_manager doBackOff): the first restart
+        is immediate and arms a 10 s back-off; each later exit within the back-off waits it out in
+        `CrashLoopBackOff`, then doubles it up to 5 min; a container that ran longer than twice the maximum
+        starts over from 10 s.
+        """
         name = container.get("name", "")
         table = self.init_status if init else self.container_status
         policy = (self.pod.get("spec") or {}).get("restartPolicy", "Always")
-        backoff = self.t.crashloop_initial_s
+        backoff: float | None = None  # None: no back-off armed yet (the next restart is immediate)
+        loop = asyncio.get_running_loop()
         while True:
             self._check_stop()
             await self._pull(container, table)
             env = await self._configure(container, table)
+            started = loop.time()
             code, terminated = await self._execute(container, env, table)
             if self.stopping:
                 return code
             restart = (policy == "Always" and not init) or (policy != "Never" and code != 0)
             if not restart:
                 return code
+            if backoff is not None and loop.time() - started > 2 * self._scaled(self.t.crashloop_max_s):
+                backoff = None  # the back-off entry expired while the container ran
             cs = table[name]
             cs["lastState"] = {"terminated": terminated}
+            if backoff is None:
+                backoff = self._scaled(self.t.crashloop_initial_s)
+            else:
+                cs["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message":
+                                           f"back-off {_duration(backoff)} restarting failed container={name} "
+                                           f"pod={self.name}_{self.namespace}({self.uid})"}}
+                self._event("BackOff", f"Back-off restarting failed container {name} in pod "
+                            f"{self.name}_{self.namespace}({self.uid})", warning=True)
+                self._schedule_flush()
+                await self._pause(backoff)
+                backoff = min(backoff * 2, self._scaled(self.t.crashloop_max_s))
             cs["restartCount"] = cs.get("restartCount", 0) + 1
-            cs["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message":
-                                       f"back-off {backoff:g}s restarting failed container={name} "
-                                       f"pod={self.name}_{self.namespace}({self.uid})"}}
-            self._event("BackOff", f"Back-off restarting failed container {name} in pod "
-                        f"{self.name}_{self.namespace}({self.uid})", warning=True)
-            self._schedule_flush()
-            await self._pause(backoff)
-            backoff = min(backoff * 2, self.t.crashloop_max_s)
 
     async def _pull(self, container: Obj, table: dict[str, Obj]) -> None:
         name, image = container.get("name", ""), container.get("image", "")
-        delay = self.t.backoff_initial_s
+        delay = self._scaled(self.t.image_pull_initial_s)
         while image.startswith(UNREACHABLE_REGISTRY):
             host = image.split("/", 1)[0]
             self._waiting(table, name, "ErrImagePull", f'failed to pull and unpack image "{image}": failed to '
@@ -585,7 +631,7 @@ class PodWorker:
             self._event("BackOff", f'Back-off pulling image "{image}"', warning=True)
             self.flush()
             await self._pause(delay)
-            delay = min(delay * 2, self.t.backoff_max_s)
+            delay = min(delay * 2, self._scaled(self.t.image_pull_max_s))
             image = self._spec_container(name, container).get("image", "")
         self._event("Pulled", f'Container image "{image}" not pulled: the sandbox runs the container\'s command '
                     "on the host and does not pull images")
@@ -653,6 +699,8 @@ class PodWorker:
                                      "image; set the container's command (and args)", fatal=True)
         log_path = self.pod_dir / "logs" / f"{name}.log"
         container_id = _container_id()
+        if table.get(name, {}).get("restartCount", 0) > 0:
+            rotate_log(log_path)
         async with self.node.spawn_sem:
             self._check_stop()
             fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -666,6 +714,7 @@ class PodWorker:
             finally:
                 os.close(fd)
         started = now_iso()
+        write_attempt_id(log_path, container_id)
         run = ContainerRun(proc, container_id, started)
         self.running[name] = run
         if self.stop_event.is_set():
