@@ -37,7 +37,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from ..faults import fault_middleware
-from . import errors, openapi, patch, protobuf, tables
+from . import errors, openapi, patch, protobuf, reviews, tables
 from .resources import ALL_VERBS, BY_PLURAL, RESOURCES, ResourceType
 
 if TYPE_CHECKING:
@@ -239,7 +239,7 @@ class KubeApi:
                 groups[rt.group].append(rt.version)
         return [{"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in vs],
                  "preferredVersion": {"groupVersion": f"{g}/{vs[0]}", "version": vs[0]}}
-                for g, vs in groups.items()]
+                for g, vs in groups.items()] + reviews.discovery_groups()
 
     @staticmethod
     def _resource_list(group: str, version: str) -> Obj:
@@ -292,6 +292,8 @@ class KubeApi:
                     raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
                 return json_response({"kind": "APIGroup", "apiVersion": "v1", **found})
             version, rest = parts[2], parts[3:]
+        if group in reviews.REVIEW_GROUPS:
+            return await self._review(request, group, version, rest)
         if not rest:
             doc = self._resource_list(group, version)
             if not doc["resources"]:
@@ -299,6 +301,21 @@ class KubeApi:
             return json_response(doc)
         target = parse_target(rest, group, version)
         return await self._route(request, target)
+
+    async def _review(self, request: web.Request, group: str, version: str, rest: list[str]) -> web.StreamResponse:
+        """authorization.k8s.io / authentication.k8s.io self reviews (reviews.py): create-only, never stored."""
+        if not rest:
+            resources = reviews.resource_list(group, version)
+            if not resources:
+                raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+            return json_response({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}",
+                                  "resources": resources})
+        if len(rest) != 1 or reviews.kind_of(group, version, rest[0]) is None:
+            raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+        if request.method != "POST":
+            raise errors.ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested "
+                                  "resource")
+        return json_response(reviews.review(group, version, rest[0], await read_object(request)), 201)
 
     async def _route(self, request: web.Request, t: Target) -> web.StreamResponse:
         method = request.method

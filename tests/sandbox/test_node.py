@@ -24,6 +24,7 @@ from sandbox.faults import Faults
 from sandbox.k8s.cluster import KubeCluster, NodeConfig
 from sandbox.k8s.node.kubelet import VirtualNode
 from sandbox.k8s.node.scheduler import Scheduler
+from sandbox.k8s.serviceaccounts import ServiceAccountController
 
 Obj = dict[str, Any]
 
@@ -32,7 +33,8 @@ Obj = dict[str, Any]
 
 
 async def start_cluster(data_dir: Path, monkeypatch: pytest.MonkeyPatch, **node: Any) -> KubeCluster:
-    monkeypatch.setattr(KubeCluster, "_controller_classes", lambda self: [Scheduler, VirtualNode])
+    monkeypatch.setattr(KubeCluster, "_controller_classes", lambda self: [ServiceAccountController, Scheduler,
+                                                                          VirtualNode])
     # backoff_scale 0.01: the kubelet's 10 s..5 min crash-loop and image-pull back-offs become 0.1 s..3 s
     config = NodeConfig(cpu=node.pop("cpu", "4"), memory=node.pop("memory", "8Gi"), pods=node.pop("pods", 50),
                         backoff_scale=node.pop("backoff_scale", 0.01))
