@@ -35,6 +35,9 @@ class Faults:
     eci_create_fail_rate: float = 0.0  # share of pods whose instance cannot be created
     eci_create_fail_reason: str = "NoStock"  # NoStock | ProviderFailed | ...
     spot_reclaim_after_s: float = 0.0  # >0: spot pods get SpotToBeReleased and end BidFailed after this
+    # images the registry does not have (exact, normalized like docker.io/library/x:1, or a shell pattern):
+    # their pulls fail with ErrImagePull / ImagePullBackOff (see sandbox/k8s/node/images.py)
+    missing_images: list[str] = field(default_factory=list)
     seed: int | None = None
 
     def __post_init__(self) -> None:

@@ -302,6 +302,33 @@ async def test_bad_image_backs_off_and_delete_removes_at_once(cluster: KubeClust
     await wait_pod_gone(cluster, "bad-image", timeout=2)
 
 
+async def test_invalid_image_name_and_missing_image_knob(cluster: KubeCluster) -> None:
+    create_pod(cluster, "upper", ["true"], container={"image": "Busybox:1.36"})
+    pod = await wait_pod(cluster, "upper", lambda p: waiting_reason(p) == "InvalidImageName")
+    waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert waiting["message"] == ('Failed to apply default image tag "Busybox:1.36": couldn\'t parse image name '
+                                  '"Busybox:1.36": invalid reference format: repository name (library/Busybox) '
+                                  "must be lowercase")
+    assert events_for(cluster, "upper")["InspectFailed"][0]["type"] == "Warning"
+    cluster.faults.update({"missing_images": "registry.example.com/team/gone:*,nosuch:1"})
+    try:
+        create_pod(cluster, "gone", ["true"], container={"image": "nosuch:1"})
+        pod = await wait_pod(cluster, "gone", lambda p: waiting_reason(p) == "ImagePullBackOff")
+        waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"]
+        assert waiting["message"] == (
+            'Back-off pulling image "nosuch:1": ErrImagePull: rpc error: code = NotFound desc = failed to pull and '
+            'unpack image "docker.io/library/nosuch:1": failed to resolve reference "docker.io/library/nosuch:1": '
+            "docker.io/library/nosuch:1: not found")
+        messages = [e["message"] for e in events_for(cluster, "gone")["Failed"]]
+        assert "Error: ErrImagePull" in messages and "Error: ImagePullBackOff" in messages
+        cluster.faults.update({"missing_images": ""})  # the image appears in the registry: the next try runs it
+        pod = await wait_pod(cluster, "gone", phase_is("Succeeded"), timeout=10)
+    finally:
+        cluster.faults.update({"missing_images": []})
+    for name in ("upper", "gone"):
+        cluster.store.delete("pods", "default", name)
+
+
 async def wait_pod_gone(cluster: KubeCluster, name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while cluster.store.peek("pods", "default", name) is not None:

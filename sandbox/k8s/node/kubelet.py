@@ -19,11 +19,14 @@ Modelled (and how):
   then the instance is released: every process is SIGKILLed, the pod ends phase Failed, reason BidFailed,
   with condition `DisruptionTarget=True`. Protection periods (`eci-spot-duration`), price limits and
   `eci-spot-fallback` are not modelled.
-- **Images** are never pulled: the container's command runs on the host, so the host must have the
-  tools it calls. A `Pulled` event says so. Images under `unreachable.invalid/` fail to pull:
-  `ErrImagePull`, then `ImagePullBackOff`, retried with backoff for ever (the pod stays Pending). A
-  container without `command` and `args` cannot run (there is no image entrypoint): the pod fails with
-  reason StartError and a message saying so.
+- **Images** are never pulled and no registry is ever looked up (images.py): the container's command runs
+  on the host, so the host must have the tools it calls; a Normal `Pulled` event on every pod says so.
+  References are parsed as the kubelet parses them (a malformed one: `InvalidImageName`, `InspectFailed`);
+  a registry host under `.invalid` or an image listed in the fault knob `missing_images` fails to pull:
+  `ErrImagePull`, then `ImagePullBackOff`, retried with the kubelet's image back-off (10 s doubling to
+  5 min, times `NodeConfig.backoff_scale`) for ever (the pod stays Pending). A container without `command`
+  and `args` cannot run (there is no image entrypoint): the pod fails with reason StartError and a message
+  saying so.
 - **Configuration.** Env as the kubelet builds it (see `env.py`), plus HOSTNAME, KUBERNETES_SERVICE_HOST
   /PORT (the sandbox API on 127.0.0.1), PATH/HOME/LANG from the host and PYTHONUNBUFFERED=1. A missing
   ConfigMap/Secret/key gives `CreateContainerConfigError` (Warning event `Failed`); volumes that cannot be
@@ -46,8 +49,9 @@ Modelled (and how):
   JSON line to `<data>/node/processes.jsonl`. When the main process exits the rest of its session is
   killed, as a container's cgroup would be. `securityContext.runAsUser/runAsGroup` are honoured when the
   sandbox runs as root (ignored otherwise). restartPolicy Never: exit 0 -> Completed, else Error, phase
-  Succeeded/Failed; OnFailure/Always restart the container in place (restartCount+1, CrashLoopBackOff
-  with a small doubling backoff).
+  Succeeded/Failed; OnFailure/Always restart the container in place with the kubelet's back-off (first
+  restart at once, then CrashLoopBackOff 10 s doubling to 5 min, times `NodeConfig.backoff_scale`). Each
+  attempt has its own log; the one before is kept for `kubectl logs --previous` (see `rotate_log`).
 - **Memory limits** by sampling RSS every 100 ms (see `procs.py`): over the limit -> SIGKILL, OOMKilled,
   137. CPU limits are not enforced.
 - **Deletion:** SIGTERM to every container's process group, wait min(deletionGracePeriodSeconds,
@@ -78,6 +82,7 @@ import orjson
 
 from .. import errors
 from ..store import Obj, WatchEvent, now_iso
+from . import images
 from .env import ConfigError, PathRewriter, build_env, expand
 from .procs import MemoryWatch, signal_group
 from .quantity import container_requests, memory_bytes, parse_quantity
@@ -89,7 +94,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sandbox.k8s.kubelet")
 
 COMPONENT = "virtual-kubelet"
-UNREACHABLE_REGISTRY = "unreachable.invalid/"
 SPOT_STRATEGIES = ("SpotAsPriceGo", "SpotWithPriceLimit")
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 MANAGED_CONDITIONS = ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready",
@@ -617,22 +621,38 @@ class PodWorker:
             cs["restartCount"] = cs.get("restartCount", 0) + 1
 
     async def _pull(self, container: Obj, table: dict[str, Obj]) -> None:
-        name, image = container.get("name", ""), container.get("image", "")
+        """The kubelet's EnsureImageExists, without pulling (images.py): InvalidImageName for a reference that
+        does not parse, ErrImagePull / ImagePullBackOff for one that cannot be pulled, else a Normal event
+        saying that the command runs on the host and no image was pulled."""
+        name = container.get("name", "")
         delay = self._scaled(self.t.image_pull_initial_s)
-        while image.startswith(UNREACHABLE_REGISTRY):
-            host = image.split("/", 1)[0]
-            self._waiting(table, name, "ErrImagePull", f'failed to pull and unpack image "{image}": failed to '
-                          f"resolve reference: dial tcp: lookup {host}: no such host")
-            self._event("Failed", f'Failed to pull image "{image}": dial tcp: lookup {host}: no such host',
-                        warning=True)
+        while True:
+            image = self._spec_container(name, container).get("image", "")
+            try:
+                ref = images.parse(image)
+            except images.InvalidReference as exc:
+                message = images.invalid_name_message(image, exc)
+                self._waiting(table, name, "InvalidImageName", message)
+                self._event("InspectFailed", message, warning=True)
+                self._event("Failed", "Error: InvalidImageName", warning=True)
+                self.flush()
+                await self._pause(self.t.deps_fallback_s)  # the next pod sync tries again
+                continue
+            error = images.pull_error(image, ref, list(self.cluster.faults.missing_images or []))
+            if error is None:
+                break
+            self._event("Pulling", f'Pulling image "{image}"')
+            self._waiting(table, name, "ErrImagePull", error)
+            self._event("Failed", f'Failed to pull image "{image}": {error}', warning=True)
+            self._event("Failed", "Error: ErrImagePull", warning=True)
             self.flush()
             await self._pause(self.t.err_image_pull_hold_s)
-            self._waiting(table, name, "ImagePullBackOff", f'Back-off pulling image "{image}"')
-            self._event("BackOff", f'Back-off pulling image "{image}"', warning=True)
+            self._waiting(table, name, "ImagePullBackOff", f'Back-off pulling image "{image}": ErrImagePull: {error}')
+            self._event("BackOff", f'Back-off pulling image "{image}"')
+            self._event("Failed", "Error: ImagePullBackOff", warning=True)
             self.flush()
             await self._pause(delay)
             delay = min(delay * 2, self._scaled(self.t.image_pull_max_s))
-            image = self._spec_container(name, container).get("image", "")
         self._event("Pulled", f'Container image "{image}" not pulled: the sandbox runs the container\'s command '
                     "on the host and does not pull images")
 
