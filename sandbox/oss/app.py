@@ -34,6 +34,7 @@ KEY_KEY = web.RequestKey("oss_object_key", str)
 _HANDLED = {
     "bucketInfo", "location", "stat", "acl", "delete", "objectMeta", "uploads", "uploadId", "partNumber",
     "continuation-token", "security-token", "versionId",
+    "x-oss-traffic-limit",  # a bandwidth cap: accepted (signed like any sub-resource), not enforced
     "response-content-type", "response-content-language", "response-expires", "response-cache-control",
     "response-content-disposition", "response-content-encoding",
 }

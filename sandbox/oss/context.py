@@ -94,9 +94,9 @@ async def receive_body(svc: Service, request: web.Request, max_size: int = MAX_P
         raise
     if want_md5 is not None and want_md5 != written.md5:
         written.path.unlink(missing_ok=True)
-        # Unverified: OSS documents InvalidDigest for a bad Content-MD5; for a well-formed MD5 that does
-        # not match the body, S3 says BadDigest, and so do we.
-        raise OssError(400, "BadDigest", "The Content-MD5 you specified did not match what we received.")
+        # OSS answers InvalidDigest for a Content-MD5 that does not match the body (S3's BadDigest is not an OSS
+        # code): https://www.alibabacloud.com/help/en/oss/user-guide/http-status-code-400 (InvalidDigest).
+        raise OssError(400, "InvalidDigest", "The Content-MD5 you specified did not match what we received.")
     return written
 
 

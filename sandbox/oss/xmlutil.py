@@ -1,7 +1,7 @@
 """Small XML helpers: build OSS response documents and read request bodies.
 
 ElementTree does the escaping, so keys holding `&`, `<` or control-free unicode come out well formed.
-Times use the two formats the SDK parses: ISO 8601 with milliseconds and `Z` in XML, RFC 1123 in headers.
+Times use the two formats OSS sends: ISO 8601 with `.000Z` in XML, RFC 1123 in headers.
 """
 
 from __future__ import annotations
@@ -20,7 +20,11 @@ XML_DECL = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 
 
 def iso_time(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+    """OSS's XML time: ISO 8601 at second precision with a literal `.000Z` (e.g. 2026-11-30T05:44:34.000Z).
+
+    OSS never sends fractions of a second, and oss2 parses these with the exact format
+    `%Y-%m-%dT%H:%M:%S.000Z`, so anything else makes every listing with entries raise in oss2."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + ".000Z"
 
 
 def rfc1123(ts: float) -> str:
