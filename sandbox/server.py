@@ -9,8 +9,9 @@ One `Sandbox` serves, on one asyncio loop:
 State lives in the data directory, so a restarted sandbox keeps its objects, buckets, clusters and file
 systems; ports are remembered too and reused when free, so kubeconfigs keep working across restarts.
 The Kubernetes API servers speak https with certificates from one CA kept in `DIR/tls/` (see k8s/tls.py).
-Once ready it writes `DIR/kubeconfig` (the default cluster) and `DIR/endpoints.json` (every endpoint, the
-region and the sandbox's access key pair; mode 0600).
+Once ready it writes `DIR/kubeconfig` (the default cluster), `DIR/kubeconfig-<cluster id>` for every cluster
+created through CS, and `DIR/endpoints.json` (every endpoint, the region, the sandbox's access key pair and the
+control endpoint's token; mode 0600).
 """
 
 from __future__ import annotations
@@ -154,7 +155,15 @@ class Sandbox:
         self.kube_clusters[cluster_id] = cluster
         self.ports[f"k8s:{cluster_id}"] = cluster.port
         self._save_meta()
+        if cluster_id != self.default_cluster_id:
+            self._write_private(self.cluster_kubeconfig_path(cluster_id),
+                                yaml.safe_dump(cluster.kubeconfig(), sort_keys=False))
         return cluster
+
+    def cluster_kubeconfig_path(self, cluster_id: str) -> Path:
+        """`DIR/kubeconfig-<cluster id>`: written for every cluster CS creates (mode 0600), removed with it, so a
+        user reaches the cluster a run created with `kubectl --kubeconfig DIR/kubeconfig-<id>`."""
+        return self.data_dir / f"kubeconfig-{cluster_id}"
 
     async def delete_kube_cluster(self, cluster_id: str) -> None:
         cluster = self.kube_clusters.pop(cluster_id, None)
@@ -163,6 +172,7 @@ class Sandbox:
         self.ports.pop(f"k8s:{cluster_id}", None)
         self.meta.get("cluster_tokens", {}).pop(cluster_id, None)
         self._save_meta()
+        self.cluster_kubeconfig_path(cluster_id).unlink(missing_ok=True)
         import shutil
 
         shutil.rmtree(self.data_dir / "clusters" / cluster_id, ignore_errors=True)
