@@ -151,6 +151,19 @@ async def get_bucket_info(svc: Service, request: web.Request, target: Target) ->
     return xml_response(request, root)
 
 
+async def list_live_channels(svc: Service, request: web.Request, target: Target) -> web.StreamResponse:
+    """ListLiveChannel: always empty (RTMP ingest is not emulated; creating a channel is 501)."""
+    svc.bucket(target.bucket)
+    q = target.query
+    root = ET.Element("ListLiveChannelResult")
+    sub(root, "Prefix", q.get("prefix", ""))
+    sub(root, "Marker", q.get("marker", ""))
+    sub(root, "MaxKeys", q.get("max-keys", "100"))
+    sub(root, "IsTruncated", False)
+    sub(root, "NextMarker", "")
+    return xml_response(request, root)
+
+
 async def get_bucket_acl(svc: Service, request: web.Request, target: Target) -> web.StreamResponse:
     svc.bucket(target.bucket)
     root = ET.Element("AccessControlPolicy")

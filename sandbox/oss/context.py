@@ -59,7 +59,29 @@ def user_meta_from(request: web.Request) -> dict[str, str]:
 
 
 def stored_headers_from(request: web.Request) -> dict[str, str]:
-    return {h: request.headers[h] for h in STORED_HEADERS if h in request.headers}
+    out = {h: request.headers[h] for h in STORED_HEADERS if h in request.headers}
+    out.update(sse_headers_from(request))
+    return out
+
+
+def sse_headers_from(request: web.Request) -> dict[str, str]:
+    """Server-side encryption asked for on upload, reported back on every read as OSS does. The sandbox stores
+    the bytes as they are: encryption at rest is not emulated, and a KMS key id is made up when none is named."""
+    sse = request.headers.get("x-oss-server-side-encryption")
+    if not sse:
+        return {}
+    if sse not in ("AES256", "KMS", "SM4"):
+        raise OssError(400, "InvalidEncryptionAlgorithmError", "The Encryption request you specified is not valid. "
+                       "Supported value: AES256/KMS/SM4", ArgumentName="x-oss-server-side-encryption",
+                       ArgumentValue=sse)
+    out = {"x-oss-server-side-encryption": sse}
+    if sse == "KMS":
+        out["x-oss-server-side-encryption-key-id"] = (request.headers.get("x-oss-server-side-encryption-key-id")
+                                                      or "sandbox-kms-key-0000-0000-0000-000000000000")
+        data = request.headers.get("x-oss-server-side-data-encryption")
+        if data:
+            out["x-oss-server-side-data-encryption"] = data
+    return out
 
 
 def expected_md5(request: web.Request) -> bytes | None:

@@ -64,15 +64,15 @@ def test_bad_input_is_400_with_a_clear_message(sandbox: Any, path: str, body: An
     assert _call(sandbox, "GET", path)[1] == before  # nothing half-applied
 
 
-def test_cli_parses_lists_and_node_settings(sandbox: Any) -> None:
+def test_cli_parses_lists_and_node_settings(sandbox: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m sandbox faults|settings` (its main(), in process: the same code, without an interpreter start)."""
+    from sandbox.__main__ import main
+
     data_dir = str(sandbox.sandbox.data_dir)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def cli(*args: str) -> dict[str, Any]:
-        proc = subprocess.run([sys.executable, "-m", "sandbox", *args], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=30)
-        assert proc.returncode == 0, proc.stderr
-        return dict(json.loads(proc.stdout))
+        main(list(args))
+        return dict(json.loads(capsys.readouterr().out))
 
     before = sandbox.sandbox.settings.node.backoff_scale
     try:
@@ -81,6 +81,13 @@ def test_cli_parses_lists_and_node_settings(sandbox: Any) -> None:
         assert cli("settings", "--dir", data_dir, f"node.backoff_scale={before}")["node"]["backoff_scale"] == before
     finally:
         cli("faults", "--dir", data_dir, "services=k8s,oss,cs,nas")
-    proc = subprocess.run([sys.executable, "-m", "sandbox", "faults", "--dir", data_dir, "error_rate=high"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
-    assert proc.returncode != 0 and "refused it (400): fault knob 'error_rate' expects a float" in proc.stderr
+    with pytest.raises(SystemExit) as exc:
+        main(["faults", "--dir", data_dir, "error_rate=high"])
+    assert "refused it (400): fault knob 'error_rate' expects a float" in str(exc.value)
+
+
+def test_python_m_sandbox_sends_the_token(sandbox: Any) -> None:
+    proc = subprocess.run([sys.executable, "-m", "sandbox", "faults", "--dir", str(sandbox.sandbox.data_dir),
+                           "latency_ms=0"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["latency_ms"] == 0, proc.stderr
