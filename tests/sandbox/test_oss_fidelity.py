@@ -171,3 +171,20 @@ def test_v2_sdk_bucket_info_documented_fields(server: OssServer) -> None:
         server.client().put_object(oss.PutObjectRequest(bucket=BUCKET, key="x", body=b"a",
                                                         content_md5="1B2M2Y8AsgTpgAmY7PhCfg=="))
     assert _service_error(exc.value).code == "InvalidDigest"
+
+
+def test_uploads_of_one_key_page_in_upload_id_order(bucket2: oss2.Bucket) -> None:
+    """oss2's own test_upload_iterator: ten uploads of one key, two per page, come back sorted by upload id."""
+    ids = [bucket2.init_multipart_upload("same/key").upload_id for _ in range(10)]
+    got = [u.upload_id for u in oss2.MultipartUploadIterator(bucket2, prefix="same/", delimiter="/", max_uploads=2)]
+    assert got == sorted(ids)
+    for upload_id in ids:
+        bucket2.abort_multipart_upload("same/key", upload_id)
+
+
+def test_batch_delete_of_a_key_with_a_control_character(bucket2: oss2.Bucket) -> None:
+    """oss2 writes such keys into the Delete document as they are; OSS's parser takes them (oss2's test_chinese)."""
+    key = "中文\x0c-2.txt"
+    bucket2.put_object(key, b"x")
+    assert bucket2.batch_delete_objects([key]).deleted_keys == [key]
+    assert not bucket2.object_exists(key)
