@@ -1,8 +1,9 @@
 """`python -m sandbox serve --dir DIR`: run the local cloud in the foreground until SIGINT/SIGTERM.
 
 Other commands talk to a running sandbox through its control endpoint (read from DIR/endpoints.json):
-  python -m sandbox faults --dir DIR error_rate=0.1 watch_drop_after_s=5
-  python -m sandbox settings --dir DIR cluster_create_delay_s=0
+  python -m sandbox faults --dir DIR error_rate=0.1 watch_drop_after_s=5 services=nas,oss
+  python -m sandbox settings --dir DIR cluster_create_delay_s=0 node.backoff_scale=0.01
+Writes send control.token from endpoints.json (the control endpoint refuses writes without it).
   python -m sandbox status --dir DIR
 """
 
@@ -15,6 +16,7 @@ import json
 import logging
 import signal
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -49,7 +51,8 @@ async def _serve(args: argparse.Namespace) -> None:
     _tune_gc()
     faults = Faults()
     faults.update(_pairs(args.fault or []))
-    node = NodeConfig(cpu=args.node_cpu, memory=args.node_memory, pods=args.node_pods)
+    node = NodeConfig(cpu=args.node_cpu, memory=args.node_memory, pods=args.node_pods,
+                      backoff_scale=args.backoff_scale)
     settings = Settings(cluster_create_delay_s=args.cluster_create_delay, node=node)
     sandbox = Sandbox(args.dir, region=args.region, faults=faults, settings=settings)
     await sandbox.start()
@@ -72,13 +75,23 @@ def _control(args: argparse.Namespace, path: str, body: dict[str, str] | None) -
     if not endpoints_file.exists():
         raise SystemExit(f"no sandbox at {args.dir}: {endpoints_file} is missing (start one with "
                          f"`python -m sandbox serve --dir {args.dir}`)")
-    base = json.loads(endpoints_file.read_text())["control"]["endpoint"]
+    control = json.loads(endpoints_file.read_text())["control"]
+    base = control["endpoint"]
     data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"}
+    if body is not None and control.get("token"):
+        headers["Authorization"] = f"Bearer {control['token']}"
     request = urllib.request.Request(base + path, data=data, method="PUT" if body is not None else "GET",
-                                     headers={"Content-Type": "application/json"})
+                                     headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             print(json.dumps(json.loads(response.read()), indent=2))
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read()).get("error", "")
+        except ValueError:
+            detail = ""
+        raise SystemExit(f"the sandbox refused it ({exc.code}): {detail or exc.reason}") from exc
     except OSError as exc:
         raise SystemExit(f"the sandbox at {base} did not answer: {exc}") from exc
 
@@ -95,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--node-memory", default="256Gi")
     serve.add_argument("--node-pods", type=int, default=1000)
     serve.add_argument("--cluster-create-delay", type=float, default=2.0)
+    serve.add_argument("--backoff-scale", type=float, default=1.0,
+                       help="multiply the kubelet's restart and image-pull back-offs (10 s doubling to 5 min); "
+                            "e.g. 0.01 for tests")
     for name in ("faults", "settings"):
         p = sub.add_parser(name, help=f"show or change the running sandbox's {name}")
         p.add_argument("--dir", required=True)

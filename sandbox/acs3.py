@@ -15,7 +15,17 @@ JSON shape `{"RequestId","HostId","Code","Message","Recommend"}` (the SDK reads 
 | unknown AccessKeyId                           | 404  | InvalidAccessKeyId.NotFound   |
 | signature (or body hash) does not match       | 400  | SignatureDoesNotMatch         |
 | `x-acs-date` more than 15 minutes off         | 400  | InvalidTimeStamp.Expired      |
-| `x-acs-signature-nonce` seen before           | 400  | SignatureNonceUsed            |
+| `x-acs-date` missing or not signed            | 400  | MissingTimestamp              |
+| `x-acs-signature-nonce` missing or not signed | 400  | MissingSignatureNonce         |
+| `x-acs-signature-nonce` seen in the last 15 min | 400 | SignatureNonceUsed           |
+
+The V3 signature ("Request syntax and signature method V3",
+https://www.alibabacloud.com/help/en/sdk/product-overview/v3-request-structure-and-signature) makes
+`x-acs-date` and `x-acs-signature-nonce` required and signed ("every common request header but Authorization
+is signed"); the nonce exists to stop replays, so a nonce is refused when seen again within the 15 minutes a
+date stays valid. MissingTimestamp / MissingSignatureNonce are the gateway's codes for the same parameters of
+the V2 (RPC) signature ("Timestamp is mandatory for this action."); the codes for the V3 headers could not be
+confirmed and are a choice.
 """
 
 from __future__ import annotations
@@ -57,10 +67,12 @@ class NonceCache:
     seen: dict[str, float] = field(default_factory=dict)
 
     def use(self, nonce: str, now: float) -> bool:
+        """Record `nonce`; False when it was already used within the window (a replay)."""
+        cutoff = now - MAX_CLOCK_SKEW_S
         if len(self.seen) > 10_000:
-            cutoff = now - MAX_CLOCK_SKEW_S
             self.seen = {n: t for n, t in self.seen.items() if t >= cutoff}
-        if nonce in self.seen:
+        last = self.seen.get(nonce)
+        if last is not None and last >= cutoff:
             return False
         self.seen[nonce] = now
         return True
@@ -116,6 +128,11 @@ def verify(
         raise AuthError(404, "InvalidAccessKeyId.NotFound", "Specified access key is not found.")
     now = time.time() if now is None else now
     date = (headers.get("x-acs-date") or [""])[0]
+    if not date or "x-acs-date" not in signed:
+        raise AuthError(400, "MissingTimestamp", "Timestamp is mandatory for this action.")
+    nonce = (headers.get("x-acs-signature-nonce") or [""])[0]
+    if not nonce or "x-acs-signature-nonce" not in signed:
+        raise AuthError(400, "MissingSignatureNonce", "SignatureNonce is mandatory for this action.")
     if date:
         try:
             ts = datetime.strptime(date, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
@@ -134,8 +151,7 @@ def verify(
         shown = sts.replace("\n", " ")
         raise AuthError(400, "SignatureDoesNotMatch",
                         f"Specified signature does not match our calculation. server StringToSign is [{shown}]")
-    nonce = (headers.get("x-acs-signature-nonce") or [""])[0]
-    if nonce and nonces is not None and not nonces.use(nonce, now):
+    if nonces is not None and not nonces.use(nonce, now):
         raise AuthError(400, "SignatureNonceUsed", "Specified signature nonce was used already.")
     return access_key_id
 

@@ -21,6 +21,7 @@ from aiohttp import web
 
 # service name -> function(status, code) that builds that service's error response
 ErrorResponder = Callable[[web.Request, int, str], web.StreamResponse]
+SERVICES = ("k8s", "oss", "cs", "nas")
 
 
 @dataclass
@@ -39,26 +40,25 @@ class Faults:
     eci_create_fail_rate: float = 0.0  # share of pods whose instance cannot be created
     eci_create_fail_reason: str = "NoStock"  # NoStock | ProviderFailed | ...
     spot_reclaim_after_s: float = 0.0  # >0: spot pods get SpotToBeReleased and end BidFailed after this
+    # images the registry does not have (exact, normalized like docker.io/library/x:1, or a shell pattern):
+    # their pulls fail with ErrImagePull / ImagePullBackOff (see sandbox/k8s/node/images.py)
+    missing_images: list[str] = field(default_factory=list)
     seed: int | None = None
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
 
     def update(self, values: dict[str, Any]) -> None:
-        known = {f.name: f for f in fields(self)}
+        """Set knobs from JSON values or `key=value` strings; all or nothing, ValueError naming the bad one."""
+        if not isinstance(values, dict):
+            raise ValueError("expected a JSON object of fault knobs, e.g. {\"error_rate\": 0.1}")
+        known = {f.name: f for f in fields(self) if not f.name.startswith("_")}
+        converted: dict[str, Any] = {}
         for key, value in values.items():
             if key not in known:
                 raise ValueError(f"unknown fault knob {key!r}; known: {', '.join(sorted(known))}")
-            current = getattr(self, key)
-            if isinstance(current, bool):
-                value = str(value).lower() in ("1", "true", "yes")
-            elif isinstance(current, float):
-                value = float(value)
-            elif isinstance(current, int) and current is not None:
-                value = int(value)
-            elif isinstance(current, list) and isinstance(value, str):
-                items = [v.strip() for v in value.split(",") if v.strip()]
-                value = [int(v) for v in items] if key == "error_statuses" else items
+            converted[key] = _convert(key, getattr(self, key), value)
+        for key, value in converted.items():
             setattr(self, key, value)
         if "seed" in values:
             self._rng = random.Random(self.seed)
@@ -79,6 +79,62 @@ class Faults:
 
     def watch_deadline(self) -> float | None:
         return self.watch_drop_after_s if self.watch_drop_after_s > 0 else None
+
+
+class _Explained(ValueError):
+    """A conversion error whose message already says what is wrong."""
+
+
+def parse_list(value: Any) -> list[Any]:
+    """A list knob from JSON (a list) or the command line: `nas,oss`, `[nas]`, `["nas", "oss"]`, `[]`."""
+    if isinstance(value, list):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a list, got {value!r}")
+    text = value.strip()
+    if text.startswith("["):
+        if not text.endswith("]"):
+            raise ValueError(f"unbalanced brackets in {value!r}")
+        text = text[1:-1]
+    return [item.strip().strip("'\"") for item in text.split(",") if item.strip().strip("'\"")]
+
+
+def _convert(key: str, current: Any, value: Any) -> Any:
+    """`value` as the type of the knob's current value (the dataclass default's type for None seeds)."""
+    try:
+        if isinstance(current, bool):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError
+            return text in ("1", "true", "yes", "on")
+        if isinstance(current, float):
+            return float(value)
+        if isinstance(current, int) or key == "seed":
+            if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+                if key == "seed":
+                    return None
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if isinstance(current, list):
+            items = parse_list(value)
+            if key == "services" and set(map(str, items)) - set(SERVICES):
+                raise _Explained(f"unknown service in {items!r}; services: {', '.join(SERVICES)}")
+            return [int(v) for v in items] if key == "error_statuses" else [str(v) for v in items]
+        if isinstance(current, str):
+            if not isinstance(value, str | int | float):
+                raise ValueError
+            return str(value)
+    except _Explained:
+        raise
+    except (TypeError, ValueError) as exc:
+        kind = type(current).__name__ if current is not None else "int"
+        raise ValueError(f"fault knob {key!r} expects {'a list' if kind == 'list' else 'a ' + kind}, "
+                         f"got {value!r}") from exc
+    return value
 
 
 def fault_middleware(

@@ -9,8 +9,9 @@ One `Sandbox` serves, on one asyncio loop:
 State lives in the data directory, so a restarted sandbox keeps its objects, buckets, clusters and file
 systems; ports are remembered too and reused when free, so kubeconfigs keep working across restarts.
 The Kubernetes API servers speak https with certificates from one CA kept in `DIR/tls/` (see k8s/tls.py).
-Once ready it writes `DIR/kubeconfig` (the default cluster) and `DIR/endpoints.json` (every endpoint, the
-region and the sandbox's access key pair; mode 0600).
+Once ready it writes `DIR/kubeconfig` (the default cluster), `DIR/kubeconfig-<cluster id>` for every cluster
+created through CS, and `DIR/endpoints.json` (every endpoint, the region, the sandbox's access key pair and the
+control endpoint's token; mode 0600).
 """
 
 from __future__ import annotations
@@ -180,7 +181,15 @@ class Sandbox:
         self.kube_clusters[cluster_id] = cluster
         self.ports[f"k8s:{cluster_id}"] = cluster.port
         self._save_meta()
+        if cluster_id != self.default_cluster_id:
+            self._write_private(self.cluster_kubeconfig_path(cluster_id),
+                                yaml.safe_dump(cluster.kubeconfig(), sort_keys=False))
         return cluster
+
+    def cluster_kubeconfig_path(self, cluster_id: str) -> Path:
+        """`DIR/kubeconfig-<cluster id>`: written for every cluster CS creates (mode 0600), removed with it, so a
+        user reaches the cluster a run created with `kubectl --kubeconfig DIR/kubeconfig-<id>`."""
+        return self.data_dir / f"kubeconfig-{cluster_id}"
 
     async def delete_kube_cluster(self, cluster_id: str) -> None:
         cluster = self.kube_clusters.pop(cluster_id, None)
@@ -190,6 +199,7 @@ class Sandbox:
         self.meta.get("cluster_tokens", {}).pop(cluster_id, None)
         self.meta.get("cluster_flavours", {}).pop(cluster_id, None)
         self._save_meta()
+        self.cluster_kubeconfig_path(cluster_id).unlink(missing_ok=True)
         import shutil
 
         shutil.rmtree(self.data_dir / "clusters" / cluster_id, ignore_errors=True)
@@ -273,7 +283,7 @@ class Sandbox:
             "oss": {"endpoint": f"http://127.0.0.1:{self.ports['oss']}"},
             "cs": {"endpoint": f"127.0.0.1:{self.ports['cs']}", "protocol": "http"},
             "nas": {"endpoint": f"127.0.0.1:{self.ports['nas']}", "protocol": "http"},
-            "control": {"endpoint": f"http://127.0.0.1:{self.ports['control']}"},
+            "control": {"endpoint": f"http://127.0.0.1:{self.ports['control']}", "token": self.control_token},
             # Another account's key pair (tests: buckets owned by someone else). Not used by the pipeline.
             "other_account": {**self.meta["other_account"], "account_id": OTHER_ACCOUNT_ID},
         }
@@ -284,6 +294,24 @@ class Sandbox:
         self._write_private(self.data_dir / "endpoints.json", json.dumps(self.endpoints(), indent=2))
 
     # ------------------------------------------------------------------ control endpoint
+
+    @property
+    def control_token(self) -> str:
+        """The bearer token for writes to the control endpoint (in endpoints.json, mode 0600)."""
+        token = self.meta.get("control_token")
+        if not token:
+            token = self.meta["control_token"] = secrets.token_hex(16)
+            self._save_meta()
+        return str(token)
+
+    def _check_control_token(self, request: web.Request) -> web.Response | None:
+        """Writes need `Authorization: Bearer <control.token>`: whoever can read endpoints.json may change knobs,
+        other local users may not."""
+        sent = request.headers.get("Authorization", "")
+        if secrets.compare_digest(sent.encode(), f"Bearer {self.control_token}".encode()):
+            return None
+        return web.json_response({"error": "writes to the control endpoint need the header 'Authorization: Bearer "
+                                           "<token>', the token being control.token in endpoints.json"}, status=401)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -306,8 +334,11 @@ class Sandbox:
             return web.json_response({k: v for k, v in self.faults.as_dict().items() if not k.startswith("_")})
 
         async def put_faults(request: web.Request) -> web.Response:
+            denied = self._check_control_token(request)
+            if denied is not None:
+                return denied
             try:
-                self.faults.update(await request.json())
+                self.faults.update(await _json_object(request))
             except (ValueError, TypeError) as exc:
                 return web.json_response({"error": str(exc)}, status=400)
             return await get_faults(request)
@@ -316,14 +347,13 @@ class Sandbox:
             return web.json_response(asdict(self.settings))
 
         async def put_settings(request: web.Request) -> web.Response:
-            body = await request.json()
-            for key, value in body.items():
-                if key == "node" or not hasattr(self.settings, key):
-                    return web.json_response({"error": f"unknown or read-only setting {key!r}"}, status=400)
-                current = getattr(self.settings, key)
-                if isinstance(current, bool):
-                    value = str(value).lower() in ("1", "true", "yes")
-                setattr(self.settings, key, type(current)(value))
+            denied = self._check_control_token(request)
+            if denied is not None:
+                return denied
+            try:
+                apply_settings(self.settings, await _json_object(request))
+            except (ValueError, TypeError) as exc:
+                return web.json_response({"error": str(exc)}, status=400)
             return await get_settings(request)
 
         async def stats(_: web.Request) -> web.Response:
@@ -336,6 +366,39 @@ class Sandbox:
         app.router.add_put("/settings", put_settings)
         app.router.add_get("/stats", stats)
         return app
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise ValueError(f"the body must be a JSON object: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object, e.g. {\"cluster_create_delay_s\": 0}")
+    return body
+
+
+def apply_settings(settings: Settings, values: dict[str, Any]) -> None:
+    """Change settings from JSON values; `node.<field>` reaches the virtual node's scalar knobs (e.g.
+    `node.backoff_scale`). All or nothing: ValueError naming the first bad key or value."""
+    from .faults import _convert
+
+    changes: list[tuple[Any, str, Any]] = []
+    for key, value in values.items():
+        target: Any = settings
+        name = key
+        if key.startswith("node."):
+            target, name = settings.node, key[len("node."):]
+        if name in ("node", "extra", "name") or name.startswith("_") or not hasattr(target, name):
+            known = [f"{k}" for k in asdict(settings) if k != "node"] + [
+                f"node.{k}" for k in asdict(settings.node) if k not in ("extra", "name")]
+            raise ValueError(f"unknown or read-only setting {key!r}; known: {', '.join(known)}")
+        try:
+            changes.append((target, name, _convert(name, getattr(target, name), value)))
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("fault knob", "setting")) from exc
+    for target, name, value in changes:
+        setattr(target, name, value)
 
 
 class SandboxThread:

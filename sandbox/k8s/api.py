@@ -37,7 +37,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from ..faults import fault_middleware
-from . import errors, openapi, patch, protobuf, tables
+from . import errors, openapi, patch, protobuf, reviews, tables
 from .resources import ALL_VERBS, BY_PLURAL, RESOURCES, ResourceType
 
 if TYPE_CHECKING:
@@ -239,7 +239,7 @@ class KubeApi:
                 groups[rt.group].append(rt.version)
         return [{"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in vs],
                  "preferredVersion": {"groupVersion": f"{g}/{vs[0]}", "version": vs[0]}}
-                for g, vs in groups.items()]
+                for g, vs in groups.items()] + reviews.discovery_groups()
 
     @staticmethod
     def _resource_list(group: str, version: str) -> Obj:
@@ -292,6 +292,8 @@ class KubeApi:
                     raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
                 return json_response({"kind": "APIGroup", "apiVersion": "v1", **found})
             version, rest = parts[2], parts[3:]
+        if group in reviews.REVIEW_GROUPS:
+            return await self._review(request, group, version, rest)
         if not rest:
             doc = self._resource_list(group, version)
             if not doc["resources"]:
@@ -299,6 +301,21 @@ class KubeApi:
             return json_response(doc)
         target = parse_target(rest, group, version)
         return await self._route(request, target)
+
+    async def _review(self, request: web.Request, group: str, version: str, rest: list[str]) -> web.StreamResponse:
+        """authorization.k8s.io / authentication.k8s.io self reviews (reviews.py): create-only, never stored."""
+        if not rest:
+            resources = reviews.resource_list(group, version)
+            if not resources:
+                raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+            return json_response({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}",
+                                  "resources": resources})
+        if len(rest) != 1 or reviews.kind_of(group, version, rest[0]) is None:
+            raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+        if request.method != "POST":
+            raise errors.ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested "
+                                  "resource")
+        return json_response(reviews.review(group, version, rest[0], await read_object(request)), 201)
 
     async def _route(self, request: web.Request, t: Target) -> web.StreamResponse:
         method = request.method
@@ -600,8 +617,11 @@ class WatchStream:
 class PodLog:
     """`GET pods/{name}/log`: the file the virtual node writes, whole, tailed or followed.
 
-    Path contract with sandbox/k8s/node/kubelet.py: `data_dir/pods/<uid>/logs/<container>.log` holds the
-    container's combined stdout and stderr.
+    Path contract with sandbox/k8s/node/kubelet.py (`rotate_log`): `data_dir/pods/<uid>/logs/<container>.log`
+    holds the latest attempt's combined stdout and stderr, `<container>.previous.log` the attempt before;
+    `.id` / `.previous.id` hold their containerIDs. Which attempt a request gets is decided from the pod's
+    container status exactly as the kubelet's validateContainerLogStatus does (`previous=true`: the last
+    terminated attempt, else the running one, else the latest that ran), with its error messages.
     """
 
     def __init__(self, cluster: KubeCluster, request: web.Request, namespace: str, name: str) -> None:
@@ -609,12 +629,16 @@ class PodLog:
         q = request.query
         self.follow = q.get("follow") in TRUE_VALUES
         self.timestamps = q.get("timestamps") in TRUE_VALUES
+        self.previous = q.get("previous") in TRUE_VALUES
         self.tail = int(q["tailLines"]) if q.get("tailLines", "").lstrip("-").isdigit() else None
         self.limit = int(q["limitBytes"]) if q.get("limitBytes", "").isdigit() else None
         pod = cluster.store.get("pods", namespace, name)
         self.uid = pod["metadata"]["uid"]
         self.container = self._pick_container(pod, q.get("container"))
-        self.path = Path(cluster.data_dir) / "pods" / self.uid / "logs" / f"{self.container}.log"
+        self.logs_dir = Path(cluster.data_dir) / "pods" / self.uid / "logs"
+        self.container_id: str | None = None  # the attempt served (None: not known from the status yet)
+        self.path = self.logs_dir / f"{self.container}.log"
+        self._fh: Any = None
         self.sent = 0
         self.at_line_start = True
         self.cut_at: float | None = None
@@ -634,34 +658,109 @@ class PodLog:
             raise errors.bad_request(f"container {wanted} is not valid for pod {self.name}")
         return wanted
 
-    def _state(self, pod: Obj | None) -> tuple[str, Obj]:
-        """(running|terminated|waiting, details) of our container; waiting when it has no status yet."""
-        if pod is None:
-            return "terminated", {}
-        status = pod.get("status") or {}
+    def _status(self, pod: Obj | None) -> Obj | None:
+        status = (pod or {}).get("status") or {}
         for cs in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or []):
             if cs.get("name") == self.container:
-                state = cs.get("state") or {}
-                for key in ("terminated", "running", "waiting"):
-                    if key in state:
-                        return key, state[key] or {}
-        return "waiting", {}
+                return cs
+        return None
+
+    @staticmethod
+    def _latest_id(cs: Obj) -> str | None:
+        """The containerID of the container's latest attempt: the running or terminated one, else the last dead."""
+        state = cs.get("state") or {}
+        if "running" in state:
+            return cs.get("containerID")
+        if (state.get("terminated") or {}).get("containerID"):
+            return str(state["terminated"]["containerID"])
+        return ((cs.get("lastState") or {}).get("terminated") or {}).get("containerID")
+
+    def _wanted_id(self, cs: Obj) -> str | None:
+        """kubelet validateContainerLogStatus: which attempt's log to serve, or its 400.
+
+        None: the status names no containerID (written by someone other than the node): the latest log."""
+        where = f'container "{self.container}" in pod "{self.name}"'
+        state = cs.get("state") or {}
+        last = (cs.get("lastState") or {}).get("terminated") or {}
+        if self.previous:
+            if not last.get("containerID"):
+                raise errors.bad_request(f'previous terminated container "{self.container}" in pod "{self.name}" '
+                                         "not found")
+            return str(last["containerID"])
+        if "running" in state:
+            return cs.get("containerID")
+        if "terminated" in state:
+            cid = (state.get("terminated") or {}).get("containerID") or last.get("containerID")
+            if not cid and not self.path.exists():
+                raise errors.bad_request(f"{where} is terminated")
+            return cid
+        if last:
+            if not last.get("containerID"):
+                raise errors.bad_request(f"{where} is terminated")
+            return str(last["containerID"])
+        started = self._read_id(f"{self.container}.id")
+        if started:  # an attempt has started and its status is not written yet
+            return started
+        reason = (state.get("waiting") or {}).get("reason") or "ContainerCreating"
+        detail = {"ErrImagePull": "image can't be pulled",
+                  "ImagePullBackOff": "trying and failing to pull image"}.get(reason, reason)
+        raise errors.bad_request(f"{where} is waiting to start: {detail}")
 
     def _check_started(self) -> None:
         pod = self.cluster.store.peek("pods", self.namespace, self.name)
-        state, details = self._state(pod)
-        if state == "waiting" and not self.path.exists():
-            reason = details.get("reason") or "ContainerCreating"
-            raise errors.bad_request(f'container "{self.container}" in pod "{self.name}" is waiting to start: '
-                                     f"{reason}")
+        cs = self._status(pod)
+        if cs is None:
+            if self.previous:
+                raise errors.bad_request(f'previous terminated container "{self.container}" in pod "{self.name}" '
+                                         "not found")
+            if not self.path.exists():
+                raise errors.bad_request(f'container "{self.container}" in pod "{self.name}" is waiting to start: '
+                                         "ContainerCreating")
+            return
+        self.container_id = self._wanted_id(cs)
+        if self.container_id and self._read_id(f"{self.container}.previous.id") == self.container_id:
+            self.path = self.logs_dir / f"{self.container}.previous.log"
+
+    def _read_id(self, filename: str) -> str | None:
+        try:
+            return (self.logs_dir / filename).read_text() or None
+        except FileNotFoundError:
+            return None
+
+    def _attempt_over(self, pod: Obj | None) -> bool:
+        """The attempt being followed has ended (or the pod is gone): following stops once it is drained.
+
+        The node's `.id` file names the newest attempt even before the pod's status says so."""
+        if pod is None or pod["metadata"].get("uid") != self.uid:
+            return True
+        cs = self._status(pod)
+        state = (cs or {}).get("state") or {}
+        if self.container_id is None:
+            return "terminated" in state
+        latest = self._read_id(f"{self.container}.id")
+        if latest is not None and latest != self.container_id:
+            return True
+        terminated = state.get("terminated")
+        if terminated is not None and not terminated.get("containerID"):
+            return True
+        last = ((cs or {}).get("lastState") or {}).get("terminated") or {}
+        return self.container_id in ((terminated or {}).get("containerID"), last.get("containerID"))
 
     def _read_from(self, offset: int) -> bytes:
+        # One open file per request: a restart renames the log (kubelet rotate_log), and the attempt being
+        # read must stay the one read.
         try:
-            with self.path.open("rb") as fh:
-                fh.seek(offset)
-                return fh.read()
+            if self._fh is None:
+                self._fh = self.path.open("rb")
+            self._fh.seek(offset)
+            return bytes(self._fh.read())
         except FileNotFoundError:
             return b""
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
     def _initial(self) -> tuple[bytes, int]:
         data = self._read_from(0)
@@ -692,6 +791,12 @@ class PodLog:
         return data
 
     async def serve(self) -> web.StreamResponse:
+        try:
+            return await self._serve()
+        finally:
+            self.close()
+
+    async def _serve(self) -> web.StreamResponse:
         self._check_started()
         data, offset = self._initial()
         mtime = self.path.stat().st_mtime if self.path.exists() else time.time()
@@ -719,7 +824,7 @@ class PodLog:
             if self.cut_at is not None and time.monotonic() >= self.cut_at:
                 return
             pod = self.cluster.store.peek("pods", self.namespace, self.name)
-            done = pod is None or pod["metadata"].get("uid") != self.uid or self._state(pod)[0] == "terminated"
+            done = self._attempt_over(pod)
             chunk = self._read_from(offset)
             if chunk:
                 offset += len(chunk)

@@ -17,6 +17,7 @@ import base64
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,10 @@ class NodeConfig:
     region: str = "cn-sandbox"
     # seconds of pod-failure backoff before the Job controller replaces a failed pod (real: 10s doubling)
     failure_backoff_s: float = 0.0
+    # multiplies the kubelet's back-offs (container restarts of restartPolicy OnFailure/Always, image pulls):
+    # 1.0 is Kubernetes' own 10 s doubling to 5 min; tests set e.g. 0.01. Read at each back-off, so
+    # `PUT /settings {"node.backoff_scale": ...}` applies to the running sandbox.
+    backoff_scale: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -92,6 +97,9 @@ class KubeCluster:
         # Resolves a CSI PersistentVolume to a host directory: (driver, volumeHandle, volumeAttributes)
         # -> Path, or None when the driver is unknown. The sandbox plugs NAS in here (part 2).
         self.csi_resolver: Callable[[str, str, dict[str, str]], Path | None] | None = None
+        # (involved uid, reason, message) -> event name, so repeats bump `count` (the recorder's aggregation)
+        self._event_names: dict[tuple[Any, str, str], str] = {}
+        self._last_event_nanos = 0
 
     # -------------------------------------------------------------- wiring
 
@@ -100,11 +108,18 @@ class KubeCluster:
             from .admission import admit
         except ImportError:  # pragma: no cover - during bring-up
             return None
+        from .serviceaccounts import admit_pod as admit_service_account
+
+        def admission(plural: str, op: str, obj: Obj, old: Obj | None) -> None:
+            admit(plural, op, obj, old)
+            if plural == "pods":  # the ServiceAccount admission plugin (needs the store: serviceaccounts.py)
+                admit_service_account(self.store, op, obj)
+
         if self.acs is not None:
             from .acs import wrap_admission
 
-            return wrap_admission(admit)
-        return admit
+            return wrap_admission(admission)
+        return admission
 
     def _controller_classes(self) -> list[type]:
         from .controllers.gc import GarbageCollector
@@ -113,9 +128,10 @@ class KubeCluster:
         from .controllers.pv import PersistentVolumeController
         from .node.kubelet import VirtualNode
         from .node.scheduler import Scheduler
+        from .serviceaccounts import ServiceAccountController
 
-        return [NamespaceController, GarbageCollector, JobController, PersistentVolumeController,
-                Scheduler, VirtualNode]
+        return [NamespaceController, ServiceAccountController, GarbageCollector, JobController,
+                PersistentVolumeController, Scheduler, VirtualNode]
 
     def _bootstrap(self) -> None:
         """Objects every cluster starts with."""
@@ -226,10 +242,20 @@ class KubeCluster:
         namespace = meta.get("namespace") or "default"
         if self.store.peek("namespaces", None, namespace) is None:
             return
-        name = f"{meta.get('name', 'x')}.{abs(hash((meta.get('uid'), reason, message))) % 16**16:016x}"
-        existing = self.store.peek("events", namespace, name)
+        # Named as client-go's recorder names them, `<object>.<unix nanos in hex>`, so one object's events
+        # list in the order they happened (lists are in name order, as etcd's keys are).
+        key = (meta.get("uid"), reason, message)
+        name = self._event_names.get(key)
+        existing = self.store.peek("events", namespace, name) if name else None
+        if existing is None:
+            nanos = max(time.time_ns(), self._last_event_nanos + 1)
+            self._last_event_nanos = nanos
+            name = f"{meta.get('name', 'x')}.{nanos:x}"
+            if len(self._event_names) > 100_000:
+                self._event_names.clear()
+            self._event_names[key] = name
         ts = now_iso()
-        if existing is not None:
+        if existing is not None and name:
             def bump(ev: Obj) -> None:
                 ev["count"] = ev.get("count", 1) + 1
                 ev["lastTimestamp"] = ts

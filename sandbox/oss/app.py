@@ -34,6 +34,7 @@ KEY_KEY = web.RequestKey("oss_object_key", str)
 _HANDLED = {
     "bucketInfo", "location", "stat", "acl", "delete", "objectMeta", "uploads", "uploadId", "partNumber",
     "continuation-token", "security-token", "versionId",
+    "x-oss-traffic-limit",  # a bandwidth cap: accepted (signed like any sub-resource), not enforced
     "response-content-type", "response-content-language", "response-expires", "response-cache-control",
     "response-content-disposition", "response-content-encoding",
 }
@@ -52,6 +53,8 @@ def _method_not_allowed(request: web.Request) -> OssError:
 def _select(request: web.Request, t: Target) -> Handler:
     q = t.query
     method = request.method
+    if "live" in q and method == "GET" and t.bucket is not None and t.key is None and len(q) <= 4:
+        return bucket_ops.list_live_channels  # there are never any: LiveChannels are not emulated
     unsupported = sorted(k for k in q if k in _UNSUPPORTED)
     if unsupported:
         raise _not_implemented(f"The sub-resource {unsupported[0]!r}")

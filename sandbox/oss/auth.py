@@ -5,8 +5,8 @@ The verifier recomputes the signature from what arrived on the wire, the same wa
 
 * V4 canonical URI is `quote("/" + bucket + "/" + key, safe="/")`. It always names the bucket, even
   for virtual-hosted requests, so the bucket comes from routing, not from the path.
-* V4 canonical query is built from the *raw* (still encoded) query pairs, sorted. Presigned requests
-  leave out `x-oss-signature`.
+* V4 canonical query is built from the query pairs as they arrived, decoded and re-encoded canonically
+  (`_canonical_pairs`), sorted. Presigned requests leave out `x-oss-signature`.
 * V4 signs every `x-oss-*` header, `content-type`, `content-md5` and the `AdditionalHeaders`.
 * V1 signs `METHOD, Content-MD5, Content-Type, Date (or Expires for presigned URLs), x-oss-* headers`
   and the *decoded* resource `/bucket/key?sub-resources`. Only sub-resource query keys are signed.
@@ -44,9 +44,33 @@ _SIG_MISMATCH = (
     "Check your key and signing method."
 )
 
-# Query keys V1 includes in the canonical resource: the SDK's own list plus every operation's
-# `sub-resource` metadata in alibabacloud_oss_v2 1.4.1.
-V1_SUBRESOURCES = frozenset(
+# Query keys V1 includes in the canonical resource. The documented list ("Include a V1 signature in the
+# Authorization header", section CanonicalizedResource:
+# https://www.alibabacloud.com/help/en/oss/developer-reference/include-signatures-in-the-authorization-header),
+# which oss2 2.19's `Auth._subresource_key_set` follows, plus every operation's `sub-resource` metadata in
+# alibabacloud_oss_v2 1.4.1. A key outside this set is not signed by any client, so it must not be here.
+V1_DOCUMENTED = frozenset(
+    [
+        "acl", "uploads", "location", "cors", "logging", "website", "referer", "lifecycle", "delete", "append",
+        "tagging", "objectMeta", "uploadId", "partNumber", "security-token", "position", "img", "style", "styleName",
+        "replication", "replicationProgress", "replicationLocation", "cname", "bucketInfo", "comp", "qos", "live",
+        "status", "vod", "startTime", "endTime", "symlink", "x-oss-process", "response-content-type",
+        "x-oss-traffic-limit", "response-content-language", "response-expires", "response-cache-control",
+        "response-content-disposition", "response-content-encoding", "udf", "udfName", "udfImage", "udfId",
+        "udfImageDesc", "udfApplication", "udfApplicationLog", "restore", "callback", "callback-var", "qosInfo",
+        "policy", "stat", "encryption", "versions", "versioning", "versionId", "requestPayment",
+        "x-oss-request-payer", "sequential", "inventory", "inventoryId", "continuation-token", "asyncFetch", "worm",
+        "wormId", "wormExtend", "withHashContext", "x-oss-enable-md5", "x-oss-enable-sha1", "x-oss-enable-sha256",
+        "x-oss-hash-ctx", "x-oss-md5-ctx", "transferAcceleration", "regionList", "cloudboxes", "x-oss-ac-source-ip",
+        "x-oss-ac-subnet-mask", "x-oss-ac-vpc-id", "x-oss-ac-forward-allow", "metaQuery", "resourceGroup", "rtc",
+        "x-oss-async-process", "responseHeader", "group", "link", "objectInfo", "x-oss-write-get-object-response",
+        "bucketArchiveDirectRead", "httpsConfig", "redundancyTransition", "x-oss-target-redundancy-type",
+        "x-oss-redundancy-transition-taskid", "accessPoint", "accessPointPolicy", "publicAccessBlock",
+        "x-oss-access-point-name", "requesterQosInfo", "qosRequester", "resourcePoolInfo", "resourcePool",
+        "resourcePoolBuckets",
+    ]
+)
+V1_SUBRESOURCES = V1_DOCUMENTED | frozenset(
     [
         "acl", "bucketInfo", "location", "stat", "delete", "append", "tagging", "objectMeta", "uploads", "uploadId",
         "partNumber", "security-token", "position", "response-content-type", "response-content-language",
@@ -127,7 +151,7 @@ def _v4_canonical_request(
     additional: list[str],
 ) -> str:
     uri = "/" + (target.bucket + "/" if target.bucket else "") + (target.key or "")
-    query = "&".join(f"{k}={v}" if v else k for k, v in sorted(pairs))
+    query = "&".join(f"{k}={v}" if v else k for k, v in _canonical_pairs(pairs))
     signed = sorted(
         (k, v)
         for k, v in headers.items()
@@ -136,6 +160,17 @@ def _v4_canonical_request(
     canon_headers = "".join(f"{k}:{v}\n" for k, v in signed)
     payload = headers.get("x-oss-content-sha256", "UNSIGNED-PAYLOAD")
     return f"{method}\n{quote(uri, safe='/')}\n{query}\n{canon_headers}\n{';'.join(additional)}\n{payload}"
+
+
+def _canonical_pairs(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """V4's canonical query: each name and value decoded from what arrived, then URI-encoded the one canonical
+    way (RFC 3986 unreserved characters as they are, everything else %XX in upper case), sorted by name.
+
+    So a presigned URL whose query a client or proxy re-encoded on the way (`%7e` for `~`, lower-case hex,
+    `/` left unescaped ...) still verifies, as it does on OSS ("Include a V4 signature in a URL":
+    https://www.alibabacloud.com/help/en/oss/developer-reference/add-signatures-to-urls)."""
+    out = [(quote(unquote(k), safe="-_.~"), quote(unquote(v), safe="-_.~")) for k, v in pairs]
+    return sorted(out)
 
 
 def _parse_oss_date(value: str) -> float:

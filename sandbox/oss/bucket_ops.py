@@ -88,17 +88,33 @@ async def put_bucket(svc: Service, request: web.Request, target: Target) -> web.
         root = parse_body(body, "CreateBucketConfiguration")
         storage_class = (root.findtext("StorageClass") or "Standard").strip() or "Standard"
     created = svc.storage.create_bucket(name, storage_class)
-    if created is not None and svc.owners is not None:
-        svc.owners.set(name, request.get(ACCOUNT_KEY) or ACCOUNT_ID)
-    if created is None:
-        raise OssError(
-            409,
-            "BucketAlreadyExists",
-            "The requested bucket name is not available. The bucket namespace is shared by all users of the "
-            "system. Please select a different name and try again.",
-            BucketName=name,
-        )
+    if created is not None:
+        if svc.owners is not None:
+            svc.owners.set(name, request.get(ACCOUNT_KEY) or ACCOUNT_ID)
+    else:
+        existing = svc.storage.buckets[name]
+        if not owned_by_requester(svc, request, existing):
+            raise OssError(
+                409,
+                "BucketAlreadyExists",
+                "The requested bucket name is not available. The bucket namespace is shared by all users of the "
+                "system. Please select a different name and try again.",
+                BucketName=name,
+            )
+        # PutBucket again by the owner "modifies the metadata of the bucket" (200), but a storage class cannot
+        # change: https://www.alibabacloud.com/help/en/oss/developer-reference/putbucket and
+        # https://www.alibabacloud.com/help/en/oss/user-guide/http-status-code-409
+        if body.strip() and storage_class != existing.storage_class:
+            raise OssError(409, "BucketAlreadyExists", "Cannot modify existing bucket's storage class.",
+                           BucketName=name)
     return empty(request, headers={"Location": f"/{name}"})
+
+
+def owned_by_requester(svc: Service, request: web.Request, bucket: Bucket) -> bool:
+    """Whether the signed requester's account owns `bucket` (``owners.json``; absent: the sandbox's account)."""
+    if svc.owners is None:
+        return True
+    return svc.owners.get(bucket.name) == (request.get(ACCOUNT_KEY) or ACCOUNT_ID)
 
 
 async def delete_bucket(svc: Service, request: web.Request, target: Target) -> web.StreamResponse:
@@ -130,11 +146,29 @@ async def get_bucket_info(svc: Service, request: web.Request, target: Target) ->
     sub(el, "ResourceGroupId", "rg-default")
     sub(el, "StorageClass", bucket.storage_class)
     sub(el, "TransferAcceleration", "Disabled")
+    sub(el, "Comment", "")
+    sub(el, "Versioning", "")  # never enabled here; OSS leaves it empty until versioning is configured
     owner(el, OWNER_ID)
     _acl(el)
     sse = sub(el, "ServerSideEncryptionRule")
     sub(sse, "SSEAlgorithm", "None")
+    policy = sub(el, "BucketPolicy")  # the bucket's logging configuration (none)
+    sub(policy, "LogBucket", "")
+    sub(policy, "LogPrefix", "")
     sub(el, "BlockPublicAccess", False)
+    return xml_response(request, root)
+
+
+async def list_live_channels(svc: Service, request: web.Request, target: Target) -> web.StreamResponse:
+    """ListLiveChannel: always empty (RTMP ingest is not emulated; creating a channel is 501)."""
+    svc.bucket(target.bucket)
+    q = target.query
+    root = ET.Element("ListLiveChannelResult")
+    sub(root, "Prefix", q.get("prefix", ""))
+    sub(root, "Marker", q.get("marker", ""))
+    sub(root, "MaxKeys", q.get("max-keys", "100"))
+    sub(root, "IsTruncated", False)
+    sub(root, "NextMarker", "")
     return xml_response(request, root)
 
 

@@ -95,7 +95,29 @@ def user_meta_from(request: web.Request) -> dict[str, str]:
 
 
 def stored_headers_from(request: web.Request) -> dict[str, str]:
-    return {h: request.headers[h] for h in STORED_HEADERS if h in request.headers}
+    out = {h: request.headers[h] for h in STORED_HEADERS if h in request.headers}
+    out.update(sse_headers_from(request))
+    return out
+
+
+def sse_headers_from(request: web.Request) -> dict[str, str]:
+    """Server-side encryption asked for on upload, reported back on every read as OSS does. The sandbox stores
+    the bytes as they are: encryption at rest is not emulated, and a KMS key id is made up when none is named."""
+    sse = request.headers.get("x-oss-server-side-encryption")
+    if not sse:
+        return {}
+    if sse not in ("AES256", "KMS", "SM4"):
+        raise OssError(400, "InvalidEncryptionAlgorithmError", "The Encryption request you specified is not valid. "
+                       "Supported value: AES256/KMS/SM4", ArgumentName="x-oss-server-side-encryption",
+                       ArgumentValue=sse)
+    out = {"x-oss-server-side-encryption": sse}
+    if sse == "KMS":
+        out["x-oss-server-side-encryption-key-id"] = (request.headers.get("x-oss-server-side-encryption-key-id")
+                                                      or "sandbox-kms-key-0000-0000-0000-000000000000")
+        data = request.headers.get("x-oss-server-side-data-encryption")
+        if data:
+            out["x-oss-server-side-data-encryption"] = data
+    return out
 
 
 def expected_md5(request: web.Request) -> bytes | None:
@@ -130,9 +152,9 @@ async def receive_body(svc: Service, request: web.Request, max_size: int = MAX_P
         raise
     if want_md5 is not None and want_md5 != written.md5:
         written.path.unlink(missing_ok=True)
-        # Unverified: OSS documents InvalidDigest for a bad Content-MD5; for a well-formed MD5 that does
-        # not match the body, S3 says BadDigest, and so do we.
-        raise OssError(400, "BadDigest", "The Content-MD5 you specified did not match what we received.")
+        # OSS answers InvalidDigest for a Content-MD5 that does not match the body (S3's BadDigest is not an OSS
+        # code): https://www.alibabacloud.com/help/en/oss/user-guide/http-status-code-400 (InvalidDigest).
+        raise OssError(400, "InvalidDigest", "The Content-MD5 you specified did not match what we received.")
     return written
 
 

@@ -158,7 +158,9 @@ async def complete(svc: Service, request: web.Request, target: Target) -> web.St
     sub(root, "Bucket", up.bucket)
     sub(root, "Key", url_encode(up.key, encode))
     sub(root, "ETag", meta.etag)
-    return xml_response(request, root, headers={"x-oss-hash-crc64ecma": meta.crc64})
+    # CompleteMultipartUpload answers the object's ETag in a header too (oss2 reads it from there):
+    # https://www.alibabacloud.com/help/en/oss/developer-reference/completemultipartupload
+    return xml_response(request, root, headers={"ETag": meta.etag, "x-oss-hash-crc64ecma": meta.crc64})
 
 
 async def abort(svc: Service, request: web.Request, target: Target) -> web.StreamResponse:
@@ -220,6 +222,7 @@ async def list_uploads(svc: Service, request: web.Request, target: Target) -> we
     uploads: list[Upload] = []
     prefixes: list[str] = []
     truncated = False
+    next_key, next_id = "", ""  # the last upload or common prefix returned: where the next page starts
     for up in svc.storage.bucket_uploads(bucket.name):
         if not up.key.startswith(prefix):
             continue
@@ -231,23 +234,27 @@ async def list_uploads(svc: Service, request: web.Request, target: Target) -> we
             j = up.key.find(delimiter, len(prefix))
             if j >= 0:
                 common = up.key[: j + len(delimiter)]
-                if common in prefixes:
+                if common in prefixes or common == key_marker:  # a page that ended on this prefix covered it
                     continue
         if len(uploads) + len(prefixes) >= max_uploads:
             truncated = True
             break
         if common is not None:
             prefixes.append(common)
+            next_key, next_id = common, ""
         else:
             uploads.append(up)
+            next_key, next_id = up.key, up.upload_id
     root = ET.Element("ListMultipartUploadsResult")
     if encode:
         sub(root, "EncodingType", "url")
     sub(root, "Bucket", bucket.name)
     sub(root, "KeyMarker", url_encode(key_marker, encode))
     sub(root, "UploadIdMarker", id_marker)
-    sub(root, "NextKeyMarker", url_encode(uploads[-1].key if uploads else "", encode))
-    sub(root, "NextUploadIdMarker", uploads[-1].upload_id if uploads else "")
+    # A truncated page always names where to go on, also when it held only common prefixes (else paginators
+    # that follow NextKeyMarker would ask for the same page for ever).
+    sub(root, "NextKeyMarker", url_encode(next_key, encode))
+    sub(root, "NextUploadIdMarker", next_id)
     sub(root, "Delimiter", url_encode(delimiter, encode))
     sub(root, "Prefix", url_encode(prefix, encode))
     sub(root, "MaxUploads", max_uploads)

@@ -218,7 +218,7 @@ class Storage:
     def bucket_uploads(self, name: str) -> list[Upload]:
         with self._lock:
             return sorted(
-                (u for u in self.uploads.values() if u.bucket == name), key=lambda u: (u.key, u.initiated, u.upload_id)
+                (u for u in self.uploads.values() if u.bucket == name), key=lambda u: (u.key, u.upload_id)
             )
 
     # ------------------------------------------------------------------------------------ objects

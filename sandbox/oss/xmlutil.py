@@ -1,11 +1,12 @@
 """Small XML helpers: build OSS response documents and read request bodies.
 
 ElementTree does the escaping, so keys holding `&`, `<` or control-free unicode come out well formed.
-Times use the two formats the SDK parses: ISO 8601 with milliseconds and `Z` in XML, RFC 1123 in headers.
+Times use the two formats OSS sends: ISO 8601 with `.000Z` in XML, RFC 1123 in headers.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from email.utils import formatdate
 from typing import Any
@@ -20,7 +21,11 @@ XML_DECL = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 
 
 def iso_time(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+    """OSS's XML time: ISO 8601 at second precision with a literal `.000Z` (e.g. 2026-11-30T05:44:34.000Z).
+
+    OSS never sends fractions of a second, and oss2 parses these with the exact format
+    `%Y-%m-%dT%H:%M:%S.000Z`, so anything else makes every listing with entries raise in oss2."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + ".000Z"
 
 
 def rfc1123(ts: float) -> str:
@@ -47,12 +52,35 @@ def xml_response(request: web.Request, root: ET.Element, status: int = 200,
     return web.Response(status=status, body=body, headers=hdrs, content_type="application/xml")
 
 
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_PRIVATE_BASE = 0xF0000  # a private-use plane: stands in for control characters while the XML is parsed
+
+
+def _restore_controls(root: ET.Element) -> None:
+    def back(text: str | None) -> str | None:
+        if text is None:
+            return None
+        return "".join(chr(ord(c) - _PRIVATE_BASE) if _PRIVATE_BASE <= ord(c) < _PRIVATE_BASE + 32 else c
+                       for c in text)
+
+    for el in root.iter():
+        el.text, el.tail = back(el.text), back(el.tail)
+
+
 def parse_body(data: bytes, expect_root: str) -> ET.Element:
+    """Parse a request document. Like OSS, control characters in element text (object keys such as
+    "name\x0c.txt", which oss2 writes into DeleteMultipleObjects as they are) are accepted, though XML 1.0
+    does not allow them."""
+    controls = bool(_CONTROL.search(data))
+    if controls:
+        data = _CONTROL.sub(lambda m: chr(_PRIVATE_BASE + m.group(0)[0]).encode(), data)
     try:
         root = ET.fromstring(data)
     except ET.ParseError as exc:
         raise OssError(400, "MalformedXML", "The XML you provided was not well-formed or did not validate "
                                             "against our published schema.") from exc
+    if controls:
+        _restore_controls(root)
     if root.tag.rpartition("}")[2] != expect_root:
         raise OssError(400, "MalformedXML", f"Expected root element {expect_root}, got {root.tag}.")
     return root

@@ -35,8 +35,11 @@ class Served:
 
     def control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"}
+        if method != "GET":  # writes carry the control token from endpoints.json
+            headers["Authorization"] = f"Bearer {self.endpoints['control']['token']}"
         request = urllib.request.Request(self.endpoints["control"]["endpoint"] + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+                                         headers=headers)
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,6 +122,16 @@ def test_ask_cluster_with_nas_shared_between_pods_survives_restart(first_run: Se
     core = client.CoreV1Api(api)
     assert {"default", "kube-system"} <= {n.metadata.name for n in core.list_namespace().items}
     assert api.configuration.host != json.loads((data_dir / "endpoints.json").read_text())["kubernetes"]["server"]
+    # the sandbox also writes DIR/kubeconfig-<cluster id>, so a user reaches this cluster with kubectl
+    own = data_dir / f"kubeconfig-{cluster_id}"
+    assert oct(own.stat().st_mode & 0o777) == "0o600"
+    own_api = config.new_client_from_config(config_file=str(own))
+    assert own_api.configuration.host == api.configuration.host
+    kubectl = shutil.which("kubectl") or str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "kubectl")
+    if Path(kubectl).exists():
+        out = subprocess.run([kubectl, "--kubeconfig", str(own), "get", "namespaces", "-o", "name"],
+                             capture_output=True, text=True, timeout=30, env={**os.environ, "HOME": str(data_dir)})
+        assert "namespace/kube-system" in out.stdout, out.stderr
 
     # NAS: a file system and a mount target, Active
     fs_id = cloud.nas.create_file_system(nas.CreateFileSystemRequest(

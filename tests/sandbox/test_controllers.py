@@ -31,6 +31,7 @@ from sandbox.k8s.controllers.jobs import (
 )
 from sandbox.k8s.controllers.namespaces import NamespaceController
 from sandbox.k8s.controllers.pv import PersistentVolumeController
+from sandbox.k8s.serviceaccounts import ServiceAccountController
 from sandbox.k8s.store import Obj, Store, now_iso
 
 NS = "default"
@@ -137,7 +138,8 @@ async def start(cluster: KubeCluster) -> None:
 @pytest.fixture
 async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[KubeCluster]:
     monkeypatch.setattr(KubeCluster, "_controller_classes", lambda self: [
-        NamespaceController, GarbageCollector, JobController, PersistentVolumeController, FakeRunner])
+        NamespaceController, ServiceAccountController, GarbageCollector, JobController, PersistentVolumeController,
+        FakeRunner])
     c = KubeCluster("controllers-test", tmp_path / "data")
     await start(c)
     try:

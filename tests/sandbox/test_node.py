@@ -24,6 +24,7 @@ from sandbox.faults import Faults
 from sandbox.k8s.cluster import KubeCluster, NodeConfig
 from sandbox.k8s.node.kubelet import VirtualNode
 from sandbox.k8s.node.scheduler import Scheduler
+from sandbox.k8s.serviceaccounts import ServiceAccountController
 
 Obj = dict[str, Any]
 
@@ -32,14 +33,16 @@ Obj = dict[str, Any]
 
 
 async def start_cluster(data_dir: Path, monkeypatch: pytest.MonkeyPatch, **node: Any) -> KubeCluster:
-    monkeypatch.setattr(KubeCluster, "_controller_classes", lambda self: [Scheduler, VirtualNode])
-    config = NodeConfig(cpu=node.pop("cpu", "4"), memory=node.pop("memory", "8Gi"), pods=node.pop("pods", 50))
+    monkeypatch.setattr(KubeCluster, "_controller_classes", lambda self: [ServiceAccountController, Scheduler,
+                                                                          VirtualNode])
+    # backoff_scale 0.01: the kubelet's 10 s..5 min crash-loop and image-pull back-offs become 0.1 s..3 s
+    config = NodeConfig(cpu=node.pop("cpu", "4"), memory=node.pop("memory", "8Gi"), pods=node.pop("pods", 50),
+                        backoff_scale=node.pop("backoff_scale", 0.01))
     cluster = KubeCluster("node-test", data_dir, faults=Faults(seed=7), node=config)
     await cluster.start()
     timings = cluster.controller("VirtualNode").timings
     timings.backoff_initial_s = 0.2
     timings.err_image_pull_hold_s = 0.2
-    timings.crashloop_initial_s = 0.1
     timings.deps_fallback_s = 2.0
     return cluster
 
@@ -299,6 +302,33 @@ async def test_bad_image_backs_off_and_delete_removes_at_once(cluster: KubeClust
     await wait_pod_gone(cluster, "bad-image", timeout=2)
 
 
+async def test_invalid_image_name_and_missing_image_knob(cluster: KubeCluster) -> None:
+    create_pod(cluster, "upper", ["true"], container={"image": "Busybox:1.36"})
+    pod = await wait_pod(cluster, "upper", lambda p: waiting_reason(p) == "InvalidImageName")
+    waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert waiting["message"] == ('Failed to apply default image tag "Busybox:1.36": couldn\'t parse image name '
+                                  '"Busybox:1.36": invalid reference format: repository name (library/Busybox) '
+                                  "must be lowercase")
+    assert events_for(cluster, "upper")["InspectFailed"][0]["type"] == "Warning"
+    cluster.faults.update({"missing_images": "registry.example.com/team/gone:*,nosuch:1"})
+    try:
+        create_pod(cluster, "gone", ["true"], container={"image": "nosuch:1"})
+        pod = await wait_pod(cluster, "gone", lambda p: waiting_reason(p) == "ImagePullBackOff")
+        waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"]
+        assert waiting["message"] == (
+            'Back-off pulling image "nosuch:1": ErrImagePull: rpc error: code = NotFound desc = failed to pull and '
+            'unpack image "docker.io/library/nosuch:1": failed to resolve reference "docker.io/library/nosuch:1": '
+            "docker.io/library/nosuch:1: not found")
+        messages = [e["message"] for e in events_for(cluster, "gone")["Failed"]]
+        assert "Error: ErrImagePull" in messages and "Error: ImagePullBackOff" in messages
+        cluster.faults.update({"missing_images": ""})  # the image appears in the registry: the next try runs it
+        pod = await wait_pod(cluster, "gone", phase_is("Succeeded"), timeout=10)
+    finally:
+        cluster.faults.update({"missing_images": []})
+    for name in ("upper", "gone"):
+        cluster.store.delete("pods", "default", name)
+
+
 async def wait_pod_gone(cluster: KubeCluster, name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while cluster.store.peek("pods", "default", name) is not None:
@@ -321,7 +351,33 @@ async def test_restart_on_failure_in_place(cluster: KubeCluster, tmp_path: Path)
     cs = pod["status"]["containerStatuses"][0]
     assert pod["status"]["phase"] == "Succeeded" and cs["restartCount"] == 1
     assert cs["lastState"]["terminated"]["exitCode"] == 1
-    assert log_text(cluster, pod) == "first\nsecond\n"
+    assert log_text(cluster, pod) == "second\n"  # a restarted container's log holds only its attempt
+    assert log_text(cluster, pod, "main.previous") == "first\n"
+
+
+async def test_crash_loop_backs_off_as_the_kubelet_does(cluster: KubeCluster) -> None:
+    """First restart at once, then CrashLoopBackOff with 10 s doubling (x backoff_scale 0.01: 0.1 s, 0.2 s...)."""
+    create_pod(cluster, "crashy", ["sh", "-c", "echo attempt; exit 2"], restartPolicy="Always")
+    pod = await wait_pod(cluster, "crashy", lambda p: waiting_reason(p) == "CrashLoopBackOff", timeout=10)
+    cs = pod["status"]["containerStatuses"][0]
+    assert cs["restartCount"] >= 1 and cs["lastState"]["terminated"]["exitCode"] == 2
+    uid = pod["metadata"]["uid"]
+    assert cs["state"]["waiting"]["message"].startswith("back-off ") and cs["state"]["waiting"]["message"].endswith(
+        f"restarting failed container=main pod=crashy_default({uid})")
+    pod = await wait_pod(cluster, "crashy", lambda p: p["status"]["containerStatuses"][0]["restartCount"] >= 4,
+                         timeout=10)
+    starts = [r["started"] for r in map(json.loads, (cluster.data_dir / "node" / "processes.jsonl").read_text()
+                                        .splitlines()) if r["pod"] == "crashy"]
+    assert len(starts) >= 5
+    assert "BackOff" in events_for(cluster, "crashy")
+    assert log_text(cluster, pod) in ("", "attempt\n") and log_text(cluster, pod, "main.previous") == "attempt\n"
+    cluster.store.delete("pods", "default", "crashy", grace_period_seconds=0)
+
+
+def test_backoff_duration_prints_like_go() -> None:
+    from sandbox.k8s.node.kubelet import _duration
+
+    assert [_duration(s) for s in (10, 20, 160, 300, 0.1, 1.5)] == ["10s", "20s", "2m40s", "5m0s", "100ms", "1.5s"]
 
 
 async def test_no_command_fails_clearly(cluster: KubeCluster) -> None:

@@ -19,11 +19,14 @@ Modelled (and how):
   then the instance is released: every process is SIGKILLed, the pod ends phase Failed, reason BidFailed,
   with condition `DisruptionTarget=True`. Protection periods (`eci-spot-duration`), price limits and
   `eci-spot-fallback` are not modelled.
-- **Images** are never pulled: the container's command runs on the host, so the host must have the
-  tools it calls. A `Pulled` event says so. Images under `unreachable.invalid/` fail to pull:
-  `ErrImagePull`, then `ImagePullBackOff`, retried with backoff for ever (the pod stays Pending). A
-  container without `command` and `args` cannot run (there is no image entrypoint): the pod fails with
-  reason StartError and a message saying so.
+- **Images** are never pulled and no registry is ever looked up (images.py): the container's command runs
+  on the host, so the host must have the tools it calls; a Normal `Pulled` event on every pod says so.
+  References are parsed as the kubelet parses them (a malformed one: `InvalidImageName`, `InspectFailed`);
+  a registry host under `.invalid` or an image listed in the fault knob `missing_images` fails to pull:
+  `ErrImagePull`, then `ImagePullBackOff`, retried with the kubelet's image back-off (10 s doubling to
+  5 min, times `NodeConfig.backoff_scale`) for ever (the pod stays Pending). A container without `command`
+  and `args` cannot run (there is no image entrypoint): the pod fails with reason StartError and a message
+  saying so.
 - **Configuration.** Env as the kubelet builds it (see `env.py`), plus HOSTNAME, KUBERNETES_SERVICE_HOST
   /PORT (the sandbox API on 127.0.0.1), PATH/HOME/LANG from the host and PYTHONUNBUFFERED=1. A missing
   ConfigMap/Secret/key gives `CreateContainerConfigError` (Warning event `Failed`); volumes that cannot be
@@ -47,8 +50,10 @@ Modelled (and how):
   is killed, as a container's cgroup would be. Users as ECI applies them (see `identity.py`): the container's
   `runAsUser`/`runAsGroup` (pod level: `runAsUser` only; `fsGroup` is not applied, a Warning says so) when the
   sandbox runs as root; `runAsNonRoot` is verified (CreateContainerConfigError). restartPolicy Never: exit 0 ->
-  Completed, else Error, phase Succeeded/Failed; OnFailure/Always restart the container in place
-  (restartCount+1, CrashLoopBackOff with a small doubling backoff).
+  Completed, else Error, phase Succeeded/Failed; OnFailure/Always restart the container in place with the
+  kubelet's back-off (first restart at once, then CrashLoopBackOff 10 s doubling to 5 min, times
+  `NodeConfig.backoff_scale`). Each attempt has its own log; the one before is kept for `kubectl logs --previous`
+  (see `rotate_log`).
 - **Memory limits** by sampling RSS every 100 ms (see `procs.py`): over the limit -> SIGKILL, OOMKilled,
   137. CPU limits are not enforced.
 - **Deletion:** SIGTERM to every container's process group, wait min(deletionGracePeriodSeconds,
@@ -79,6 +84,7 @@ import orjson
 
 from .. import acs, errors
 from ..store import Obj, WatchEvent, now_iso
+from . import images
 from .env import ConfigError, PathRewriter, build_env, expand
 from .identity import Identity, NonRootViolation, ensure_traversable, resolve
 from .procs import MemoryWatch, signal_group
@@ -91,7 +97,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sandbox.k8s.kubelet")
 
 COMPONENT = "virtual-kubelet"
-UNREACHABLE_REGISTRY = "unreachable.invalid/"
 SPOT_STRATEGIES = ("SpotAsPriceGo", "SpotWithPriceLimit")
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 MANAGED_CONDITIONS = ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready",
@@ -111,15 +116,45 @@ class Stopped(Exception):
 
 
 class Timings:
-    """Backoffs, small so tests and demos stay fast (real kubelet: 10 s doubling to 5 min)."""
+    """The node's waits. The kubelet's own back-offs (crash loop and image pull) are Kubernetes' values,
+    multiplied by `NodeConfig.backoff_scale` when used (see `PodWorker._scaled`)."""
 
-    backoff_initial_s = 1.0
+    backoff_initial_s = 1.0  # ECI instance creation retries
     backoff_max_s = 20.0
-    crashloop_initial_s = 0.5
-    crashloop_max_s = 10.0
+    crashloop_initial_s = 10.0  # kubelet: 10 s doubling to 5 min (pkg/kubelet: MaxContainerBackOff)
+    crashloop_max_s = 300.0
+    image_pull_initial_s = 10.0  # kubelet's image back-off: the same 10 s doubling to 5 min
+    image_pull_max_s = 300.0
     err_image_pull_hold_s = 0.5  # how long ErrImagePull shows before ImagePullBackOff
     deps_fallback_s = 5.0  # retry of config/volume waits even without a change event
     flush_delay_s = 0.05
+
+
+def _duration(seconds: float) -> str:
+    """A back-off as Go's time.Duration prints it: 10s, 2m40s, 5m0s, 100ms."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    whole = round(seconds, 3)
+    minutes, rest = divmod(whole, 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{text}" if minutes else text
+
+
+def rotate_log(log_path: Path) -> None:
+    """A restarted container's log holds only its current attempt; the one before is kept beside it.
+
+    Path contract with `api.PodLog`: `<container>.log` is the latest attempt and `<container>.id` its
+    containerID; `<container>.previous.log` / `.previous.id` the attempt before (the kubelet keeps only one
+    dead container per container name, so `kubectl logs --previous` has exactly one to show).
+    """
+    for suffix in (".log", ".id"):
+        current = log_path.with_suffix(suffix)
+        if current.exists():
+            os.replace(current, log_path.with_suffix(".previous" + suffix))
+
+
+def write_attempt_id(log_path: Path, container_id: str) -> None:
+    log_path.with_suffix(".id").write_text(container_id)
 
 
 def _exit_code(returncode: int) -> int:
@@ -565,51 +600,83 @@ class PodWorker:
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o777)
 
+    def _scaled(self, seconds: float) -> float:
+        return seconds * max(0.0, float(getattr(self.cluster.node, "backoff_scale", 1.0)))
+
     async def _run_container(self, container: Obj, *, init: bool) -> int:
-        """Run a container until it is done for good; returns its last exit code."""
+        """Run a container until it is done for good; returns its last exit code.
+
+        Restarts follow the kubelet's container back-off (kuberuntime_manager doBackOff): the first restart
+        is immediate and arms a 10 s back-off; each later exit within the back-off waits it out in
+        `CrashLoopBackOff`, then doubles it up to 5 min; a container that ran longer than twice the maximum
+        starts over from 10 s.
+        """
         name = container.get("name", "")
         table = self.init_status if init else self.container_status
         policy = (self.pod.get("spec") or {}).get("restartPolicy", "Always")
-        backoff = self.t.crashloop_initial_s
+        backoff: float | None = None  # None: no back-off armed yet (the next restart is immediate)
+        loop = asyncio.get_running_loop()
         while True:
             self._check_stop()
             await self._pull(container, table)
             env = await self._configure(container, table)
+            started = loop.time()
             code, terminated = await self._execute(container, env, table)
             if self.stopping:
                 return code
             restart = (policy == "Always" and not init) or (policy != "Never" and code != 0)
             if not restart:
                 return code
+            if backoff is not None and loop.time() - started > 2 * self._scaled(self.t.crashloop_max_s):
+                backoff = None  # the back-off entry expired while the container ran
             cs = table[name]
             cs["lastState"] = {"terminated": terminated}
+            if backoff is None:
+                backoff = self._scaled(self.t.crashloop_initial_s)
+            else:
+                cs["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message":
+                                           f"back-off {_duration(backoff)} restarting failed container={name} "
+                                           f"pod={self.name}_{self.namespace}({self.uid})"}}
+                self._event("BackOff", f"Back-off restarting failed container {name} in pod "
+                            f"{self.name}_{self.namespace}({self.uid})", warning=True)
+                self._schedule_flush()
+                await self._pause(backoff)
+                backoff = min(backoff * 2, self._scaled(self.t.crashloop_max_s))
             cs["restartCount"] = cs.get("restartCount", 0) + 1
-            cs["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message":
-                                       f"back-off {backoff:g}s restarting failed container={name} "
-                                       f"pod={self.name}_{self.namespace}({self.uid})"}}
-            self._event("BackOff", f"Back-off restarting failed container {name} in pod "
-                        f"{self.name}_{self.namespace}({self.uid})", warning=True)
-            self._schedule_flush()
-            await self._pause(backoff)
-            backoff = min(backoff * 2, self.t.crashloop_max_s)
 
     async def _pull(self, container: Obj, table: dict[str, Obj]) -> None:
-        name, image = container.get("name", ""), container.get("image", "")
-        delay = self.t.backoff_initial_s
-        while image.startswith(UNREACHABLE_REGISTRY):
-            host = image.split("/", 1)[0]
-            self._waiting(table, name, "ErrImagePull", f'failed to pull and unpack image "{image}": failed to '
-                          f"resolve reference: dial tcp: lookup {host}: no such host")
-            self._event("Failed", f'Failed to pull image "{image}": dial tcp: lookup {host}: no such host',
-                        warning=True)
+        """The kubelet's EnsureImageExists, without pulling (images.py): InvalidImageName for a reference that
+        does not parse, ErrImagePull / ImagePullBackOff for one that cannot be pulled, else a Normal event
+        saying that the command runs on the host and no image was pulled."""
+        name = container.get("name", "")
+        delay = self._scaled(self.t.image_pull_initial_s)
+        while True:
+            image = self._spec_container(name, container).get("image", "")
+            try:
+                ref = images.parse(image)
+            except images.InvalidReference as exc:
+                message = images.invalid_name_message(image, exc)
+                self._waiting(table, name, "InvalidImageName", message)
+                self._event("InspectFailed", message, warning=True)
+                self._event("Failed", "Error: InvalidImageName", warning=True)
+                self.flush()
+                await self._pause(self.t.deps_fallback_s)  # the next pod sync tries again
+                continue
+            error = images.pull_error(image, ref, list(self.cluster.faults.missing_images or []))
+            if error is None:
+                break
+            self._event("Pulling", f'Pulling image "{image}"')
+            self._waiting(table, name, "ErrImagePull", error)
+            self._event("Failed", f'Failed to pull image "{image}": {error}', warning=True)
+            self._event("Failed", "Error: ErrImagePull", warning=True)
             self.flush()
             await self._pause(self.t.err_image_pull_hold_s)
-            self._waiting(table, name, "ImagePullBackOff", f'Back-off pulling image "{image}"')
-            self._event("BackOff", f'Back-off pulling image "{image}"', warning=True)
+            self._waiting(table, name, "ImagePullBackOff", f'Back-off pulling image "{image}": ErrImagePull: {error}')
+            self._event("BackOff", f'Back-off pulling image "{image}"')
+            self._event("Failed", "Error: ImagePullBackOff", warning=True)
             self.flush()
             await self._pause(delay)
-            delay = min(delay * 2, self.t.backoff_max_s)
-            image = self._spec_container(name, container).get("image", "")
+            delay = min(delay * 2, self._scaled(self.t.image_pull_max_s))
         self._event("Pulled", f'Container image "{image}" not pulled: the sandbox runs the container\'s command '
                     "on the host and does not pull images")
 
@@ -693,6 +760,8 @@ class PodWorker:
                                      "image; set the container's command (and args)", fatal=True)
         log_path = self.pod_dir / "logs" / f"{name}.log"
         container_id = _container_id()
+        if table.get(name, {}).get("restartCount", 0) > 0:
+            rotate_log(log_path)
         async with self.node.spawn_sem:
             self._check_stop()
             fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -706,6 +775,7 @@ class PodWorker:
             finally:
                 os.close(fd)
         started = now_iso()
+        write_attempt_id(log_path, container_id)
         run = ContainerRun(proc, container_id, started)
         self.running[name] = run
         if self.stop_event.is_set():
