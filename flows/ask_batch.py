@@ -160,12 +160,12 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
     name = current_run.name or f"ask-batch-{run_key}"
     logger.info("run key %s: Job %d indexes x parallelism %d, image %s", run_key, spec.job.completions,
                 spec.job.parallelism, spec.job.image)
-    cluster: ClusterHandle | None = None
+    cluster_handle: ClusterHandle | None = None
     volume: VolumeHandle | None = None
-    config: ConfigHandle | None = None
-    job: JobHandle | None = None
+    config_handle: ConfigHandle | None = None
+    job_handle: JobHandle | None = None
     report: JobReport | None = None
-    outputs: Any = None
+    manifest: Any = None
     error: BaseException | None = None
     # One run per spec at a time, teardown included: a Lease in the target cluster (tasks/cloud/run_lock.py), taken
     # once the cluster is known. A run refused by it touches nothing: the resources are the holder's.
@@ -176,32 +176,33 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
     # (no CS, NAS or Kubernetes request at all). The check is idempotent, so it needs no lock.
     ensure_bucket_task(spec)
     try:
-        cluster = ensure_cluster_task(spec, run_key)
+        cluster_handle = ensure_cluster_task(spec, run_key)
         try:
-            lock.enter_context(cluster_run_lock(spec, cluster, holder=str(current_run.id)))
+            lock.enter_context(cluster_run_lock(spec, cluster_handle, holder=str(current_run.id)))
         except RunLocked:
             locked_out = True
             raise
-        volume = ensure_volume_task(spec, run_key=run_key, cluster=cluster)
-        config = publish_config_task(spec, run_key, cluster)
+        volume = ensure_volume_task(spec, run_key=run_key, cluster=cluster_handle)
+        config_handle = publish_config_task(spec, run_key, cluster_handle)
         # rerun 'missing': indexes an earlier attempt of this run key finished are not run again.
         done = complete_indexes_task(spec, run_key=run_key, flow_run_name=name) if spec.job.rerun == "missing" else []
         follow_ups: list[JobHandle] = []
         if done:
             missing = sorted(set(range(spec.job.completions)) - set(done))
-            job, follow_ups = relaunch_task(spec, run_key, name, cluster, volume, config, missing)
+            job_handle, follow_ups = relaunch_task(spec, run_key, name, cluster_handle, volume, config_handle,
+                                                   missing)
         else:
-            job = launch_job_task(spec, run_key, name, cluster, volume, config)
+            job_handle = launch_job_task(spec, run_key, name, cluster_handle, volume, config_handle)
         try:
-            if job.uid is None:  # follow-up Jobs run the missing indexes
-                report = wait_for_follow_ups_task(spec, run_key, cluster, job, follow_ups, done,
+            if job_handle.uid is None:  # follow-up Jobs run the missing indexes
+                report = wait_for_follow_ups_task(spec, run_key, cluster_handle, job_handle, follow_ups, done,
                                                   str(log_dir_for(spec, name)))
             else:
-                report = wait_for_job_task(spec, run_key, cluster, job, str(log_dir_for(spec, name)))
+                report = wait_for_job_task(spec, run_key, cluster_handle, job_handle, str(log_dir_for(spec, name)))
         except JobFailed as exc:
             report = exc.report
             raise
-        outputs = collect_outputs_task(spec, run_key=run_key, flow_run_name=name, report=report,
+        manifest = collect_outputs_task(spec, run_key=run_key, flow_run_name=name, report=report,
                                        log_dir=log_dir_for(spec, name))
     except BaseException as exc:
         error = exc
@@ -209,10 +210,10 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
     finally:
         with lock:  # released last: after teardown
             if not locked_out:
-                finish(spec, logger, run_key=run_key, name=name, cluster=cluster, volume=volume, config=config,
-                       job=job, report=report, outputs=outputs, error=error)
-    return {"run_key": run_key, "flow_run_name": name, "job": job.name,
-            "outputs_dir": outputs.download_dir if outputs is not None else None, "succeeded": True}
+                finish(spec, logger, run_key=run_key, name=name, cluster=cluster_handle, volume=volume,
+                       config=config_handle, job=job_handle, report=report, outputs=manifest, error=error)
+    return {"run_key": run_key, "flow_run_name": name, "job": job_handle.name,
+            "outputs_dir": manifest.download_dir if manifest is not None else None, "succeeded": True}
 
 
 if __name__ == "__main__":
