@@ -197,6 +197,9 @@ def attempt_end(pod: dict[str, Any]) -> AttemptEnd | None:
         return None
     code = exit_code(pod)
     reason, message = status.get("reason") or "", (status.get("message") or "").strip()
+    if is_reclaimed(pod):  # ACS best-effort preemption (its reason string is not ACS-documented; see is_reclaimed)
+        return AttemptEnd("reclaimed", f"ACS BestEffort instance preempted ({reason or DISRUPTION_CONDITION})",
+                          code, message)
     if reason in POD_REASON_OUTCOMES:
         outcome, words = POD_REASON_OUTCOMES[reason]
         if reason == "ProviderFailed" and any(r in message for r in STOCK_OUT_REASONS):

@@ -14,7 +14,7 @@ from tasks.errors import InvalidInput, SpecError
 from tasks.render.acs_cost import ACS_PRICES, estimate_acs_job
 from tasks.render.compute import check_for_kind
 from tasks.render.cost import estimate_job
-from tasks.render.diagnose import diagnose_pod, is_reclaimed, is_spot
+from tasks.render.diagnose import attempt_end, diagnose_pod, is_reclaimed, is_spot
 from tasks.spec import parse_spec
 from tests.unit.conftest import BASE, with_changes
 
@@ -107,6 +107,7 @@ def test_best_effort_preemption_is_a_reclaim_not_a_fatal_failure() -> None:
     on_demand = _pod({"alibabacloud.com/compute-qos": "default"}, "Failed", target, "Evicted")
     assert not is_reclaimed(on_demand)
     assert is_spot(reclaimed) and not is_spot(on_demand)  # the ledger marks best-effort attempts as spot
+    assert attempt_end(reclaimed).outcome == "reclaimed" and attempt_end(on_demand).outcome == "evicted"
 
 
 def test_acs_stock_out_names_the_fix() -> None:
