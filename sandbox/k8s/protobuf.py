@@ -215,6 +215,8 @@ def decode_message(name: str, buf: bytes) -> Any:
         json_name, label, type_, keep_zero = field
         if label == "m":
             key_type, value_type = type_
+            if not isinstance(raw, bytes):
+                raise DecodeError(f"field {number} of {name} is not a map entry")
             key, val = _map_entry(key_type, value_type, raw)
             out.setdefault(json_name, {})[key] = val
             continue
