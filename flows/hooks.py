@@ -33,10 +33,11 @@ def sweep(flow: Any, flow_run: Any, state: Any) -> None:
     """``on_cancellation`` / ``on_crashed``: tear down by the run's labels and tags, from the parameters alone.
 
     Prefect runs it in the flow's process (cancellation seen by the engine) or in the worker's (the worker
-    cancelled the run and stopped its process, or saw the process die: research/prefect.md §2.5), so every
-    client is built here from the run's parameters. It logs what it deleted and kept into the run's own log
-    (and stderr), and never raises: the state that triggered it must stay the run's state. The parameter names
-    are Prefect's: its runner calls hooks with ``flow=, flow_run=, state=`` keywords.
+    cancelled the run and stopped its process, or saw the process die:
+    https://docs.prefect.io/v3/develop/manage-states), so every client is built here from the run's parameters.
+    It logs what it deleted and kept into the run's own log (and stderr), and never raises: the state that
+    triggered it must stay the run's state. The parameter names are Prefect's: its runner calls hooks with
+    ``flow=, flow_run=, state=`` keywords.
     """
     what = getattr(getattr(state, "type", None), "value", "?").lower()
     logger: Any = None

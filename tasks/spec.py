@@ -10,7 +10,8 @@ The models only describe intent. Reading local files, resolving Prefect Secret b
 elsewhere (``tasks.render.manifests``, ``tasks.stages.config``), so this module stays pure and cheap to import.
 
 No ``from __future__ import annotations`` here: Prefect builds the parameter schema of the flow from these
-annotations at import time (see research/prefect.md §2.11).
+annotations at import time (observed with Prefect 3.9; see ``parameter_schema`` in
+https://github.com/PrefectHQ/prefect/blob/main/src/prefect/utilities/callables.py).
 """
 
 import difflib

@@ -1,7 +1,8 @@
 """The sandbox's Kubernetes API server: the HTTP face of the store, spoken exactly as kubectl expects.
 
 The unmodified official clients (kubectl 1.32/1.37, `kubernetes`, `kubernetes_asyncio`) talk to this over
-real HTTPS, so every detail they depend on is reproduced, notably (see /work/shared/research/k8s-emulation.md):
+real HTTPS, so every detail they depend on is reproduced, notably (the Kubernetes API
+conventions: https://github.com/kubernetes/community/blob/master/contributors/devel/sig-architecture/api-conventions.md):
 
 - legacy discovery (`/api`, `/api/v1` with `groupVersion: "v1"`, `/apis`, ...); kubectl asks for aggregated
   discovery first and falls back cleanly when answered with plain JSON;

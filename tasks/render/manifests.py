@@ -153,7 +153,10 @@ def secret_manifest(run_key: str, content: ConfigContent, *, namespace: str) -> 
 
 
 def nas_pv_manifest(pv_name: str, *, run_key: str, server: str, path: str, nas: NasOptions) -> dict[str, Any]:
-    """Static PV for the Alibaba NAS CSI driver (alibaba.md §3.1): volumeHandle must equal the PV name."""
+    """Static PV for the Alibaba NAS CSI driver; volumeHandle must equal the PV name.
+
+    Source: https://www.alibabacloud.com/help/en/ack/serverless-kubernetes/user-guide/nas-volume-overview-3
+    """
     labels = {**run_labels(run_key), NAS_PV_LABEL: pv_name}
     return {
         "apiVersion": "v1",
@@ -227,7 +230,8 @@ def pod_oss_env(spec: BatchSpec, *, run_key: str, flow_run_name: str) -> dict[st
 
 
 def eci_annotations(eci: EciOptions) -> dict[str, str]:
-    """ECI options as pod-template annotations (alibaba.md §3.2); they only act at pod creation."""
+    """ECI options as pod-template annotations; they only act at pod creation
+    (https://www.alibabacloud.com/help/en/eci/user-guide/pod-annotations)."""
     ann: dict[str, str] = {}
     if eci.use_specs:
         ann[ECI + "eci-use-specs"] = ",".join(eci.use_specs)
@@ -527,7 +531,8 @@ NAS_NAME_TAG = "ask-batch.io/nas"
 
 
 def nas_description(nas: NasOptions) -> str:
-    """NAS description: 2-128 chars, starting with a letter (alibaba.md §2.2)."""
+    """NAS description: 2-128 chars, starting with a letter
+    (https://www.alibabacloud.com/help/en/nas/developer-reference/api-nas-2017-06-26-createfilesystem)."""
     return f"ask-batch-{nas.name}"[:128]
 
 

@@ -6,7 +6,9 @@ annotations) and ACS (compute labels). ACS clusters are the same CS API with ``p
 Find-then-create, safe to repeat: the lookup filters on the exact name (the CS ``name`` filter is fuzzy), ASK's
 current type (``ManagedKubernetes`` + ``Serverless``) and a live state; creation carries a ``client_token`` derived
 from region and name, so two racing attempts get one cluster. Listing uses ``DescribeClustersForRegion`` because
-``DescribeClustersV1`` is being switched off in 2026 (alibaba.md §0.2); V1 is only a fallback.
+``DescribeClustersV1`` is being switched off in 2026
+(https://www.alibabacloud.com/help/en/ack/product-overview/announcement-on-ack-openapi-parameter-changes-and-deprecation);
+V1 is only a fallback.
 
 Alibaba closed ASK creation to new accounts in February 2025: when CreateCluster is refused, the error says so
 and names the way out (cluster mode 'existing').

@@ -15,7 +15,8 @@ of one template its own env value, hence one small Job per index; they all start
 still exists and has not failed is re-attached to instead, as before.
 
 We create with the sync kubernetes client instead of prefect-kubernetes' ``create_namespaced_job`` task: that task
-is async and raises on 409, and adoption is the whole point here (research/prefect.md §1).
+is async and raises on 409, and adoption is the whole point here
+(https://github.com/PrefectHQ/prefect/blob/main/src/integrations/prefect-kubernetes/prefect_kubernetes/jobs.py).
 """
 
 import logging

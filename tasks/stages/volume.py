@@ -1,6 +1,7 @@
 """Stage ensure_volume: the shared volume the pods mount — nothing, an existing PVC, or a NAS file system.
 
-Mode 'nas' walks the chain Alibaba's static-NAS recipe asks for (research/alibaba.md §2, §3.1):
+Mode 'nas' walks the chain Alibaba's static-NAS recipe asks for
+(https://www.alibabacloud.com/help/en/ack/serverless-kubernetes/user-guide/nas-volume-overview-3):
 
     file system (Running) -> mount target in the cluster's VPC (Active) -> static PV (CSI) -> PVC (Bound)
 

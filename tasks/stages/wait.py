@@ -1,11 +1,13 @@
 """Stage wait_for_job: watch the Job and its pods, stream every pod's log live, fail fast with a reason.
 
 Why watches and threads: polling misses short-lived states and costs an API call per pod per tick, and the
-prefect-kubernetes wait loop reads logs one pod after another (research/prefect.md §1.4; anchors.md pain 3). Here:
+prefect-kubernetes wait loop reads logs one pod after another (``run_namespaced_job`` in
+https://github.com/PrefectHQ/prefect/blob/main/src/integrations/prefect-kubernetes/prefect_kubernetes/flows.py). Here:
 
 - one watch on the Job (field selector on its name) and one on its pods (our run label, filtered on the Job's
   uid in ownerReferences) feed a single queue; each watch lists first, then watches from that resourceVersion,
-  resumes from the last seen version when the stream drops, and relists on 410 Gone (anchors.md pain 5);
+  resumes from the last seen version when the stream drops, and relists on 410 Gone
+  (https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes);
 - every pod's log is read by ``tasks.cloud.pod_logs.PodLogs`` as soon as its container starts (at most
   ``max_log_streams`` live follows; the others are read once when their container ends): every byte is kept once
   in a per-pod file and lines go to ``emit`` prefixed with ``[idx=N pod=NAME]``, so the whole log outlives pod

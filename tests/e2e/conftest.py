@@ -24,7 +24,7 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get(
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_server() -> Iterator[str]:
-    """One temporary Prefect server (SQLite) for the session; flow heartbeats off (research/prefect.md §4.1)."""
+    """One temporary Prefect server (SQLite) for the session; flow heartbeats off."""
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
