@@ -135,7 +135,8 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
             again. Empty: derived from the flow run.
 
     Returns:
-        ``{"run_key", "flow_run_name", "job", "outputs_dir", "succeeded"}``.
+        ``{"run_key", "flow_run_name", "job", "cluster_id", "outputs_dir", "succeeded"}`` (``cluster_id``: the
+        CS cluster id in modes 'ask' and 'acs', else None).
 
     Raises:
         SpecError: a parameter is invalid (nothing was created).
@@ -213,6 +214,7 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
                 finish(spec, logger, run_key=run_key, name=name, cluster=cluster_handle, volume=volume,
                        config=config_handle, job=job_handle, report=report, outputs=manifest, error=error)
     return {"run_key": run_key, "flow_run_name": name, "job": job_handle.name,
+            "cluster_id": cluster_handle.cluster_id if cluster_handle else None,
             "outputs_dir": manifest.download_dir if manifest is not None else None, "succeeded": True}
 
 

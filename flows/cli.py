@@ -189,7 +189,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ask-batch run {spec.run_key or ''}: stopped by "
                   f"{signal.Signals(received[0]).name if received else 'SIGINT'}; torn down", file=sys.stderr)
             return 130
-        return report(spec, state, api, home)
+        code = report(spec, state, api, home)
+    if args.sandbox:
+        print_kubectl_hint(spec, state, Path(args.sandbox))
+    return code
+
+
+def print_kubectl_hint(spec: BatchSpec, state: Any, sandbox_dir: Path) -> None:
+    """Say how to reach the run's cluster with kubectl: the sandbox writes ``DIR/kubeconfig-<cluster id>`` for
+    every cluster its Container Service creates (docs/sandbox.md); mode 'existing' names its kubeconfig itself."""
+    result = state.result(raise_on_failure=False)
+    cluster_id = result.get("cluster_id") if isinstance(result, dict) else None
+    if cluster_id:
+        kubeconfig = sandbox_dir.resolve() / f"kubeconfig-{cluster_id}"
+    elif spec.cluster.mode == "existing" and spec.cluster.existing.kubeconfig_path:
+        kubeconfig = Path(spec.cluster.existing.kubeconfig_path).expanduser().resolve()
+    else:
+        return
+    if kubeconfig.is_file():
+        print(f"  the cluster: kubectl --kubeconfig {kubeconfig} get jobs,pods -n {spec.cluster.namespace}")
 
 
 def report(spec: BatchSpec, state: Any, api: Any, home: Path) -> int:
