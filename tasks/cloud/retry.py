@@ -53,13 +53,7 @@ def _connection_like(exc: BaseException | None) -> bool:
                     "MaxRetryError", "NewConnectionError", "RemoteDisconnected", "ChunkedEncodingError",
                     "IncompleteRead", "ServerDisconnectedError", "ClientConnectionError"}:
             return True
-        inner = getattr(exc, "inner_exception", None)
-        if inner is None and hasattr(exc, "unwrap"):
-            try:
-                inner = exc.unwrap()
-            except Exception:  # noqa: BLE001 - unwrap of a foreign error; best effort
-                inner = None
-        exc = inner or exc.__cause__ or exc.__context__
+        exc = _inner(exc) or exc.__context__
     return False
 
 

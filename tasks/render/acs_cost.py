@@ -11,7 +11,7 @@ All ACS prices live in ONE table below, with its source and the date it was read
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tasks.render.cost import CostEstimate, PodUsage, billed_size
+from tasks.render.cost import CostEstimate, PodUsage, billed_size, usage_totals
 from tasks.spec import JobSpec
 
 ACS_SOURCE = {
@@ -62,12 +62,7 @@ def estimate_acs(pods: Iterable[PodUsage], *, region: str, compute_class: str = 
                  qos: str = "default") -> CostEstimate:
     """Cost of the given pods at ACS's pay-as-you-go prices for that class and QoS ('default' | 'best-effort')."""
     price = acs_price(region, compute_class, qos)
-    vcpu_s = gib_s = 0.0
-    for pod in pods:
-        if pod.seconds < 0 or pod.vcpu < 0 or pod.memory_gib < 0:
-            raise ValueError(f"negative usage {pod!r}")
-        vcpu_s += pod.seconds * pod.vcpu
-        gib_s += pod.seconds * pod.memory_gib
+    vcpu_s, gib_s = usage_totals(pods)
     notes = (ROUNDING_NOTE, NOT_INCLUDED) + ((GPU_NOTE,) if compute_class.startswith("gpu") else ())
     return CostEstimate(vcpu_s, gib_s, vcpu_s * price.vcpu_second + gib_s * price.gib_second,
                         CURRENCY[site(region)], False, notes, f"{ACS_SOURCE[site(region)]} (read {ACS_READ_ON})")

@@ -152,16 +152,22 @@ def billed_size(job: JobSpec) -> tuple[float, float]:
     return round_spec(vcpu, mem, spot=spot)
 
 
-def estimate(pods: Iterable[PodUsage], *, region: str, spot: bool = False, site: str | None = None
-             ) -> CostEstimate:
-    """Cost of the given pods at the site's pay-as-you-go prices (``site``: see ``price_table``)."""
-    table = price_table(region, site=site)
+def usage_totals(pods: Iterable[PodUsage]) -> tuple[float, float]:
+    """Sum of (vCPU·seconds, GiB·seconds) over the pods; raises ValueError on a negative figure."""
     vcpu_s = gib_s = 0.0
     for pod in pods:
         if pod.seconds < 0 or pod.vcpu < 0 or pod.memory_gib < 0:
             raise ValueError(f"negative usage {pod!r}")
         vcpu_s += pod.seconds * pod.vcpu
         gib_s += pod.seconds * pod.memory_gib
+    return vcpu_s, gib_s
+
+
+def estimate(pods: Iterable[PodUsage], *, region: str, spot: bool = False, site: str | None = None
+             ) -> CostEstimate:
+    """Cost of the given pods at the site's pay-as-you-go prices (``site``: see ``price_table``)."""
+    table = price_table(region, site=site)
+    vcpu_s, gib_s = usage_totals(pods)
     amount = vcpu_s * table.vcpu_second + gib_s * table.gib_second
     notes = (SPOT_NOTE, NOT_INCLUDED) if spot else (NOT_INCLUDED,)
     return CostEstimate(vcpu_s, gib_s, amount, table.currency, spot, notes, f"{table.source} (read {table.read_on})")
