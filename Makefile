@@ -31,6 +31,7 @@ run: install
 test: install test-deps
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -rs -m "not slow"
 
 ## the slow end-to-end tests (marker `slow`: several minutes each, e.g. the Kubernetes work pool)
@@ -45,7 +46,7 @@ test-deps:
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 ## run the sandbox in the foreground (state in .sandbox/)
 sandbox: install

@@ -18,7 +18,7 @@ https://docs.prefect.io/v3/how-to-guides/deployment_infra/kubernetes
 
 import os
 import subprocess
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from deployments.local import Stack
@@ -84,7 +84,7 @@ def start_worker(stack: "Stack", name: str, *, timeout: float = 90.0) -> subproc
                                "--name", name])
 
     def online() -> bool:
-        workers = http_json(f"{stack.api_url}/work_pools/{POOL}/workers/filter", {}) or []
+        workers: Any = http_json(f"{stack.api_url}/work_pools/{POOL}/workers/filter", {}) or []
         return any(w["name"] == name and w.get("last_heartbeat_time") for w in workers)
 
     wait_until(online, timeout=timeout, what=f"kubernetes worker (log {stack.log_file(name)})",

@@ -33,6 +33,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from deployments.steps import PROJECT_ROOT
 from flows.prefect_home import API_URL_FILE
@@ -212,7 +213,7 @@ class Stack:
         """True when a worker named ``worker_name`` has a heartbeat in the pool (newer than ``since``, epoch s)."""
         from datetime import datetime
 
-        workers = http_json(f"{self.api_url}/work_pools/{self.pool}/workers/filter", {})
+        workers: Any = http_json(f"{self.api_url}/work_pools/{self.pool}/workers/filter", {})
         for worker in workers or []:
             if worker["name"] == self.worker_name and worker.get("last_heartbeat_time"):
                 beat = datetime.fromisoformat(worker["last_heartbeat_time"].replace("Z", "+00:00")).timestamp()

@@ -1093,9 +1093,10 @@ class JobSpec(_Model):
                                  f"({ECI_MAX_CPU:g} vCPU, {ECI_MAX_MEMORY_GIB:g} GiB); fix: lower job.cpu/memory, or "
                                  f"name an ECS instance type in job.eci.use_specs")
         _check_env_expansion(self.env, "job.env")
-        size = self.compute.size_parts() if self.compute else None
-        if size is not None and (size[0] < cpu_cores(self.cpu) or size[1] < memory_gib(self.memory)):
-            raise ValueError(f"compute.size {self.compute.size} is below the requests (cpu {self.cpu}, memory "
+        compute = self.compute
+        size = compute.size_parts() if compute else None
+        if compute and size is not None and (size[0] < cpu_cores(self.cpu) or size[1] < memory_gib(self.memory)):
+            raise ValueError(f"compute.size {compute.size} is below the requests (cpu {self.cpu}, memory "
                              f"{self.memory}); ACS refuses such pods; fix: raise compute.size or lower the "
                              f"requests")
         if size is not None and self.eci.use_specs:

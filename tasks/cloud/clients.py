@@ -46,7 +46,8 @@ class AliCredentials:
 def _load_prefect_secret(name: str) -> str:
     from prefect.blocks.system import Secret
 
-    value = Secret.load(name).get()
+    block: Any = Secret.load(name)  # sync in a sync context (Prefect's sync_compatible)
+    value = block.get()
     if not isinstance(value, str):
         # A dict value is not masked by the Prefect API (https://docs.prefect.io/v3/develop/secrets): refuse it.
         raise ValueError(f"Prefect Secret block {name!r} must hold a string")

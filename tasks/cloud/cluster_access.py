@@ -125,6 +125,7 @@ def fetch_kubeconfig(handle: ClusterHandle, spec: BatchSpec, *, cs: Any | None,
     if kind == "cs":
         from alibabacloud_cs20151215 import models as m
 
+        assert cs is not None, "a kubeconfig from CS needs a CS client"
         ask = spec.cluster.managed or spec.cluster.ask
         req = m.DescribeClusterUserKubeconfigRequest(private_ip_address=ask.private_kubeconfig,
                                                      temporary_duration_minutes=ask.kubeconfig_minutes)
@@ -136,9 +137,9 @@ def fetch_kubeconfig(handle: ClusterHandle, spec: BatchSpec, *, cs: Any | None,
     if kind == "block":
         return kubeconfig_from_block(ref)
     if kind == "secret":
-        if load_secret is None:
-            from tasks.cloud.clients import _load_prefect_secret as load_secret  # noqa: N813
-        return load_kubeconfig(load_secret(ref))
+        from tasks.cloud.clients import _load_prefect_secret
+
+        return load_kubeconfig((load_secret or _load_prefect_secret)(ref))
     raise ValueError(f"unknown kubeconfig source {handle.kubeconfig_source!r}")
 
 

@@ -66,7 +66,7 @@ class _Forward(logging.Handler):
 
 
 @contextlib.contextmanager
-def stage_logs(scrub: Callable[[str], str] = str) -> Iterator[logging.LoggerAdapter]:
+def stage_logs(scrub: Callable[[str], str] = str) -> Iterator[Any]:
     """Forward ``ask_batch.*`` log records into the current Prefect run log; yields that run logger."""
     from prefect import get_run_logger
 

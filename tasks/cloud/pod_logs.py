@@ -595,5 +595,5 @@ def _chunks(resp: Any) -> Iterator[bytes]:
 def _reason(exc: Exception) -> str:
     body = getattr(exc, "body", None)
     with contextlib.suppress(Exception):
-        return json.loads(body)["message"]
+        return str(json.loads(body or "")["message"])
     return str(getattr(exc, "reason", "") or type(exc).__name__)

@@ -21,6 +21,7 @@ Why it is shaped like this:
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from prefect import task
@@ -137,8 +138,8 @@ def _teardown_jobs(rec: _Recorder, *, delete: bool, why: str, ns: str, selector:
         return
     for name in sorted(names):
         # Background: the Job goes now, the garbage collector deletes its pods (the API default is Orphan).
-        _delete(rec, "Job", name, why, lambda n=name: batch_v1.delete_namespaced_job(
-            n, ns, propagation_policy="Background"))
+        _delete(rec, "Job", name, why,
+                partial(batch_v1.delete_namespaced_job, name, ns, propagation_policy="Background"))
     left = wait_gone(core_v1.list_namespaced_pod, namespace=ns, label_selector=selector, timeout=timeout)
     for pod in left:
         rec.failed("Pod", pod, f"still present {timeout:.0f}s after its Job was deleted")
@@ -157,7 +158,7 @@ def _teardown_config(rec: _Recorder, *, delete: bool, why: str, ns: str, selecto
                                                             service="Kubernetes", operation=f"list {kind}s"))
         for name in sorted(names):
             if delete:
-                _delete(rec, kind, name, why, lambda n=name, f=delete_fn: f(n, ns))
+                _delete(rec, kind, name, why, partial(delete_fn, name, ns))
             else:
                 rec.kept(kind, name, why)
 
@@ -180,7 +181,7 @@ def _teardown_volume(rec: _Recorder, *, delete: bool, why: str, ns: str, selecto
         return
     for name in sorted(pvcs):
         _delete(rec, "PersistentVolumeClaim", name, why,
-                lambda n=name: core_v1.delete_namespaced_persistent_volume_claim(n, ns))
+                partial(core_v1.delete_namespaced_persistent_volume_claim, name, ns))
     if pvcs:
         left = wait_gone(core_v1.list_namespaced_persistent_volume_claim, namespace=ns, label_selector=selector,
                          timeout=timeout)
@@ -188,7 +189,7 @@ def _teardown_volume(rec: _Recorder, *, delete: bool, why: str, ns: str, selecto
             rec.failed("PersistentVolumeClaim", name, f"still terminating after {timeout:.0f}s (a pod still uses "
                        f"it?)")
     for name in sorted(pvs):
-        _delete(rec, "PersistentVolume", name, why, lambda n=name: core_v1.delete_persistent_volume(n))
+        _delete(rec, "PersistentVolume", name, why, partial(core_v1.delete_persistent_volume, name))
 
 
 # --------------------------------------------------------------------------------------------- NAS
@@ -237,8 +238,8 @@ def _teardown_nas(rec: _Recorder, *, delete: bool, why: str, spec: BatchSpec, vo
         rec.kept("NasFileSystem", fs_id, why)
         return
     for domain in [mt["MountTargetDomain"] for mt in list_mount_targets(nas, fs_id)]:
-        _delete(rec, "NasMountTarget", domain, why, lambda d=domain: nas.delete_mount_target(
-            m.DeleteMountTargetRequest(file_system_id=fs_id, mount_target_domain=d)), service="NAS")
+        _delete(rec, "NasMountTarget", domain, why, partial(nas.delete_mount_target, m.DeleteMountTargetRequest(
+            file_system_id=fs_id, mount_target_domain=domain)), service="NAS")
     left = _wait_no_mount_targets(nas, fs_id, timeout=timeout)
     if left:
         rec.failed("NasFileSystem", fs_id, f"mount target(s) {', '.join(left)} still present after "
@@ -338,7 +339,7 @@ def teardown(spec: BatchSpec, *, run_key: str, succeeded: bool, cluster: Cluster
                                                                     timeout=wait_seconds)))
         for kind, key, fn in steps:
             delete, why = decide(policies[key], succeeded)
-            _step(rec, kind, lambda f=fn, d=delete, w=why: f(d, w))
+            _step(rec, kind, partial(fn, delete, why))
     if nas is not None:
         delete, why = decide(policies["nas"], succeeded)
         _step(rec, "NasFileSystem", lambda: _teardown_nas(rec, delete=delete, why=why, spec=spec, volume=volume,

@@ -227,8 +227,8 @@ def _billed_seconds(pod: dict[str, Any], end: AttemptEnd | None, now: datetime) 
         return 0.0
     finished = [parse_time(((cs.get("state") or {}).get("terminated") or {}).get("finishedAt"))
                 for cs in status.get("containerStatuses") or []]
-    finished = [f for f in finished if f]
-    stop = max(finished) if finished else (now if end is None else start)
+    ends = [f for f in finished if f is not None]
+    stop = max(ends) if ends else (now if end is None else start)
     return max(0.0, (stop - start).total_seconds())
 
 
@@ -616,7 +616,7 @@ def wait_for_job_task(spec: BatchSpec, run_key: str, cluster: ClusterHandle, job
     creds = credentials(spec)
     scrub = Scrubber(run_secret_values(spec, creds, load_secret=_load_prefect_secret))
     with stage_logs(scrub) as run_logger:
-        artifact = create_progress_artifact(0.0, key=f"progress-{run_key}",
+        artifact: Any = create_progress_artifact(0.0, key=f"progress-{run_key}",
                                             description=f"Job {job.name}: indexes done of {job.completions}")
 
         def progress(done: int, total: int) -> None:
