@@ -40,6 +40,11 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _url_forms(v: str) -> set[str]:
+    """``v`` URL-encoded as ``quote``/``quote_plus`` write it, with their default ``safe="/"`` and with nothing safe."""
+    return {quote(v, safe=""), quote(v), quote_plus(v, safe=""), quote_plus(v)}
+
+
 def secret_forms(value: str) -> set[str]:
     """Every form of ``value`` that ``Scrubber`` blanks (see the module docstring); empty for too-short values."""
     stripped = value.strip()
@@ -61,12 +66,12 @@ def secret_forms(value: str) -> set[str]:
         for ascii_only in (True, False):
             escaped = json.dumps(v, ensure_ascii=ascii_only)[1:-1]
             forms.add(escaped)
-        forms.add(quote(v, safe=""))
-        forms.add(quote_plus(v, safe=""))
+        forms |= _url_forms(v)
     for ln in lines:
         if len(ln) >= MIN_LINE:
             for ascii_only in (True, False):
                 forms.add(json.dumps(ln, ensure_ascii=ascii_only)[1:-1])
+            forms |= _url_forms(ln)
     # A form that is all whitespace or too short would blank unrelated text.
     return {f for f in forms if len(f.strip()) >= MIN_VALUE}
 
