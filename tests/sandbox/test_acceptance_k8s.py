@@ -431,6 +431,8 @@ def test_informers_see_final_state_under_injected_faults(served: Served, core: c
                     and sum(p.status.phase == "Succeeded" for p in informers[2].items.values()) == 6)
 
         wait_for(informers_caught_up, 40, "the informers to see the final state")
+        # The watches are cut every second while the faults are on: wait until each kind of cut really happened.
+        wait_for(lambda: sum(i.rewatches for i in informers) >= 3, 30, "the watches to be cut and resumed")
         injected = sum(i.errors for i in informers)
     finally:
         served.control("PUT", "/faults", {"error_rate": 0, "watch_drop_after_s": 0})

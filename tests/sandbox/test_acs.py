@@ -22,6 +22,7 @@ from sandbox.k8s.cluster import KubeCluster, NodeConfig
 from sandbox.k8s.errors import ApiError
 from sandbox.k8s.node.kubelet import VirtualNode
 from sandbox.k8s.node.scheduler import Scheduler
+from sandbox.k8s.serviceaccounts import ServiceAccountController
 
 Obj = dict[str, Any]
 
@@ -74,7 +75,9 @@ async def test_cs_refuses_other_profiles_naming_both_serverless_kinds(env: Env) 
 
 
 async def start(data_dir: Path, monkeypatch: pytest.MonkeyPatch, flavour: str) -> KubeCluster:
-    monkeypatch.setattr(KubeCluster, "_controller_classes", lambda self: [Scheduler, VirtualNode])
+    # The ServiceAccount controller too: every pod mounts kube-root-ca.crt through its projected token volume.
+    monkeypatch.setattr(KubeCluster, "_controller_classes",
+                        lambda self: [ServiceAccountController, Scheduler, VirtualNode])
     cluster = KubeCluster("acs-test", data_dir, faults=Faults(seed=3), flavour=flavour,
                           node=NodeConfig(cpu="8", memory="16Gi", pods=50))
     await cluster.start()

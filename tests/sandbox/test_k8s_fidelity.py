@@ -309,7 +309,7 @@ def test_protobuf_persistent_volume_and_claim(sandbox: Any, core: client.CoreV1A
     assert body["metadata"]["labels"] == {"k": "v"}
     assert body["spec"]["resources"] == {"requests": {"storage": "1Gi"}} and body["spec"]["volumeName"] == pv
     assert body["spec"]["storageClassName"] == ""  # a *string in a PVC: its empty value is kept, as in JSON
-    wait_for(lambda: core.read_namespaced_persistent_volume_claim(pvc, "default").status.phase == "Bound", 10,
+    wait_for(lambda: core.read_namespaced_persistent_volume_claim(pvc, "default").status.phase == "Bound", 60,
              "the claim to bind")
     core.delete_namespaced_persistent_volume_claim(pvc, "default")
     core.delete_persistent_volume(pv)
