@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from tasks.cloud.admission import admit
 from tasks.errors import SpecError
-from tasks.render.manifests import JobInputs, config_map_manifest, job_manifest, pod_oss_env, secret_manifest
+from tasks.render.manifests import JobInputs, job_manifest, pod_oss_env
+from tasks.stages.config import render_config_objects
 from tests.unit.conftest import BASE, with_changes
 
 K8S_VERSION = "1.32.0"
@@ -110,12 +111,7 @@ def check(params: dict[str, Any]) -> bool:
         assert exc.problems and all(field and msg for field, msg in exc.problems)
         return False
     spec, content, run_key = admitted.spec, admitted.content, "r" * 40
-    ns = spec.cluster.namespace
-    objects = []
-    if content.files:
-        objects.append(config_map_manifest(run_key, content.files, namespace=ns))
-    if content.secret_files or content.secret_env:
-        objects.append(secret_manifest(run_key, content, namespace=ns))
+    objects = render_config_objects(spec, run_key, content)
     inputs = JobInputs(config_map="cm" if content.files else None, secret="s" if len(objects) > 1 else None,
                        secret_file_keys=tuple(content.secret_files), secret_env_keys=tuple(content.secret_env),
                        claim_name="data" if spec.storage.mode != "none" else None,
