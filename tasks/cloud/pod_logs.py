@@ -277,6 +277,7 @@ class _Pod:
     name: str
     index: int | None
     restarts: int = 0  # the container's restartCount when we last heard of it
+    may_restart: bool = False  # restartPolicy is not Never: the kubelet may start the container again in place
     ended: bool = False  # the container has terminated (its log is whole on the node)
     queued: bool = False
     active: bool = False
@@ -328,8 +329,11 @@ class PodLogs:
 
     # ------------------------------------------------------------------ events
 
-    def seen(self, name: str, index: int | None, *, started: bool, ended: bool, restarts: int = 0) -> None:
-        """A pod event: ``started`` (its container runs or ran), ``ended`` (terminated now), ``restarts``."""
+    def seen(self, name: str, index: int | None, *, started: bool, ended: bool, restarts: int = 0,
+             may_restart: bool = False) -> None:
+        """A pod event: ``started`` (its container runs or ran), ``ended`` (terminated now), ``restarts`` (its
+        restartCount), ``may_restart`` (its restartPolicy is not ``Never``: each read then asks the pod which
+        attempt the node serves, see ``_plan``)."""
         if not started:
             return
         with self._lock:
@@ -337,6 +341,7 @@ class PodLogs:
             if pod is None:
                 pod = self._pods[name] = _Pod(name, index)
             pod.restarts = max(pod.restarts, restarts)
+            pod.may_restart = pod.may_restart or may_restart
             pod.ended = ended
             if pod.queued and ended and name in self._running_q:
                 del self._running_q[name]
@@ -488,9 +493,37 @@ class PodLogs:
         follow) finishes the attempt; while it still runs, the follow is simply opened again."""
         failures = 0
         idle = 0
+        streamed_to_end = False  # a follow of this attempt ended by itself (not proof that the log is whole)
         while not self._stopped:
-            previous = attempt < pod.restarts  # no longer the current attempt: only ``previous=true`` has it
-            follow = not previous and not self._closing and not pod.ended
+            if pod.may_restart:
+                try:
+                    plan = self._plan(pod, attempt)
+                except Exception as exc:  # noqa: BLE001 - a dropped connection: try again below
+                    plan = "gone" if getattr(exc, "status", None) == 404 else "retry"
+                if plan == "gone":
+                    kept.finish(missing=(("the pod was deleted as this attempt ended: its log was followed to the "
+                                          "end of the stream but could not be read again to confirm that end"
+                                          if streamed_to_end else
+                                          "the pod was deleted before its log was read to its end")
+                                         if pod.restarts <= attempt + 1 else
+                                         f"attempt {attempt} ended before it could be read; the node keeps only "
+                                         "the current attempt's log and the one before"))
+                    return
+                if plan == "retry":
+                    failures += 1
+                    if failures > 20:
+                        kept.finish(missing=f"reading its pod failed {failures} times")
+                        return
+                if plan in ("later", "retry"):
+                    # Terminated and about to be restarted: neither request names this attempt for sure until
+                    # the kubelet has moved it to lastState. Wait for the next pod event (or a second).
+                    with self._lock:
+                        self._lock.wait(1.0)
+                    continue
+                previous, follow = plan == "previous", plan == "follow"
+            else:
+                previous = attempt < pod.restarts  # no longer the current attempt: only ``previous=true`` has it
+                follow = not previous and not self._closing and not pod.ended
             before = kept.consumed
             try:
                 complete = self._stream(pod, kept, follow=follow, previous=previous)
@@ -509,10 +542,16 @@ class PodLogs:
                 time.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
                 continue
             if complete:
-                if attempt < pod.restarts and not previous:
+                if not pod.may_restart and attempt < pod.restarts and not previous:
                     continue  # it restarted meanwhile: read this attempt again as ``previous`` (exact seam)
                 kept.finish()
                 return
+            if pod.may_restart:  # the next round asks the pod again which attempt is where
+                streamed_to_end = follow and not self._cutting
+                idle = 0 if kept.consumed > before else idle + 1
+                if idle:
+                    time.sleep(min(2.0, 0.05 * 2 ** min(idle, 6)))
+                continue
             if follow and not self._closing and not self._terminated(pod):
                 # Ended by the server while the container runs: open it again, backing off while nothing new
                 # arrives (a server that cuts every stream after a few bytes must not be hammered).
@@ -567,6 +606,48 @@ class PodLogs:
                 else:
                     resp.release_conn()
         return not follow
+
+    def _plan(self, pod: _Pod, attempt: int) -> str:
+        """How to read ``attempt`` of a container that may restart, from the pod's status as it is now.
+
+        The log endpoint names no container: without ``previous`` the kubelet serves the running container, else
+        the last terminated one; with ``previous=true`` the container in ``lastState.terminated``
+        (``validateContainerLogStatus`` in
+        https://github.com/kubernetes/kubernetes/blob/master/pkg/kubelet/kubelet_pods.go). ``restartCount`` is
+        the number of the running (or latest) attempt; while the container waits to be restarted
+        (CrashLoopBackOff) the attempt that just ended is in ``lastState`` with the same ``restartCount``. So:
+
+        - running attempt N: ``follow`` (the current log) for N, ``previous`` for N-1, older ones are ``gone``;
+        - waiting after attempt N: ``previous`` for N (exact even if N+1 starts meanwhile), older ones ``gone``;
+        - terminated attempt N: ``current`` when it will not restart (exit code 0, or the pod is finished or being
+          deleted), else ``later`` (it is about to move to ``lastState``); ``previous`` for N-1.
+        Raises the client's exception (404: the pod is gone).
+        """
+        obj = self.core.read_namespaced_pod(pod.name, self.namespace)
+        status = obj.status
+        cs = next((c for c in (status.container_statuses or []) if c.name == self.container), None) \
+            if status else None
+        if cs is None:
+            return "later"
+        count = cs.restart_count or 0
+        pod.restarts = max(pod.restarts, count)
+        state = cs.state
+        if state is not None and state.waiting is not None:
+            ended = cs.last_state.terminated if cs.last_state else None
+            if ended is None:
+                return "later"
+            return "previous" if attempt == count else "gone" if attempt < count else "later"
+        if attempt == count - 1:
+            return "previous"
+        if attempt < count:
+            return "gone"
+        if attempt > count:
+            return "later"
+        if state is not None and state.terminated is not None:
+            final = (state.terminated.exit_code == 0 or (status.phase in ("Succeeded", "Failed"))
+                     or obj.metadata.deletion_timestamp is not None)
+            return "current" if final or self._closing else "later"
+        return "current" if self._closing else "follow"
 
     def _terminated(self, pod: _Pod) -> bool:
         """Whether the attempt being followed has ended (a follow may also end on a server-side timeout)."""

@@ -375,7 +375,7 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
         if logs is not None:
             started, ended_now, restarts = _container(obj)
             logs.seen(name, pod_index(obj), started=started, ended=ended_now or etype == "DELETED",
-                      restarts=restarts)
+                      restarts=restarts, may_restart=(obj.get("spec") or {}).get("restartPolicy") != "Never")
 
     def final_pods() -> None:
         # The Job and pod watches are separate streams: the Job's final condition can arrive before the last
