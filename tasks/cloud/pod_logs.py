@@ -365,7 +365,15 @@ class PodLogs:
         end = time.monotonic() + grace
         with self._lock:
             self._closing = True
+            # A follow of a container that has already ended only waits for the node to notice (a kubelet checks
+            # every few seconds): cut it now, its worker reads the rest at once without follow, in parallel with
+            # the others. Only follows of containers still running get the grace.
+            ended = [self._responses.pop(name) for name in list(self._responses) if self._pods[name].ended]
             self._lock.notify_all()
+        for resp in ended:
+            with contextlib.suppress(Exception):
+                resp.shutdown()
+        with self._lock:
             while self._responses and time.monotonic() < end:
                 self._lock.wait(max(0.0, end - time.monotonic()))
             self._cutting = True
@@ -552,7 +560,7 @@ class PodLogs:
                 if idle:
                     time.sleep(min(2.0, 0.05 * 2 ** min(idle, 6)))
                 continue
-            if follow and not self._closing and not self._terminated(pod):
+            if follow and not self._closing and not pod.ended and not self._terminated(pod):
                 # Ended by the server while the container runs: open it again, backing off while nothing new
                 # arrives (a server that cuts every stream after a few bytes must not be hammered).
                 idle = 0 if kept.consumed > before else idle + 1

@@ -194,6 +194,31 @@ def _container(pod: dict[str, Any]) -> tuple[bool, bool, int]:
 
 # --------------------------------------------------------------------------------------------- records
 
+_META_KEPT = ("name", "creationTimestamp", "deletionTimestamp", "labels", "annotations")
+_STATUS_KEPT = ("phase", "reason", "message", "startTime", "conditions", "containerStatuses",
+                "initContainerStatuses")
+_CONTAINER_KEPT = ("name", "state", "lastState", "restartCount")
+
+
+def compact_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    """The part of a pod the wait keeps until the Job ends: what the ledger (``attempt_record``), the diagnosis
+    (``tasks.render.diagnose``) and the billing read; spec, ownerReferences, managedFields and the container
+    statuses' image and ID fields are dropped (a pod is ~5-10x smaller so, which is what keeps the flow's
+    memory flat at 100,000 pods)."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    small: dict[str, Any] = {"metadata": {k: meta[k] for k in _META_KEPT if meta.get(k) is not None}}
+    kept_status = {k: status[k] for k in _STATUS_KEPT if status.get(k) is not None}
+    for key in ("containerStatuses", "initContainerStatuses"):
+        if key in kept_status:
+            kept_status[key] = [{k: cs[k] for k in _CONTAINER_KEPT if k in cs} for cs in kept_status[key]]
+    if "conditions" in kept_status:
+        kept_status["conditions"] = [{k: c[k] for k in ("type", "status", "reason", "message") if k in c}
+                                     for c in kept_status["conditions"]]
+    small["status"] = kept_status
+    return small
+
+
 
 def _pod_seconds(pod: dict[str, Any], now: datetime) -> float:
     """Billed seconds of one pod: ECI bills from instance creation (image pull included) to the pod's end
@@ -364,9 +389,9 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
             return
         name = obj["metadata"]["name"]
         if etype == "DELETED":
-            pods.setdefault(name, obj)
+            pods.setdefault(name, compact_pod(obj))
         else:
-            pods[name] = obj
+            pods[name] = compact_pod(obj)
         changed.add(name)
         if etype == "DELETED" or (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
             unsettled.discard(name)
