@@ -336,7 +336,13 @@ class PodLogs:
         attempt the node serves, see ``_plan``)."""
         if not started:
             return
+        cut = None
         with self._lock:
+            if ended and name in self._responses:
+                # Its container has ended: the follow would only wait for the node to notice (a kubelet checks
+                # every few seconds). Cut it now; its worker reads the rest at once without follow, while the Job
+                # controller is still counting the pod, so the log is whole by the time the Job's verdict comes.
+                cut = self._responses.pop(name)
             pod = self._pods.get(name)
             if pod is None:
                 pod = self._pods[name] = _Pod(name, index)
@@ -353,6 +359,9 @@ class PodLogs:
                 self._started_threads = True
                 for t in self._threads:
                     t.start()
+        if cut is not None:
+            with contextlib.suppress(Exception):
+                cut.shutdown()
 
     def _enqueue(self, pod: _Pod) -> None:
         pod.queued = True
