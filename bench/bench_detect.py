@@ -276,21 +276,21 @@ DEFINITION = (
 def notes(results: dict[str, dict[str, Series]]) -> str:
     ours, kubectl, pk, quiet = (results[c]["pod"] for c in CONTENDERS)
     ours_job, kubectl_job = results["ask-batch"]["job"], results["kubectl wait"]["job"]
+    verdict = ("is at least as fast as" if kubectl.median >= ours.median else "**loses to**")
     return (
         f"ask-batch notices the end {ratio(pk, ours)}× sooner than prefect-kubernetes' default polling (median "
         f"{pk.median * 1000:.0f} ms vs {ours.median * 1000:.0f} ms: a 5 s poll lands on average 2.5 s late, more "
-        "with the time its two reads take). It **loses to kubectl wait**, whose median is "
-        f"{kubectl.median * 1000:.0f} ms (ratio {ratio(kubectl, ours)}); counted from the Job's Complete condition "
-        f"the gap is clearer: {ours_job.median * 1000:.0f} ms against {kubectl_job.median * 1000:.0f} ms. Why: "
-        "ask-batch's wait returns only after it has read every pod's log to the end and listed the pods once more "
-        "(so the per-index report is final); kubectl wait returns on the condition alone. With `stream_logs: "
-        f"false` ask-batch returns {quiet.median * 1000:.0f} ms after the last pod, as fast as kubectl. The log "
-        "drain is cheap here because the sandbox ends a `follow` log stream within 100 ms of the container's exit "
-        "(it polls); a real kubelet checks the container state only every 5 s while a followed log is idle "
-        "(`stateCheckPeriod` in the kubelet's CRI log reader), so on a node with a real kubelet the same drain "
-        "could cost up to ~5 s (ASK's virtual-kubelet was not measured); so once the Job is finished, the wait "
-        "gives open log streams `WaitOptions.log_grace_seconds` (2 s), then cuts them and reads each log's "
-        "remainder once: the cost on a real kubelet is bounded by that grace, not by the kubelet.")
+        f"with the time its two reads take). It {verdict} kubectl wait, whose median is "
+        f"{kubectl.median * 1000:.0f} ms (ratio {ratio(kubectl, ours)}; from the Job's Complete condition "
+        f"{ours_job.median * 1000:.0f} ms against {kubectl_job.median * 1000:.0f} ms). kubectl wait returns on the "
+        "condition alone; ask-batch's wait returns once every pod's log is confirmed whole (a plain read after each "
+        "container's end: a follow stream that ends is no proof) and the pods are listed once more (so the "
+        f"per-index report is final). With `stream_logs: false` it returns {quiet.median * 1000:.0f} ms after the "
+        f"last pod (ratio {ratio(kubectl, quiet)}). A pod's follow is cut as soon as its container is seen ended "
+        "and the rest is read at once, while the Job controller is still counting the pod: so the drain does not "
+        "wait for the node to end the stream (a real kubelet checks the container state only every few seconds "
+        "while a followed log is idle); follows of containers still running when the Job ends get "
+        "`WaitOptions.log_grace_seconds` (2 s), then are cut and read once.")
 
 
 if __name__ == "__main__":

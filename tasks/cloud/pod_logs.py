@@ -9,8 +9,10 @@ the bytes already consumed: a new request skips exactly that many bytes, and the
 
 Per container attempt (``KeptLog``):
 
-- the bytes go, scrubbed (``tasks.render.redact.Scrubber``), to ``<log_dir>/<pod>.log``; a restarted container's
-  earlier attempts (``previous=true``) go to ``<pod>.attempt-<n>.log``. Every byte is kept, carriage returns
+- the bytes go, scrubbed (``tasks.render.redact.Scrubber``), to ``<log_dir>/<pod>.log`` for the container's first
+  attempt and to ``<pod>.attempt-<n>.log`` for attempt n of a container restarted in place (n = its
+  ``restartCount``; which request serves which attempt is decided from the pod's status at the time, see
+  ``PodLogs._plan``). Every byte is kept, carriage returns
   included (a progress bar drawn with ``\\r`` is kept whole);
 - lines are split in linear time (a 20 MiB line costs what 20 MiB of short lines cost); an unterminated tail is
   held back until its newline arrives or the container has ended (then it is a last line), except that more than
@@ -639,6 +641,10 @@ class PodLogs:
         - terminated attempt N: ``current`` when it will not restart (exit code 0, or the pod is finished or being
           deleted), else ``later`` (it is about to move to ``lastState``); ``previous`` for N-1.
         Raises the client's exception (404: the pod is gone).
+
+        What is left: the log request comes one round trip after the pod read, and nothing in the log names the
+        container; a ``follow`` of running attempt N serves N+1 if N ends *and* N+1 starts within that round trip
+        (a container that lives for less than a round trip), and ``previous`` for N-1 serves N if N ends in it.
         """
         obj = self.core.read_namespaced_pod(pod.name, self.namespace)
         status = obj.status
