@@ -323,10 +323,12 @@ class PodLogs:
         self._responses: dict[str, Any] = {}  # open follow responses, to cut them
         self._tails: dict[str, list[str]] = {}  # displayed tails of pods with output (only when no log_dir)
         self.incomplete: dict[str, str] = {}
-        self._threads = [threading.Thread(target=self._work, args=(True,), daemon=True, name=f"log-follow-{i}")
-                         for i in range(max(1, max_streams))]
-        self._threads += [threading.Thread(target=self._work, args=(False,), daemon=True, name=f"log-read-{i}")
-                          for i in range(max(1, readers))]
+        # Followers are started as pods wait for one (at most max_streams), readers with the first pod; an idle
+        # worker costs nothing, and stop() waits only for the busy ones.
+        self._max_followers, self._readers = max(1, max_streams), max(1, readers)
+        self._followers = 0  # follower threads started
+        self._idle_followers = 0  # follower threads waiting for a pod
+        self._busy: set[threading.Thread] = set()  # workers reading a pod now
         self._started_threads = False
 
     # ------------------------------------------------------------------ events
@@ -348,19 +350,23 @@ class PodLogs:
             pod = self._pods.get(name)
             if pod is None:
                 pod = self._pods[name] = _Pod(name, index)
+            changed = restarts > pod.restarts or ended != pod.ended or cut is not None
             pod.restarts = max(pod.restarts, restarts)
             pod.may_restart = pod.may_restart or may_restart
             pod.ended = ended
+            if not self._started_threads:
+                self._started_threads = True
+                for i in range(self._readers):
+                    threading.Thread(target=self._work, args=(False,), daemon=True, name=f"log-read-{i}").start()
             if pod.queued and ended and name in self._running_q:
                 del self._running_q[name]
                 self._ended_q[name] = None
+                changed = True
             elif not pod.queued and not pod.active and pod.done_attempts <= pod.restarts:
                 self._enqueue(pod)
-            self._lock.notify_all()
-            if not self._started_threads:
-                self._started_threads = True
-                for t in self._threads:
-                    t.start()
+                changed = True
+            if changed:  # wake the workers only when there is something new for them (not on every event)
+                self._lock.notify_all()
         if cut is not None:
             with contextlib.suppress(Exception):
                 cut.shutdown()
@@ -368,6 +374,12 @@ class PodLogs:
     def _enqueue(self, pod: _Pod) -> None:
         pod.queued = True
         (self._ended_q if pod.ended else self._running_q)[pod.name] = None
+        waiting = len(self._ended_q) + len(self._running_q)
+        if waiting > self._idle_followers and self._followers < self._max_followers and not self._stopped:
+            self._followers += 1
+            self._idle_followers += 1  # counted as idle until it takes its first pod
+            threading.Thread(target=self._work, args=(True,), daemon=True,
+                             name=f"log-follow-{self._followers - 1}").start()
 
     def close(self, *, grace: float = 2.0, catch_up: float = 30.0) -> dict[str, str]:
         """The Job is over: wait up to ``grace`` s for open follows to end, then cut them and read the rest without
@@ -421,10 +433,11 @@ class PodLogs:
         for resp in responses:
             with contextlib.suppress(Exception):
                 resp.shutdown()
+        with self._lock:
+            busy = list(self._busy)  # idle workers leave without touching a file
         end = time.monotonic() + timeout
-        for t in self._threads:
-            if t.is_alive():
-                t.join(max(0.0, end - time.monotonic()))
+        for t in busy:
+            t.join(max(0.0, end - time.monotonic()))
 
     def tail(self, name: str) -> list[str]:
         """The last displayed lines of a pod's latest attempt (read back from its kept file when there is one)."""
@@ -450,20 +463,29 @@ class PodLogs:
         return self.log_dir / (f"{name}.log" if attempt == 0 else f"{name}.attempt-{attempt}.log")
 
     def _take(self, follower: bool) -> _Pod | None:
+        """The next pod for this worker (None: stop). A follower is counted idle while it waits here."""
         with self._lock:
-            while not self._stopped:
-                queue = self._ended_q or (self._running_q if follower or self._closing else None)
-                if queue:
-                    name, _ = queue.popitem(last=False)
-                    pod = self._pods[name]
-                    pod.queued, pod.active = False, True
-                    self._active += 1
-                    return pod
-                self._lock.wait()
+            try:
+                while not self._stopped:
+                    queue = self._ended_q or (self._running_q if follower or self._closing else None)
+                    if queue:
+                        name, _ = queue.popitem(last=False)
+                        pod = self._pods[name]
+                        pod.queued, pod.active = False, True
+                        self._active += 1
+                        self._busy.add(threading.current_thread())
+                        return pod
+                    self._lock.wait()
+            finally:
+                if follower:
+                    self._idle_followers -= 1
         return None
 
     def _work(self, follower: bool) -> None:
-        while (pod := self._take(follower)) is not None:
+        while True:
+            pod = self._take(follower)
+            if pod is None:
+                return
             try:
                 self._read_pod(pod)
             except Exception as exc:  # noqa: BLE001 - one pod's log must never end the others'
@@ -475,6 +497,9 @@ class PodLogs:
                     pod.active = False
                     self._active -= 1
                     self._finished += 1
+                    self._busy.discard(threading.current_thread())
+                    if follower:
+                        self._idle_followers += 1  # about to wait in _take again
                     if pod.done_attempts <= pod.restarts and not self._stopped:
                         self._enqueue(pod)  # it restarted meanwhile: read the new attempt too
                     self._lock.notify_all()
