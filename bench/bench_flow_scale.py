@@ -62,7 +62,8 @@ def params(sb: Sandbox, work: Path, *, run_key: str, completions: int, paralleli
         "storage": {"mode": "none"},
         "job": {"image": "busybox", "command": ["true"], "args": [], "cpu": "0.1", "memory": "0.25Gi",
                 "completions": completions, "parallelism": min(parallelism, completions), "completion_mode": "Indexed",
-                "backoff_limit_per_index": 1, "active_deadline_seconds": 1800},
+                "backoff_limit_per_index": 1, "active_deadline_seconds": 1800,
+                "rerun": "all"},  # every marker is already there: rerun "missing" would run no pod at all
         "outputs": {"bucket": BUCKET, "prefix_template": "ask-batch/{run_key}/", "completeness": "marker",
                     "marker_name": MARKER, "download": False, "download_dir": str(work / "outputs")},
         "teardown": {"job": "always", "config": "always", "volume": "always", "nas": "never", "cluster": "never"},

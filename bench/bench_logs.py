@@ -74,7 +74,7 @@ def params(sb: Sandbox, work: Path, *, run_key: str, kind: str, mib: int) -> Pat
         "job": {"image": "python:3.11-slim", "command": ["sh", "-c", f'python3 "$ASK_BATCH_CONFIG_DIR/writer.py" '
                                                                     f"{kind} {mib}"],
                 "args": [], "cpu": "0.5", "memory": "0.5Gi", "completions": 1, "parallelism": 1,
-                "backoff_limit": 0},
+                "backoff_limit": 0, "rerun": "all"},  # the marker is already there: run anyway
         "outputs": {"bucket": BUCKET, "prefix_template": "ask-batch/{run_key}/", "marker_name": "_SUCCESS",
                     "download": False, "download_dir": str(work / "outputs")},
     }
@@ -108,7 +108,8 @@ def flow_run(api_url: str, *, kind: str, mib: int, run_key: str, want: bytes) ->
         wall = time.perf_counter() - t0
         if done.returncode != 0:
             raise RuntimeError(f"{kind}: flow exited {done.returncode}: {done.stdout[-2000:]!r}")
-        logs = list((work / "outputs").rglob("logs/*.log"))
+        # <download_dir>/<run>/logs/ when the outputs are downloaded, else the staging copy the wait wrote
+        logs = list((work / "outputs").rglob("*.log"))
         kept = logs[0].read_bytes() if logs else b""
         return {"wall": wall, "kept": len(kept), "whole": kept == want}
 
