@@ -19,7 +19,8 @@ OSS (``completeness`` is ``marker`` or ``min_objects >= 1``; there is no "no out
 writes a signed OSS object needs the OSS SDK: a Python start-up per pod, ~10,000 CPU-seconds at 10,000
 completions on this 2-core machine, which would measure the workload, not ask-batch. So before the flow starts
 (not timed) this script PUTs the empty ``_SUCCESS`` marker of every index under the run's prefix (the run key is
-fixed), and the pods run ``true``: the flow still lists and checks all N markers.
+fixed), and the pods run ``true``: the flow still lists and checks all N markers. The run sets ``job.rerun: all``:
+with the default ``missing`` the flow would find every index already complete and start no pod.
 
 Measured: wall time of the flow subprocess (spawn to exit), its peak RSS (``ru_maxrss`` from ``os.wait4`` on
 that one child: exact, the kernel's high-water mark), and the sandbox's peak RSS (VmHWM of its process read from
