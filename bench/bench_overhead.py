@@ -120,7 +120,7 @@ def script_files(sb: Sandbox, spec: Any, work: Path, run_key: str) -> Path:
     from tasks.cloud.clients import AliCredentials
     from tasks.cloud.inputs import collect_config_content, pod_credential_env
     from tasks.handles import ConfigHandle, VolumeHandle
-    from tasks.stages.config import render_config_objects
+    from tasks.render.manifests import render_config_objects
     from tasks.stages.job import render_job
 
     env = sb.endpoints

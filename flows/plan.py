@@ -24,11 +24,11 @@ from tasks.render.manifests import (
     nas_pv_manifest,
     nas_pvc_manifest,
     redact,
+    render_config_objects,
     run_prefix,
 )
 from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec
-from tasks.stages.config import render_config_objects
 
 
 def _offline_credentials(spec: BatchSpec) -> AliCredentials:

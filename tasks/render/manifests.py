@@ -149,6 +149,17 @@ def secret_manifest(run_key: str, content: ConfigContent, *, namespace: str) -> 
     }
 
 
+def render_config_objects(spec: BatchSpec, run_key: str, content: ConfigContent) -> list[dict[str, Any]]:
+    """The ConfigMap and Secret to create (either may be absent when empty)."""
+    ns = spec.cluster.namespace
+    objects = []
+    if content.files:
+        objects.append(config_map_manifest(run_key, content.files, namespace=ns))
+    if content.secret_files or content.secret_env:
+        objects.append(secret_manifest(run_key, content, namespace=ns))
+    return objects
+
+
 # --------------------------------------------------------------------------------------------- NAS volume
 
 
