@@ -102,12 +102,11 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
 
 def run_scrubber(spec: BatchSpec) -> Scrubber:
     """The run's one scrubber (every form of every secret value it handles), for what the flow itself writes."""
-    from tasks.cloud.clients import _load_prefect_secret
-    from tasks.cloud.context import credentials
-    from tasks.cloud.inputs import run_secret_values
+    from tasks.cloud.context import stage_context
 
     try:
-        return Scrubber(run_secret_values(spec, credentials(spec), load_secret=_load_prefect_secret))
+        with stage_context(spec) as ctx:
+            return ctx.scrubber
     except Exception:  # noqa: BLE001 - a source that cannot be read now has nothing of it printed either
         return Scrubber()
 

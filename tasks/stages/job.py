@@ -26,8 +26,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.cloud.context import RETRY_DELAYS, kube_for, stage_logs, transient_only
-from tasks.cloud.retry import CloudError, call
+from tasks.cloud.context import RETRY_DELAYS, stage_context, stage_logs, transient_only
+from tasks.cloud.retry import CloudError, call, call_or_none
 from tasks.errors import JobConflict, PodRejected
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, VolumeHandle
 from tasks.render.manifests import JobInputs, job_manifest, pod_oss_env
@@ -99,13 +99,10 @@ def launch_job(batch_v1: Any, body: dict[str, Any]) -> JobHandle:
 
 def job_reusable(batch_v1: Any, namespace: str, name: str) -> bool:
     """The Job exists and has not failed (it runs, or it completed): re-attaching to it is right."""
-    try:
-        existing = call(batch_v1.read_namespaced_job, name, namespace, service="Kubernetes",
-                        operation=f"read Job {name}")
-    except CloudError as err:
-        if err.status == 404:
-            return False
-        raise
+    existing = call_or_none(batch_v1.read_namespaced_job, name, namespace, service="Kubernetes",
+                            operation=f"read Job {name}")
+    if existing is None:
+        return False
     conditions = (existing.status.conditions if existing.status else None) or []
     return not any(c.type == "Failed" and c.status == "True" for c in conditions)
 
@@ -164,15 +161,12 @@ def launch_job_task(spec: BatchSpec, run_key: str, flow_run_name: str, cluster: 
     """
     from kubernetes import client
 
-    with stage_logs():
+    with stage_context(spec) as ctx, stage_logs(ctx.scrubber):
         body = render_job(spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config,
                           kind=cluster.kind)
-        api = kube_for(spec, cluster)
-        try:
-            check_pod_admission(client.CoreV1Api(api), body)
-            handle = launch_job(client.BatchV1Api(api), body)
-        finally:
-            api.close()
+        api = ctx.kube(cluster)
+        check_pod_admission(client.CoreV1Api(api), body)
+        handle = launch_job(client.BatchV1Api(api), body)
         verb = "re-attached to" if handle.adopted else "created"
         log.info("job %s %s/%s: %d indexes, parallelism %d", verb, handle.namespace, handle.name,
                  handle.completions, spec.job.parallelism)
@@ -190,14 +184,10 @@ def relaunch_task(spec: BatchSpec, run_key: str, flow_run_name: str, cluster: Cl
 
     whole = render_job(spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config,
                        kind=cluster.kind)
-    with stage_logs():
-        api = kube_for(spec, cluster)
-        try:
-            adopted, follow_ups = relaunch(client.BatchV1Api(api), whole, lambda i: render_job(
-                spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config, index=i,
-                kind=cluster.kind), missing)
-        finally:
-            api.close()
+    with stage_context(spec) as ctx, stage_logs(ctx.scrubber):
+        adopted, follow_ups = relaunch(client.BatchV1Api(ctx.kube(cluster)), whole, lambda i: render_job(
+            spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config, index=i,
+            kind=cluster.kind), missing)
         if adopted is not None:
             log.info("job re-attached to %s/%s (it exists and has not failed)", adopted.namespace, adopted.name)
             return adopted, []

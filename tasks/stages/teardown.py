@@ -28,17 +28,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.cloud.cluster_access import existing_handle, find_cluster, locate_cluster
-from tasks.cloud.context import credentials, cs_for, kube_for, stage_logs
+from tasks.cloud.context import stage_context, stage_logs
 from tasks.cloud.nas import describe_file_system, find_file_systems_by_name, list_mount_targets
-from tasks.cloud.retry import CloudError, call
+from tasks.cloud.retry import CloudError, call, call_or_none, is_gone
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, TeardownItem, TeardownReport, VolumeHandle
 from tasks.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE, run_selector
-from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec
 
 log = logging.getLogger("ask_batch.teardown")
 
-GONE_CODES = {"InvalidFileSystem.NotFound", "InvalidMountTarget.NotFound", "ErrorClusterNotFound", "NotFound"}
 
 
 class _Recorder:
@@ -70,17 +68,13 @@ def decide(policy: str, succeeded: bool) -> tuple[bool, str]:
     return False, f"policy {policy!r}"
 
 
-def _gone(err: CloudError) -> bool:
-    return err.status == 404 or (err.code or "") in GONE_CODES
-
-
 def _delete(rec: _Recorder, kind: str, name: str, why: str, fn: Callable[[], Any], *,
             service: str = "Kubernetes") -> bool:
     """Run one deletion and record it; a 404 counts as deleted. Returns True unless it failed."""
     try:
         call(fn, service=service, operation=f"delete {kind} {name}")
     except CloudError as err:
-        if _gone(err):
+        if is_gone(err):
             rec.deleted(kind, name, f"{why}; already gone")
             return True
         rec.failed(kind, name, str(err))
@@ -266,13 +260,10 @@ def _teardown_cluster(rec: _Recorder, *, delete: bool, why: str, spec: BatchSpec
         cluster_id = found["cluster_id"] if found else None
     if not cluster_id:
         return
-    try:
-        detail = call(cs.describe_cluster_detail, cluster_id, service="CS", operation="DescribeClusterDetail")
-    except CloudError as err:
-        if _gone(err):
-            rec.deleted("Cluster", cluster_id, f"{why}; already gone")
-            return
-        raise
+    detail = call_or_none(cs.describe_cluster_detail, cluster_id, service="CS", operation="DescribeClusterDetail")
+    if detail is None:
+        rec.deleted("Cluster", cluster_id, f"{why}; already gone")
+        return
     body = detail.body.to_map() if detail.body else {}
     tags = {t.get("key"): t.get("value") for t in body.get("tags") or []}
     if not _managed(tags):
@@ -381,17 +372,14 @@ def teardown_task(spec: BatchSpec, *, run_key: str, succeeded: bool, cluster: Cl
     recorded in the report, never raised."""
     from kubernetes import client
 
-    from tasks.cloud.clients import nas_client
-
-    creds = credentials(spec)
-    cs = cs_for(spec, creds)
-    nas = nas_client(spec.target, creds) if spec.storage.mode == "nas" else None
     core_v1 = batch_v1 = None
-    with stage_logs(Scrubber(creds.secret_values())):
+    with stage_context(spec) as ctx, stage_logs(ctx.scrubber):
+        cs = ctx.cs()
+        nas = ctx.nas() if spec.storage.mode == "nas" else None
         try:
             handle = cluster or _cluster_for_sweep(spec, cs, run_key)
             if handle is not None:
-                api = kube_for(spec, handle, creds)
+                api = ctx.kube(handle)
                 core_v1, batch_v1 = client.CoreV1Api(api), client.BatchV1Api(api)
         except Exception as exc:  # noqa: BLE001 - teardown still does what it can without Kubernetes
             log.warning("teardown: cannot reach the cluster (%s): %s", type(exc).__name__, exc)

@@ -34,7 +34,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.cloud.context import RETRY_DELAYS, credentials, kube_for, stage_logs, transient_only
+from tasks.cloud.context import RETRY_DELAYS, stage_context, stage_logs, transient_only
 from tasks.cloud.pod_logs import PodLogs
 from tasks.errors import JobFailed
 from tasks.handles import Attempt, ClusterHandle, IndexRecord, JobHandle, JobReport
@@ -51,7 +51,6 @@ from tasks.render.diagnose import (
     pod_index,
 )
 from tasks.render.manifests import CONTAINER_NAME
-from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec
 
 log = logging.getLogger("ask_batch.wait")
@@ -556,26 +555,18 @@ def wait_for_follow_ups_task(spec: BatchSpec, run_key: str, cluster: ClusterHand
     Raises:
         JobFailed: some follow-up Job failed (the merged report is attached), naming its index.
     """
-    from tasks.cloud.clients import _load_prefect_secret
-    from tasks.cloud.inputs import run_secret_values
-
-    creds = credentials(spec)
-    scrub = Scrubber(run_secret_values(spec, creds, load_secret=_load_prefect_secret))
     reports: list[JobReport] = []
     errors: list[str] = []
-    with stage_logs(scrub) as run_logger:
-        api = kube_for(spec, cluster)
-        try:
-            for job in follow_ups:
-                try:
-                    reports.append(wait_for_job(api, job, run_key=run_key, options=wait_options(
-                        spec, log_dir=Path(log_dir) if log_dir else None, scrub=scrub), emit=run_logger.info))
-                except JobFailed as exc:
-                    reports.append(exc.report)
-                    errors.append(str(exc))
-                run_logger.info("re-run: %d of %d follow-up Jobs finished", len(reports), len(follow_ups))
-        finally:
-            api.close()
+    with stage_context(spec) as ctx, stage_logs(ctx.scrubber) as run_logger:
+        scrub = ctx.scrubber
+        for job in follow_ups:
+            try:
+                reports.append(wait_for_job(ctx.kube(cluster), job, run_key=run_key, options=wait_options(
+                    spec, log_dir=Path(log_dir) if log_dir else None, scrub=scrub), emit=run_logger.info))
+            except JobFailed as exc:
+                reports.append(exc.report)
+                errors.append(str(exc))
+            run_logger.info("re-run: %d of %d follow-up Jobs finished", len(reports), len(follow_ups))
     merged = merge_reports(whole, reused, reports)
     if errors:
         raise JobFailed(scrub(f"{len(errors)} of {len(follow_ups)} follow-up Jobs failed:\n" + "\n".join(errors)),
@@ -610,12 +601,7 @@ def wait_for_job_task(spec: BatchSpec, run_key: str, cluster: ClusterHandle, job
     """
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-    from tasks.cloud.clients import _load_prefect_secret
-    from tasks.cloud.inputs import run_secret_values
-
-    creds = credentials(spec)
-    scrub = Scrubber(run_secret_values(spec, creds, load_secret=_load_prefect_secret))
-    with stage_logs(scrub) as run_logger:
+    with stage_context(spec) as ctx, stage_logs(ctx.scrubber) as run_logger:
         artifact: Any = create_progress_artifact(0.0, key=f"progress-{run_key}",
                                             description=f"Job {job.name}: indexes done of {job.completions}")
 
@@ -624,10 +610,7 @@ def wait_for_job_task(spec: BatchSpec, run_key: str, cluster: ClusterHandle, job
                                      description=f"Job {job.name}: {done}/{total} indexes done")
             run_logger.info("progress: %d/%d indexes done", done, total)
 
-        api = kube_for(spec, cluster, creds)
-        try:
-            return wait_for_job(api, job, run_key=run_key,
-                                options=wait_options(spec, log_dir=Path(log_dir) if log_dir else None, scrub=scrub),
-                                emit=run_logger.info, on_progress=progress)
-        finally:
-            api.close()
+        return wait_for_job(ctx.kube(cluster), job, run_key=run_key,
+                            options=wait_options(spec, log_dir=Path(log_dir) if log_dir else None,
+                                                 scrub=ctx.scrubber),
+                            emit=run_logger.info, on_progress=progress)
