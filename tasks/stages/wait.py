@@ -15,7 +15,9 @@ https://github.com/PrefectHQ/prefect/blob/main/src/integrations/prefect-kubernet
   kubelet can take ~5 s to end it) is cut and the rest of that log is read once without follow;
 - the main loop wakes on events *and* on a short timer, because a grace period can run out while nothing changes,
   and asks ``tasks.render.diagnose`` about each pod: the first fatal diagnosis ends the wait, naming index, pod, reason,
-  exit code and the last log lines.
+  exit code and the last log lines;
+- an index reclaimed ``job.eci.max_reclaims`` times is stopped on spot and, once the Job is finished, runs its last
+  try on demand in a follow-up Job (``run_follow_ups``; docs/failures.md says why this way).
 """
 
 import contextlib
@@ -319,6 +321,10 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
     whose per-index budget is spent (``status.failedIndexes``) is logged at once; the run still waits for the
     Job's verdict, so the other indexes finish and nothing is deleted early. Only a pod that cannot end by itself
     (``diagnose_pod``: bad image, unschedulable, ECI creation stuck, past the grace) ends the wait early.
+
+    ``options.max_reclaims`` (the first Job only): an index reclaimed that many times is stopped on spot
+    (``stop_for_on_demand``: a pod condition the Job's ``FailIndex`` rule matches); a Job that then fails only
+    because of such indexes is no failure: the report lists them in ``on_demand`` for their last try on demand.
 
     A Job that vanishes is a verdict too: deleted before it finished -> ``JobFailed`` saying so; already gone
     when the wait starts (removed by ``ttlSecondsAfterFinished`` after finishing) -> a report with
