@@ -593,8 +593,8 @@ def _failure_message(head: str, rep: JobReport, logs: PodLogs | None, options: W
 
 # --------------------------------------------------------------------------------------------- follow-up Jobs
 
-#: Follow-up Jobs waited on at once at most, besides ``job.parallelism`` (each wait holds two watches and its
-#: pod's log stream; the run's API client pools ``parallelism + 8`` connections).
+#: Follow-up Jobs waited on at once at most, besides ``job.parallelism`` (each wait is three threads: two
+#: watches and its pod's log stream).
 MAX_FOLLOW_UP_WAITS = 16
 
 
@@ -697,7 +697,10 @@ def _follow_ups(spec: BatchSpec, run_key: str, cluster: ClusterHandle, api: Any,
                           index=index, kind=cluster.kind, on_demand=on_demand)
 
     def wait_one(handle: JobHandle) -> JobReport:
-        return wait_for_job(api, handle, run_key=run_key, options=options, emit=emit)
+        # Its own connection pool (same configuration): each wait holds two watches and a log stream, and up to
+        # MAX_FOLLOW_UP_WAITS run at once; sharing one pool would make urllib3 drop and reopen connections.
+        with client.ApiClient(api.configuration) as own:
+            return wait_for_job(own, handle, run_key=run_key, options=options, emit=emit)
 
     results = run_follow_ups(client.BatchV1Api(api), indexes, render, wait_one, parallelism=spec.job.parallelism,
                              on_done=lambda n: log.info("%s: %d of %d follow-up Jobs finished", what, n,
