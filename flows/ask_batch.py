@@ -194,7 +194,7 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
         config_handle = publish_config_task(spec, run_key, cluster_handle)
         # rerun 'missing': indexes an earlier attempt of this run key finished are not run again.
         done = complete_indexes_task(spec, run_key=run_key, flow_run_name=name) if spec.job.rerun == "missing" else []
-        follow_ups: list[JobHandle] = []
+        follow_ups: list[int] = []  # indexes to run as follow-up Jobs (a re-run of the missing ones)
         if done:
             missing = sorted(set(range(spec.job.completions)) - set(done))
             job_handle, follow_ups = relaunch_task(spec, run_key, name, cluster_handle, volume, config_handle,
@@ -204,9 +204,11 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
         try:
             if job_handle.uid is None:  # follow-up Jobs run the missing indexes
                 report = wait_for_follow_ups_task(spec, run_key, cluster_handle, job_handle, follow_ups, done,
-                                                  str(log_dir_for(spec, name)))
+                                                  str(log_dir_for(spec, name)), flow_run_name=name, volume=volume,
+                                                  config=config_handle)
             else:
-                report = wait_for_job_task(spec, run_key, cluster_handle, job_handle, str(log_dir_for(spec, name)))
+                report = wait_for_job_task(spec, run_key, cluster_handle, job_handle, str(log_dir_for(spec, name)),
+                                           flow_run_name=name, volume=volume, config=config_handle)
         except JobFailed as exc:
             report = exc.report
             raise

@@ -44,7 +44,11 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
         lines.append(f"- `{job.namespace}/{job.name}` ({job.completions} indexes, parallelism "
                      f"{spec.job.parallelism}, image `{spec.job.image}`)"
                      f"{' — re-attached to an existing Job' if job.adopted else ''}")
-        if report is not None and (report.reused or report.follow_ups):
+        if report is not None and report.on_demand:
+            lines.append(f"- on demand: {len(report.on_demand)} index(es) reclaimed {spec.job.eci.max_reclaims} "
+                         f"times ran their last try on demand (pay-as-you-go), in follow-up Jobs: "
+                         f"{', '.join(map(str, report.on_demand[:20]))}{' ...' if len(report.on_demand) > 20 else ''}")
+        elif report is not None and (report.reused or report.follow_ups):
             lines.append(f"- re-run of missing indexes: {len(report.reused)} reused from an earlier attempt, "
                          f"{len(report.follow_ups)} run again as follow-up Jobs "
                          f"({', '.join(f'`{j.name}`' for j in report.follow_ups[:10])})")
