@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", required=True, help="YAML/JSON BatchSpec: region, credentials, endpoints and "
                         "the spec's own cluster")
     parser.add_argument("--set", action="append", default=[], metavar="A.B=VALUE", help="override one field")
-    parser.add_argument("--sandbox", metavar="DIR", help="look in the running sandbox in DIR (not started)")
+    parser.add_argument("--sandbox", metavar="DIR", help="look in the sandbox in DIR (started if not running: "
+                        "its state survives restarts)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--yes", action="store_true", help="delete without asking")
     mode.add_argument("--dry-run", action="store_true", help="list only; ask nothing, change nothing")
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="how long to wait for pods, PVCs and mount targets to go (default 120)")
     args = parser.parse_args(argv)
     try:
-        spec = build_spec(args.params, args.set, args.sandbox, start_sandbox=False)
+        spec = build_spec(args.params, args.set, args.sandbox)
         cs, nas = clients(spec, cloud=not args.kubernetes_only)
     except InvalidInput as exc:
         print(str(exc), file=sys.stderr)
