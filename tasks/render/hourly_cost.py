@@ -51,8 +51,11 @@ class Hourly:
     amount: float | None
     currency: str
     note: str = ""
+    label: str = ""  # shown instead of the amount, e.g. "0 (Succeeded)"
 
     def text(self) -> str:
+        if self.label:
+            return self.label
         if self.amount is None:
             return "unknown"
         return f"{self.amount:.4f} {self.currency}/h"
@@ -106,7 +109,8 @@ def pod_hourly(pod: Mapping[str, Any], *, region: str, kind: str = "ask", site: 
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     annotations, labels = meta.get("annotations") or {}, meta.get("labels") or {}
     if status.get("phase") not in BILLED_PHASES or not status.get("startTime"):
-        return Hourly(0.0, CURRENCIES[_site(region, site)], f"phase {status.get('phase')}: not billed")
+        phase = status.get("phase") or "unknown phase"
+        return Hourly(0.0, CURRENCIES[_site(region, site)], f"{phase}: no instance billed", label=f"0 ({phase})")
     if kind == "acs":
         named = use_spec_size(str(annotations.get(ACS_USE_SPEC, "")).replace(" ", ""))
         vcpu, mem = named or _pod_resources(pod)

@@ -43,7 +43,8 @@ def test_a_larger_init_container_sets_the_size() -> None:
 
 
 def test_finished_and_not_yet_created_pods_cost_nothing() -> None:
-    assert pod_hourly(pod("Succeeded"), region="cn-hangzhou").amount == 0
+    ended = pod_hourly(pod("Succeeded"), region="cn-hangzhou")
+    assert ended.amount == 0 and ended.text() == "0 (Succeeded)"
     unstarted = pod("Pending")
     del unstarted["status"]["startTime"]
     assert pod_hourly(unstarted, region="cn-hangzhou").amount == 0
