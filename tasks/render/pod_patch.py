@@ -21,9 +21,13 @@ https://kubernetes.io/docs/tasks/manage-kubernetes-objects/update-api-object-kub
   for itself; they are refused.
 
 Checked before anything exists (``tasks.cloud.admission``): the patch against the schema (unknown fields, wrong
-types, at the patch's own paths), the patched template against the strict schema (required fields, e.g. a volume
-without a source), and what ask-batch relies on (``PROTECTED``) unchanged. Every problem is a
-``tasks.errors.SpecError`` naming ``job.pod_template_patch.<path>``.
+types, at the patch's own paths), the patched template against the strict schema (required fields; a volume with
+exactly one source), and what ask-batch relies on unchanged (``protected_problems``): the run's selector labels
+(``app.kubernetes.io/managed-by``, ``ask-batch.io/run``, ``ask-batch.io/index``), ``restartPolicy``, the workload
+container (by name) with its image, imagePullPolicy, command, args, resources, every env var and volumeMount
+ask-batch renders and the securityContext fields ``job.security`` sets, the config/secret/data volumes and the
+data-directory init container. A patch may add anything else (env vars, mounts, volumes, containers,
+tolerations). Every problem is a ``tasks.errors.SpecError`` naming ``job.pod_template_patch.<path>``.
 """
 
 import copy
@@ -191,8 +195,9 @@ def _strip_directives(patch: Any) -> Any:
 
 
 def _without_required(node: Any) -> Any:
+    """The schema without its ``required`` keywords (lists); a *property* named "required" (a mapping) stays."""
     if isinstance(node, Mapping):
-        return {k: _without_required(v) for k, v in node.items() if k != "required"}
+        return {k: _without_required(v) for k, v in node.items() if not (k == "required" and isinstance(v, list))}
     if isinstance(node, list):
         return [_without_required(v) for v in node]
     return node
@@ -266,7 +271,7 @@ def _by(items: Any, key: str) -> dict[Any, Any]:
 
 def protected_problems(base: Mapping[str, Any], patched: Mapping[str, Any], *, container: str,
                        labels: tuple[str, ...]) -> list[Problem]:
-    """What the patch changed or removed that ask-batch set and relies on (``PROTECTED``); [] when nothing.
+    """What the patch changed or removed that ask-batch set and relies on (module docstring); [] when nothing.
 
     Args:
         base, patched: the pod template before and after the patch.
@@ -322,6 +327,11 @@ def protected_problems(base: Mapping[str, Any], patched: Mapping[str, Any], *, c
                              f"(emptyDir, configMap, secret, persistentVolumeClaim, ...), it has {len(sources)}"
                              f"{': ' + ', '.join(sources) if sources else ''}; fix: keep one (Kubernetes refuses "
                              f"the pod otherwise)"))
+    for list_name in ("containers", "initContainers"):
+        for item in new_spec.get(list_name) or []:
+            if isinstance(item, Mapping) and not item.get("image"):
+                problems.append((f"spec.{list_name}[name={item.get('name')}].image", "a container needs an image "
+                                 "(Kubernetes refuses the pod without one); fix: set image"))
     for list_name, what in (("volumes", "this volume (config, secret or data)"),
                             ("initContainers", "this init container (it prepares the data directory)")):
         new_items = _by(new_spec.get(list_name), "name")
@@ -329,16 +339,6 @@ def protected_problems(base: Mapping[str, Any], patched: Mapping[str, Any], *, c
             if new_items.get(name) != item:
                 changed(f"spec.{list_name}[name={name}]", what, "add items under other names")
     return problems
-
-
-#: What a patch may not change, for the docs and error messages (checked by ``protected_problems``).
-PROTECTED = (
-    "the run's selector labels (app.kubernetes.io/managed-by, ask-batch.io/run, ask-batch.io/index)",
-    "spec.restartPolicy",
-    "the workload container (by name): image, imagePullPolicy, command, args, resources, every env var and "
-    "volumeMount ask-batch renders, and the securityContext fields job.security sets",
-    "the config, secret and data volumes, and the data-directory init container",
-)
 
 
 def apply_pod_template_patch(template: Mapping[str, Any], patch: Mapping[str, Any] | None, *, container: str,

@@ -137,9 +137,11 @@ def test_what_ask_batch_relies_on_cannot_be_patched(patch: dict[str, Any], where
     assert "set by ask-batch" in message and fix in message
 
 
-def test_a_volume_without_exactly_one_source_is_refused() -> None:
-    found = dict(problems({"spec": {"volumes": [{"name": "x", "emptyDir": {}, "hostPath": {"path": "/"}}]}}))
+def test_a_volume_without_exactly_one_source_or_a_container_without_image_is_refused() -> None:
+    found = dict(problems({"spec": {"volumes": [{"name": "x", "emptyDir": {}, "hostPath": {"path": "/"}}],
+                                    "containers": [{"name": "sidecar"}]}}))
     assert "exactly one source" in found["job.pod_template_patch.spec.volumes[name=x]"]
+    assert "needs an image" in found["job.pod_template_patch.spec.containers[name=sidecar].image"]
 
 
 PATCH = {"metadata": {"annotations": {"example.com/team": "a"}},
