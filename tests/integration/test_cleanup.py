@@ -164,3 +164,23 @@ def test_cleanup_lists_with_cost_asks_and_deletes_everything(own_sandbox: Path, 
     # a second run finds nothing
     code, out = cleanup(params, own_sandbox, "--yes", capsys=capsys, monkeypatch=monkeypatch)
     assert code == 0 and "nothing found" in out, out
+
+
+def test_what_cannot_be_listed_is_named_and_the_exit_is_1(own_sandbox: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster the command cannot read (a kubeconfig whose token the API server refuses) is not 'nothing left'."""
+    import json
+
+    endpoints = json.loads((own_sandbox / "endpoints.json").read_text())
+    kubeconfig = yaml.safe_load(Path(endpoints["kubernetes"]["kubeconfig"]).read_text())
+    for user in kubeconfig["users"]:
+        user["user"] = {"token": "not-the-token"}
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
+    params = tmp_path / "spec.yaml"
+    params.write_text(yaml.safe_dump({
+        "cluster": {"mode": "existing", "existing": {"kubeconfig_path": str(tmp_path / "kubeconfig")}},
+        "job": {"image": "python:3.11-slim"}}))
+    code, out = cleanup(params, own_sandbox, "--kubernetes-only", "--yes", capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 1, out
+    assert "PROBLEM: could not list the Kubernetes objects of cluster existing" in out and "401" in out, out
