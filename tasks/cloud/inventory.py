@@ -181,7 +181,8 @@ def take_inventory(spec: BatchSpec, *, cs: Any | None, nas: Any | None, site: st
 
     def own_cluster() -> None:
         if spec.cluster.mode != "existing" and cs is None:
-            return
+            raise ValueError(f"cluster mode {spec.cluster.mode!r} is reached through CS, which is not looked at "
+                             f"(--kubernetes-only); fix: drop --kubernetes-only")
         handle = locate_cluster(spec, cs=cs)
         if handle is not None and (handle.cluster_id or "existing") not in handles:
             handles[handle.cluster_id or "existing"] = handle

@@ -16,6 +16,8 @@ Why it is shaped like this:
   a pod uses it) -> PV -> NAS mount targets (wait: DeleteFileSystem is refused while any exists) -> file system
   -> cluster. A user's own PVC (mode 'pvc'), a file system or a cluster that ask-batch did not create (no
   ``app.kubernetes.io/managed-by: ask-batch`` tag) are never deleted.
+- **The cleanup command** (``flows.cleanup``) deletes what it found, of every run, through the same steps
+  (``delete_managed_objects``, ``delete_managed_file_system``, ``delete_managed_cluster`` at the end of this module).
 """
 
 import logging
