@@ -102,7 +102,8 @@ def shared_volume(sb: Sandbox) -> str:
     pv, pvc = volume_names(SHARED_RUN)
     api = sb.api_client()
     core = client.CoreV1Api(api)
-    ensure_pv(core, nas_pv_manifest(pv, run_key=SHARED_RUN, server=domain, path="/", nas=spec.storage.nas))
+    ensure_pv(core, nas_pv_manifest(pv, run_key=SHARED_RUN, server=domain, path="/", nas=spec.storage.nas,
+                                    claim_namespace="default", claim_name=pvc))
     ensure_pvc(core, nas_pvc_manifest(pvc, pv, run_key=SHARED_RUN, namespace="default", capacity_gib=100))
     wait_pvc_bound(core, "default", pvc, timeout=60)
     api.close()

@@ -153,10 +153,15 @@ def secret_manifest(run_key: str, content: ConfigContent, *, namespace: str) -> 
 # --------------------------------------------------------------------------------------------- NAS volume
 
 
-def nas_pv_manifest(pv_name: str, *, run_key: str, server: str, path: str, nas: NasOptions) -> dict[str, Any]:
+def nas_pv_manifest(pv_name: str, *, run_key: str, server: str, path: str, nas: NasOptions,
+                    claim_namespace: str, claim_name: str) -> dict[str, Any]:
     """Static PV for the Alibaba NAS CSI driver; volumeHandle must equal the PV name.
 
-    Source: https://www.alibabacloud.com/help/en/ack/serverless-kubernetes/user-guide/nas-volume-overview-3
+    The PV is reserved for the run's claim (``claimRef`` namespace/name): a PV without one goes to *any* pending
+    claim that fits, in any namespace, so someone else's claim could take it (and mount the run's NAS) and leave
+    the run's claim Pending. Sources: https://www.alibabacloud.com/help/en/ack/serverless-kubernetes/user-guide/
+    nas-volume-overview-3, https://kubernetes.io/docs/concepts/storage/persistent-volumes/
+    #reserving-a-persistentvolume
     """
     labels = {**run_labels(run_key), NAS_PV_LABEL: pv_name}
     return {
@@ -167,6 +172,7 @@ def nas_pv_manifest(pv_name: str, *, run_key: str, server: str, path: str, nas: 
             "capacity": {"storage": f"{nas.capacity_gib}Gi"},
             "accessModes": ["ReadWriteMany"],
             "persistentVolumeReclaimPolicy": "Retain",
+            "claimRef": {"namespace": claim_namespace, "name": claim_name},
             "csi": {"driver": NAS_CSI_DRIVER, "volumeHandle": pv_name,
                     "volumeAttributes": {"server": server, "path": path}},
             "mountOptions": list(nas.mount_options),

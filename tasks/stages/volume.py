@@ -353,7 +353,8 @@ def ensure_volume(spec: BatchSpec, *, run_key: str, cluster: ClusterHandle, core
     fs_id, domain, created_fs, created_mt = ensure_nas(spec, run_key=run_key, cluster=cluster, nas=nas)
     pv_name, pvc_name = volume_names(run_key)
     options = storage.nas
-    ensure_pv(core_v1, nas_pv_manifest(pv_name, run_key=run_key, server=domain, path=options.path, nas=options))
+    ensure_pv(core_v1, nas_pv_manifest(pv_name, run_key=run_key, server=domain, path=options.path, nas=options,
+                                       claim_namespace=namespace, claim_name=pvc_name))
     ensure_pvc(core_v1, nas_pvc_manifest(pvc_name, pv_name, run_key=run_key, namespace=namespace,
                                          capacity_gib=options.capacity_gib))
     wait_pvc_bound(core_v1, namespace, pvc_name, timeout=min(300.0, float(options.ready_timeout_seconds)))

@@ -174,7 +174,8 @@ def test_spot_pods_get_an_ignore_rule_for_disruptions_before_the_users_rules():
 
 def test_nas_pv_and_pvc_bind_to_each_other():
     nas = parse_spec(with_changes(BASE, {"storage.mode": "nas"})).storage.nas
-    pv = nas_pv_manifest("askb-pv-r", run_key=RUN, server="fs-1.cn-hangzhou.nas.aliyuncs.com", path="/", nas=nas)
+    pv = nas_pv_manifest("askb-pv-r", run_key=RUN, server="fs-1.cn-hangzhou.nas.aliyuncs.com", path="/", nas=nas,
+                         claim_namespace="ns", claim_name="askb-pvc-r")
     pvc = nas_pvc_manifest("askb-pvc-r", "askb-pv-r", run_key=RUN, namespace="ns", capacity_gib=nas.capacity_gib)
     assert pv["spec"]["csi"]["driver"] == "nasplugin.csi.alibabacloud.com"
     assert pv["spec"]["csi"]["volumeHandle"] == pv["metadata"]["name"]
@@ -182,6 +183,7 @@ def test_nas_pv_and_pvc_bind_to_each_other():
     assert pvc["spec"]["storageClassName"] == ""
     assert pvc["spec"]["selector"]["matchLabels"] == {"alicloud-pvname": "askb-pv-r"}
     assert pvc["spec"]["volumeName"] == "askb-pv-r"
+    assert pv["spec"]["claimRef"] == {"namespace": "ns", "name": "askb-pvc-r"}  # reserved for that claim
     assert pv["metadata"]["labels"]["ask-batch.io/run"] == RUN
 
 
