@@ -935,6 +935,13 @@ class JobSpec(_Model):
                                   "securityContext).")
     image_pull_secrets: list[str] = Field(default_factory=list, description="Names of docker-registry Secrets in "
                                           "the namespace, for a private image (pod imagePullSecrets).")
+    pod_template_patch: dict[str, Any] | None = Field(
+        None, description="Escape hatch: a Kubernetes strategic merge patch applied onto the rendered pod template "
+        "(metadata.labels/annotations and spec: affinity, tolerations, extra volumes and volumeMounts, "
+        "imagePullSecrets, securityContext, ...), e.g. {'spec': {'tolerations': [...]}}. Checked against the "
+        "Kubernetes schema before the run; what ask-batch relies on (the workload container's image, command, "
+        "resources and env, its volumes, the selector labels, restartPolicy) cannot be changed "
+        "(tasks/render/pod_patch.py).")
 
     @field_validator("image")
     @classmethod

@@ -58,6 +58,7 @@ from tasks.render.compute import (
     moves_reclaims_on_demand,
     on_demand_job,
 )
+from tasks.render.pod_patch import apply_pod_template_patch
 from tasks.render.redact import REDACTED, Scrubber
 from tasks.spec import (
     AskClusterOptions,
@@ -494,7 +495,9 @@ def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs, index: int
         "completions": job.completions if index is None else 1,
         "parallelism": job.parallelism if index is None else 1,
         "completionMode": job.completion_mode,
-        "template": {"metadata": _pod_metadata(job, labels, kind), "spec": pod_spec},
+        "template": apply_pod_template_patch({"metadata": _pod_metadata(job, labels, kind), "spec": pod_spec},
+                                             job.pod_template_patch, container=CONTAINER_NAME,
+                                             labels=(*run_labels(run_key), INDEX_LABEL)),
     }
     if on_demand:
         job_spec["template"]["metadata"]["annotations"][ON_DEMAND_ANNOTATION] = (
