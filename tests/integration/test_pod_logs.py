@@ -88,15 +88,15 @@ def test_a_restarted_containers_attempts_are_kept_apart_and_the_failure_quotes_t
     running attempt, ``previous=true`` the one before (the sandbox's side is checked with kubectl in
     tests/sandbox/test_k8s_fidelity.py). The Job fails once the restarts reach its backoffLimit, and its
     controller then deletes the pod, stopping the last attempt, which (like a workload that handles SIGTERM) says
-    so and takes a second to stop."""
+    so and takes two seconds to stop."""
     marker = tmp_path / "attempts"
     marker.mkdir()
     # Each attempt counts the ones before it (shell builtins only: it prints at once), says which it is and fails
-    # half a second later; the first restart is immediate, the next ones after the kubelet's back-off. The third
+    # 1.5 s later (time for the reader on a loaded machine); the first restart is immediate, the next ones after the kubelet's back-off. The third
     # attempt waits to be stopped. (No ``$$`` here: Kubernetes turns it into ``$`` in a command.)
     script = (f'exec 2>/dev/null; n=0; for f in {marker}/*; do [ -e "$f" ] && n=$((n+1)); done; : > {marker}/a$n; '
-              'trap \'echo "attempt $n stopped"; sleep 1; exit 143\' TERM; '
-              'echo "attempt $n starts"; sleep 0.5; echo "attempt $n fails"; '
+              'trap \'echo "attempt $n stopped"; sleep 2; exit 143\' TERM; '
+              'echo "attempt $n starts"; sleep 1.5; echo "attempt $n fails"; '
               'if [ "$n" -ge 2 ]; then while :; do sleep 0.1; done; fi; exit 3')
     core = client.CoreV1Api(api)  # built before the Job starts: its first build takes seconds (pydantic models)
     job = start_job(api, make_spec, run_key, script, completions=1, parallelism=1, restart_policy="OnFailure",
