@@ -107,7 +107,8 @@ def flow_run(api_url: str, *, kind: str, mib: int, run_key: str, want: bytes) ->
                               capture_output=True, timeout=900)
         wall = time.perf_counter() - t0
         if done.returncode != 0:
-            raise RuntimeError(f"{kind}: flow exited {done.returncode}: {done.stdout[-2000:]!r} {done.stderr[-3000:]!r}")
+            raise RuntimeError(f"{kind}: flow exited {done.returncode}: {done.stdout[-2000:]!r} "
+                               f"{done.stderr[-3000:]!r}")
         # <download_dir>/<run>/logs/ when the outputs are downloaded, else the staging copy the wait wrote
         logs = list((work / "outputs").rglob("*.log"))
         kept = logs[0].read_bytes() if logs else b""

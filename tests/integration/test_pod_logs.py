@@ -92,8 +92,9 @@ def test_a_restarted_containers_attempts_are_kept_apart_and_the_failure_quotes_t
     marker = tmp_path / "attempts"
     marker.mkdir()
     # Each attempt counts the ones before it (shell builtins only: it prints at once), says which it is and fails
-    # 1.5 s later (time for the reader on a loaded machine); the first restart is immediate, the next ones after the kubelet's back-off. The third
-    # attempt waits to be stopped. (No ``$$`` here: Kubernetes turns it into ``$`` in a command.)
+    # 1.5 s later (time for the reader on a loaded machine); the first restart is immediate, the next ones after
+    # the kubelet's back-off. The third attempt waits to be stopped. (No ``$$`` here: Kubernetes turns it into
+    # ``$`` in a command.)
     script = (f'exec 2>/dev/null; n=0; for f in {marker}/*; do [ -e "$f" ] && n=$((n+1)); done; : > {marker}/a$n; '
               'trap \'echo "attempt $n stopped"; sleep 2; exit 143\' TERM; '
               'echo "attempt $n starts"; sleep 1.5; echo "attempt $n fails"; '
