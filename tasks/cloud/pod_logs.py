@@ -316,6 +316,8 @@ class PodLogs:
         self._running_q: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._active = 0
         self._finished = 0  # pods read to their end so far (progress, for close())
+        self._bytes = 0  # log bytes taken in so far (progress, for close(): a long log is not a stuck one)
+        self._gave_up: str | None = None  # close() gave up: why, written as the marker of what was not read
         self._lock = threading.Condition()
         self._closing = False  # the Job is over: no new follow, read what is left once
         self._cutting = False  # past the grace: open follows are cut
@@ -406,18 +408,21 @@ class PodLogs:
             with contextlib.suppress(Exception):
                 resp.shutdown()
         with self._lock:
-            seen_progress, end = self._finished, time.monotonic() + catch_up
+            seen_progress, end = (self._finished, self._bytes), time.monotonic() + catch_up
             while self._ended_q or self._running_q or self._active:
-                if self._finished != seen_progress:
-                    seen_progress, end = self._finished, time.monotonic() + catch_up
+                if (self._finished, self._bytes) != seen_progress:
+                    seen_progress, end = (self._finished, self._bytes), time.monotonic() + catch_up
                 if time.monotonic() >= end:
                     break
                 self._lock.wait(min(1.0, max(0.0, end - time.monotonic())))
             left = [*self._ended_q, *self._running_q] + [p.name for p in self._pods.values() if p.active]
+            if left:
+                self._gave_up = (f"not read to its end: reading stalled (no log byte arrived) for {catch_up:g} s "
+                                 "after the Job ended")
             self._stopped = True
             self._lock.notify_all()
         for name in left:
-            self.incomplete.setdefault(name, f"not read to its end within {catch_up:.0f} s after the Job ended")
+            self.incomplete.setdefault(name, self._gave_up or "")
             log.warning("log of pod %s is incomplete: not read to its end in time", name)
         return dict(self.incomplete)
 
@@ -526,7 +531,10 @@ class PodLogs:
             if not self.log_dir and kept.tail():
                 self._tails[pod.name] = kept.tail()
             if not kept.pos.complete:
-                return  # stopped: left for close() to report
+                if self._gave_up:  # close() gave up on it: the kept log says where it stops, and why
+                    kept.finish(missing=self._gave_up)
+                    kept.close()
+                return  # stopped (a task retry continues from the position), or given up
             pod.done_attempts += 1
 
     def _read_attempt(self, pod: _Pod, kept: KeptLog, attempt: int) -> None:
@@ -634,6 +642,7 @@ class PodLogs:
                         continue
                     chunk, skip = chunk[skip:], 0
                 kept.feed(chunk)
+                self._bytes += len(chunk)
         except Exception:
             if not ((follow and pod.name not in self._responses) or self._stopped):
                 raise
@@ -649,7 +658,7 @@ class PodLogs:
                     resp.close()  # never reuse a connection that was shut down
                 else:
                     resp.release_conn()
-        return not follow
+        return not follow and not cut  # a plain read stopped half-way has not the whole attempt
 
     def _plan(self, pod: _Pod, attempt: int) -> str:
         """How to read ``attempt`` of a container that may restart, from the pod's status as it is now.

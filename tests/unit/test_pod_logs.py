@@ -241,3 +241,36 @@ def test_a_pod_deleted_before_its_log_was_read_is_reported_incomplete(tmp_path):
     incomplete = logs.close(grace=5, catch_up=10)
     assert "deleted" in incomplete["p-3"]
     assert (tmp_path / "p-3.log").read_text().splitlines()[-1].startswith("[ask-batch: log incomplete:")
+
+
+class TricklingNode:
+    """An ended container whose log arrives slowly: ``chunks`` (None: a pause with no byte) every ``pause`` s."""
+
+    def __init__(self, chunks, pause):
+        self.chunks, self.pause = chunks, pause
+
+    def _body(self):
+        for chunk in self.chunks:
+            threading.Event().wait(self.pause)
+            yield chunk or b""
+
+    def read_namespaced_pod_log(self, *args, follow=False, **kwargs):
+        return SimpleNamespace(stream=lambda n: self._body(), release_conn=lambda: None, close=lambda: None)
+
+
+def test_a_long_log_still_arriving_when_the_job_ends_is_read_to_its_end(tmp_path):
+    """The catch-up after the Job ends gives up on a stalled read, not on a long one: bytes arriving count."""
+    lines = [f"line {i}\n".encode() for i in range(40)]
+    logs = PodLogs(TricklingNode(lines, 0.05), "ns", "workload", lambda line: None, tmp_path)
+    logs.seen("p-1", 0, started=True, ended=True)
+    assert logs.close(grace=0.1, catch_up=0.5) == {}  # 2 s of reading, never 0.5 s without a byte
+    assert (tmp_path / "p-1.log").read_bytes() == b"".join(lines)
+
+
+def test_a_read_that_stalls_after_the_job_ends_is_given_up_and_the_kept_log_says_so(tmp_path):
+    logs = PodLogs(TricklingNode([b"first\n"] + [None] * 200, 0.05), "ns", "workload", lambda line: None, tmp_path)
+    logs.seen("p-1", 0, started=True, ended=True)
+    why = logs.close(grace=0.1, catch_up=0.5)
+    assert list(why) == ["p-1"] and "stalled" in why["p-1"]
+    logs.stop()
+    assert (tmp_path / "p-1.log").read_text() == f"first\n[ask-batch: log incomplete: {why['p-1']}]\n"
