@@ -227,10 +227,11 @@ class Sandbox:
             @web.middleware
             async def count(request: web.Request, handler: Any) -> web.StreamResponse:
                 self.service_requests[key] += 1
-                # Per operation too: the route pattern (ROA, e.g. "GET /k8s/{cluster_id}/user_config") or the RPC
-                # Action, so a test can tell how often one API was called.
+                # Per operation too: the RPC action (the Action parameter, or the x-acs-action header of the V3
+                # signature's requests), else the route pattern (ROA, e.g. "GET /k8s/{cluster_id}/user_config"),
+                # so a test can tell how often one API was called.
                 resource = request.match_info.route.resource
-                action = request.query.get("Action")
+                action = request.query.get("Action") or request.headers.get("x-acs-action")
                 name = action or f"{request.method} {resource.canonical if resource is not None else request.path}"
                 routes[name] = routes.get(name, 0) + 1
                 return await handler(request)
