@@ -24,7 +24,9 @@ The pod contract (what the workload can rely on), all set as env vars on the con
 ``ASK_BATCH_OSS_*``           ENDPOINT, REGION, BUCKET of the outputs
 ``ASK_BATCH_OUTPUT_PREFIX``   the index's prefix, with a literal ``{index}`` field to format
 ``ASK_BATCH_MARKER_NAME``     name of the done-marker object (``completeness: marker``)
-``OSS_ACCESS_KEY_ID/SECRET``  from the Secret (secretKeyRef), unless the pods use a RAM role
+``OSS_ACCESS_KEY_ID/SECRET``  from the Secret (secretKeyRef), with pod credentials 'target' only
+``ALIBABA_CLOUD_ROLE_ARN`` …  with pod credentials 'rrsa': the RAM role, OIDC provider, token file and STS
+                              endpoint (``tasks.render.rrsa``); the SDK's OIDC provider trades the token for keys
 ============================  ===========================================================================
 """
 
@@ -54,6 +56,7 @@ from tasks.render.compute import (
     is_preemptible,
 )
 from tasks.render.redact import REDACTED, Scrubber
+from tasks.render.rrsa import RrsaIdentity, apply_rrsa
 from tasks.spec import (
     AskClusterOptions,
     BatchSpec,
@@ -307,6 +310,7 @@ class JobInputs:
     secret_env_keys: tuple[str, ...] = ()  # env var names, backed by Secret keys "env.<NAME>"
     claim_name: str | None = None
     oss_env: Mapping[str, str] = field(default_factory=dict)
+    rrsa: RrsaIdentity | None = None  # pod credentials 'rrsa': the ServiceAccount, role and OIDC provider
 
 
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
@@ -455,11 +459,14 @@ def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs, index: int
         pod_spec["nodeSelector"] = dict(job.node_selector)
     if job.tolerations:
         pod_spec["tolerations"] = copy.deepcopy(job.tolerations)
+    template = {"metadata": _pod_metadata(job, labels, kind), "spec": pod_spec}
+    if inputs.rrsa is not None:
+        apply_rrsa(template, inputs.rrsa, spec.target)
     job_spec: dict[str, Any] = {
         "completions": job.completions if index is None else 1,
         "parallelism": job.parallelism if index is None else 1,
         "completionMode": job.completion_mode,
-        "template": {"metadata": _pod_metadata(job, labels, kind), "spec": pod_spec},
+        "template": template,
     }
     optional = {
         "backoffLimit": job_backoff_limit(job),
@@ -491,7 +498,7 @@ def cloud_tags(run_key: str, extra: Mapping[str, str] | None = None) -> dict[str
 
 
 def create_cluster_body(ask: AskClusterOptions, *, region: str, run_key: str,
-                        profile: str = "Serverless") -> dict[str, Any]:
+                        profile: str = "Serverless", rrsa: bool = False) -> dict[str, Any]:
     """CS CreateCluster body for an ASK (``profile`` Serverless) or ACS (``profile`` Acs) cluster, snake_case for
     ``CreateClusterRequest``.
 
@@ -524,6 +531,10 @@ def create_cluster_body(ask: AskClusterOptions, *, region: str, run_key: str,
         body["vswitch_ids"] = list(ask.vswitch_ids)
     if ask.service_cidr:
         body["service_cidr"] = ask.service_cidr
+    if rrsa:
+        # RRSA for the pods' credentials (CreateClusterRequest.rrsa_config; `enable_rrsa` is its deprecated form:
+        # https://www.alibabacloud.com/help/en/ack/serverless-kubernetes/developer-reference/api-cs-2015-12-15-createcluster-serverless)
+        body["rrsa_config"] = {"enabled": True}
     return body
 
 

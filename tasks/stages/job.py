@@ -31,6 +31,7 @@ from tasks.cloud.retry import CloudError, call
 from tasks.errors import JobConflict, PodRejected
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, VolumeHandle
 from tasks.render.manifests import JobInputs, job_manifest, pod_oss_env
+from tasks.render.rrsa import RrsaIdentity
 from tasks.spec import BatchSpec
 
 log = logging.getLogger("ask_batch.job")
@@ -146,6 +147,8 @@ def render_job(spec: BatchSpec, *, run_key: str, flow_run_name: str, volume: Vol
         secret_env_keys=config.secret_env_keys if config else (),
         claim_name=volume.claim_name if volume else None,
         oss_env=pod_oss_env(spec, run_key=run_key, flow_run_name=flow_run_name),
+        rrsa=RrsaIdentity(config.service_account, config.rrsa_role_arn, config.rrsa_oidc_provider_arn)
+        if config and config.service_account and config.rrsa_role_arn and config.rrsa_oidc_provider_arn else None,
     )
     return job_manifest(spec, run_key=run_key, inputs=inputs, index=index, kind=kind)  # type: ignore[arg-type]
 
