@@ -9,7 +9,7 @@
 - **Roles.** A role has a trust policy (`AssumeRolePolicyDocument`, RAM policy language version 1) and a maximum
   session duration (3600 s unless set). For RRSA the trust policy names the provider as a `Federated` principal
   and constrains the token's claims with `oidc:aud`, `oidc:iss` and `oidc:sub` conditions (`StringEquals`,
-  `StringLike` with `*` and `?`): https://www.alibabacloud.com/help/en/ram/user-guide/create-a-ram-role-for-a-trusted-idp
+  `StringLike` with `*` and `?`): CreateRole, https://help.aliyun.com/document_detail/2337660.html,
   and the RRSA page above. Roles live in `DIR/ram/roles.json`; tests and users add or replace one through the
   control endpoint (`PUT /ram/roles/<name>` with `{"trust_policy": {...}}`).
 
@@ -36,7 +36,7 @@ SEEDED_ROLE = "ask-batch-pods"
 STS_AUDIENCE = "sts.aliyuncs.com"
 DEFAULT_MAX_SESSION_S = 3600
 #: RAM role names: 1-64 characters, letters, digits, '.' and '-' (CreateRole, RoleName:
-#: https://www.alibabacloud.com/help/en/ram/developer-reference/api-ram-2015-05-01-createrole).
+#: https://help.aliyun.com/document_detail/2337660.html).
 ROLE_NAME_RE = re.compile(r"^[A-Za-z0-9.-]{1,64}$")
 ROLE_ARN_RE = re.compile(r"^acs:ram::(?P<account>[0-9]+):role/(?P<name>[^/]+)$")
 PROVIDER_ARN_RE = re.compile(r"^acs:ram::(?P<account>[0-9]+):oidc-provider/(?P<name>[A-Za-z0-9._-]+)$")

@@ -104,7 +104,7 @@ OSS_CREDENTIAL_ENV = ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_SESSION
 RRSA_ENV = ("ALIBABA_CLOUD_ROLE_ARN", "ALIBABA_CLOUD_OIDC_PROVIDER_ARN", "ALIBABA_CLOUD_OIDC_TOKEN_FILE",
             "ALIBABA_CLOUD_STS_ENDPOINT", "ALIBABA_CLOUD_STS_REGION", "ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED")
 #: RAM role names: 1-64 characters, letters, digits, '.' and '-' (CreateRole, RoleName:
-#: https://www.alibabacloud.com/help/en/ram/developer-reference/api-ram-2015-05-01-createrole).
+#: https://help.aliyun.com/document_detail/2337660.html).
 RAM_ROLE_NAME_RE = re.compile(r"^[A-Za-z0-9.-]{1,64}$")
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
