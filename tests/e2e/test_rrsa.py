@@ -66,13 +66,13 @@ def test_a_default_run_uploads_its_outputs_and_stores_no_access_key_in_the_clust
     assert not core.list_namespaced_service_account("default", label_selector="ask-batch.io/run=e2e-rrsa").items
 
 
-def put_role(sandbox_dir: Path, name: str, subject: str) -> None:
+def put_role(sandbox_dir: Path, workdir: Path, name: str, subject: str) -> None:
     """A role whose trust policy lets the example cluster's RRSA provider in for `subject` only."""
     from tasks.cloud.context import cs_for
     from tasks.stages.cluster import ensure_cluster
 
     endpoints = json.loads((sandbox_dir / "endpoints.json").read_text())
-    spec = build_spec(EXAMPLE, [], sandbox_dir)
+    spec = build_spec(EXAMPLE, example_sets(workdir, "e2e-rrsa-role"), sandbox_dir)
     cluster = ensure_cluster(spec, run_key="e2e-rrsa-role", cs=cs_for(spec))
     detail = cs_for(spec).describe_cluster_detail(cluster.cluster_id).body.to_map()
     policy = {"Version": "1", "Statement": [{
@@ -92,7 +92,7 @@ def put_role(sandbox_dir: Path, name: str, subject: str) -> None:
 def test_a_role_the_pods_cannot_assume_fails_the_run_with_sts_reason(
         sandbox_dir: Path, workdir: Path, role: str, reason: str, key: str) -> None:
     if role == "trusts-someone-else":
-        put_role(sandbox_dir, role, "system:serviceaccount:default:someone-else")
+        put_role(sandbox_dir, workdir, role, "system:serviceaccount:default:someone-else")
     spec, state = run(sandbox_dir, workdir, key, f"outputs.rrsa_role_name={role}", "job.backoff_limit_per_index=0")
     assert state.is_failed()
     with pytest.raises(Exception) as caught:

@@ -105,9 +105,9 @@ def ensure_traversable(path: Path, *, done: set[Path] | None = None) -> None:
     """
     current = path if path.is_dir() else path.parent
     for directory in (current, *current.parents):
-        if done is not None and directory in done:
-            break
         try:
+            # every ancestor is looked at each time (a stat each): one seen before may have been closed again
+            # since (pytest chmods its temporary root back to 0700 when another session starts)
             mode = directory.stat().st_mode
             if not mode & stat.S_IXOTH:
                 os.chmod(directory, stat.S_IMODE(mode) | stat.S_IXOTH)
