@@ -727,6 +727,9 @@ class EciOptions(_Model):
     ignore_reclaims: bool = Field(True, description="With spot: a reclaimed pod (condition DisruptionTarget) does "
                                   "not spend the Job's retry budget (a podFailurePolicy rule Ignore, put before "
                                   "job.pod_failure_policy's rules). Off: reclaims count as failures.")
+    max_reclaims: int = Field(3, ge=0, le=1000, description="With spot (or ACS best-effort): an index reclaimed this "
+                              "many times gets its last try on demand (pay-as-you-go), in a follow-up Job, so a "
+                              "run finishes when spot stock is gone. Needs job.backoff_limit_per_index; 0: off.")
     image_cache: bool = Field(True, description="Let ECI match an image cache automatically (faster starts).")
     image_snapshot_id: str | None = Field(None, description="A specific image cache id ('imc-...').")
     extra_ephemeral_storage: str | None = Field(None, description="Extra temporary storage beyond the free "
@@ -942,6 +945,13 @@ class JobSpec(_Model):
                                   "securityContext).")
     image_pull_secrets: list[str] = Field(default_factory=list, description="Names of docker-registry Secrets in "
                                           "the namespace, for a private image (pod imagePullSecrets).")
+    pod_template_patch: dict[str, Any] | None = Field(
+        None, description="Escape hatch: a Kubernetes strategic merge patch applied onto the rendered pod template "
+        "(metadata.labels/annotations and spec: affinity, tolerations, extra volumes and volumeMounts, "
+        "imagePullSecrets, securityContext, ...), e.g. {'spec': {'tolerations': [...]}}. Checked against the "
+        "Kubernetes schema before the run; what ask-batch relies on (the workload container's image, command, "
+        "resources and env, its volumes, the selector labels, restartPolicy) cannot be changed "
+        "(tasks/render/pod_patch.py).")
 
     @field_validator("image")
     @classmethod
@@ -1092,6 +1102,14 @@ class JobSpec(_Model):
             raise ValueError("pod_failure_policy action FailIndex needs backoff_limit_per_index; fix: set it")
         if (self.pod_failure_policy or self.backoff_limit_per_index is not None) and self.restart_policy != "Never":
             raise ValueError("pod_failure_policy and backoff_limit_per_index need restart_policy 'Never'")
+        # only a value other than the default (3) is refused: a round trip through model_dump sets every field
+        if self.eci.max_reclaims not in (0, EciOptions.model_fields["max_reclaims"].default) and (
+                self.backoff_limit_per_index is None or self.max_failed_indexes is not None):
+            # the on-demand try ends the index in the first Job with podFailurePolicy FailIndex
+            raise ValueError(f"eci.max_reclaims {self.eci.max_reclaims} needs backoff_limit_per_index and no "
+                             f"max_failed_indexes (an index moved on demand counts as failed in the first Job); "
+                             f"fix: set backoff_limit_per_index (e.g. 2) and remove max_failed_indexes, or set "
+                             f"eci.max_reclaims 0")
         for req, lim, what in ((self.cpu, self.cpu_limit, "cpu"), (self.memory, self.memory_limit, "memory")):
             if lim is not None and parse_quantity(lim) < parse_quantity(req):
                 raise ValueError(f"{what}_limit {lim} is below the {what} request {req}; fix: raise the limit "
@@ -1390,7 +1408,8 @@ class BatchSpec(_Model):
                              f"classes); fix: use cluster.mode 'acs', or class 'general-purpose' with "
                              f"job.eci.use_specs for an ECS type")
         if self.cluster.mode == "acs":
-            changed = sorted(self.job.eci.model_dump(exclude_defaults=True))
+            # retry rules, not annotations: they apply to ACS best-effort pods too
+            changed = sorted(set(self.job.eci.model_dump(exclude_defaults=True)) - {"max_reclaims", "ignore_reclaims"})
             if changed:
                 raise ValueError(f"job.eci ({', '.join(changed)}) sets ECI annotations, which ACS ignores; fix: "
                                  f"remove job.eci and use job.compute (class, qos, size)")

@@ -5,10 +5,9 @@ import pytest
 
 from tasks.cloud.clients import AliCredentials
 from tasks.cloud.inputs import pod_credential_env
-from tasks.render.manifests import ConfigContent, JobInputs, create_cluster_body, job_manifest
+from tasks.render.manifests import ConfigContent, JobInputs, create_cluster_body, job_manifest, render_config_objects
 from tasks.render.rrsa import RrsaIdentity, role_arn_for
 from tasks.spec import SpecError, parse_spec
-from tasks.stages.config import render_config_objects
 from tests.unit.conftest import BASE, with_changes
 
 PROVIDER = "acs:ram::1234567890123456:oidc-provider/ack-rrsa-c0123456789abcdef"
