@@ -109,8 +109,6 @@ def ensure_traversable(path: Path) -> None:
     current = path if path.is_dir() else path.parent
     for directory in (current, *current.parents):
         try:
-            # every ancestor is looked at each time (a stat each): one seen before may have been closed again
-            # since (pytest chmods its temporary root back to 0700 when another session starts)
             mode = directory.stat().st_mode
             if not mode & stat.S_IXOTH:
                 os.chmod(directory, stat.S_IMODE(mode) | stat.S_IXOTH)
