@@ -34,12 +34,14 @@ CLEANUP_ARGS ?=
 cleanup: install
 	$(BIN)/python -m flows.cleanup $(if $(SANDBOX),--sandbox $(SANDBOX)) --params $(PARAMS) $(CLEANUP_ARGS)
 
-## install the test needs and run every test but the slow ones (`make test-slow`; .ci/run runs both)
+## install the test needs and run every test but the slow ones (`make test-slow`; .ci/run runs both), in
+##   TEST_WORKERS processes (pytest-xdist; each test file stays in one process, each process has its own sandbox)
+TEST_WORKERS ?= 2
 test: install test-deps
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -rs -m "not slow"
+	$(BIN)/python -m pytest -q -rs -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 ## the slow end-to-end tests (marker `slow`: several minutes each, e.g. the Kubernetes work pool)
 test-slow: install test-deps

@@ -18,10 +18,20 @@ import difflib
 import re
 import string
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tasks.errors import SpecError
 from tasks.naming import DNS1123_LABEL_RE, is_dns1123_label
@@ -99,6 +109,13 @@ _EXPANSION_RE = re.compile(r"\$(\$|\(([^)]*)\))")
 RESERVED_ENV_PREFIX = "ASK_BATCH_"
 #: Env vars that carry the OSS credentials into the pod (read by the OSS v2 SDK's EnvironmentVariable provider).
 OSS_CREDENTIAL_ENV = ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_SESSION_TOKEN")
+#: Env vars of RRSA (the OIDC provider of alibabacloud-credentials reads the first three; ack-pod-identity-webhook
+#: injects all of them: https://www.alibabacloud.com/help/en/ack/product-overview/ack-pod-identity-webhook).
+RRSA_ENV = ("ALIBABA_CLOUD_ROLE_ARN", "ALIBABA_CLOUD_OIDC_PROVIDER_ARN", "ALIBABA_CLOUD_OIDC_TOKEN_FILE",
+            "ALIBABA_CLOUD_STS_ENDPOINT", "ALIBABA_CLOUD_STS_REGION", "ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED")
+#: RAM role names: 1-64 characters, letters, digits, '.' and '-' (CreateRole, RoleName:
+#: https://help.aliyun.com/document_detail/2337660.html).
+RAM_ROLE_NAME_RE = re.compile(r"^[A-Za-z0-9.-]{1,64}$")
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
@@ -199,6 +216,20 @@ def _check_id(value: str | None, pattern: re.Pattern[str], what: str, example: s
     return value
 
 
+# Alibaba Cloud resource ids, checked for their format at the door (an empty value means "not given").
+VpcId = Annotated[str | None, AfterValidator(partial(_check_id, pattern=VPC_ID_RE, what="VPC id",
+                                                     example="vpc-bp1example"))]
+VSwitchId = Annotated[str | None, AfterValidator(partial(_check_id, pattern=VSWITCH_ID_RE, what="vSwitch id",
+                                                         example="vsw-bp1example"))]
+ZoneId = Annotated[str | None, AfterValidator(partial(_check_id, pattern=ZONE_ID_RE, what="zone id",
+                                                      example="cn-hangzhou-k"))]
+NasFileSystemId = Annotated[str | None, AfterValidator(partial(_check_id, pattern=NAS_FILE_SYSTEM_ID_RE,
+                                                               what="NAS file system id", example="31a8e4b2c1"))]
+KubernetesVersion = Annotated[str | None, AfterValidator(partial(_check_id, pattern=KUBERNETES_VERSION_RE,
+                                                                 what="Kubernetes version",
+                                                                 example="1.32.1-aliyun.1"))]
+
+
 def _check_label(key: str, val: str, what: str) -> None:
     """Kubernetes label syntax: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#syntax-and-character-set"""
     prefix, _, name = key.rpartition("/")
@@ -240,7 +271,7 @@ def _check_env_names(env: Mapping[str, str], what: str) -> None:
         if not ENV_NAME_RE.match(name):
             raise ValueError(f"{what} name {name!r} is not a valid environment variable name; "
                              f"fix: use letters, digits, '_', '-' or '.', not starting with a digit")
-        if name.startswith(RESERVED_ENV_PREFIX) or name in OSS_CREDENTIAL_ENV:
+        if name.startswith(RESERVED_ENV_PREFIX) or name in OSS_CREDENTIAL_ENV or name in RRSA_ENV:
             raise ValueError(f"{what} name {name!r} is reserved: ask-batch sets it for the workload; "
                              f"fix: rename it")
 
@@ -291,8 +322,11 @@ class EndpointOverrides(_Model):
                             "Empty: oss-<region>.aliyuncs.com.")
     kubernetes: str | None = Field(None, description="Kubernetes API server URL replacing the one in the "
                                    "cluster's kubeconfig (e.g. through a tunnel). Empty: as in the kubeconfig.")
+    sts: str | None = Field(None, description="STS endpoint the pods use for RRSA (AssumeRoleWithOIDC), e.g. "
+                            "'sts-vpc.cn-hangzhou.aliyuncs.com' or 'http://127.0.0.1:9005'. Empty: the region's "
+                            "VPC endpoint sts-vpc.<region>.aliyuncs.com.")
 
-    @field_validator("cs", "nas", "oss", "kubernetes")
+    @field_validator("cs", "nas", "oss", "kubernetes", "sts")
     @classmethod
     def _endpoint_syntax(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None or value == "":
@@ -334,14 +368,14 @@ class AskClusterOptions(_Model):
     create_if_missing: bool = Field(True, description="Create the cluster when none has this name. Note: "
                                     "Alibaba stopped ASK creation for new accounts in 2025 (use ACS, or "
                                     "cluster mode 'existing').")
-    kubernetes_version: str | None = Field(None, description="Kubernetes version for a new cluster, e.g. "
+    kubernetes_version: KubernetesVersion = Field(None, description="Kubernetes version for a new cluster, e.g. "
                                            "'1.32.1-aliyun.1'. Empty: the latest offered.")
     cluster_spec: Literal["ack.standard", "ack.pro.small"] = Field(
         "ack.standard", description="'ack.standard' (Basic, no management fee) or 'ack.pro.small' (Pro).")
-    vpc_id: str | None = Field(None, description="VPC of a new cluster, e.g. 'vpc-bp1...'.")
+    vpc_id: VpcId = Field(None, description="VPC of a new cluster, e.g. 'vpc-bp1...'.")
     vswitch_ids: list[str] = Field(default_factory=list, description="vSwitches for pods (ECI) of a new cluster; "
                                    "several zones improve spot and stock availability.")
-    zone_id: str | None = Field(None, description="Zone of a new cluster when no vpc_id is given (CS then creates "
+    zone_id: ZoneId = Field(None, description="Zone of a new cluster when no vpc_id is given (CS then creates "
                                 "the VPC and vSwitch there), e.g. 'cn-hangzhou-k'. Required in that case.")
     service_cidr: str | None = Field(None, description="Service CIDR; must not overlap the VPC. Empty: "
                                      "172.19.0.0/20.")
@@ -368,11 +402,6 @@ class AskClusterOptions(_Model):
                              f"refuses '_'), not starting with '-'")
         return value
 
-    @field_validator("zone_id")
-    @classmethod
-    def _zone(cls, value: str | None) -> str | None:
-        return _check_id(value, ZONE_ID_RE, "zone id", "cn-hangzhou-k")
-
     @model_validator(mode="after")
     def _network(self) -> "AskClusterOptions":
         if bool(self.vpc_id) != bool(self.vswitch_ids):
@@ -397,11 +426,6 @@ class AskClusterOptions(_Model):
                                  f"prefix ('aliyun', 'acs:', 'http(s)://'); fix: shorten or rename it")
         return value
 
-    @field_validator("vpc_id")
-    @classmethod
-    def _vpc(cls, value: str | None) -> str | None:
-        return _check_id(value, VPC_ID_RE, "VPC id", "vpc-bp1example")
-
     @field_validator("vswitch_ids")
     @classmethod
     def _vswitches(cls, value: list[str]) -> list[str]:
@@ -425,11 +449,6 @@ class AskClusterOptions(_Model):
         if net.version != 4 or not net.is_private:
             raise ValueError(f"{value!r} must be a private IPv4 block; fix: e.g. '172.19.0.0/20'")
         return value
-
-    @field_validator("kubernetes_version")
-    @classmethod
-    def _version(cls, value: str | None) -> str | None:
-        return _check_id(value, KUBERNETES_VERSION_RE, "Kubernetes version", "1.32.1-aliyun.1")
 
 
 class AcsClusterOptions(AskClusterOptions):
@@ -510,14 +529,14 @@ class NasOptions(_Model):
 
     name: str = Field("ask-batch", description="Logical name: tag 'ask-batch.io/nas' and description of the "
                       "file system, so a later run finds the same one.")
-    file_system_id: str | None = Field(None, description="Use this file system instead of finding one by name.")
+    file_system_id: NasFileSystemId = Field(None, description="Use this file system instead of finding one by name.")
     create_if_missing: bool = Field(True, description="Create the file system when none is found.")
     storage_type: Literal["Capacity", "Performance"] = Field("Capacity", description="'Capacity' (cheaper) or "
                                                              "'Performance' (lower latency).")
     protocol_type: Literal["NFS"] = Field("NFS", description="Only NFS is mountable from Linux pods.")
-    zone_id: str | None = Field(None, description="Zone for a new file system; empty lets NAS choose.")
-    vpc_id: str | None = Field(None, description="VPC for the mount target. Empty: the cluster's VPC.")
-    vswitch_id: str | None = Field(None, description="vSwitch for the mount target. Empty: the cluster's first.")
+    zone_id: ZoneId = Field(None, description="Zone for a new file system; empty lets NAS choose.")
+    vpc_id: VpcId = Field(None, description="VPC for the mount target. Empty: the cluster's VPC.")
+    vswitch_id: VSwitchId = Field(None, description="vSwitch for the mount target. Empty: the cluster's first.")
     path: str = Field("/", description="Directory on the file system that the volume exposes.")
     capacity_gib: int = Field(100, ge=1, le=10 * 1024 * 1024,
         description="Capacity written on the PV/PVC (informational: NAS "
@@ -539,26 +558,6 @@ class NasOptions(_Model):
     @classmethod
     def _name(cls, value: str) -> str:
         return _check_dns_label(value, "NAS name")
-
-    @field_validator("vpc_id")
-    @classmethod
-    def _vpc(cls, value: str | None) -> str | None:
-        return _check_id(value, VPC_ID_RE, "VPC id", "vpc-bp1example")
-
-    @field_validator("vswitch_id")
-    @classmethod
-    def _vswitch(cls, value: str | None) -> str | None:
-        return _check_id(value, VSWITCH_ID_RE, "vSwitch id", "vsw-bp1example")
-
-    @field_validator("zone_id")
-    @classmethod
-    def _zone(cls, value: str | None) -> str | None:
-        return _check_id(value, ZONE_ID_RE, "zone id", "cn-hangzhou-k")
-
-    @field_validator("file_system_id")
-    @classmethod
-    def _fs_id(cls, value: str | None) -> str | None:
-        return _check_id(value, NAS_FILE_SYSTEM_ID_RE, "NAS file system id", "31a8e4b2c1")
 
     @field_validator("mount_options")
     @classmethod
@@ -1178,9 +1177,16 @@ class OutputsSpec(_Model):
     pod_endpoint: str | None = Field(None, description="OSS endpoint the pods use. Empty: the OSS endpoint "
                                      "override if set, else the region's internal endpoint "
                                      "(oss-<region>-internal.aliyuncs.com).")
-    pod_credentials: Literal["target", "ram_role"] = Field(
-        "target", description="'target': the flow's AccessKey reaches pods through the Secret (env "
-        "OSS_ACCESS_KEY_ID/_SECRET); 'ram_role': pods use job.eci.ram_role_name, no keys are shipped.")
+    pod_credentials: Literal["rrsa", "target", "ram_role"] | None = Field(
+        None, description="How the pods get OSS credentials. 'rrsa' (the default on ASK and ACS): a RAM role "
+        "for the run's service account (RRSA, outputs.rrsa_role_name); the pods trade their OIDC token for "
+        "temporary keys and no AccessKey is stored in the cluster. 'target': the flow's own AccessKey reaches "
+        "the pods through the Secret (env OSS_ACCESS_KEY_ID/_SECRET; the default with cluster mode "
+        "'existing'). 'ram_role': ECI's RAM role, job.eci.ram_role_name (ASK only). Empty: the default for "
+        "the cluster mode.")
+    rrsa_role_name: str = Field("ask-batch-pods", description="With pod_credentials 'rrsa': the RAM role the pods "
+                                "assume. Its trust policy must trust the cluster's RRSA OIDC provider for the "
+                                "run's service account (docs/ram-policy.md).")
     max_parallel_downloads: int = Field(8, ge=1, le=64, description="Parallel downloads.")
 
     @field_validator("bucket")
@@ -1224,6 +1230,14 @@ class OutputsSpec(_Model):
         if not value or "/" in value or "\\" in value or value in (".", "..") or any(ord(c) < 32 for c in value):
             raise ValueError(f"{value!r} is not a marker object name; fix: a plain name like '_SUCCESS'")
         return _check_no_expansion(value, "marker_name")
+
+    @field_validator("rrsa_role_name")
+    @classmethod
+    def _rrsa_role_name(cls, value: str) -> str:
+        if not RAM_ROLE_NAME_RE.match(value):
+            raise ValueError(f"{value!r} is not a RAM role name (1-64 letters, digits, '.' or '-'); fix: the "
+                             f"role's name as the RAM console shows it, e.g. 'ask-batch-pods' (not its ARN)")
+        return value
 
     @field_validator("pod_endpoint")
     @classmethod
@@ -1330,6 +1344,7 @@ class BatchSpec(_Model):
                                          f"Kubernetes sets after the plain env, so the pod would see the text "
                                          f"'$({ref})'; fix: read {ref} in the workload itself")
         _check_env_expansion({**self.config.env, **self.job.env}, "env")
+        self._resolve_pod_credentials()
         if self.outputs.pod_credentials == "ram_role" and not self.job.eci.ram_role_name:
             raise ValueError("outputs.pod_credentials 'ram_role' needs job.eci.ram_role_name; fix: set the RAM "
                              "role, or use 'target'")
@@ -1355,6 +1370,25 @@ class BatchSpec(_Model):
         self._cross_compute()
         return self
 
+    def _resolve_pod_credentials(self) -> None:
+        """``outputs.pod_credentials`` left empty: 'rrsa' on ASK/ACS (the cluster's RRSA provider comes from CS),
+        'target' with cluster mode 'existing' (no CS cluster to read it from)."""
+        outputs = self.outputs
+        if outputs.pod_credentials is None:
+            outputs.pod_credentials = "target" if self.cluster.mode == "existing" else "rrsa"
+        if outputs.pod_credentials != "rrsa":
+            return
+        if self.cluster.mode == "existing":
+            raise ValueError("outputs.pod_credentials 'rrsa' needs the cluster's RRSA OIDC provider, which "
+                             "ask-batch reads from Container Service for cluster modes 'ask' and 'acs' only; fix: "
+                             "use cluster.mode 'ask' or 'acs' with the cluster's name, or outputs.pod_credentials "
+                             "'target'")
+        if self.job.service_account:
+            raise ValueError(f"job.service_account {self.job.service_account!r} and outputs.pod_credentials 'rrsa' "
+                             f"both choose the pods' service account (rrsa uses the run's own, annotated with the "
+                             f"RAM role); fix: remove job.service_account, or set outputs.pod_credentials "
+                             f"'target'")
+
     def _cross_compute(self) -> None:
         """job.compute / job.eci against the cluster kind known from the parameters (mode 'ask' or 'acs')."""
         compute = self.job.compute
@@ -1370,7 +1404,7 @@ class BatchSpec(_Model):
                                  f"remove job.eci and use job.compute (class, qos, size)")
             if self.outputs.pod_credentials == "ram_role":
                 raise ValueError("outputs.pod_credentials 'ram_role' is ECI's RAM role annotation, not supported "
-                                 "on ACS by ask-batch; fix: use 'target'")
+                                 "on ACS by ask-batch; fix: use 'rrsa' (the default) or 'target'")
 
 
 # --------------------------------------------------------------------------------------------- errors

@@ -148,6 +148,8 @@ def _teardown_config(rec: _Recorder, *, delete: bool, why: str, ns: str, selecto
                       config.config_map if config else None),
         "Secret": (core_v1.list_namespaced_secret, core_v1.delete_namespaced_secret,
                    config.secret if config else None),
+        "ServiceAccount": (core_v1.list_namespaced_service_account, core_v1.delete_namespaced_service_account,
+                           config.service_account if config else None),
     }
     for kind, (list_fn, delete_fn, known) in kinds.items():
         names = ({known} if known else set()) | _names(call(list_fn, ns, label_selector=selector,
@@ -208,6 +210,18 @@ def _managed(tags: dict[str, str]) -> bool:
     return tags.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE
 
 
+def _ours_to_delete(rec: _Recorder, kind: str, name: str, tags: dict[str, str], *, delete: bool, why: str) -> bool:
+    """True when the resource carries ask-batch's managed-by tag and the policy deletes it; else it is recorded
+    as kept, saying why."""
+    if not _managed(tags):
+        rec.kept(kind, name, "not created by ask-batch (no managed-by tag)")
+        return False
+    if not delete:
+        rec.kept(kind, name, why)
+        return False
+    return True
+
+
 def _wait_no_mount_targets(nas: Any, fs_id: str, *, timeout: float, poll: float = 1.0) -> list[str]:
     """Poll (NAS has no watch) until the file system has no mount target; returns those left."""
     deadline = time.monotonic() + timeout
@@ -224,14 +238,8 @@ def _teardown_nas(rec: _Recorder, *, delete: bool, why: str, spec: BatchSpec, vo
     if fs is None:
         return
     fs_id = str(fs["FileSystemId"])
-    tags = {t.get("Key"): t.get("Value") for t in (fs.get("Tags") or {}).get("Tag") or []}
-    if not _managed(tags):
-        rec.kept("NasFileSystem", fs_id, "not created by ask-batch (no managed-by tag)")
-        return
-    if not delete:
-        rec.kept("NasFileSystem", fs_id, why)
-        return
-    _delete_file_system(rec, fs_id, why=why, nas=nas, timeout=timeout)
+    if _ours_to_delete(rec, "NasFileSystem", fs_id, tags_of(fs), delete=delete, why=why):
+        _delete_file_system(rec, fs_id, why=why, nas=nas, timeout=timeout)
 
 
 def _delete_file_system(rec: _Recorder, fs_id: str, *, why: str, nas: Any, timeout: float) -> None:
@@ -278,11 +286,7 @@ def _delete_cluster(rec: _Recorder, cluster_id: str, *, delete: bool, why: str, 
         return
     body = detail.body.to_map() if detail.body else {}
     tags = {t.get("key"): t.get("value") for t in body.get("tags") or []}
-    if not _managed(tags):
-        rec.kept("Cluster", cluster_id, "not created by ask-batch (no managed-by tag)")
-        return
-    if not delete:
-        rec.kept("Cluster", cluster_id, why)
+    if not _ours_to_delete(rec, "Cluster", cluster_id, tags, delete=delete, why=why):
         return
     options = [m.DeleteClusterRequestDeleteOptions(resource_type=r, delete_mode="delete")
                for r in ("SLS_Data", "SLS_ControlPlane", "PrivateZone", "ALB")]
