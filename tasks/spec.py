@@ -216,6 +216,26 @@ def _check_id(value: str | None, pattern: re.Pattern[str], what: str, example: s
     return value
 
 
+def _check_match(value: str, pattern: re.Pattern[str], problem: str) -> str:
+    if not pattern.match(value):
+        raise ValueError(f"{value!r} {problem}")
+    return value
+
+
+# Names whose syntax the services fix, checked at the door.
+RegionId = Annotated[str, AfterValidator(partial(
+    _check_match, pattern=REGION_RE, problem="is not a region id; fix: use the lowercase id such as 'cn-hangzhou' "
+    "(not the display name 'China (Hangzhou)')"))]
+ClusterName = Annotated[str, AfterValidator(partial(
+    _check_match, pattern=CS_CLUSTER_NAME_RE, problem="is not a valid cluster name; fix: 1-63 letters, digits or "
+    "'-' (CS refuses '_'), not starting with '-'"))]
+BucketName = Annotated[str, AfterValidator(partial(
+    _check_match, pattern=BUCKET_RE, problem="is not an OSS bucket name; fix: 3-63 lowercase letters, digits and "
+    "'-', starting and ending with a letter or digit"))]
+RamRoleName = Annotated[str, AfterValidator(partial(
+    _check_match, pattern=RAM_ROLE_NAME_RE, problem="is not a RAM role name (1-64 letters, digits, '.' or '-'); "
+    "fix: the role's name as the RAM console shows it, e.g. 'ask-batch-pods' (not its ARN)"))]
+
 # Alibaba Cloud resource ids, checked for their format at the door (an empty value means "not given").
 VpcId = Annotated[str | None, AfterValidator(partial(_check_id, pattern=VPC_ID_RE, what="VPC id",
                                                      example="vpc-bp1example"))]
@@ -339,7 +359,8 @@ class EndpointOverrides(_Model):
 class Target(_Model):
     """Which Alibaba Cloud region and account to work in, and how to reach the APIs."""
 
-    region: str = Field("cn-hangzhou", description="Region id, e.g. 'cn-hangzhou', 'cn-beijing', 'ap-southeast-1'.")
+    region: RegionId = Field("cn-hangzhou",
+                             description="Region id, e.g. 'cn-hangzhou', 'cn-beijing', 'ap-southeast-1'.")
     billing_site: Literal["cn", "intl"] | None = Field(
         None, description="The account's site, which sets the currency of cost estimates: 'cn' (aliyun.com, CNY) "
         "or 'intl' (alibabacloud.com, USD). Empty: guessed from the region (cn-* -> 'cn').")
@@ -348,13 +369,6 @@ class Target(_Model):
     endpoints: EndpointOverrides = Field(default_factory=EndpointOverrides,
                                          description="Optional API endpoint overrides.")
 
-    @field_validator("region")
-    @classmethod
-    def _region(cls, value: str) -> str:
-        if not REGION_RE.match(value):
-            raise ValueError(f"{value!r} is not a region id; fix: use the lowercase id such as 'cn-hangzhou' "
-                             f"(not the display name 'China (Hangzhou)')")
-        return value
 
 
 # --------------------------------------------------------------------------------------------- cluster
@@ -363,7 +377,7 @@ class Target(_Model):
 class AskClusterOptions(_Model):
     """An ACK Serverless (ASK) cluster found by name, created if missing and allowed."""
 
-    name: str = Field("ask-batch", description="Cluster name; an existing ASK cluster with exactly this name "
+    name: ClusterName = Field("ask-batch", description="Cluster name; an existing ASK cluster with exactly this name "
                       "in the region is reused.")
     create_if_missing: bool = Field(True, description="Create the cluster when none has this name. Note: "
                                     "Alibaba stopped ASK creation for new accounts in 2025 (use ACS, or "
@@ -394,13 +408,6 @@ class AskClusterOptions(_Model):
     ready_timeout_seconds: int = Field(1800, ge=60, le=INT32_MAX,
                                        description="How long to wait for a new cluster to run.")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not CS_CLUSTER_NAME_RE.match(value):
-            raise ValueError(f"{value!r} is not a valid cluster name; fix: 1-63 letters, digits or '-' (CS "
-                             f"refuses '_'), not starting with '-'")
-        return value
 
     @model_validator(mode="after")
     def _network(self) -> "AskClusterOptions":
@@ -458,8 +465,8 @@ class AcsClusterOptions(AskClusterOptions):
     found and created through the same Container Service API (``cluster_type`` ManagedKubernetes, ``profile`` Acs).
     """
 
-    name: str = Field("ask-batch-acs", description="Cluster name; an existing ACS cluster with exactly this name "
-                      "in the region is reused.")
+    name: ClusterName = Field("ask-batch-acs", description="Cluster name; an existing ACS cluster with exactly "
+                              "this name in the region is reused.")
     create_if_missing: bool = Field(True, description="Create the ACS cluster when none has this name.")
     cluster_spec: Literal["ack.standard", "ack.pro.small"] = Field(
         "ack.pro.small", description="Cluster specification of a new ACS cluster ('ack.pro.small', as public ACS "
@@ -1157,7 +1164,7 @@ class WaitSpec(_Model):
 class OutputsSpec(_Model):
     """Where the pods put their results in OSS, what counts as complete, and what the flow does with them."""
 
-    bucket: str = Field("ask-batch-outputs", description="OSS bucket for outputs (and saved pod logs).")
+    bucket: BucketName = Field("ask-batch-outputs", description="OSS bucket for outputs (and saved pod logs).")
     create_bucket: bool = Field(True, description="Create the bucket if it does not exist.")
     prefix_template: str = Field("ask-batch/{run_key}/", description="Prefix of one run's outputs. Fields: "
                                  "{run_key}, {flow_run_name}.")
@@ -1184,18 +1191,11 @@ class OutputsSpec(_Model):
         "the pods through the Secret (env OSS_ACCESS_KEY_ID/_SECRET; the default with cluster mode "
         "'existing'). 'ram_role': ECI's RAM role, job.eci.ram_role_name (ASK only). Empty: the default for "
         "the cluster mode.")
-    rrsa_role_name: str = Field("ask-batch-pods", description="With pod_credentials 'rrsa': the RAM role the pods "
-                                "assume. Its trust policy must trust the cluster's RRSA OIDC provider for the "
-                                "run's service account (docs/ram-policy.md).")
+    rrsa_role_name: RamRoleName = Field("ask-batch-pods", description="With pod_credentials 'rrsa': the RAM role "
+                                        "the pods assume. Its trust policy must trust the cluster's RRSA OIDC "
+                                        "provider for the run's service account (docs/ram-policy.md).")
     max_parallel_downloads: int = Field(8, ge=1, le=64, description="Parallel downloads.")
 
-    @field_validator("bucket")
-    @classmethod
-    def _bucket(cls, value: str) -> str:
-        if not BUCKET_RE.match(value):
-            raise ValueError(f"{value!r} is not an OSS bucket name; fix: 3-63 lowercase letters, digits and "
-                             f"'-', starting and ending with a letter or digit")
-        return value
 
     @field_validator("prefix_template")
     @classmethod
@@ -1231,13 +1231,6 @@ class OutputsSpec(_Model):
             raise ValueError(f"{value!r} is not a marker object name; fix: a plain name like '_SUCCESS'")
         return _check_no_expansion(value, "marker_name")
 
-    @field_validator("rrsa_role_name")
-    @classmethod
-    def _rrsa_role_name(cls, value: str) -> str:
-        if not RAM_ROLE_NAME_RE.match(value):
-            raise ValueError(f"{value!r} is not a RAM role name (1-64 letters, digits, '.' or '-'); fix: the "
-                             f"role's name as the RAM console shows it, e.g. 'ask-batch-pods' (not its ARN)")
-        return value
 
     @field_validator("pod_endpoint")
     @classmethod
