@@ -48,7 +48,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -71,7 +71,7 @@ from deployments.k8s_pool import IMAGE_DIRECTORY_ENV, start_worker  # noqa: E402
 from deployments.local import Stack, http_json  # noqa: E402
 from deployments.params import run_parameters  # noqa: E402
 
-HEADING = "## Many runs at once"
+HEADINGS = {"sqlite": "## Many runs at once: SQLite", "postgresql": "## Many runs at once: PostgreSQL"}
 K8S_WORKER = "k8s-worker"
 IN_CLUSTER = ["cluster.ask.name=sandbox", "cluster.ask.create_if_missing=false",
               "cluster.ask.private_kubeconfig=true", "storage.mode=none"]
@@ -236,6 +236,7 @@ class Phase:
     peak_rss: float = 0.0
     wall: float = 0.0
     create_retries: int = 0
+    create_again: int = 0
     answered_503: list[tuple[str, str]] = field(default_factory=list)
     server_errors: Counter[str] = field(default_factory=Counter)
     api_errors: list[str] = field(default_factory=list)
@@ -261,23 +262,40 @@ class _RetryCount(logging.Handler):
             self.count += 1
 
 
-async def _create(api_url: str, requests: list[tuple[str, dict[str, Any]]]) -> list[str | None]:
+async def _create(api_url: str, requests: list[tuple[str, dict[str, Any]]],
+                  deadline: float) -> tuple[list[str | None], int]:
+    """Create the runs concurrently; a creation still refused with 503 after the client's own retries is sent
+    again, until ``deadline`` (monotonic). Returns the ids (None: not created) and how many times that happened."""
     from prefect.client.orchestration import PrefectClient
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    again = 0
 
     async with PrefectClient(api_url) as client:
         async def one(deployment_id: str, params: dict[str, Any]) -> str | None:
-            try:
-                return str((await client.create_flow_run_from_deployment(deployment_id, parameters=params)).id)
-            except Exception as exc:  # noqa: BLE001 - a refused creation (after the client's retries) is a result
-                print(f"  creating a run failed: {type(exc).__name__}: {exc}", flush=True)
-                return None
+            nonlocal again
+            while True:
+                try:
+                    return str((await client.create_flow_run_from_deployment(deployment_id, parameters=params)).id)
+                except PrefectHTTPStatusError as exc:
+                    if exc.response.status_code != 503 or time.monotonic() > deadline:
+                        print(f"  creating a run failed: {exc}", flush=True)
+                        return None
+                    again += 1
+                except Exception as exc:  # noqa: BLE001 - a refused creation is a result, reported
+                    print(f"  creating a run failed: {type(exc).__name__}: {exc}", flush=True)
+                    return None
 
-        return list(await asyncio.gather(*(one(d, p) for d, p in requests)))
+        ids = list(await asyncio.gather(*(one(d, p) for d, p in requests)))
+    return ids, again
 
 
-def create_runs(st: Stack, specs: list[tuple[str, list[str]]]) -> tuple[list[str | None], int]:
-    """Create one run per spec, all at once; returns the run ids (None: refused after Prefect's client retries,
-    ``PREFECT_CLIENT_MAX_RETRIES``, counted as a run that did not complete) and the client's retries."""
+def create_runs(st: Stack, specs: list[tuple[str, list[str]]],
+                deadline: float) -> tuple[list[str | None], int, int]:
+    """Create one run per spec, all at once, through Prefect's client: each 503 is retried by the client
+    (``PREFECT_CLIENT_MAX_RETRIES``, 5, backoff 2, 4, 8, 16, 32 s with jitter) and, when still refused, sent
+    again until ``deadline``. Returns the run ids (None: not created, a run that did not complete), the client's
+    retries and the creations sent again."""
     deployments: Any = http_json(f"{st.api_url}/deployments/filter", {}, timeout=60)
     ids = {d["name"]: d["id"] for d in deployments}
     cwd = Path.cwd()
@@ -292,7 +310,8 @@ def create_runs(st: Stack, specs: list[tuple[str, list[str]]]) -> tuple[list[str
     level = client_logger.level
     client_logger.setLevel(logging.DEBUG)
     try:
-        return asyncio.run(_create(st.api_url, requests)), counter.count
+        ids, again = asyncio.run(_create(st.api_url, requests, deadline))
+        return ids, counter.count, again
     finally:
         client_logger.removeHandler(counter)
         client_logger.setLevel(level)
@@ -310,11 +329,11 @@ def run_phase(st: Stack, server_pid: int, db: Database, name: str, specs: list[t
     phase = Phase(name)
     log = st.log_file("server")
     log_start = log.stat().st_size
-    started = time.monotonic()
+    started, requested = time.monotonic(), time.time()
+    deadline = started + timeout
     with Usage(server_pid) as usage, Usage(db.pid) as db_usage:
-        ids, phase.create_retries = create_runs(st, specs)
+        ids, phase.create_retries, phase.create_again = create_runs(st, specs, deadline)
         created = [i for i in ids if i]
-        deadline = started + timeout
         seen: dict[str, dict[str, Any]] = {}
         while created:
             try:
@@ -338,8 +357,9 @@ def run_phase(st: Stack, server_pid: int, db: Database, name: str, specs: list[t
         created_at, start, end = _ts(run.get("created")), _ts(run.get("start_time")), _ts(run.get("end_time"))
         phase.runs.append({"deployment": deployment, "name": run.get("name", "-"),
                            "state": run.get("state_type", "NOT CREATED" if run_id is None else "?"),
-                           "latency": end - created_at if end and created_at else None,
-                           "to_start": start - created_at if start and created_at else None})
+                           "latency": end - requested if end else None,
+                           "to_start": start - requested if start else None,
+                           "created": created_at - requested if created_at else None})
     return phase
 
 
@@ -357,7 +377,9 @@ def keep_logs(base: Path, keep: Path) -> None:
         shutil.copy2(path, keep / ("pod-" + "-".join(path.relative_to(base / "sandbox").parts[-3:])))
 
 
-def measure(db: Database, runs: list[int], alone: int, timeout: float, keep: Path) -> list[Phase]:
+def measure(db: Database, runs: list[int], alone: int, timeout: float, keep: Path,
+            done: Callable[[list[Phase]], None]) -> list[Phase]:
+    """Bring the stack up, run the phases, hand them to ``done`` (before the slow stop), stop the stack."""
     base = Path(tempfile.mkdtemp(prefix=f"bench-conc-{db.name}-"))
     clone = base / "clone"
     shutil.copytree(REPO, clone, ignore=shutil.ignore_patterns(*NOT_COPIED))
@@ -393,6 +415,7 @@ def measure(db: Database, runs: list[int], alone: int, timeout: float, keep: Pat
             print(f"  {db.name}: {phases[-1].completed}/{n} Completed in {phases[-1].wall:.0f} s", flush=True)
             if phases[-1].completed < n:
                 break  # where it breaks: a larger phase would only break harder
+        done(phases)
         return phases
     finally:
         st.stop(K8S_WORKER)
@@ -445,7 +468,7 @@ def rows(database: str, phases: list[Phase]) -> tuple[list[list[str]], list[list
             states = Counter(r["state"].lower() for r in group)
             out.append([database, f"{name}: {kind} worker" if "at once" in name else name,
                         ", ".join(f"{n} {s}" for s, n in sorted(states.items())),
-                        fmt(figures(group, "latency")), fmt(figures(group, "to_start")),
+                        fmt(figures(group, "created")), fmt(figures(group, "to_start")), fmt(figures(group, "latency")),
                         f"{cpu:.0f} ({cpu / len(runs):.1f}/run)", f"{db_cpu:.0f}" if db_cpu else "–",
                         f"{peak:.0f}", f"{wall:.0f}"])
             if "at once" in name:
@@ -459,10 +482,11 @@ def rows(database: str, phases: list[Phase]) -> tuple[list[list[str]], list[list
     return out, ratios
 
 
-def note(database: str, phases: list[Phase], stack_up: str = "") -> str:
+def note(database: str, phases: list[Phase]) -> str:
     total = sum(len(p.runs) for p in phases)
     done = sum(p.completed for p in phases)
-    bad = [f"{r['name']} ({r['state']})" for p in phases for r in p.runs if r["state"] != "COMPLETED"]
+    bad = [f"{n} {state.lower()}" for state, n in Counter(r["state"] for p in phases for r in p.runs
+                                                           if r["state"] != "COMPLETED").items()]
     answered = Counter(e for p in phases for e in p.answered_503)
     per_phase = ", ".join(f"{p.name}: {len(p.answered_503)}" for p in phases if p.answered_503) or "none"
     text = (f"{database}: {done} of {total} runs Completed" + (f"; not completed: {', '.join(bad)}" if bad else "")
@@ -474,7 +498,9 @@ def note(database: str, phases: list[Phase], stack_up: str = "") -> str:
     if errors:
         text += ". Other errors in the server log: " + "; ".join(f"`{e}` ×{n}" for e, n in errors.most_common(4))
     retries = sum(p.create_retries for p in phases)
-    text += (f". Retries of the run creations by Prefect's client: {retries}. Reads by the bench that failed: "
+    again = sum(p.create_again for p in phases)
+    text += (f". Retries of the run creations by Prefect's client: {retries}; creations still refused after "
+             f"its 5 retries and sent again: {again}. Reads by the bench that failed: "
              f"{sum(len(p.api_errors) for p in phases)}.")
     return text
 
@@ -491,51 +517,49 @@ def main(argv: list[str] | None = None) -> int:
     # `timeout` (or Ctrl-C) must still stop the stack: its processes live in their own sessions.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-conc-home-"))  # the bench's own client
-    load = load_average()
-    all_rows: list[list[str]] = []
-    all_ratios: list[list[str]] = []
-    notes: list[str] = []
     for database in args.databases:
+        load = load_average()
+
+        def done(phases: list[Phase], database: str = database, load: str = load) -> None:
+            figures_rows, ratio_rows = rows(database, phases)
+            report(database, figures_rows, ratio_rows, note(database, phases), argv, load, args.keep,
+                   write=not args.no_write)
+
         if database == "postgresql" and pg_bin() is None:
-            notes.append("PostgreSQL: not measured, its binaries are not installed (scripts/install-test-deps.sh).")
+            print("PostgreSQL: not measured, its binaries are not installed (scripts/install-test-deps.sh).")
             continue
         print(f"{database}:", flush=True)
         try:
             if database == "postgresql":
                 with postgres() as db:
-                    phases = measure(db, args.runs, args.alone, args.timeout, args.keep)
+                    measure(db, args.runs, args.alone, args.timeout, args.keep, done)
             else:
-                phases = measure(Database("sqlite"), args.runs, args.alone, args.timeout, args.keep)
+                measure(Database("sqlite"), args.runs, args.alone, args.timeout, args.keep, done)
         except Exception as exc:  # noqa: BLE001 - a stack that does not come up is a result too
-            notes.append(f"{database}: the measurement stopped: {type(exc).__name__}: {exc}")
-            print(notes[-1], flush=True)
-            report(all_rows, all_ratios, notes, argv, load, args.keep, write=not args.no_write)
-            continue
-        figures_rows, ratio_rows = rows(database, phases)
-        all_rows += figures_rows
-        all_ratios += ratio_rows
-        notes.append(note(database, phases))
-        report(all_rows, all_ratios, notes, argv, load, args.keep, write=not args.no_write)
+            print(f"{database}: the measurement stopped: {type(exc).__name__}: {exc}", flush=True)
+            return 1
     return 0
 
 
-def report(all_rows: list[list[str]], ratios: list[list[str]], notes: list[str], argv: list[str] | None,
-           load: str, keep: Path, *, write: bool) -> None:
-    body = table(["database", "phase", "runs", "latency s (median / p95 / max)", "to start s (median / p95 / max)",
-                  "server CPU s", "database CPU s", "server peak RSS MiB", "wall s"], all_rows)
-    ratio_table = table(["database", "phase", "latency median ×", "latency p95 ×", "latency max ×",
-                         "server CPU per run ×", "server peak RSS ×"], ratios)
+def report(database: str, figures_rows: list[list[str]], ratios: list[list[str]], closing: str,
+           argv: list[str] | None, load: str, keep: Path, *, write: bool) -> None:
+    """Print the database's section and (unless ``write`` is false) put it in RESULTS.md under its heading."""
+    body = table(["phase", "runs", "created s", "started s", "ended s = latency", "server CPU s",
+                  "database CPU s", "server peak RSS MiB", "wall s"], [r[1:] for r in figures_rows])
+    ratio_table = table(["phase", "latency median ×", "latency p95 ×", "latency max ×", "server CPU per run ×",
+                         "server peak RSS ×"], [r[1:] for r in ratios])
     text = (f"{provenance(command_line(argv), load)}\n\n{body}\n\n"
-            "latency: creation to end of each run; to start: creation to the flow's start (worker poll, process "
-            "or pod start, pull step). Server CPU and peak RSS: the Prefect server's process tree over the phase "
-            "(the alone rows: summed over their runs, peak of them); database CPU: PostgreSQL's processes.\n\n"
+            "Per run, seconds from the request to create it (all N requests sent together) until the server "
+            "created it (503s and retries included), until the flow started (worker poll, process or pod start, "
+            "pull step) and until it ended (the latency): median / p95 / max. Server CPU and peak RSS: the "
+            "Prefect server's process tree over the phase (the alone rows: summed over their runs, peak of "
+            "them); database CPU: PostgreSQL's own processes.\n\n"
             "Ratios, at once / alone (same invocation, same stack; > 1: each run is slower or costs more when "
-            f"it shares the server):\n\n{ratio_table}\n\n"
-            + "\n".join(f"- {n}" for n in notes) + f"\n\nLogs (server, workers, every pod): `{keep}`.")
+            f"it shares the server):\n\n{ratio_table}\n\nLogs (server, workers, every pod): `{keep / database}`."
+            f"\n\n{closing}")
     print(text, flush=True)
     if write:
-        write_section(HEADING, text)
-
+        write_section(HEADINGS[database], text)
 
 
 if __name__ == "__main__":
