@@ -104,7 +104,9 @@ def cpu_seconds(pids: list[int]) -> float:
     for pid in pids:
         with suppress(OSError, IndexError, ValueError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+            # utime, stime, and cutime, cstime: the children it reaped (a PostgreSQL backend whose connection
+            # closed, a process ended), whose time no longer shows in the tree (proc(5), /proc/pid/stat)
+            total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
     return total / os.sysconf("SC_CLK_TCK")
 
 
