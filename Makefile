@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PARAMS ?= deployments/example.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow test-deps lint sandbox bench clean up down
+.PHONY: install run cleanup test test-slow test-deps lint sandbox bench clean up down
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,13 @@ PREFECT_DIR ?= $(CURDIR)/.prefect
 RUN_ARGS ?=
 run: install
 	PREFECT_HOME=$(PREFECT_DIR) $(BIN)/python -m flows.ask_batch --sandbox $(SANDBOX) --params $(PARAMS) $(RUN_ARGS)
+
+## list everything ask-batch created (by its tags and labels) with its hourly cost, and delete it on confirmation
+##   (SANDBOX=DIR, PARAMS=FILE; CLEANUP_ARGS="--yes" deletes without asking, "--dry-run" only lists). On a real
+##   account: make cleanup SANDBOX= PARAMS=my-spec.yaml
+CLEANUP_ARGS ?=
+cleanup: install
+	$(BIN)/python -m flows.cleanup $(if $(SANDBOX),--sandbox $(SANDBOX)) --params $(PARAMS) $(CLEANUP_ARGS)
 
 ## install the test needs and run every test but the slow ones (`make test-slow`; .ci/run runs both)
 test: install test-deps

@@ -121,7 +121,7 @@ def one_run(api_url: str, *, run_key: str, completions: int, parallelism: int, t
             if pid:
                 break
             if time.perf_counter() > deadline:
-                flow_mb, sandbox_mb = vm_hwm_mb(proc.pid), vm_hwm_mb(sb.proc.pid)
+                flow_mb, sandbox_mb = vm_hwm_mb(proc.pid), vm_hwm_mb(sb.pid)
                 proc.kill()
                 os.wait4(proc.pid, 0)
                 proc.returncode = -9
@@ -135,7 +135,7 @@ def one_run(api_url: str, *, run_key: str, completions: int, parallelism: int, t
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         log.close()
-        sandbox_mb = vm_hwm_mb(sb.proc.pid)
+        sandbox_mb = vm_hwm_mb(sb.pid)
         if proc.returncode != 0:
             tail = (work / "flow.log").read_text(errors="replace")[-3000:]
             raise RunFailed(f"{completions} completions: flow exited {proc.returncode}. Log tail:\n{tail}")

@@ -102,7 +102,8 @@ def shared_volume(sb: Sandbox) -> str:
     pv, pvc = volume_names(SHARED_RUN)
     api = sb.api_client()
     core = client.CoreV1Api(api)
-    ensure_pv(core, nas_pv_manifest(pv, run_key=SHARED_RUN, server=domain, path="/", nas=spec.storage.nas))
+    ensure_pv(core, nas_pv_manifest(pv, run_key=SHARED_RUN, server=domain, path="/", nas=spec.storage.nas,
+                                    claim_namespace="default", claim_name=pvc))
     ensure_pvc(core, nas_pvc_manifest(pvc, pv, run_key=SHARED_RUN, namespace="default", capacity_gib=100))
     wait_pvc_bound(core, "default", pvc, timeout=60)
     api.close()
@@ -119,7 +120,7 @@ def script_files(sb: Sandbox, spec: Any, work: Path, run_key: str) -> Path:
     from tasks.cloud.clients import AliCredentials
     from tasks.cloud.inputs import collect_config_content, pod_credential_env
     from tasks.handles import ConfigHandle, VolumeHandle
-    from tasks.stages.config import render_config_objects
+    from tasks.render.manifests import render_config_objects
     from tasks.stages.job import render_job
 
     env = sb.endpoints

@@ -22,10 +22,7 @@ import json
 import os
 import platform
 import pstats
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -59,19 +56,16 @@ class ServedSandbox:
     """`python -m sandbox serve` on a temporary directory, optionally under cProfile."""
 
     def __init__(self, data_dir: Path, profile_to: Path | None = None, node_pods: int = 1000) -> None:
+        from sandbox.launch import LaunchError, start_detached
+
         self.data_dir = data_dir
-        prefix = [sys.executable]
-        if profile_to is not None:
-            prefix += ["-m", "cProfile", "-o", str(profile_to)]
-        self.log = open(data_dir.parent / "serve.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([*prefix, "-m", "sandbox", "serve", "--dir", str(data_dir),
-                                      "--node-pods", str(node_pods)],
-                                     cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while not (data_dir / "endpoints.json").exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the sandbox did not start; see {self.log.name}")
-            time.sleep(0.1)
+        profile = ["-m", "cProfile", "-o", str(profile_to)] if profile_to is not None else []
+        try:
+            pid, _ = start_detached(data_dir, ["--node-pods", str(node_pods)], timeout=60, interpreter_args=profile)
+        except LaunchError as exc:
+            raise SystemExit(str(exc)) from exc
+        assert pid is not None
+        self.pid: int = pid
         self.endpoints: dict[str, Any] = json.loads((data_dir / "endpoints.json").read_text())
 
     def stats(self) -> dict[str, Any]:
@@ -80,7 +74,7 @@ class ServedSandbox:
 
     def peak_rss_mb(self) -> float:
         try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
         except OSError:
@@ -89,17 +83,13 @@ class ServedSandbox:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the sandbox process so far (not of the pods' processes)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+        from sandbox.launch import stop_detached
+
+        stop_detached(self.data_dir, timeout=120)
 
 
 def job_manifest(name: str, completions: int, parallelism: int) -> dict[str, Any]:

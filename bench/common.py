@@ -16,12 +16,9 @@ import datetime as dt
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -47,30 +44,24 @@ if not os.environ.get("PATH", "").startswith(VENV_BIN):
 
 
 class Sandbox:
-    """``python -m sandbox serve --dir <tmp>/sandbox`` in a subprocess; ``stop()`` (or ``with``) ends it."""
+    """A background sandbox on ``<tmp>/sandbox``, through the sandbox's one launcher (sandbox/launch.py);
+    ``stop()`` (or ``with``) ends it. ``pid``: its process, for RSS and CPU figures."""
 
     def __init__(self, *, node_pods: int = 1000, keep: bool = False) -> None:
+        from sandbox.launch import LaunchError, start_detached
+
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-")
         self.root = Path(self._tmp.name)
         self.dir = self.root / "sandbox"
         self.keep = keep
-        self.log = open(self.root / "serve.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sandbox", "serve", "--dir", str(self.dir), "--node-pods", str(node_pods),
-             "--cluster-create-delay", "0"],
-            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while True:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the sandbox did not start; see {self.root / 'serve.log'}")
-            if (self.dir / "endpoints.json").exists():
-                try:
-                    self.endpoints: dict[str, Any] = json.loads((self.dir / "endpoints.json").read_text())
-                    self._get("/healthz")
-                    break
-                except (OSError, ValueError, KeyError):
-                    pass
-            time.sleep(0.1)
+        try:
+            pid, _ = start_detached(self.dir, ["--node-pods", str(node_pods), "--cluster-create-delay", "0"],
+                                    timeout=90)
+        except LaunchError as exc:
+            raise SystemExit(str(exc)) from exc
+        assert pid is not None
+        self.pid: int = pid
+        self.endpoints: dict[str, Any] = json.loads((self.dir / "endpoints.json").read_text())
 
     @property
     def kubeconfig(self) -> Path:
@@ -113,14 +104,9 @@ class Sandbox:
         return oss_client(target, creds)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        from sandbox.launch import stop_detached
+
+        stop_detached(self.dir, timeout=60)
         if not self.keep:
             self._tmp.cleanup()
 

@@ -238,14 +238,15 @@ class Stack:
         return f"Prefect server: started (pid {proc.pid}) at {self.ui_url}"
 
     def start_sandbox(self, timeout: float = 60.0) -> str:
+        """Start (or keep) the sandbox with its one launcher, ``python -m sandbox serve --detach --wait-ready``
+        (the same as ``make run``'s: pid and log in the sandbox directory, so ``stop``/``status`` find either)."""
         assert self.sandbox_dir is not None
-        if self.sandbox_healthy():
-            return f"sandbox: already running in {self.sandbox_dir}"
-        self.sandbox_dir.mkdir(parents=True, exist_ok=True)
-        proc = self._spawn("sandbox", [sys.executable, "-m", "sandbox", "serve", "--dir", str(self.sandbox_dir)])
-        wait_until(self.sandbox_healthy, timeout=timeout, alive=lambda: proc.poll() is None,
-                   what=f"sandbox (log {self.log_file('sandbox')})")
-        return f"sandbox: started (pid {proc.pid}) in {self.sandbox_dir}"
+        result = subprocess.run([sys.executable, "-m", "sandbox", "serve", "--dir", str(self.sandbox_dir),
+                                 "--detach", "--wait-ready", str(timeout)], cwd=self.root, env=self.env(),
+                                text=True, capture_output=True, timeout=timeout + 30)
+        if result.returncode != 0:
+            raise StackError(f"the sandbox did not start: {(result.stdout + result.stderr).strip()}")
+        return "sandbox: " + result.stdout.strip().removeprefix("sandbox ")
 
     def wire(self) -> str:
         assert self.sandbox_dir is not None

@@ -43,6 +43,7 @@ from flows.run_files import (
 )
 from flows.summary import run_scrubber, summary_markdown
 from tasks.cloud.admission import admit
+from tasks.cloud.context import run_context
 from tasks.cloud.run_lock import cluster_run_lock
 from tasks.errors import RunLocked, TeardownIncomplete
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, JobReport, VolumeHandle
@@ -170,16 +171,22 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
     error: BaseException | None = None
     # One run per spec at a time, teardown included: a Lease in the target cluster (tasks/cloud/run_lock.py), taken
     # once the cluster is known. A run refused by it touches nothing: the resources are the holder's.
-    lock = contextlib.ExitStack()
+    held = contextlib.ExitStack()
+    # The run's clients (tasks.cloud.context.StageContext): built once, shared by every stage, closed at the end.
+    held.enter_context(run_context(spec))
     locked_out = False
     # Cheap checks before anything billed: a missing, foreign or read-only bucket stops the run here, before a
     # cluster, a NAS file system or a PV exists — and before the try below, since there is nothing to tear down
     # (no CS, NAS or Kubernetes request at all). The check is idempotent, so it needs no lock.
-    ensure_bucket_task(spec)
+    try:
+        ensure_bucket_task(spec)
+    except BaseException:
+        held.close()  # the run's clients
+        raise
     try:
         cluster_handle = ensure_cluster_task(spec, run_key)
         try:
-            lock.enter_context(cluster_run_lock(spec, cluster_handle, holder=str(current_run.id)))
+            held.enter_context(cluster_run_lock(spec, cluster_handle, holder=str(current_run.id)))
         except RunLocked:
             locked_out = True
             raise
@@ -187,7 +194,7 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
         config_handle = publish_config_task(spec, run_key, cluster_handle)
         # rerun 'missing': indexes an earlier attempt of this run key finished are not run again.
         done = complete_indexes_task(spec, run_key=run_key, flow_run_name=name) if spec.job.rerun == "missing" else []
-        follow_ups: list[JobHandle] = []
+        follow_ups: list[int] = []  # indexes to run as follow-up Jobs (a re-run of the missing ones)
         if done:
             missing = sorted(set(range(spec.job.completions)) - set(done))
             job_handle, follow_ups = relaunch_task(spec, run_key, name, cluster_handle, volume, config_handle,
@@ -197,9 +204,11 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
         try:
             if job_handle.uid is None:  # follow-up Jobs run the missing indexes
                 report = wait_for_follow_ups_task(spec, run_key, cluster_handle, job_handle, follow_ups, done,
-                                                  str(log_dir_for(spec, name)))
+                                                  str(log_dir_for(spec, name)), flow_run_name=name, volume=volume,
+                                                  config=config_handle)
             else:
-                report = wait_for_job_task(spec, run_key, cluster_handle, job_handle, str(log_dir_for(spec, name)))
+                report = wait_for_job_task(spec, run_key, cluster_handle, job_handle, str(log_dir_for(spec, name)),
+                                           flow_run_name=name, volume=volume, config=config_handle)
         except JobFailed as exc:
             report = exc.report
             raise
@@ -209,7 +218,7 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
         error = exc
         raise
     finally:
-        with lock:  # released last: after teardown
+        with held:  # the Lease and the clients, released last: after teardown
             if not locked_out:
                 finish(spec, logger, run_key=run_key, name=name, cluster=cluster_handle, volume=volume,
                        config=config_handle, job=job_handle, report=report, outputs=manifest, error=error)

@@ -11,14 +11,11 @@ an interpreter that has the OSS SDK, as the example image (examples/Dockerfile) 
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,40 +39,24 @@ def load_params(path: str | Path, sets: list[str] | None = None) -> dict[str, An
     return apply_sets(load_params_file(path), sets)
 
 
-def _healthy(endpoints_file: Path) -> bool:
-    try:
-        base = json.loads(endpoints_file.read_text())["control"]["endpoint"]
-        with urllib.request.urlopen(base + "/healthz", timeout=2) as resp:
-            return resp.status == 200
-    except (OSError, ValueError, KeyError):
-        return False
-
-
 def ensure_sandbox(directory: Path, *, timeout: float = 90.0) -> Path:
-    """The sandbox's endpoints.json in ``directory``, starting a detached sandbox there if none answers."""
+    """The sandbox's endpoints.json in ``directory``, starting a detached sandbox there if none answers.
+
+    Through the sandbox's one launcher (``python -m sandbox serve --detach --wait-ready``), as ``make up`` does:
+    its own session, pid and log in ``directory``, this interpreter's ``bin`` first on the pods' PATH.
+
+    Raises:
+        RuntimeError: the sandbox did not start (the message names its log).
+    """
     directory = directory.resolve()
-    endpoints = directory / "endpoints.json"
-    if _healthy(endpoints):
-        return endpoints
-    directory.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    # Pods of the virtual node inherit this PATH: put the interpreter that has the OSS SDK first (module docstring).
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    log_file = (directory / "sandbox.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox", "serve", "--dir", str(directory)], cwd=REPO,
-                            env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    (directory / "sandbox.pid").write_text(f"{proc.pid}\n")
-    print(f"started a sandbox in {directory} (pid {proc.pid}, log {directory / 'sandbox.log'}); it keeps running "
-          f"for later runs — stop it with: kill $(cat {directory / 'sandbox.pid'})", file=sys.stderr)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the sandbox exited with code {proc.returncode}; see {directory / 'sandbox.log'}")
-        if _healthy(endpoints):
-            return endpoints
-        time.sleep(0.2)  # polling a child we just started: nothing to watch but its control endpoint
-    raise RuntimeError(f"the sandbox did not become ready in {timeout:.0f}s; see {directory / 'sandbox.log'}")
+    result = subprocess.run([sys.executable, "-m", "sandbox", "serve", "--dir", str(directory), "--detach",
+                             "--wait-ready", str(timeout)], cwd=REPO, text=True, capture_output=True,
+                            timeout=timeout + 30)
+    if result.returncode != 0:
+        raise RuntimeError((result.stdout + result.stderr).strip() or f"the sandbox did not start in {directory}")
+    if "already running" not in result.stdout:
+        print(result.stdout.strip(), file=sys.stderr)
+    return directory / "endpoints.json"
 
 
 def build_spec(params: str | Path, sets: list[str] | None, sandbox: str | Path | None, *,

@@ -58,23 +58,21 @@ def sweep(flow: Any, flow_run: Any, state: Any) -> None:
     try:
         from kubernetes import client
 
-        from tasks.cloud.clients import nas_client
-        from tasks.cloud.cluster_access import connect, locate_cluster
-        from tasks.cloud.context import credentials, cs_for
-        from tasks.render.redact import Scrubber
+        from tasks.cloud.cluster_access import locate_cluster
+        from tasks.cloud.context import stage_context
         from tasks.stages import teardown
 
         spec = _spec_for_sweep(flow_run.parameters)
         run_key = derive_run_key(spec, flow_run.id)
         say(logging.INFO, f"ask-batch sweep ({what}) {run_key}: tearing down by the label {RUN_LABEL}={run_key}")
-        creds = credentials(spec)
-        scrub = Scrubber(creds.secret_values())
-        cs = cs_for(spec, creds)
-        nas = nas_client(spec.target, creds) if spec.storage.mode == "nas" else None
-        cluster = locate_cluster(spec, cs=cs)
-        api = connect(cluster, spec, cs=cs) if cluster else None
-        report = teardown.sweep(spec, run_key=run_key, core_v1=client.CoreV1Api(api) if api else None,
-                                batch_v1=client.BatchV1Api(api) if api else None, nas=nas, cs=cs)
+        with stage_context(spec) as ctx:
+            cs = ctx.cs()
+            cluster = locate_cluster(spec, cs=cs)
+            api = ctx.kube(cluster) if cluster else None
+            report = teardown.sweep(spec, run_key=run_key, core_v1=client.CoreV1Api(api) if api else None,
+                                    batch_v1=client.BatchV1Api(api) if api else None,
+                                    nas=ctx.nas() if spec.storage.mode == "nas" else None, cs=cs)
+            scrub = ctx.scrubber
         for line in report.lines():
             say(logging.WARNING if line.startswith("FAILED") else logging.INFO,
                 scrub(f"ask-batch sweep ({what}) {run_key}: {line}"))

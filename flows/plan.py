@@ -24,11 +24,11 @@ from tasks.render.manifests import (
     nas_pv_manifest,
     nas_pvc_manifest,
     redact,
+    render_config_objects,
     run_prefix,
 )
 from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec
-from tasks.stages.config import render_config_objects
 
 
 def _offline_credentials(spec: BatchSpec) -> AliCredentials:
@@ -90,7 +90,8 @@ def plan(spec: BatchSpec, *, run_key: str, flow_run_name: str) -> tuple[list[dic
             vswitch_id=nas.vswitch_id or "<the cluster's first vSwitch>"),
             when="the file system has no mount target in that VPC")
         request("Kubernetes", "POST PersistentVolume", nas_pv_manifest(
-            pv_name, run_key=run_key, server="<mount target domain>", path=nas.path, nas=nas))
+            pv_name, run_key=run_key, server="<mount target domain>", path=nas.path, nas=nas, claim_namespace=ns,
+            claim_name=claim))
         request("Kubernetes", "POST PersistentVolumeClaim", nas_pvc_manifest(
             claim, pv_name, run_key=run_key, namespace=ns, capacity_gib=nas.capacity_gib))
     # outputs bucket

@@ -16,8 +16,13 @@ from tasks.spec import BatchSpec, parse_spec
 
 def derive_run_key(spec: BatchSpec, flow_run_id: Any) -> str:
     """``spec.run_key``, else one derived from the flow run id (stable across retries of that flow run)."""
-    if spec.run_key:
-        return spec.run_key
+    return run_key_for(spec.run_key, flow_run_id)
+
+
+def run_key_for(given: object, flow_run_id: Any) -> str:
+    """``given`` when it is a non-empty string, else the run key derived from the flow run id."""
+    if isinstance(given, str) and given:
+        return given
     return make_run_key("r" + str(flow_run_id).replace("-", "")[:12])
 
 
@@ -49,8 +54,12 @@ def spec_from_parameters(parameters: dict[str, Any]) -> BatchSpec:
 
 
 def flow_run_name() -> str:
-    """``ask-batch-<run key>``: the name the outputs directory and the UI show."""
-    return f"ask-batch-{derive_run_key(spec_from_parameters(current_run.parameters), current_run.id)}"
+    """``ask-batch-<run key>``: the name the outputs directory and the UI show.
+
+    Reads only the ``run_key`` parameter (the flow validates the whole spec once, in its body; a bad run key is
+    refused there with the others); empty: derived from the flow run id, as ``derive_run_key`` does.
+    """
+    return f"ask-batch-{run_key_for(current_run.parameters.get('run_key'), current_run.id)}"
 
 
 def log_dir_for(spec: BatchSpec, name: str) -> Path:

@@ -44,7 +44,11 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
         lines.append(f"- `{job.namespace}/{job.name}` ({job.completions} indexes, parallelism "
                      f"{spec.job.parallelism}, image `{spec.job.image}`)"
                      f"{' — re-attached to an existing Job' if job.adopted else ''}")
-        if report is not None and (report.reused or report.follow_ups):
+        if report is not None and report.on_demand:
+            lines.append(f"- on demand: {len(report.on_demand)} index(es) reclaimed {spec.job.eci.max_reclaims} "
+                         f"times ran their last try on demand (pay-as-you-go), in follow-up Jobs: "
+                         f"{', '.join(map(str, report.on_demand[:20]))}{' ...' if len(report.on_demand) > 20 else ''}")
+        elif report is not None and (report.reused or report.follow_ups):
             lines.append(f"- re-run of missing indexes: {len(report.reused)} reused from an earlier attempt, "
                          f"{len(report.follow_ups)} run again as follow-up Jobs "
                          f"({', '.join(f'`{j.name}`' for j in report.follow_ups[:10])})")
@@ -102,12 +106,11 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
 
 def run_scrubber(spec: BatchSpec) -> Scrubber:
     """The run's one scrubber (every form of every secret value it handles), for what the flow itself writes."""
-    from tasks.cloud.clients import _load_prefect_secret
-    from tasks.cloud.context import credentials
-    from tasks.cloud.inputs import run_secret_values
+    from tasks.cloud.context import stage_context
 
     try:
-        return Scrubber(run_secret_values(spec, credentials(spec), load_secret=_load_prefect_secret))
+        with stage_context(spec) as ctx:
+            return ctx.scrubber
     except Exception:  # noqa: BLE001 - a source that cannot be read now has nothing of it printed either
         return Scrubber()
 

@@ -1,5 +1,9 @@
 """`python -m sandbox serve --dir DIR`: run the local cloud in the foreground until SIGINT/SIGTERM.
 
+In the background (the launcher every tool uses: sandbox/launch.py):
+  python -m sandbox serve --dir DIR --detach --wait-ready   # start (or reuse) one; returns once it answers
+  python -m sandbox stop --dir DIR
+
 Other commands talk to a running sandbox through its control endpoint (read from DIR/endpoints.json):
   python -m sandbox faults --dir DIR error_rate=0.1 watch_drop_after_s=5 services=nas,oss
   python -m sandbox settings --dir DIR cluster_create_delay_s=0 node.backoff_scale=0.01
@@ -20,6 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from . import launch
 from .faults import Faults
 from .k8s.cluster import NodeConfig
 from .server import Sandbox, Settings
@@ -96,6 +101,25 @@ def _control(args: argparse.Namespace, path: str, body: dict[str, str] | None) -
         raise SystemExit(f"the sandbox at {base} did not answer: {exc}") from exc
 
 
+def _detach(args: argparse.Namespace) -> None:
+    """`serve --detach [--wait-ready [S]]`: the same `serve` options, in the background (sandbox/launch.py)."""
+    serve_args = ["--region", args.region, "--node-cpu", args.node_cpu, "--node-memory", args.node_memory,
+                  "--node-pods", str(args.node_pods), "--cluster-create-delay", str(args.cluster_create_delay),
+                  "--backoff-scale", str(args.backoff_scale)]
+    for fault in args.fault or []:
+        serve_args += ["--fault", fault]
+    directory = Path(args.dir)
+    try:
+        pid, started = launch.start_detached(directory, serve_args, timeout=args.wait_ready or 90.0,
+                                             wait_ready=args.wait_ready is not None)
+    except launch.LaunchError as exc:
+        raise SystemExit(str(exc)) from exc
+    verb = "started" if started else "already running"
+    ready = "ready" if args.wait_ready is not None or not started else "starting"
+    print(f"sandbox {verb} in {directory} (pid {pid}), {ready}: kubeconfig {directory / 'kubeconfig'}, log "
+          f"{directory / 'sandbox.log'}; stop it with: python -m sandbox stop --dir {directory}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,6 +135,13 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--backoff-scale", type=float, default=1.0,
                        help="multiply the kubelet's restart and image-pull back-offs (10 s doubling to 5 min); "
                             "e.g. 0.01 for tests")
+    serve.add_argument("--detach", action="store_true",
+                       help="start it in the background (own session, log DIR/sandbox.log, pid DIR/sandbox.pid) "
+                            "and return; a sandbox already answering in DIR is reused")
+    serve.add_argument("--wait-ready", type=float, nargs="?", const=90.0, default=None, metavar="SECONDS",
+                       help="with --detach: return only once it answers (default 90 s); exit 1 if it does not")
+    stop = sub.add_parser("stop", help="stop the sandbox started with --detach in DIR")
+    stop.add_argument("--dir", required=True)
     for name in ("faults", "settings"):
         p = sub.add_parser(name, help=f"show or change the running sandbox's {name}")
         p.add_argument("--dir", required=True)
@@ -119,8 +150,13 @@ def main(argv: list[str] | None = None) -> None:
     status.add_argument("--dir", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.command == "serve":
+    if args.command == "serve" and args.detach:
+        _detach(args)
+    elif args.command == "serve":
         asyncio.run(_serve(args))
+    elif args.command == "stop":
+        pid = launch.stop_detached(Path(args.dir))
+        print(f"sandbox in {args.dir}: " + (f"stopped (pid {pid})" if pid else "not running"))
     elif args.command in ("faults", "settings"):
         _control(args, f"/{args.command}", _pairs(args.values) if args.values else None)
     else:

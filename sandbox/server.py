@@ -102,6 +102,7 @@ class Sandbox:
         self.ports: dict[str, int] = dict(self.meta.get("ports", {}))
         #: requests served per cloud service ("oss", "cs", "nas"), for /stats (tests assert none was made)
         self.service_requests: dict[str, int] = {}
+        self.service_routes: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------------ identity
 
@@ -221,9 +222,17 @@ class Sandbox:
         if key != "control":
             self.service_requests.setdefault(key, 0)
 
+            routes = self.service_routes.setdefault(key, {})
+
             @web.middleware
             async def count(request: web.Request, handler: Any) -> web.StreamResponse:
                 self.service_requests[key] += 1
+                # Per operation too: the route pattern (ROA, e.g. "GET /k8s/{cluster_id}/user_config") or the RPC
+                # Action, so a test can tell how often one API was called.
+                resource = request.match_info.route.resource
+                action = request.query.get("Action")
+                name = action or f"{request.method} {resource.canonical if resource is not None else request.path}"
+                routes[name] = routes.get(name, 0) + 1
                 return await handler(request)
 
             app.middlewares.insert(0, count)
@@ -316,7 +325,8 @@ class Sandbox:
     def stats(self) -> dict[str, Any]:
         return {
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "services": {name: {"requests": n} for name, n in sorted(self.service_requests.items())},
+            "services": {name: {"requests": n, "operations": dict(sorted(self.service_routes.get(name, {}).items()))}
+                         for name, n in sorted(self.service_requests.items())},
             "clusters": {
                 cid: {"url": c.url, "requests": c.request_count,
                       "objects": {p: len(objs) for p, objs in c.store.objects.items() if objs}}

@@ -59,7 +59,8 @@ class Attempt(BaseModel):
 
     pod: str = Field(description="Pod name.")
     outcome: str = Field(description="pending, running, succeeded, or how it failed: reclaimed, stock-out, "
-                         "create-failed, evicted, deadline, oom, start-error, exit (see tasks.render.diagnose).")
+                         "create-failed, evicted, deadline, oom, start-error, exit, moved-on-demand (ask-batch "
+                         "stopped it after job.eci.max_reclaims reclaims; see tasks.render.diagnose).")
     reason: str | None = Field(None, description="In words, e.g. 'spot instance reclaimed (BidFailed)', "
                                "'exit code 3'.")
     message: str | None = Field(None, description="The pod's or container's own message (scrubbed).")
@@ -102,6 +103,8 @@ class JobReport(BaseModel):
                                         "ran the missing indexes.")
     reused: list[int] = Field(default_factory=list, description="On a re-run: indexes whose outputs an earlier "
                               "attempt of this run key already wrote (not run again).")
+    on_demand: list[int] = Field(default_factory=list, description="Indexes reclaimed job.eci.max_reclaims times "
+                                 "whose last try ran on demand, in a follow-up Job (named in follow_ups).")
     indexes: list[IndexRecord] = Field(default_factory=list, description="Per-index record.")
     incomplete_logs: dict[str, str] = Field(default_factory=dict, description="Pod -> why its kept log is "
                                             "incomplete (the kept file ends with a marker line saying so).")

@@ -29,6 +29,8 @@ MANAGED_BY_VALUE = "ask-batch"
 RUN_LABEL = "ask-batch.io/run"
 #: On a follow-up Job (a re-run of missing indexes) and its pods: the original index it runs.
 INDEX_LABEL = "ask-batch.io/index"
+#: Selects every Kubernetes object ask-batch created, whatever the run (the cleanup command uses it).
+MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 
 
 def is_dns1123_label(text: str) -> bool:

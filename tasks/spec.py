@@ -18,10 +18,20 @@ import difflib
 import re
 import string
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tasks.errors import SpecError
 from tasks.naming import DNS1123_LABEL_RE, is_dns1123_label
@@ -199,6 +209,20 @@ def _check_id(value: str | None, pattern: re.Pattern[str], what: str, example: s
     return value
 
 
+# Alibaba Cloud resource ids, checked for their format at the door (an empty value means "not given").
+VpcId = Annotated[str | None, AfterValidator(partial(_check_id, pattern=VPC_ID_RE, what="VPC id",
+                                                     example="vpc-bp1example"))]
+VSwitchId = Annotated[str | None, AfterValidator(partial(_check_id, pattern=VSWITCH_ID_RE, what="vSwitch id",
+                                                         example="vsw-bp1example"))]
+ZoneId = Annotated[str | None, AfterValidator(partial(_check_id, pattern=ZONE_ID_RE, what="zone id",
+                                                      example="cn-hangzhou-k"))]
+NasFileSystemId = Annotated[str | None, AfterValidator(partial(_check_id, pattern=NAS_FILE_SYSTEM_ID_RE,
+                                                               what="NAS file system id", example="31a8e4b2c1"))]
+KubernetesVersion = Annotated[str | None, AfterValidator(partial(_check_id, pattern=KUBERNETES_VERSION_RE,
+                                                                 what="Kubernetes version",
+                                                                 example="1.32.1-aliyun.1"))]
+
+
 def _check_label(key: str, val: str, what: str) -> None:
     """Kubernetes label syntax: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#syntax-and-character-set"""
     prefix, _, name = key.rpartition("/")
@@ -334,14 +358,14 @@ class AskClusterOptions(_Model):
     create_if_missing: bool = Field(True, description="Create the cluster when none has this name. Note: "
                                     "Alibaba stopped ASK creation for new accounts in 2025 (use ACS, or "
                                     "cluster mode 'existing').")
-    kubernetes_version: str | None = Field(None, description="Kubernetes version for a new cluster, e.g. "
+    kubernetes_version: KubernetesVersion = Field(None, description="Kubernetes version for a new cluster, e.g. "
                                            "'1.32.1-aliyun.1'. Empty: the latest offered.")
     cluster_spec: Literal["ack.standard", "ack.pro.small"] = Field(
         "ack.standard", description="'ack.standard' (Basic, no management fee) or 'ack.pro.small' (Pro).")
-    vpc_id: str | None = Field(None, description="VPC of a new cluster, e.g. 'vpc-bp1...'.")
+    vpc_id: VpcId = Field(None, description="VPC of a new cluster, e.g. 'vpc-bp1...'.")
     vswitch_ids: list[str] = Field(default_factory=list, description="vSwitches for pods (ECI) of a new cluster; "
                                    "several zones improve spot and stock availability.")
-    zone_id: str | None = Field(None, description="Zone of a new cluster when no vpc_id is given (CS then creates "
+    zone_id: ZoneId = Field(None, description="Zone of a new cluster when no vpc_id is given (CS then creates "
                                 "the VPC and vSwitch there), e.g. 'cn-hangzhou-k'. Required in that case.")
     service_cidr: str | None = Field(None, description="Service CIDR; must not overlap the VPC. Empty: "
                                      "172.19.0.0/20.")
@@ -368,11 +392,6 @@ class AskClusterOptions(_Model):
                              f"refuses '_'), not starting with '-'")
         return value
 
-    @field_validator("zone_id")
-    @classmethod
-    def _zone(cls, value: str | None) -> str | None:
-        return _check_id(value, ZONE_ID_RE, "zone id", "cn-hangzhou-k")
-
     @model_validator(mode="after")
     def _network(self) -> "AskClusterOptions":
         if bool(self.vpc_id) != bool(self.vswitch_ids):
@@ -397,11 +416,6 @@ class AskClusterOptions(_Model):
                                  f"prefix ('aliyun', 'acs:', 'http(s)://'); fix: shorten or rename it")
         return value
 
-    @field_validator("vpc_id")
-    @classmethod
-    def _vpc(cls, value: str | None) -> str | None:
-        return _check_id(value, VPC_ID_RE, "VPC id", "vpc-bp1example")
-
     @field_validator("vswitch_ids")
     @classmethod
     def _vswitches(cls, value: list[str]) -> list[str]:
@@ -425,11 +439,6 @@ class AskClusterOptions(_Model):
         if net.version != 4 or not net.is_private:
             raise ValueError(f"{value!r} must be a private IPv4 block; fix: e.g. '172.19.0.0/20'")
         return value
-
-    @field_validator("kubernetes_version")
-    @classmethod
-    def _version(cls, value: str | None) -> str | None:
-        return _check_id(value, KUBERNETES_VERSION_RE, "Kubernetes version", "1.32.1-aliyun.1")
 
 
 class AcsClusterOptions(AskClusterOptions):
@@ -510,14 +519,14 @@ class NasOptions(_Model):
 
     name: str = Field("ask-batch", description="Logical name: tag 'ask-batch.io/nas' and description of the "
                       "file system, so a later run finds the same one.")
-    file_system_id: str | None = Field(None, description="Use this file system instead of finding one by name.")
+    file_system_id: NasFileSystemId = Field(None, description="Use this file system instead of finding one by name.")
     create_if_missing: bool = Field(True, description="Create the file system when none is found.")
     storage_type: Literal["Capacity", "Performance"] = Field("Capacity", description="'Capacity' (cheaper) or "
                                                              "'Performance' (lower latency).")
     protocol_type: Literal["NFS"] = Field("NFS", description="Only NFS is mountable from Linux pods.")
-    zone_id: str | None = Field(None, description="Zone for a new file system; empty lets NAS choose.")
-    vpc_id: str | None = Field(None, description="VPC for the mount target. Empty: the cluster's VPC.")
-    vswitch_id: str | None = Field(None, description="vSwitch for the mount target. Empty: the cluster's first.")
+    zone_id: ZoneId = Field(None, description="Zone for a new file system; empty lets NAS choose.")
+    vpc_id: VpcId = Field(None, description="VPC for the mount target. Empty: the cluster's VPC.")
+    vswitch_id: VSwitchId = Field(None, description="vSwitch for the mount target. Empty: the cluster's first.")
     path: str = Field("/", description="Directory on the file system that the volume exposes.")
     capacity_gib: int = Field(100, ge=1, le=10 * 1024 * 1024,
         description="Capacity written on the PV/PVC (informational: NAS "
@@ -539,26 +548,6 @@ class NasOptions(_Model):
     @classmethod
     def _name(cls, value: str) -> str:
         return _check_dns_label(value, "NAS name")
-
-    @field_validator("vpc_id")
-    @classmethod
-    def _vpc(cls, value: str | None) -> str | None:
-        return _check_id(value, VPC_ID_RE, "VPC id", "vpc-bp1example")
-
-    @field_validator("vswitch_id")
-    @classmethod
-    def _vswitch(cls, value: str | None) -> str | None:
-        return _check_id(value, VSWITCH_ID_RE, "vSwitch id", "vsw-bp1example")
-
-    @field_validator("zone_id")
-    @classmethod
-    def _zone(cls, value: str | None) -> str | None:
-        return _check_id(value, ZONE_ID_RE, "zone id", "cn-hangzhou-k")
-
-    @field_validator("file_system_id")
-    @classmethod
-    def _fs_id(cls, value: str | None) -> str | None:
-        return _check_id(value, NAS_FILE_SYSTEM_ID_RE, "NAS file system id", "31a8e4b2c1")
 
     @field_validator("mount_options")
     @classmethod
@@ -717,6 +706,9 @@ class EciOptions(_Model):
     ignore_reclaims: bool = Field(True, description="With spot: a reclaimed pod (condition DisruptionTarget) does "
                                   "not spend the Job's retry budget (a podFailurePolicy rule Ignore, put before "
                                   "job.pod_failure_policy's rules). Off: reclaims count as failures.")
+    max_reclaims: int = Field(3, ge=0, le=1000, description="With spot (or ACS best-effort): an index reclaimed this "
+                              "many times gets its last try on demand (pay-as-you-go), in a follow-up Job, so a "
+                              "run finishes when spot stock is gone. Needs job.backoff_limit_per_index; 0: off.")
     image_cache: bool = Field(True, description="Let ECI match an image cache automatically (faster starts).")
     image_snapshot_id: str | None = Field(None, description="A specific image cache id ('imc-...').")
     extra_ephemeral_storage: str | None = Field(None, description="Extra temporary storage beyond the free "
@@ -932,6 +924,13 @@ class JobSpec(_Model):
                                   "securityContext).")
     image_pull_secrets: list[str] = Field(default_factory=list, description="Names of docker-registry Secrets in "
                                           "the namespace, for a private image (pod imagePullSecrets).")
+    pod_template_patch: dict[str, Any] | None = Field(
+        None, description="Escape hatch: a Kubernetes strategic merge patch applied onto the rendered pod template "
+        "(metadata.labels/annotations and spec: affinity, tolerations, extra volumes and volumeMounts, "
+        "imagePullSecrets, securityContext, ...), e.g. {'spec': {'tolerations': [...]}}. Checked against the "
+        "Kubernetes schema before the run; what ask-batch relies on (the workload container's image, command, "
+        "resources and env, its volumes, the selector labels, restartPolicy) cannot be changed "
+        "(tasks/render/pod_patch.py).")
 
     @field_validator("image")
     @classmethod
@@ -1082,6 +1081,14 @@ class JobSpec(_Model):
             raise ValueError("pod_failure_policy action FailIndex needs backoff_limit_per_index; fix: set it")
         if (self.pod_failure_policy or self.backoff_limit_per_index is not None) and self.restart_policy != "Never":
             raise ValueError("pod_failure_policy and backoff_limit_per_index need restart_policy 'Never'")
+        # only a value other than the default (3) is refused: a round trip through model_dump sets every field
+        if self.eci.max_reclaims not in (0, EciOptions.model_fields["max_reclaims"].default) and (
+                self.backoff_limit_per_index is None or self.max_failed_indexes is not None):
+            # the on-demand try ends the index in the first Job with podFailurePolicy FailIndex
+            raise ValueError(f"eci.max_reclaims {self.eci.max_reclaims} needs backoff_limit_per_index and no "
+                             f"max_failed_indexes (an index moved on demand counts as failed in the first Job); "
+                             f"fix: set backoff_limit_per_index (e.g. 2) and remove max_failed_indexes, or set "
+                             f"eci.max_reclaims 0")
         for req, lim, what in ((self.cpu, self.cpu_limit, "cpu"), (self.memory, self.memory_limit, "memory")):
             if lim is not None and parse_quantity(lim) < parse_quantity(req):
                 raise ValueError(f"{what}_limit {lim} is below the {what} request {req}; fix: raise the limit "
@@ -1345,7 +1352,8 @@ class BatchSpec(_Model):
                              f"classes); fix: use cluster.mode 'acs', or class 'general-purpose' with "
                              f"job.eci.use_specs for an ECS type")
         if self.cluster.mode == "acs":
-            changed = sorted(self.job.eci.model_dump(exclude_defaults=True))
+            # retry rules, not annotations: they apply to ACS best-effort pods too
+            changed = sorted(set(self.job.eci.model_dump(exclude_defaults=True)) - {"max_reclaims", "ignore_reclaims"})
             if changed:
                 raise ValueError(f"job.eci ({', '.join(changed)}) sets ECI annotations, which ACS ignores; fix: "
                                  f"remove job.eci and use job.compute (class, qos, size)")

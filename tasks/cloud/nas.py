@@ -8,11 +8,9 @@ https://www.alibabacloud.com/help/en/nas/developer-reference/api-nas-2017-06-26-
 from collections.abc import Callable
 from typing import Any
 
-from tasks.cloud.retry import CloudError, call
+from tasks.cloud.retry import call, call_or_none
 from tasks.render.manifests import NAS_NAME_TAG, nas_describe_file_systems_request
 from tasks.spec import NasOptions
-
-FS_NOT_FOUND = "InvalidFileSystem.NotFound"
 
 
 def as_map(obj: Any) -> dict[str, Any]:
@@ -35,12 +33,10 @@ def describe_file_system(nas: Any, file_system_id: str) -> dict[str, Any] | None
     from alibabacloud_nas20170626 import models as m
 
     req = m.DescribeFileSystemsRequest(file_system_id=file_system_id, page_number=1, page_size=10)
-    try:
-        body = nas_call(nas.describe_file_systems, req, "DescribeFileSystems")
-    except CloudError as err:
-        if err.code == FS_NOT_FOUND or err.status == 404:
-            return None
-        raise
+    response = call_or_none(nas.describe_file_systems, req, service="NAS", operation="DescribeFileSystems")
+    if response is None:
+        return None
+    body = as_map(response.body)
     for fs in (body.get("FileSystems") or {}).get("FileSystem") or []:
         if fs.get("FileSystemId") == file_system_id:
             return fs

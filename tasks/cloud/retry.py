@@ -29,6 +29,11 @@ from tasks.errors import CloudError
 T = TypeVar("T")
 log = logging.getLogger("ask_batch.retry")
 
+#: Error codes that mean "no such resource" where the service does not answer HTTP 404 (NAS and CS answer 400/404
+#: with these codes: https://api.aliyun.com/document/NAS/2017-06-26/errorCode,
+#: https://api.aliyun.com/document/CS/2015-12-15/errorCode).
+GONE_CODES = {"InvalidFileSystem.NotFound", "InvalidMountTarget.NotFound", "ErrorClusterNotFound", "NotFound"}
+
 TRANSIENT_CODES = {"Throttling", "Throttling.User", "Throttling.Api", "ServiceUnavailable", "InternalError",
                    "RequestTimeout", "SlowDown", "OperationConflict", "QpsLimitExceeded"}
 
@@ -189,3 +194,25 @@ def call(fn: Callable[..., T], *args: Any, service: str, operation: str, policy:
             log.warning("%s %s: transient %s, retry %d/%d in %.1fs", service, operation, err.code,
                         attempt, policy.max_attempts - 1, delay)
             sleep(delay)
+
+
+def is_gone(err: CloudError) -> bool:
+    """True when ``err`` says the resource does not exist (HTTP 404, or a not-found code in ``GONE_CODES``)."""
+    return err.status == 404 or (err.code or "") in GONE_CODES
+
+
+def call_or_none(fn: Callable[..., T], *args: Any, service: str, operation: str, **kwargs: Any) -> T | None:
+    """``call()`` for a read: the result, or None when the resource does not exist (``is_gone``).
+
+    Raises:
+        CloudError: any other failure, as ``call()`` raises it.
+
+    Example:
+        >>> job = call_or_none(batch_v1.read_namespaced_job, name, ns, service="Kubernetes", operation="read Job")
+    """
+    try:
+        return call(fn, *args, service=service, operation=operation, **kwargs)
+    except CloudError as err:
+        if is_gone(err):
+            return None
+        raise

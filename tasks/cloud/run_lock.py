@@ -264,12 +264,8 @@ def run_lock(api_client: Any, namespace: str, key: str, *, holder: str, wait_sec
 def cluster_run_lock(spec: Any, cluster: Any, *, holder: str, wait_seconds: float = 0.0,
                      lease_seconds: int = LEASE_SECONDS) -> Iterator[RunLease]:
     """``run_lock`` for a ``BatchSpec`` on the cluster of a ``ClusterHandle``, in the run's namespace."""
-    from tasks.cloud.context import kube_for
+    from tasks.cloud.context import stage_context
 
-    api = kube_for(spec, cluster)
-    try:
-        with run_lock(api, cluster.namespace, lock_key(spec), holder=holder, wait_seconds=wait_seconds,
-                      lease_seconds=lease_seconds) as lease:
-            yield lease
-    finally:
-        api.close()
+    with stage_context(spec) as ctx, run_lock(ctx.kube(cluster), cluster.namespace, lock_key(spec), holder=holder,
+                                              wait_seconds=wait_seconds, lease_seconds=lease_seconds) as lease:
+        yield lease

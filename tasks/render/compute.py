@@ -20,7 +20,7 @@ Sources: https://www.alibabacloud.com/help/en/cs/user-guide/acs-pod-instance-ove
 https://www.alibabacloud.com/help/en/elastic-container-instance/latest/eci-pod-annotation (ECI annotations).
 """
 
-from typing import Literal
+from typing import Any, Literal
 
 from tasks.errors import InvalidInput
 from tasks.spec import JobSpec
@@ -49,7 +49,8 @@ def check_for_kind(job: JobSpec, kind: ClusterKind) -> None:
         ComputeError: ECI options for an ACS cluster, or an ACS-only compute class for an ASK cluster.
     """
     if kind == "acs":
-        changed = sorted(job.eci.model_dump(exclude_defaults=True))
+        # max_reclaims and ignore_reclaims are retry rules, not annotations: they act on ACS best-effort pods too
+        changed = sorted(set(job.eci.model_dump(exclude_defaults=True)) - {"max_reclaims", "ignore_reclaims"})
         if changed:
             raise ComputeError(f"job.eci ({', '.join(changed)}) sets ECI annotations, but the cluster is ACS, which "
                                f"ignores them; fix: remove job.eci and use job.compute (class, qos, size)")
@@ -92,3 +93,38 @@ def eci_compute_annotations(job: JobSpec) -> dict[str, str]:
 def is_preemptible(job: JobSpec) -> bool:
     """Whether the pods run on a reclaimable tier (ACS best-effort or ECI spot)."""
     return (job.compute is not None and job.compute.qos == "preemptible") or job.eci.spot_strategy != "None"
+
+
+# --------------------------------------------------------------------------------------------- the on-demand try
+
+#: Pod condition ask-batch writes (pods/status) on the preemptible pod of an index reclaimed
+#: ``job.eci.max_reclaims`` times, before deleting that pod: the Job's ``ON_DEMAND_RULE`` then fails that index
+#: (and only it), and a follow-up Job runs its last try on demand. A custom condition type must be a qualified
+#: name; the kubelet keeps conditions it does not own
+#: (https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/#pod-readiness-gate).
+ON_DEMAND_CONDITION = "ask-batch.io/RetryOnDemand"
+#: The podFailurePolicy rule matching it: ``FailIndex`` needs ``backoffLimitPerIndex``
+#: (https://kubernetes.io/docs/concepts/workloads/controllers/job/#pod-failure-policy).
+ON_DEMAND_RULE: dict[str, Any] = {"action": "FailIndex",
+                                  "onPodConditions": [{"type": ON_DEMAND_CONDITION, "status": "True"}]}
+#: Pod-template annotation of the on-demand follow-up Job: its pod is the index's last try, on demand.
+ON_DEMAND_ANNOTATION = "ask-batch.io/on-demand-try"
+
+
+def moves_reclaims_on_demand(job: JobSpec) -> bool:
+    """Whether an index reclaimed ``job.eci.max_reclaims`` times gets its last try on demand.
+
+    Needs preemptible pods, ``max_reclaims`` > 0, an Indexed Job with ``restart_policy: Never`` and
+    ``backoff_limit_per_index`` (Kubernetes accepts ``FailIndex`` only with it), and no ``max_failed_indexes``
+    (an index moved on demand counts as failed in the first Job: past that limit Kubernetes would stop every pod).
+    """
+    return (is_preemptible(job) and job.eci.max_reclaims > 0 and job.backoff_limit_per_index is not None
+            and job.max_failed_indexes is None and job.restart_policy == "Never"
+            and job.completion_mode == "Indexed")
+
+
+def on_demand_job(job: JobSpec) -> JobSpec:
+    """The same Job settings with every preemptible choice off: ECI ``spot_strategy`` 'None' (no
+    ``k8s.aliyun.com/eci-spot-*`` annotation) and ACS ``compute-qos`` 'default'."""
+    compute = job.compute.model_copy(update={"qos": "default"}) if job.compute is not None else None
+    return job.model_copy(update={"eci": job.eci.model_copy(update={"spot_strategy": "None"}), "compute": compute})

@@ -104,7 +104,7 @@ def round_spec(vcpu: float, memory_gib: float, *, spot: bool = False) -> tuple[f
     raise ValueError(f"no ECI spec has {vcpu} vCPU and {memory_gib} GiB; fix: ask for at most 64 vCPU / 512 GiB")
 
 
-def _use_spec(entry: str) -> tuple[float, float] | None:
+def use_spec_size(entry: str) -> tuple[float, float] | None:
     """'2-4Gi' -> (2.0, 4.0); an ECS type ('ecs.c6.large') -> None."""
     cpu, _, mem = entry.strip().partition("-")
     try:
@@ -144,7 +144,7 @@ def billed_size(job: JobSpec) -> tuple[float, float]:
     of request and limit rounded up to an ECI spec (2 vCPU at least for spot)."""
     spot = job.eci.spot_strategy != "None"
     if job.eci.use_specs:
-        named = _use_spec(job.eci.use_specs[0])
+        named = use_spec_size(job.eci.use_specs[0])
         if named is not None:
             return named
     vcpu = max(cpu_cores(job.cpu), cpu_cores(job.cpu_limit or job.cpu))

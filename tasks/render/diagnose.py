@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tasks.naming import INDEX_LABEL
+from tasks.render.compute import ON_DEMAND_CONDITION
 
 AFTER_GRACE_WAITING = {"ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "CreateContainerError",
                        "RunContainerError", "ErrImageNeverPull"}
@@ -159,7 +160,7 @@ class AttemptEnd:
     ``outcome`` is one of: ``succeeded``, ``reclaimed`` (spot release or disruption), ``stock-out`` (ECI had no
     stock), ``create-failed`` (ECI could not create the instance, other reason), ``evicted``, ``deadline``,
     ``oom``, ``start-error`` (the container could not start, e.g. the executable is missing), ``exit``
-    (non-zero exit code).
+    (non-zero exit code), ``moved-on-demand`` (ask-batch stopped it after ``job.eci.max_reclaims`` reclaims).
     """
 
     outcome: str
@@ -170,7 +171,7 @@ class AttemptEnd:
     @property
     def disruption(self) -> bool:
         """Not the workload's fault: the cloud took the pod away or never gave it an instance."""
-        return self.outcome in ("reclaimed", "stock-out", "create-failed", "evicted")
+        return self.outcome in ("reclaimed", "stock-out", "create-failed", "evicted", "moved-on-demand")
 
 
 def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
@@ -197,6 +198,10 @@ def attempt_end(pod: dict[str, Any]) -> AttemptEnd | None:
         return None
     code = exit_code(pod)
     reason, message = status.get("reason") or "", (status.get("message") or "").strip()
+    moved = _has_condition(pod, ON_DEMAND_CONDITION)
+    if moved:  # ask-batch stopped it: the index's last try runs on demand (wait.py, max_reclaims)
+        return AttemptEnd("moved-on-demand", "stopped by ask-batch after its spot reclaims: the last try runs "
+                          "on demand", code, (moved.get("message") or "").strip())
     if is_reclaimed(pod):  # ACS best-effort preemption (its reason string is not ACS-documented; see is_reclaimed)
         return AttemptEnd("reclaimed", f"ACS BestEffort instance preempted ({reason or DISRUPTION_CONDITION})",
                           code, message)
@@ -222,6 +227,15 @@ def attempt_end(pod: dict[str, Any]) -> AttemptEnd | None:
     if code is not None:
         return AttemptEnd("exit", f"exit code {code}", code, (term.get("message") or message).strip())
     return AttemptEnd("exit", reason or "failed", code, message)
+
+
+def due_on_demand(reclaims: dict[int, int], *, max_reclaims: int, settled: set[int]) -> list[int]:
+    """Indexes whose last try must run on demand: reclaimed at least ``max_reclaims`` times (``reclaims``:
+    index -> attempts the cloud took away) and not ``settled`` (succeeded, failed, or already moved). None when
+    ``max_reclaims`` is 0 (off)."""
+    if max_reclaims <= 0:
+        return []
+    return sorted(i for i, n in reclaims.items() if n >= max_reclaims and i not in settled)
 
 
 def parse_indexes(text: str | None) -> set[int]:

@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasks.handles import ConfigHandle, VolumeHandle
 from tasks.naming import (
     INDEX_LABEL,
     config_map_name,
@@ -46,13 +47,18 @@ from tasks.naming import (
     short_hash,
 )
 from tasks.render.compute import (
+    ON_DEMAND_ANNOTATION,
+    ON_DEMAND_RULE,
     ClusterKind,
     acs_annotations,
     acs_labels,
     check_for_kind,
     eci_compute_annotations,
     is_preemptible,
+    moves_reclaims_on_demand,
+    on_demand_job,
 )
+from tasks.render.pod_patch import apply_pod_template_patch
 from tasks.render.redact import REDACTED, Scrubber
 from tasks.spec import (
     AskClusterOptions,
@@ -149,13 +155,29 @@ def secret_manifest(run_key: str, content: ConfigContent, *, namespace: str) -> 
     }
 
 
+def render_config_objects(spec: BatchSpec, run_key: str, content: ConfigContent) -> list[dict[str, Any]]:
+    """The ConfigMap and Secret to create (either may be absent when empty)."""
+    ns = spec.cluster.namespace
+    objects = []
+    if content.files:
+        objects.append(config_map_manifest(run_key, content.files, namespace=ns))
+    if content.secret_files or content.secret_env:
+        objects.append(secret_manifest(run_key, content, namespace=ns))
+    return objects
+
+
 # --------------------------------------------------------------------------------------------- NAS volume
 
 
-def nas_pv_manifest(pv_name: str, *, run_key: str, server: str, path: str, nas: NasOptions) -> dict[str, Any]:
+def nas_pv_manifest(pv_name: str, *, run_key: str, server: str, path: str, nas: NasOptions,
+                    claim_namespace: str, claim_name: str) -> dict[str, Any]:
     """Static PV for the Alibaba NAS CSI driver; volumeHandle must equal the PV name.
 
-    Source: https://www.alibabacloud.com/help/en/ack/serverless-kubernetes/user-guide/nas-volume-overview-3
+    The PV is reserved for the run's claim (``claimRef`` namespace/name): a PV without one goes to *any* pending
+    claim that fits, in any namespace, so someone else's claim could take it (and mount the run's NAS) and leave
+    the run's claim Pending. Sources: https://www.alibabacloud.com/help/en/ack/serverless-kubernetes/user-guide/
+    nas-volume-overview-3, https://kubernetes.io/docs/concepts/storage/persistent-volumes/
+    #reserving-a-persistentvolume
     """
     labels = {**run_labels(run_key), NAS_PV_LABEL: pv_name}
     return {
@@ -166,6 +188,7 @@ def nas_pv_manifest(pv_name: str, *, run_key: str, server: str, path: str, nas: 
             "capacity": {"storage": f"{nas.capacity_gib}Gi"},
             "accessModes": ["ReadWriteMany"],
             "persistentVolumeReclaimPolicy": "Retain",
+            "claimRef": {"namespace": claim_namespace, "name": claim_name},
             "csi": {"driver": NAS_CSI_DRIVER, "volumeHandle": pv_name,
                     "volumeAttributes": {"server": server, "path": path}},
             "mountOptions": list(nas.mount_options),
@@ -269,6 +292,7 @@ DEFAULT_BACKOFF_LIMIT = 3
 #: The podFailurePolicy rule added for spot pods: a pod the cloud took away does not count against any budget.
 #: https://kubernetes.io/docs/concepts/workloads/controllers/job/#pod-failure-policy (condition
 #: ``DisruptionTarget``: https://kubernetes.io/docs/concepts/workloads/pods/disruptions/#pod-disruption-conditions)
+MAX_POD_FAILURE_RULES = 20  # https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/job-v1/
 IGNORE_DISRUPTIONS = {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
 
 
@@ -288,12 +312,18 @@ def pod_failure_policy(job: JobSpec) -> dict[str, Any] | None:
     otherwise match a reclaimed pod's exit code 137); it is left out when the user has a rule on the
     ``DisruptionTarget`` condition (theirs decides), when ``job.eci.ignore_reclaims`` is off, and with
     ``restart_policy: OnFailure`` (Kubernetes accepts a podFailurePolicy only with ``Never``).
+
+    With ``job.eci.max_reclaims`` in force (``moves_reclaims_on_demand``), ``ON_DEMAND_RULE`` (``FailIndex`` on
+    the condition ask-batch writes on a pod it moves on demand) goes before everything, room permitting (at
+    most 20 rules).
     """
     rules = copy.deepcopy((job.pod_failure_policy or {}).get("rules") or [])
     own_rule = any(c.get("type") == "DisruptionTarget" for r in rules for c in r.get("onPodConditions") or [])
     if ((job.eci.spot_strategy != "None" or is_preemptible(job)) and job.eci.ignore_reclaims and not own_rule
             and job.restart_policy == "Never"):
         rules.insert(0, copy.deepcopy(IGNORE_DISRUPTIONS))
+    if moves_reclaims_on_demand(job) and len(rules) < MAX_POD_FAILURE_RULES:
+        rules.insert(0, copy.deepcopy(ON_DEMAND_RULE))  # first: the pod also carries DisruptionTarget at times
     return {"rules": rules} if rules else None
 
 
@@ -400,7 +430,7 @@ def data_dir_init_container(spec: BatchSpec, data_mount: dict[str, Any]) -> dict
 
 
 def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs, index: int | None = None,
-                 kind: ClusterKind = "ask") -> dict[str, Any]:
+                 kind: ClusterKind = "ask", on_demand: bool = False) -> dict[str, Any]:
     """The Indexed Job, named ``askb-<run>-<hash of everything else in it>``.
 
     ``kind`` is what the cluster is (``ClusterHandle.kind``): 'ask' renders ``job.eci``/``job.compute`` as ECI
@@ -414,8 +444,14 @@ def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs, index: int
     completion, labelled ``ask-batch.io/index``, its pod seeing ``ASK_BATCH_INDEX`` = ``JOB_COMPLETION_INDEX``
     = ``index`` (an Indexed Job cannot run an arbitrary set of indexes, and a pod template cannot give each pod
     its own env value, so each missing index gets its own one-pod Job).
+
+    ``on_demand`` (with ``index``): that follow-up Job is the index's last try on demand after
+    ``job.eci.max_reclaims`` reclaims: no preemptible choice (``on_demand_job``), and the pod template carries
+    the annotation ``ask-batch.io/on-demand-try``.
     """
-    job = spec.job
+    if on_demand and index is None:
+        raise ValueError("an on-demand try is a follow-up Job of one index: give index")
+    job = on_demand_job(spec.job) if on_demand else spec.job
     check_for_kind(job, kind)
     labels = {**job.labels, **run_labels(run_key)}
     if index is not None:
@@ -459,8 +495,13 @@ def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs, index: int
         "completions": job.completions if index is None else 1,
         "parallelism": job.parallelism if index is None else 1,
         "completionMode": job.completion_mode,
-        "template": {"metadata": _pod_metadata(job, labels, kind), "spec": pod_spec},
+        "template": apply_pod_template_patch({"metadata": _pod_metadata(job, labels, kind), "spec": pod_spec},
+                                             job.pod_template_patch, container=CONTAINER_NAME,
+                                             labels=(*run_labels(run_key), INDEX_LABEL)),
     }
+    if on_demand:
+        job_spec["template"]["metadata"]["annotations"][ON_DEMAND_ANNOTATION] = (
+            f"last try after {spec.job.eci.max_reclaims} reclaims")
     optional = {
         "backoffLimit": job_backoff_limit(job),
         "backoffLimitPerIndex": job.backoff_limit_per_index,
@@ -480,6 +521,26 @@ def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs, index: int
     body["metadata"] = {"name": job_name(run_key, digest), **body["metadata"],
                         "annotations": {"ask-batch.io/spec-hash": digest}}
     return body
+
+
+def render_job(spec: BatchSpec, *, run_key: str, flow_run_name: str, volume: VolumeHandle | None,
+               config: ConfigHandle | None, index: int | None = None, kind: str = "ask",
+               on_demand: bool = False) -> dict[str, Any]:
+    """The Job manifest for this run, from the handles of the earlier stages (names only, no content).
+
+    ``kind`` is the cluster's (``ClusterHandle.kind``): pods are rendered for ASK or for ACS. ``index`` and
+    ``on_demand``: a follow-up Job (see ``job_manifest``).
+    """
+    inputs = JobInputs(
+        config_map=config.config_map if config else None,
+        secret=config.secret if config else None,
+        secret_file_keys=config.secret_file_keys if config else (),
+        secret_env_keys=config.secret_env_keys if config else (),
+        claim_name=volume.claim_name if volume else None,
+        oss_env=pod_oss_env(spec, run_key=run_key, flow_run_name=flow_run_name),
+    )
+    return job_manifest(spec, run_key=run_key, inputs=inputs, index=index, kind=kind,  # type: ignore[arg-type]
+                        on_demand=on_demand)
 
 
 # --------------------------------------------------------------------------------------------- cloud requests

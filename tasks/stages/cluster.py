@@ -27,13 +27,12 @@ from tasks.cloud.cluster_access import (
     KIND_NAMES,
     PROFILES,
     as_map,
-    connect,
     existing_handle,
     existing_kind,
     find_cluster,
     handle_from,
 )
-from tasks.cloud.context import RETRY_DELAYS, cs_for, stage_logs, transient_only
+from tasks.cloud.context import RETRY_DELAYS, stage_context, stage_logs, transient_only
 from tasks.cloud.retry import CloudError, call
 from tasks.errors import ClusterError
 from tasks.handles import ClusterHandle
@@ -183,15 +182,11 @@ def ensure_cluster_task(spec: BatchSpec, run_key: str) -> ClusterHandle:
     Example:
         >>> cluster = ensure_cluster_task(spec, run_key)   # inside a flow
     """
-    with stage_logs():
-        handle = ensure_cluster(spec, run_key=run_key, cs=cs_for(spec))
-        # Reach the API server once now: a wrong endpoint or kubeconfig fails here, not in the middle of a run.
-        from kubernetes import client
+    from kubernetes import client
 
-        api = connect(handle, spec, cs=cs_for(spec))
-        try:
-            call(client.VersionApi(api).get_code, service="Kubernetes", operation="GET /version")
-        finally:
-            api.close()
+    with stage_context(spec) as ctx, stage_logs(ctx.scrubber):
+        handle = ensure_cluster(spec, run_key=run_key, cs=ctx.cs())
+        # Reach the API server once now: a wrong endpoint or kubeconfig fails here, not in the middle of a run.
+        call(client.VersionApi(ctx.kube(handle)).get_code, service="Kubernetes", operation="GET /version")
         log.info("cluster ready: %s (%s)", handle.name or handle.kubeconfig_source, handle.cluster_id or "existing")
         return handle

@@ -16,26 +16,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.cloud.clients import _load_prefect_secret
-from tasks.cloud.context import RETRY_DELAYS, credentials, kube_for, stage_logs, transient_only
+from tasks.cloud.context import RETRY_DELAYS, stage_context, stage_logs, transient_only
 from tasks.cloud.inputs import collect_config_content, pod_credential_env
 from tasks.cloud.retry import call
 from tasks.handles import ClusterHandle, ConfigHandle
-from tasks.render.manifests import ConfigContent, config_map_manifest, secret_manifest
-from tasks.render.redact import Scrubber
+from tasks.render.manifests import ConfigContent, render_config_objects
 from tasks.spec import BatchSpec
 
 log = logging.getLogger("ask_batch.config")
-
-def render_config_objects(spec: BatchSpec, run_key: str, content: ConfigContent) -> list[dict[str, Any]]:
-    """The ConfigMap and Secret to create (either may be absent when empty)."""
-    ns = spec.cluster.namespace
-    objects = []
-    if content.files:
-        objects.append(config_map_manifest(run_key, content.files, namespace=ns))
-    if content.secret_files or content.secret_env:
-        objects.append(secret_manifest(run_key, content, namespace=ns))
-    return objects
-
 
 def publish_config(core_v1: Any, spec: BatchSpec, run_key: str, content: ConfigContent) -> ConfigHandle:
     """Create the ConfigMap and Secret if they do not exist yet (idempotent, concurrent-safe).
@@ -78,16 +66,10 @@ def publish_config_task(spec: BatchSpec, run_key: str, cluster: ClusterHandle) -
     """
     from kubernetes import client
 
-    creds = credentials(spec)
-    content = collect_config_content(spec.config, load_secret=_load_prefect_secret,
-                                     extra_secret_env=pod_credential_env(spec, creds))
-    scrub = Scrubber(content.secret_values() + creds.secret_values())
-    with stage_logs(scrub):
-        api = kube_for(spec, cluster, creds)
-        try:
-            handle = publish_config(client.CoreV1Api(api), spec, run_key, content)
-        finally:
-            api.close()
+    with stage_context(spec) as ctx, stage_logs(ctx.scrubber):
+        content = collect_config_content(spec.config, load_secret=_load_prefect_secret,
+                                         extra_secret_env=pod_credential_env(spec, ctx.credentials))
+        handle = publish_config(client.CoreV1Api(ctx.kube(cluster)), spec, run_key, content)
         log.info("config published: ConfigMap %s, Secret %s (keys: %s)", handle.config_map, handle.secret,
                  ", ".join(handle.secret_file_keys + handle.secret_env_keys) or "none")
         return handle

@@ -8,29 +8,28 @@ The Job's name is the run key plus a hash of its rendered spec (``tasks.render.m
 
 Re-running only what is missing (``job.rerun: missing``, the default): a retry of the flow run, or a new run with the
 same run key, first asks OSS which indexes already have complete outputs (``complete_indexes``). When some do and
-the run's Job is not running any more (deleted by teardown, or finished), ``relaunch`` starts one follow-up Job per
-missing index (``job_manifest(index=...)``): its pod sees its original index as ``ASK_BATCH_INDEX`` (and
-``JOB_COMPLETION_INDEX``). Kubernetes cannot run an arbitrary subset of an Indexed Job's indexes, nor give each pod
-of one template its own env value, hence one small Job per index; they all start at once. A Job of the run that
-still exists and has not failed is re-attached to instead, as before.
+the run's Job is not running any more (deleted by teardown, or finished), ``relaunch`` returns the missing indexes:
+the wait stage runs each as a follow-up Job (``job_manifest(index=...)``), at most ``job.parallelism`` at once;
+its pod sees its original index as ``ASK_BATCH_INDEX`` (and ``JOB_COMPLETION_INDEX``). Kubernetes cannot run an
+arbitrary subset of an Indexed Job's indexes, nor give each pod of one template its own env value, hence one
+small Job per index. A Job of the run that still exists and has not failed is re-attached to instead, as before.
 
-We create with the sync kubernetes client instead of prefect-kubernetes' ``create_namespaced_job`` task: that task
-is async and raises on 409, and adoption is the whole point here
-(https://github.com/PrefectHQ/prefect/blob/main/src/integrations/prefect-kubernetes/prefect_kubernetes/jobs.py).
+Creating and adopting Jobs (``launch_job``) lives in ``tasks.cloud.jobs``: the wait stage creates follow-up Jobs
+too.
 """
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.cloud.context import RETRY_DELAYS, kube_for, stage_logs, transient_only
-from tasks.cloud.retry import CloudError, call
-from tasks.errors import JobConflict, PodRejected
+from tasks.cloud.context import RETRY_DELAYS, stage_context, stage_logs, transient_only
+from tasks.cloud.jobs import launch_job
+from tasks.cloud.retry import CloudError, call, call_or_none
+from tasks.errors import PodRejected
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, VolumeHandle
-from tasks.render.manifests import JobInputs, job_manifest, pod_oss_env
+from tasks.render.manifests import render_job
 from tasks.spec import BatchSpec
 
 log = logging.getLogger("ask_batch.job")
@@ -66,88 +65,31 @@ def check_pod_admission(core_v1: Any, body: dict[str, Any]) -> None:
             from err
 
 
-def launch_job(batch_v1: Any, body: dict[str, Any]) -> JobHandle:
-    """Create ``body`` (from ``job_manifest``) or adopt the existing Job of the same name and spec hash.
-
-    Args:
-        batch_v1: a ``kubernetes.client.BatchV1Api``.
-        body: the rendered Job.
-
-    Returns:
-        The handle; ``adopted`` says whether it already existed.
-    """
-    meta = body["metadata"]
-    ns, name = meta["namespace"], meta["name"]
-    try:
-        created = call(batch_v1.create_namespaced_job, ns, body, service="Kubernetes", operation=f"create Job {name}")
-        log.info("job %s/%s created", ns, name)
-        return JobHandle(namespace=ns, name=name, uid=created.metadata.uid, adopted=False,
-                         completions=body["spec"]["completions"])
-    except CloudError as err:
-        if err.status != 409:
-            raise
-    existing = call(batch_v1.read_namespaced_job, name, ns, service="Kubernetes", operation=f"read Job {name}")
-    want = meta["annotations"]["ask-batch.io/spec-hash"]
-    have = (existing.metadata.annotations or {}).get("ask-batch.io/spec-hash")
-    if have != want:
-        raise JobConflict(f"Job {ns}/{name} exists with spec hash {have!r}, not {want!r}; fix: delete it, or use "
-                          f"another run_key")
-    log.info("job %s/%s already exists: re-attaching (no new pods are started)", ns, name)
-    return JobHandle(namespace=ns, name=name, uid=existing.metadata.uid, adopted=True,
-                     completions=body["spec"]["completions"])
-
-
 def job_reusable(batch_v1: Any, namespace: str, name: str) -> bool:
     """The Job exists and has not failed (it runs, or it completed): re-attaching to it is right."""
-    try:
-        existing = call(batch_v1.read_namespaced_job, name, namespace, service="Kubernetes",
-                        operation=f"read Job {name}")
-    except CloudError as err:
-        if err.status == 404:
-            return False
-        raise
+    existing = call_or_none(batch_v1.read_namespaced_job, name, namespace, service="Kubernetes",
+                            operation=f"read Job {name}")
+    if existing is None:
+        return False
     conditions = (existing.status.conditions if existing.status else None) or []
     return not any(c.type == "Failed" and c.status == "True" for c in conditions)
 
 
-def relaunch(batch_v1: Any, whole: dict[str, Any], follow_up: Callable[[int], dict[str, Any]],
-             missing: list[int]) -> tuple[JobHandle | None, list[JobHandle]]:
+def relaunch(batch_v1: Any, whole: dict[str, Any], missing: list[int]) -> tuple[JobHandle | None, list[int]]:
     """Re-run what is missing: (the run's Job re-attached, []) while it exists and has not failed, else (None,
-    one follow-up Job per missing index, created or adopted).
+    the indexes to run as follow-up Jobs). The wait stage creates those, at most ``job.parallelism`` at once.
 
     Args:
         batch_v1: a ``kubernetes.client.BatchV1Api``.
         whole: the run's whole Job as rendered (``render_job``).
-        follow_up: renders the follow-up Job of one original index.
         missing: the indexes without complete outputs.
     """
     meta = whole["metadata"]
     if job_reusable(batch_v1, meta["namespace"], meta["name"]):
         return launch_job(batch_v1, whole), []
-    handles = []
-    for index in missing:
-        handle = launch_job(batch_v1, follow_up(index))
-        handles.append(handle.model_copy(update={"index": index}))
     log.info("re-running %d missing index(es) as follow-up Jobs: %s", len(missing),
              ", ".join(str(i) for i in missing[:20]) + (" ..." if len(missing) > 20 else ""))
-    return None, handles
-
-
-def render_job(spec: BatchSpec, *, run_key: str, flow_run_name: str, volume: VolumeHandle | None,
-               config: ConfigHandle | None, index: int | None = None, kind: str = "ask") -> dict[str, Any]:
-    """The Job manifest for this run, from the handles of the earlier stages (names only, no content).
-
-    ``kind`` is the cluster's (``ClusterHandle.kind``): pods are rendered for ASK or for ACS.
-    """
-    inputs = JobInputs(
-        config_map=config.config_map if config else None,
-        secret=config.secret if config else None,
-        secret_file_keys=config.secret_file_keys if config else (),
-        secret_env_keys=config.secret_env_keys if config else (),
-        claim_name=volume.claim_name if volume else None,
-        oss_env=pod_oss_env(spec, run_key=run_key, flow_run_name=flow_run_name),
-    )
-    return job_manifest(spec, run_key=run_key, inputs=inputs, index=index, kind=kind)  # type: ignore[arg-type]
+    return None, list(missing)
 
 
 # --------------------------------------------------------------------------------------------- Prefect task
@@ -164,15 +106,12 @@ def launch_job_task(spec: BatchSpec, run_key: str, flow_run_name: str, cluster: 
     """
     from kubernetes import client
 
-    with stage_logs():
+    with stage_context(spec) as ctx, stage_logs(ctx.scrubber):
         body = render_job(spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config,
                           kind=cluster.kind)
-        api = kube_for(spec, cluster)
-        try:
-            check_pod_admission(client.CoreV1Api(api), body)
-            handle = launch_job(client.BatchV1Api(api), body)
-        finally:
-            api.close()
+        api = ctx.kube(cluster)
+        check_pod_admission(client.CoreV1Api(api), body)
+        handle = launch_job(client.BatchV1Api(api), body)
         verb = "re-attached to" if handle.adopted else "created"
         log.info("job %s %s/%s: %d indexes, parallelism %d", verb, handle.namespace, handle.name,
                  handle.completions, spec.job.parallelism)
@@ -183,21 +122,15 @@ def launch_job_task(spec: BatchSpec, run_key: str, flow_run_name: str, cluster: 
       retry_condition_fn=transient_only)
 def relaunch_task(spec: BatchSpec, run_key: str, flow_run_name: str, cluster: ClusterHandle,
                   volume: VolumeHandle | None, config: ConfigHandle | None,
-                  missing: list[int]) -> tuple[JobHandle, list[JobHandle]]:
+                  missing: list[int]) -> tuple[JobHandle, list[int]]:
     """Prefect task: ``relaunch``. Returns (the Job to wait for, or the whole Job as rendered, with no uid, when
-    follow-ups run instead; the follow-up Jobs)."""
+    follow-ups run instead; the indexes to run as follow-up Jobs, for ``wait_for_follow_ups``)."""
     from kubernetes import client
 
     whole = render_job(spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config,
                        kind=cluster.kind)
-    with stage_logs():
-        api = kube_for(spec, cluster)
-        try:
-            adopted, follow_ups = relaunch(client.BatchV1Api(api), whole, lambda i: render_job(
-                spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config, index=i,
-                kind=cluster.kind), missing)
-        finally:
-            api.close()
+    with stage_context(spec) as ctx, stage_logs(ctx.scrubber):
+        adopted, follow_ups = relaunch(client.BatchV1Api(ctx.kube(cluster)), whole, missing)
         if adopted is not None:
             log.info("job re-attached to %s/%s (it exists and has not failed)", adopted.namespace, adopted.name)
             return adopted, []

@@ -39,12 +39,11 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.cloud.context import RETRY_DELAYS, credentials, stage_logs, transient_only
+from tasks.cloud.context import RETRY_DELAYS, stage_context, stage_logs, transient_only
 from tasks.cloud.retry import CloudError, call
 from tasks.errors import BucketNotUsable, ChecksumMismatch, OutputsIncomplete
 from tasks.handles import IndexOutputs, JobReport, OutputManifest, OutputObject
 from tasks.render.manifests import index_prefix, run_prefix
-from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec, OutputsSpec
 
 log = logging.getLogger("ask_batch.outputs")
@@ -463,20 +462,12 @@ def _publish(manifest: OutputManifest, run_key: str) -> None:
                           description=f"Outputs in oss://{manifest.bucket}/{manifest.prefix}: {state}{note}")
 
 
-def _oss(spec: BatchSpec) -> tuple[Any, Scrubber]:
-    from tasks.cloud.clients import oss_client
-
-    creds = credentials(spec)
-    return oss_client(spec.target, creds), Scrubber(creds.secret_values())
-
-
 @task(name="ensure_bucket", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=transient_only)
 def ensure_bucket_task(spec: BatchSpec) -> bool:
     """Prefect task: ``ensure_bucket`` with an OSS client built from ``spec.target``."""
-    oss, scrub = _oss(spec)
-    with stage_logs(scrub):
-        return ensure_bucket(spec, oss)
+    with stage_context(spec) as ctx, stage_logs(ctx.scrubber):
+        return ensure_bucket(spec, ctx.oss())
 
 
 @task(name="save_pod_logs", cache_policy=NO_CACHE)
@@ -487,10 +478,9 @@ def save_pod_logs_task(spec: BatchSpec, *, run_key: str, flow_run_name: str,
 
     The flow calls it best effort, after a failure: its own error must never hide the run's.
     """
-    oss, scrub = _oss(spec)
     prefix = run_prefix(spec.outputs, run_key=run_key, flow_run_name=flow_run_name)
-    with stage_logs(scrub):
-        return save_pod_logs(oss, spec.outputs.bucket, prefix, log_dir)
+    with stage_context(spec) as ctx, stage_logs(ctx.scrubber):
+        return save_pod_logs(ctx.oss(), spec.outputs.bucket, prefix, log_dir)
 
 
 def complete_indexes(spec: BatchSpec, *, run_key: str, flow_run_name: str, oss: Any,
@@ -516,9 +506,8 @@ def complete_indexes(spec: BatchSpec, *, run_key: str, flow_run_name: str, oss: 
       retry_condition_fn=transient_only)
 def complete_indexes_task(spec: BatchSpec, *, run_key: str, flow_run_name: str) -> list[int]:
     """Prefect task: ``complete_indexes`` (logs how many an earlier attempt already finished)."""
-    oss, scrub = _oss(spec)
-    with stage_logs(scrub):
-        done = complete_indexes(spec, run_key=run_key, flow_run_name=flow_run_name, oss=oss)
+    with stage_context(spec) as ctx, stage_logs(ctx.scrubber):
+        done = complete_indexes(spec, run_key=run_key, flow_run_name=flow_run_name, oss=ctx.oss())
         if done:
             log.info("%d of %d indexes already have complete outputs from an earlier attempt of run key %s",
                      len(done), spec.job.completions, run_key)
@@ -530,11 +519,10 @@ def complete_indexes_task(spec: BatchSpec, *, run_key: str, flow_run_name: str) 
 def collect_outputs_task(spec: BatchSpec, *, run_key: str, flow_run_name: str, report: JobReport,
                          log_dir: Path | None = None) -> OutputManifest:
     """Prefect task: ``collect_outputs``, then a table artifact ``outputs-<run key>`` (also when incomplete)."""
-    oss, scrub = _oss(spec)
-    with stage_logs(scrub):
+    with stage_context(spec) as ctx, stage_logs(ctx.scrubber):
         try:
             manifest = collect_outputs(spec, run_key=run_key, flow_run_name=flow_run_name, report=report,
-                                       oss=oss, log_dir=log_dir)
+                                       oss=ctx.oss(), log_dir=log_dir)
         except OutputsIncomplete as exc:
             _publish(exc.manifest, run_key)
             raise

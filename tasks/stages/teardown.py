@@ -16,6 +16,8 @@ Why it is shaped like this:
   a pod uses it) -> PV -> NAS mount targets (wait: DeleteFileSystem is refused while any exists) -> file system
   -> cluster. A user's own PVC (mode 'pvc'), a file system or a cluster that ask-batch did not create (no
   ``app.kubernetes.io/managed-by: ask-batch`` tag) are never deleted.
+- **The cleanup command** (``flows.cleanup``) deletes what it found, of every run, through the same steps
+  (``delete_managed_objects``, ``delete_managed_file_system``, ``delete_managed_cluster`` at the end of this module).
 """
 
 import logging
@@ -28,17 +30,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.cloud.cluster_access import existing_handle, find_cluster, locate_cluster
-from tasks.cloud.context import credentials, cs_for, kube_for, stage_logs
-from tasks.cloud.nas import describe_file_system, find_file_systems_by_name, list_mount_targets
-from tasks.cloud.retry import CloudError, call
+from tasks.cloud.context import stage_context, stage_logs
+from tasks.cloud.nas import describe_file_system, find_file_systems_by_name, list_mount_targets, tags_of
+from tasks.cloud.retry import CloudError, call, call_or_none, is_gone
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, TeardownItem, TeardownReport, VolumeHandle
-from tasks.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE, run_selector
-from tasks.render.redact import Scrubber
+from tasks.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_SELECTOR, run_selector
 from tasks.spec import BatchSpec
 
 log = logging.getLogger("ask_batch.teardown")
 
-GONE_CODES = {"InvalidFileSystem.NotFound", "InvalidMountTarget.NotFound", "ErrorClusterNotFound", "NotFound"}
 
 
 class _Recorder:
@@ -70,17 +70,13 @@ def decide(policy: str, succeeded: bool) -> tuple[bool, str]:
     return False, f"policy {policy!r}"
 
 
-def _gone(err: CloudError) -> bool:
-    return err.status == 404 or (err.code or "") in GONE_CODES
-
-
 def _delete(rec: _Recorder, kind: str, name: str, why: str, fn: Callable[[], Any], *,
             service: str = "Kubernetes") -> bool:
     """Run one deletion and record it; a 404 counts as deleted. Returns True unless it failed."""
     try:
         call(fn, service=service, operation=f"delete {kind} {name}")
     except CloudError as err:
-        if _gone(err):
+        if is_gone(err):
             rec.deleted(kind, name, f"{why}; already gone")
             return True
         rec.failed(kind, name, str(err))
@@ -212,6 +208,18 @@ def _managed(tags: dict[str, str]) -> bool:
     return tags.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE
 
 
+def _ours_to_delete(rec: _Recorder, kind: str, name: str, tags: dict[str, str], *, delete: bool, why: str) -> bool:
+    """True when the resource carries ask-batch's managed-by tag and the policy deletes it; else it is recorded
+    as kept, saying why."""
+    if not _managed(tags):
+        rec.kept(kind, name, "not created by ask-batch (no managed-by tag)")
+        return False
+    if not delete:
+        rec.kept(kind, name, why)
+        return False
+    return True
+
+
 def _wait_no_mount_targets(nas: Any, fs_id: str, *, timeout: float, poll: float = 1.0) -> list[str]:
     """Poll (NAS has no watch) until the file system has no mount target; returns those left."""
     deadline = time.monotonic() + timeout
@@ -224,19 +232,18 @@ def _wait_no_mount_targets(nas: Any, fs_id: str, *, timeout: float, poll: float 
 
 def _teardown_nas(rec: _Recorder, *, delete: bool, why: str, spec: BatchSpec, volume: VolumeHandle | None,
                   nas: Any, timeout: float) -> None:
-    from alibabacloud_nas20170626 import models as m
-
     fs = _nas_target(spec, volume, nas)
     if fs is None:
         return
     fs_id = str(fs["FileSystemId"])
-    tags = {t.get("Key"): t.get("Value") for t in (fs.get("Tags") or {}).get("Tag") or []}
-    if not _managed(tags):
-        rec.kept("NasFileSystem", fs_id, "not created by ask-batch (no managed-by tag)")
-        return
-    if not delete:
-        rec.kept("NasFileSystem", fs_id, why)
-        return
+    if _ours_to_delete(rec, "NasFileSystem", fs_id, tags_of(fs), delete=delete, why=why):
+        _delete_file_system(rec, fs_id, why=why, nas=nas, timeout=timeout)
+
+
+def _delete_file_system(rec: _Recorder, fs_id: str, *, why: str, nas: Any, timeout: float) -> None:
+    """Delete the mount targets, wait until they are gone, then the file system."""
+    from alibabacloud_nas20170626 import models as m
+
     for domain in [mt["MountTargetDomain"] for mt in list_mount_targets(nas, fs_id)]:
         _delete(rec, "NasMountTarget", domain, why, partial(nas.delete_mount_target, m.DeleteMountTargetRequest(
             file_system_id=fs_id, mount_target_domain=domain)), service="NAS")
@@ -254,8 +261,6 @@ def _teardown_nas(rec: _Recorder, *, delete: bool, why: str, spec: BatchSpec, vo
 
 def _teardown_cluster(rec: _Recorder, *, delete: bool, why: str, spec: BatchSpec, cluster: ClusterHandle | None,
                       cs: Any) -> None:
-    from alibabacloud_cs20151215 import models as m
-
     if spec.cluster.managed is None:
         if cluster or delete:
             rec.kept("Cluster", "(existing)", "cluster mode 'existing': ask-batch never deletes it")
@@ -266,20 +271,20 @@ def _teardown_cluster(rec: _Recorder, *, delete: bool, why: str, spec: BatchSpec
         cluster_id = found["cluster_id"] if found else None
     if not cluster_id:
         return
-    try:
-        detail = call(cs.describe_cluster_detail, cluster_id, service="CS", operation="DescribeClusterDetail")
-    except CloudError as err:
-        if _gone(err):
-            rec.deleted("Cluster", cluster_id, f"{why}; already gone")
-            return
-        raise
+    _delete_cluster(rec, cluster_id, delete=delete, why=why, cs=cs)
+
+
+def _delete_cluster(rec: _Recorder, cluster_id: str, *, delete: bool, why: str, cs: Any) -> None:
+    """Delete the cluster if it carries ask-batch's managed-by tag (else keep it and say why)."""
+    from alibabacloud_cs20151215 import models as m
+
+    detail = call_or_none(cs.describe_cluster_detail, cluster_id, service="CS", operation="DescribeClusterDetail")
+    if detail is None:
+        rec.deleted("Cluster", cluster_id, f"{why}; already gone")
+        return
     body = detail.body.to_map() if detail.body else {}
     tags = {t.get("key"): t.get("value") for t in body.get("tags") or []}
-    if not _managed(tags):
-        rec.kept("Cluster", cluster_id, "not created by ask-batch (no managed-by tag)")
-        return
-    if not delete:
-        rec.kept("Cluster", cluster_id, why)
+    if not _ours_to_delete(rec, "Cluster", cluster_id, tags, delete=delete, why=why):
         return
     options = [m.DeleteClusterRequestDeleteOptions(resource_type=r, delete_mode="delete")
                for r in ("SLS_Data", "SLS_ControlPlane", "PrivateZone", "ALB")]
@@ -363,6 +368,74 @@ def sweep(spec: BatchSpec, *, run_key: str, core_v1: Any | None, batch_v1: Any |
                     core_v1=core_v1, batch_v1=batch_v1, nas=nas, cs=cs, wait_seconds=wait_seconds)
 
 
+# --------------------------------------------------------------------------------------------- cleanup
+
+
+CLEANUP_WHY = "cleanup: created by ask-batch"
+
+
+def delete_managed_objects(*, namespace: str, core_v1: Any, batch_v1: Any, coordination_v1: Any,
+                           wait_seconds: float = 120.0) -> TeardownReport:
+    """Delete every object labelled ``app.kubernetes.io/managed-by=ask-batch`` in ``namespace`` (all runs), in
+    teardown's order: Jobs and their pods (and pods left without a Job), ConfigMaps and Secrets, PVCs and the
+    PVs (cluster-scoped: all of ask-batch's), ServiceAccounts, Leases. For ``flows.cleanup``; never raises for one
+    failure."""
+    rec = _Recorder()
+    sel = MANAGED_SELECTOR
+
+    def jobs_and_pods() -> None:
+        for name in sorted(_names(call(batch_v1.list_namespaced_job, namespace, label_selector=sel,
+                                       service="Kubernetes", operation="list Jobs"))):
+            _delete(rec, "Job", name, CLEANUP_WHY,
+                    partial(batch_v1.delete_namespaced_job, name, namespace, propagation_policy="Background"))
+        for name in sorted(_names(call(core_v1.list_namespaced_pod, namespace, label_selector=sel,
+                                       service="Kubernetes", operation="list Pods"))):
+            _delete(rec, "Pod", name, CLEANUP_WHY, partial(core_v1.delete_namespaced_pod, name, namespace))
+        for pod in wait_gone(core_v1.list_namespaced_pod, namespace=namespace, label_selector=sel,
+                             timeout=wait_seconds):
+            rec.failed("Pod", pod, f"still present {wait_seconds:.0f}s after its deletion")
+
+    def listed(kind: str, list_fn: Any, delete_fn: Any) -> None:
+        for name in sorted(_names(call(list_fn, namespace, label_selector=sel, service="Kubernetes",
+                                       operation=f"list {kind}s"))):
+            _delete(rec, kind, name, CLEANUP_WHY, partial(delete_fn, name, namespace))
+
+    _step(rec, "Job", jobs_and_pods)
+    _step(rec, "Config", lambda: _teardown_config(rec, delete=True, why=CLEANUP_WHY, ns=namespace, selector=sel,
+                                                  config=None, core_v1=core_v1))
+    _step(rec, "Volume", lambda: _teardown_volume(rec, delete=True, why=CLEANUP_WHY, ns=namespace, selector=sel,
+                                                  volume=None, core_v1=core_v1, timeout=wait_seconds))
+    _step(rec, "ServiceAccount", lambda: listed("ServiceAccount", core_v1.list_namespaced_service_account,
+                                                core_v1.delete_namespaced_service_account))
+    _step(rec, "Lease", lambda: listed("Lease", coordination_v1.list_namespaced_lease,
+                                       coordination_v1.delete_namespaced_lease))
+    return rec.report
+
+
+def delete_managed_file_system(nas: Any, file_system_id: str, *, wait_seconds: float = 120.0) -> TeardownReport:
+    """Delete a NAS file system that carries ask-batch's managed-by tag, its mount targets first (else kept)."""
+    rec = _Recorder()
+
+    def step() -> None:
+        fs = describe_file_system(nas, file_system_id)
+        if fs is None:
+            rec.deleted("NasFileSystem", file_system_id, f"{CLEANUP_WHY}; already gone")
+        elif not _managed(tags_of(fs)):
+            rec.kept("NasFileSystem", file_system_id, "not created by ask-batch (no managed-by tag)")
+        else:
+            _delete_file_system(rec, file_system_id, why=CLEANUP_WHY, nas=nas, timeout=wait_seconds)
+
+    _step(rec, "NasFileSystem", step)
+    return rec.report
+
+
+def delete_managed_cluster(cs: Any, cluster_id: str) -> TeardownReport:
+    """Delete a CS cluster that carries ask-batch's managed-by tag (else kept, and said why)."""
+    rec = _Recorder()
+    _step(rec, "Cluster", lambda: _delete_cluster(rec, cluster_id, delete=True, why=CLEANUP_WHY, cs=cs))
+    return rec.report
+
+
 # --------------------------------------------------------------------------------------------- Prefect task
 
 
@@ -381,17 +454,14 @@ def teardown_task(spec: BatchSpec, *, run_key: str, succeeded: bool, cluster: Cl
     recorded in the report, never raised."""
     from kubernetes import client
 
-    from tasks.cloud.clients import nas_client
-
-    creds = credentials(spec)
-    cs = cs_for(spec, creds)
-    nas = nas_client(spec.target, creds) if spec.storage.mode == "nas" else None
     core_v1 = batch_v1 = None
-    with stage_logs(Scrubber(creds.secret_values())):
+    with stage_context(spec) as ctx, stage_logs(ctx.scrubber):
+        cs = ctx.cs()
+        nas = ctx.nas() if spec.storage.mode == "nas" else None
         try:
             handle = cluster or _cluster_for_sweep(spec, cs, run_key)
             if handle is not None:
-                api = kube_for(spec, handle, creds)
+                api = ctx.kube(handle)
                 core_v1, batch_v1 = client.CoreV1Api(api), client.BatchV1Api(api)
         except Exception as exc:  # noqa: BLE001 - teardown still does what it can without Kubernetes
             log.warning("teardown: cannot reach the cluster (%s): %s", type(exc).__name__, exc)

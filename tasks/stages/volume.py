@@ -30,14 +30,14 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.cloud.context import RETRY_DELAYS, credentials, kube_for, stage_logs, transient_only
+from tasks.cloud.context import RETRY_DELAYS, stage_context, stage_logs, transient_only
 from tasks.cloud.nas import (
     describe_file_system,
     find_file_systems_by_name,
     list_mount_targets,
     nas_call,
 )
-from tasks.cloud.retry import CloudError, call
+from tasks.cloud.retry import CloudError, call, call_or_none
 from tasks.errors import VolumeError
 from tasks.handles import ClusterHandle, VolumeHandle
 from tasks.naming import short_hash, volume_names
@@ -48,7 +48,6 @@ from tasks.render.manifests import (
     nas_pv_manifest,
     nas_pvc_manifest,
 )
-from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec, NasOptions
 
 log = logging.getLogger("ask_batch.volume")
@@ -269,15 +268,11 @@ def wait_pvc_bound(core_v1: Any, namespace: str, name: str, *, timeout: float) -
 
 def check_existing_claim(core_v1: Any, namespace: str, claim_name: str) -> None:
     """Mode 'pvc': the claim must exist and be Bound, or the pods would hang in Pending."""
-    try:
-        pvc = call(core_v1.read_namespaced_persistent_volume_claim, claim_name, namespace, service="Kubernetes",
-                   operation=f"read PersistentVolumeClaim {claim_name}")
-    except CloudError as err:
-        if err.status == 404:
-            raise VolumeError(f"storage.claim_name {claim_name!r}: no such PersistentVolumeClaim in namespace "
-                              f"{namespace!r}; fix: create it first, or correct storage.claim_name / "
-                              f"cluster.namespace") from None
-        raise
+    pvc = call_or_none(core_v1.read_namespaced_persistent_volume_claim, claim_name, namespace,
+                       service="Kubernetes", operation=f"read PersistentVolumeClaim {claim_name}")
+    if pvc is None:
+        raise VolumeError(f"storage.claim_name {claim_name!r}: no such PersistentVolumeClaim in namespace "
+                          f"{namespace!r}; fix: create it first, or correct storage.claim_name / cluster.namespace")
     phase = pvc.status.phase if pvc.status else None
     if phase != "Bound":
         raise VolumeError(f"storage.claim_name {claim_name!r}: PersistentVolumeClaim {namespace}/{claim_name} is "
@@ -353,7 +348,8 @@ def ensure_volume(spec: BatchSpec, *, run_key: str, cluster: ClusterHandle, core
     fs_id, domain, created_fs, created_mt = ensure_nas(spec, run_key=run_key, cluster=cluster, nas=nas)
     pv_name, pvc_name = volume_names(run_key)
     options = storage.nas
-    ensure_pv(core_v1, nas_pv_manifest(pv_name, run_key=run_key, server=domain, path=options.path, nas=options))
+    ensure_pv(core_v1, nas_pv_manifest(pv_name, run_key=run_key, server=domain, path=options.path, nas=options,
+                                       claim_namespace=namespace, claim_name=pvc_name))
     ensure_pvc(core_v1, nas_pvc_manifest(pvc_name, pv_name, run_key=run_key, namespace=namespace,
                                          capacity_gib=options.capacity_gib))
     wait_pvc_bound(core_v1, namespace, pvc_name, timeout=min(300.0, float(options.ready_timeout_seconds)))
@@ -373,10 +369,7 @@ def ensure_volume_task(spec: BatchSpec, *, run_key: str, cluster: ClusterHandle)
         return VolumeHandle(mode="none")
     from kubernetes import client
 
-    from tasks.cloud.clients import nas_client
-
-    creds = credentials(spec)
-    with stage_logs(Scrubber(creds.secret_values())):
-        core_v1 = client.CoreV1Api(kube_for(spec, cluster, creds))
-        nas = nas_client(spec.target, creds) if spec.storage.mode == "nas" else None
-        return ensure_volume(spec, run_key=run_key, cluster=cluster, core_v1=core_v1, nas=nas)
+    with stage_context(spec) as ctx, stage_logs(ctx.scrubber):
+        nas = ctx.nas() if spec.storage.mode == "nas" else None
+        return ensure_volume(spec, run_key=run_key, cluster=cluster, core_v1=client.CoreV1Api(ctx.kube(cluster)),
+                             nas=nas)

@@ -15,7 +15,9 @@ https://github.com/PrefectHQ/prefect/blob/main/src/integrations/prefect-kubernet
   kubelet can take ~5 s to end it) is cut and the rest of that log is read once without follow;
 - the main loop wakes on events *and* on a short timer, because a grace period can run out while nothing changes,
   and asks ``tasks.render.diagnose`` about each pod: the first fatal diagnosis ends the wait, naming index, pod, reason,
-  exit code and the last log lines.
+  exit code and the last log lines;
+- an index reclaimed ``job.eci.max_reclaims`` times is stopped on spot and, once the Job is finished, runs its last
+  try on demand in a follow-up Job (``run_follow_ups``; docs/failures.md says why this way).
 """
 
 import contextlib
@@ -26,6 +28,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,24 +37,27 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.cloud.context import RETRY_DELAYS, credentials, kube_for, stage_logs, transient_only
+from tasks.cloud.context import RETRY_DELAYS, stage_context, stage_logs, transient_only
+from tasks.cloud.jobs import launch_job, stop_for_on_demand
 from tasks.cloud.pod_logs import PodLogs
+from tasks.cloud.retry import CloudError
 from tasks.errors import JobFailed
-from tasks.handles import Attempt, ClusterHandle, IndexRecord, JobHandle, JobReport
-from tasks.naming import RUN_LABEL
+from tasks.handles import Attempt, ClusterHandle, ConfigHandle, IndexRecord, JobHandle, JobReport, VolumeHandle
+from tasks.naming import INDEX_LABEL, RUN_LABEL
+from tasks.render.compute import ON_DEMAND_CONDITION, moves_reclaims_on_demand
 from tasks.render.diagnose import (
     AttemptEnd,
     Diagnosis,
     attempt_end,
     diagnose_pod,
+    due_on_demand,
     is_spot,
     job_finished,
     parse_indexes,
     parse_time,
     pod_index,
 )
-from tasks.render.manifests import CONTAINER_NAME
-from tasks.render.redact import Scrubber
+from tasks.render.manifests import CONTAINER_NAME, render_job
 from tasks.spec import BatchSpec
 
 log = logging.getLogger("ask_batch.wait")
@@ -80,6 +86,9 @@ class WaitOptions:
     scrub: Callable[[str], str] = str  # applied to every log line and error text (blanks known secret values)
     #: Live log follow streams at most; pods beyond are read once when their container ends.
     max_log_streams: int = 64
+    #: An index reclaimed this many times is stopped on spot (``stop_for_on_demand``) and reported in
+    #: ``JobReport.on_demand`` for its last try on demand; 0: off (the Job lacks ``ON_DEMAND_RULE``).
+    max_reclaims: int = 0
 
 
 # --------------------------------------------------------------------------------------------- watches
@@ -312,6 +321,10 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
     Job's verdict, so the other indexes finish and nothing is deleted early. Only a pod that cannot end by itself
     (``diagnose_pod``: bad image, unschedulable, ECI creation stuck, past the grace) ends the wait early.
 
+    ``options.max_reclaims`` (the first Job only): an index reclaimed that many times is stopped on spot
+    (``stop_for_on_demand``: a pod condition the Job's ``FailIndex`` rule matches); a Job that then fails only
+    because of such indexes is no failure: the report lists them in ``on_demand`` for their last try on demand.
+
     A Job that vanishes is a verdict too: deleted before it finished -> ``JobFailed`` saying so; already gone
     when the wait starts (removed by ``ttlSecondsAfterFinished`` after finishing) -> a report with
     ``job_gone=True`` and the pods seen, so the outputs decide.
@@ -334,7 +347,7 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
     if options.log_dir:
         options.log_dir.mkdir(parents=True, exist_ok=True)
     events: queue.Queue = queue.Queue()
-    pod_selector = f"{RUN_LABEL}={run_key}"
+    pod_selector = f"{RUN_LABEL}={run_key}" + ("" if job.index is None else f",{INDEX_LABEL}={job.index}")
     watchers = [
         _Watcher(batch_v1.list_namespaced_job, {"namespace": job.namespace,
                                              "field_selector": f"metadata.name={job.name}"},
@@ -354,6 +367,10 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
     job_deleted = False  # a DELETED event for the Job, or a deletionTimestamp on it
     ended: set[str] = set()  # pods whose end was already logged
     failed_logged: set[int] = set()  # indexes whose spent budget was already logged
+    reclaims: dict[int, int] = defaultdict(int)  # index -> attempts the cloud took away
+    moving: set[int] = set()  # indexes whose last try runs on demand (max_reclaims)
+    stopped: set[str] = set()  # pods stopped for that (the condition written, the pod deleted)
+    hand_over = options.max_reclaims > 0 and job.index is None
     synced: set[str] = set()
     last_progress = -1
     deadline = clock() + options.timeout_seconds if options.timeout_seconds else None
@@ -363,6 +380,12 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
         if job.uid not in owners:
             return
         name = obj["metadata"]["name"]
+        if hand_over and any(c.get("type") == ON_DEMAND_CONDITION and c.get("status") == "True"
+                             for c in (obj.get("status") or {}).get("conditions") or []):
+            stopped.add(name)  # an earlier wait of this Job (a retried task) moved this index on demand
+            idx = pod_index(obj)
+            if idx is not None:
+                moving.add(idx)
         if etype == "DELETED":
             pods.setdefault(name, obj)
         else:
@@ -392,7 +415,8 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
                          indexes=build_records(pods, job.completions, now=now, diagnoses=diags,
                                                failed_indexes=failed, finished=finished,
                                                indexes=None if job.index is None else [job.index]),
-                         incomplete_logs=dict(sorted(incomplete.items())))
+                         incomplete_logs=dict(sorted(incomplete.items())),
+                         on_demand=sorted(moving & failed) if succeeded else [])
 
     def failed_indexes() -> set[int]:
         # The Job's own indexes whose budget is spent, as original indexes (a follow-up Job runs one, as its 0).
@@ -411,15 +435,49 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
                 continue
             ended.add(name)
             idx = pod_index(pod)
+            if end.outcome == "reclaimed" and idx is not None:
+                reclaims[idx] += 1
             detail = f": {end.message}" if end.message else ""
+            if end.outcome == "moved-on-demand":
+                log.warning("%s", options.scrub(f"index {idx}: pod {name} stopped on spot{detail}"))
+                continue
             log.warning("%s", options.scrub(
                 f"index {'?' if idx is None else idx}: pod {name} ended: {end.reason}{detail}; "
                 f"{'not the workload' + chr(39) + 's fault: ' if end.disruption else ''}"
                 f"the Job retries it within its limits (backoffLimitPerIndex / backoffLimit / podFailurePolicy)"))
         for idx in sorted(failed_indexes() - failed_logged):
             failed_logged.add(idx)
+            if idx in moving:
+                log.info("index %d: ended in Job %s as planned; its last try runs on demand once the Job is "
+                         "finished", idx, job.name)
+                continue
             log.warning("index %d failed for good: its retry budget is spent; the Job still runs the other "
                         "indexes, then fails", idx)
+
+    def move_on_demand() -> None:
+        # max_reclaims: an index reclaimed that often is stopped on spot; the Job's FailIndex rule on our
+        # condition then fails it there, and its last try runs on demand after this Job (wait_for_job_task).
+        status = job_obj.get("status") or {}
+        settled = parse_indexes(status.get("completedIndexes")) | parse_indexes(status.get("failedIndexes"))
+        for idx in due_on_demand(reclaims, max_reclaims=options.max_reclaims, settled=settled | moving):
+            moving.add(idx)
+            log.warning("index %d: spot instance reclaimed %d times (job.eci.max_reclaims %d): stopping it on "
+                        "spot; its last try runs on demand (pay-as-you-go) in a follow-up Job", idx, reclaims[idx],
+                        options.max_reclaims)
+        pending = moving - settled
+        if not pending:
+            return
+        for name in sorted(unsettled):
+            pod = pods.get(name)
+            if pod is None or name in stopped or pod_index(pod) not in pending:
+                continue
+            stopped.add(name)
+            try:
+                stop_for_on_demand(core, job.namespace, name, reclaims=reclaims[pod_index(pod) or 0])
+            except CloudError as err:
+                log.warning("index %s: could not stop pod %s for its on-demand try (%s); it goes on on spot; fix: "
+                            "let the kubeconfig's user patch pods/status and delete pods", pod_index(pod), name,
+                            err)
 
     def drain_logs() -> None:
         # Streams that end by themselves within the grace are the common case; the others are cut and the rest
@@ -449,6 +507,8 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
             if synced != {"job", "pod"}:
                 continue
             explain_ends()
+            if hand_over:
+                move_on_demand()
             succeeded = int((job_obj.get("status") or {}).get("succeeded") or 0)
             if on_progress and succeeded != last_progress:
                 last_progress = succeeded
@@ -457,7 +517,10 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
             if finished:
                 final_pods()
                 drain_logs()
-                rep = report(ok, why, finished=True)
+                failed_now = failed_indexes()
+                # Failed only because of the indexes moved on demand: not a verdict yet, their last try is next.
+                ok = ok or bool(failed_now and failed_now <= moving and (why or "").startswith("FailedIndexes"))
+                rep = report(ok, why if not ok else None, finished=True)
                 if ok:
                     return rep
                 raise JobFailed(options.scrub(_failure_message(f"Job {job.name} failed: {why}", rep, logs,
@@ -527,7 +590,56 @@ def _failure_message(head: str, rep: JobReport, logs: PodLogs | None, options: W
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------------------- re-runs
+# --------------------------------------------------------------------------------------------- follow-up Jobs
+
+#: Follow-up Jobs waited on at once at most, besides ``job.parallelism`` (each wait is three threads: two
+#: watches and its pod's log stream).
+MAX_FOLLOW_UP_WAITS = 16
+
+
+def run_follow_ups(batch_v1: Any, indexes: list[int], render: Callable[[int], dict[str, Any]],
+                   wait_one: Callable[[JobHandle], JobReport], *, parallelism: int,
+                   on_done: Callable[[int], None] | None = None) -> list[tuple[JobReport, str | None]]:
+    """One follow-up Job per original index, at most ``parallelism`` (and ``MAX_FOLLOW_UP_WAITS``) at once.
+
+    A follow-up Job runs one pod, and it is created (``launch_job``: created, or adopted from an earlier attempt)
+    only when a slot is free; the slot is freed when ``wait_one`` has the Job's verdict. So the run never has
+    more than ``job.parallelism`` follow-up pods at once, as the first Job never has more than that.
+
+    Args:
+        batch_v1: a ``kubernetes.client.BatchV1Api``.
+        indexes: original indexes, run in this order.
+        render: the follow-up Job manifest of one index (``render_job(index=..., on_demand=...)``).
+        wait_one: waits for one follow-up Job (``wait_for_job``); may raise ``JobFailed``.
+        parallelism: ``job.parallelism``.
+        on_done: called with the number of follow-ups finished so far.
+
+    Returns:
+        (report, error text or None) per index, in ``indexes`` order.
+
+    Raises:
+        CloudError: a follow-up Job could not be created (the others already running are waited for first).
+    """
+    if not indexes:
+        return []
+    lock = threading.Lock()
+    finished = [0]
+
+    def one(index: int) -> tuple[JobReport, str | None]:
+        handle = launch_job(batch_v1, render(index)).model_copy(update={"index": index})
+        try:
+            result: tuple[JobReport, str | None] = (wait_one(handle), None)
+        except JobFailed as exc:
+            result = (exc.report, str(exc))
+        with lock:
+            finished[0] += 1
+            if on_done is not None:
+                on_done(finished[0])
+        return result
+
+    slots = max(1, min(parallelism, MAX_FOLLOW_UP_WAITS, len(indexes)))
+    with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="follow-up") as pool:
+        return list(pool.map(one, indexes))
 
 
 def merge_reports(whole: JobHandle, reused: list[int], reports: list[JobReport]) -> JobReport:
@@ -543,42 +655,80 @@ def merge_reports(whole: JobHandle, reused: list[int], reports: list[JobReport])
     return JobReport(job=whole, succeeded=not failed, reason=reason,
                      indexes=[by_index.get(i) or IndexRecord(index=i, status="not_started")
                               for i in range(whole.completions)],
-                     follow_ups=[rep.job for rep in reports], reused=sorted(reused))
+                     follow_ups=[rep.job for rep in reports], reused=sorted(reused),
+                     incomplete_logs={k: v for rep in reports for k, v in rep.incomplete_logs.items()})
+
+
+def merge_on_demand(first: JobReport, reports: list[JobReport]) -> JobReport:
+    """The first Job's report with the on-demand tries (``first.on_demand``) appended to their indexes' ledgers:
+    every attempt, spot then on demand; the index's status, last pod and reason are the on-demand try's. It
+    succeeded when every on-demand try did."""
+    tries = {rec.index: rec for rep in reports for rec in rep.indexes}
+    indexes = []
+    for rec in first.indexes:
+        extra = tries.get(rec.index)
+        if extra is None:
+            indexes.append(rec)
+            continue
+        attempts = rec.attempts + extra.attempts
+        indexes.append(extra.model_copy(update={
+            "attempts": attempts, "seconds": round(sum(a.seconds for a in attempts), 3),
+            "billed_seconds": round(sum(a.billed_seconds for a in attempts), 3)}))
+    failed = [rep for rep in reports if not rep.succeeded]
+    reason = "; ".join(f"on-demand try of index {rep.job.index} ({rep.job.name}): {rep.reason}"
+                       for rep in failed) or None
+    return first.model_copy(update={
+        "succeeded": first.succeeded and not failed, "reason": reason or first.reason, "indexes": indexes,
+        "follow_ups": first.follow_ups + [rep.job for rep in reports],
+        "incomplete_logs": {**first.incomplete_logs,
+                            **{k: v for rep in reports for k, v in rep.incomplete_logs.items()}}})
+
+
+def _follow_ups(spec: BatchSpec, run_key: str, cluster: ClusterHandle, api: Any, indexes: list[int], *,
+                flow_run_name: str, volume: VolumeHandle | None, config: ConfigHandle | None, on_demand: bool,
+                options: WaitOptions, emit: Emit, what: str) -> tuple[list[JobReport], list[str]]:
+    """Render, create and wait for the follow-up Jobs of ``indexes`` (``run_follow_ups``): their reports and the
+    error texts of those that failed."""
+    from kubernetes import client
+
+    def render(index: int) -> dict[str, Any]:
+        return render_job(spec, run_key=run_key, flow_run_name=flow_run_name, volume=volume, config=config,
+                          index=index, kind=cluster.kind, on_demand=on_demand)
+
+    def wait_one(handle: JobHandle) -> JobReport:
+        # Its own connection pool (same configuration): each wait holds two watches and a log stream, and up to
+        # MAX_FOLLOW_UP_WAITS run at once; sharing one pool would make urllib3 drop and reopen connections.
+        with client.ApiClient(api.configuration) as own:
+            return wait_for_job(own, handle, run_key=run_key, options=options, emit=emit)
+
+    results = run_follow_ups(client.BatchV1Api(api), indexes, render, wait_one, parallelism=spec.job.parallelism,
+                             on_done=lambda n: log.info("%s: %d of %d follow-up Jobs finished", what, n,
+                                                        len(indexes)))
+    return [rep for rep, _ in results], [err for _, err in results if err]
 
 
 @task(name="wait_for_follow_ups", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS),
       retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=transient_only)
 def wait_for_follow_ups_task(spec: BatchSpec, run_key: str, cluster: ClusterHandle, whole: JobHandle,
-                             follow_ups: list[JobHandle], reused: list[int], log_dir: str | None) -> JobReport:
-    """Prefect task: wait for every follow-up Job of a re-run (they run at once; each wait ends with its Job's
-    verdict), then one merged report. A failed follow-up does not stop the wait for the others.
+                             indexes: list[int], reused: list[int], log_dir: str | None, *, flow_run_name: str,
+                             volume: VolumeHandle | None, config: ConfigHandle | None) -> JobReport:
+    """Prefect task: run the missing ``indexes`` of a re-run as follow-up Jobs, at most ``job.parallelism`` at
+    once (``run_follow_ups``), each wait ending with its Job's verdict, then one merged report. A failed
+    follow-up does not stop the others.
 
     Raises:
         JobFailed: some follow-up Job failed (the merged report is attached), naming its index.
     """
-    from tasks.cloud.clients import _load_prefect_secret
-    from tasks.cloud.inputs import run_secret_values
-
-    creds = credentials(spec)
-    scrub = Scrubber(run_secret_values(spec, creds, load_secret=_load_prefect_secret))
-    reports: list[JobReport] = []
-    errors: list[str] = []
-    with stage_logs(scrub) as run_logger:
-        api = kube_for(spec, cluster)
-        try:
-            for job in follow_ups:
-                try:
-                    reports.append(wait_for_job(api, job, run_key=run_key, options=wait_options(
-                        spec, log_dir=Path(log_dir) if log_dir else None, scrub=scrub), emit=run_logger.info))
-                except JobFailed as exc:
-                    reports.append(exc.report)
-                    errors.append(str(exc))
-                run_logger.info("re-run: %d of %d follow-up Jobs finished", len(reports), len(follow_ups))
-        finally:
-            api.close()
+    with stage_context(spec) as ctx, stage_logs(ctx.scrubber) as run_logger:
+        scrub = ctx.scrubber
+        reports, errors = _follow_ups(
+            spec, run_key, cluster, ctx.kube(cluster), indexes, flow_run_name=flow_run_name, volume=volume,
+            config=config, on_demand=False,
+            options=wait_options(spec, log_dir=Path(log_dir) if log_dir else None, scrub=scrub),
+            emit=run_logger.info, what="re-run")
     merged = merge_reports(whole, reused, reports)
     if errors:
-        raise JobFailed(scrub(f"{len(errors)} of {len(follow_ups)} follow-up Jobs failed:\n" + "\n".join(errors)),
+        raise JobFailed(scrub(f"{len(errors)} of {len(indexes)} follow-up Jobs failed:\n" + "\n".join(errors)),
                         merged)
     return merged
 
@@ -587,20 +737,25 @@ def wait_for_follow_ups_task(spec: BatchSpec, run_key: str, cluster: ClusterHand
 
 
 def wait_options(spec: BatchSpec, *, log_dir: Path | None, scrub: Callable[[str], str] = str) -> WaitOptions:
-    """``WaitOptions`` from the spec's ``wait`` section (timeout: the Job deadline plus 10 minutes if unset)."""
+    """``WaitOptions`` from the spec's ``wait`` section (timeout: the Job deadline plus 10 minutes if unset), and
+    ``job.eci.max_reclaims`` when the Job carries the rule it needs (``moves_reclaims_on_demand``)."""
     timeout = spec.wait.timeout_seconds
     if timeout is None and spec.job.active_deadline_seconds:
         timeout = spec.job.active_deadline_seconds + 600
     return WaitOptions(grace_seconds=spec.wait.fail_fast_grace_seconds, timeout_seconds=timeout,
                        stream_logs=spec.wait.stream_logs, tail_lines=spec.wait.log_tail_lines, log_dir=log_dir,
-                       scrub=scrub, max_log_streams=spec.wait.max_log_streams)
+                       scrub=scrub, max_log_streams=spec.wait.max_log_streams,
+                       max_reclaims=spec.job.eci.max_reclaims if moves_reclaims_on_demand(spec.job) else 0)
 
 
 @task(name="wait_for_job", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=transient_only)
 def wait_for_job_task(spec: BatchSpec, run_key: str, cluster: ClusterHandle, job: JobHandle,
-                      log_dir: str | None) -> JobReport:
-    """Prefect task: watch the Job to its end, streaming pod logs into the run log and a progress artifact.
+                      log_dir: str | None, *, flow_run_name: str, volume: VolumeHandle | None = None,
+                      config: ConfigHandle | None = None) -> JobReport:
+    """Prefect task: watch the Job to its end, streaming pod logs into the run log and a progress artifact; then
+    run the on-demand tries of the indexes reclaimed ``job.eci.max_reclaims`` times (follow-up Jobs without
+    spot, at most ``job.parallelism`` at once) and merge them into the report.
 
     Each pod's log line reaches the Prefect run log as ``[idx=N pod=NAME] line``, with every known secret value
     (AccessKey, secret files and env) blanked. Whole logs are kept under ``log_dir``.
@@ -610,12 +765,7 @@ def wait_for_job_task(spec: BatchSpec, run_key: str, cluster: ClusterHandle, job
     """
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-    from tasks.cloud.clients import _load_prefect_secret
-    from tasks.cloud.inputs import run_secret_values
-
-    creds = credentials(spec)
-    scrub = Scrubber(run_secret_values(spec, creds, load_secret=_load_prefect_secret))
-    with stage_logs(scrub) as run_logger:
+    with stage_context(spec) as ctx, stage_logs(ctx.scrubber) as run_logger:
         artifact: Any = create_progress_artifact(0.0, key=f"progress-{run_key}",
                                             description=f"Job {job.name}: indexes done of {job.completions}")
 
@@ -624,10 +774,20 @@ def wait_for_job_task(spec: BatchSpec, run_key: str, cluster: ClusterHandle, job
                                      description=f"Job {job.name}: {done}/{total} indexes done")
             run_logger.info("progress: %d/%d indexes done", done, total)
 
-        api = kube_for(spec, cluster, creds)
-        try:
-            return wait_for_job(api, job, run_key=run_key,
-                                options=wait_options(spec, log_dir=Path(log_dir) if log_dir else None, scrub=scrub),
-                                emit=run_logger.info, on_progress=progress)
-        finally:
-            api.close()
+        api = ctx.kube(cluster)
+        scrub = ctx.scrubber
+        options = wait_options(spec, log_dir=Path(log_dir) if log_dir else None, scrub=scrub)
+        report = wait_for_job(api, job, run_key=run_key, options=options, emit=run_logger.info,
+                              on_progress=progress)
+        if not report.on_demand:
+            return report
+        run_logger.info("on-demand tries of %d index(es) reclaimed %d times: %s", len(report.on_demand),
+                        options.max_reclaims, ", ".join(map(str, report.on_demand[:20])))
+        reports, errors = _follow_ups(
+            spec, run_key, cluster, api, report.on_demand, flow_run_name=flow_run_name, volume=volume,
+            config=config, on_demand=True, options=options, emit=run_logger.info, what="on-demand tries")
+    merged = merge_on_demand(report, reports)
+    if errors:
+        raise JobFailed(scrub(f"{len(errors)} of {len(reports)} on-demand tries failed:\n" + "\n".join(errors)),
+                        merged)
+    return merged

@@ -99,15 +99,33 @@ def test_a_nas_only_workload_with_completeness_none_succeeds_and_says_what_was_n
     assert "no index was checked for outputs in OSS" in summary[0]
 
 
+KUBECONFIG_FETCH = "GET /k8s/{cluster_id}/user_config"  # DescribeClusterUserKubeconfig
+
+
+def _cs_operations(sandbox_dir: Path) -> dict[str, int]:
+    import urllib.request
+
+    base = json.loads((sandbox_dir / "endpoints.json").read_text())["control"]["endpoint"]
+    with urllib.request.urlopen(base + "/stats", timeout=5) as resp:
+        operations: dict[str, int] = json.loads(resp.read())["services"]["cs"]["operations"]
+    return operations
+
+
 def test_second_run_reuses_the_cluster_and_the_nas(sandbox_dir: Path, workdir: Path) -> None:
     from tasks.cloud.clients import nas_client
     from tasks.cloud.cluster_access import find_ask_cluster
     from tasks.cloud.context import credentials, cs_for
     from tasks.cloud.nas import find_file_systems_by_name
 
+    fetches = []
     for key in ("e2e-again-1", "e2e-again-2"):
+        before = _cs_operations(sandbox_dir)
         spec, state = run(sandbox_dir, workdir, key)
         assert state.is_completed(), state.message
+        after = _cs_operations(sandbox_dir)
+        fetches.append(after.get(KUBECONFIG_FETCH, 0) - before.get(KUBECONFIG_FETCH, 0))
+    # The run's clients are built once (tasks.cloud.context.StageContext): one kubeconfig per run, not per stage.
+    assert fetches == [1, 1]
     # find_ask_cluster raises when two clusters have the name; the NAS lookup lists every match.
     assert find_ask_cluster(cs_for(spec), region=spec.target.region, name=spec.cluster.ask.name)
     nas = nas_client(spec.target, credentials(spec))

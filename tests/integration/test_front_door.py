@@ -67,6 +67,11 @@ CASES = [
     ("non-UTF-8 params", lambda t: example_with(t, raw=b"\n# caf\xe9\n"), [], ["--params {params}"]),
     ("deep nesting", lambda t: example_with(t, "\nx: " + "[" * 100 + "]" * 100 + "\n"), [], ["--params {params}"]),
     ("over 512 KB of parameters", None, ["config.files={{big.txt: '" + "x" * 600_000 + "'}}"], ["(spec)"]),
+    ("pod_template_patch: unknown field", None,
+     ["job.pod_template_patch={{spec: {{containers: [{{name: workload, imagee: x}}]}}}}"],
+     ["job.pod_template_patch.spec.containers[0]"]),
+    ("pod_template_patch: protected field", None, ["job.pod_template_patch={{spec: {{restartPolicy: Always}}}}"],
+     ["job.pod_template_patch.spec.restartPolicy"]),
     ("three problems at once", None, ["job.active_deadline_seconds=1.0e+20", "cluster.ask.vpc_id=junk",
                                       "config.local_paths=[/dev/zero]"],
      ["cluster.ask.vpc_id", "job.active_deadline_seconds"]),  # spec problems first; files are read once it is valid

@@ -223,7 +223,7 @@ def test_the_task_publishes_a_table_artifact_keyed_on_the_run(cloud: Any, spec_f
     def collect() -> Any:
         return collect_outputs_task(spec, run_key=run_key, flow_run_name="flow-g", report=make_report(1))
 
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_test_harness(server_startup_timeout=300):
         manifest = collect()
         assert manifest.complete
 

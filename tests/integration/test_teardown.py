@@ -179,7 +179,7 @@ def test_the_tasks_build_their_own_clients_and_sweep_a_crashed_run(cloud: Any, m
         volume = ensure_volume_task(spec, run_key=run_key, cluster=cluster)
         return volume, teardown_task(spec, run_key=run_key, succeeded=False)
 
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_test_harness(server_startup_timeout=300):
         volume, report = crashed_then_swept()
     assert report.ok, report.lines()
     assert names(report, "deleted")["NasFileSystem"] == {volume.file_system_id}

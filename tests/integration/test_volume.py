@@ -57,6 +57,27 @@ def test_nas_volume_created_once_and_bound(cloud: Any, make_spec: Any, kube: Any
     assert pv.spec.csi.volume_attributes["server"] == first.mount_target
 
 
+def test_the_nas_pv_is_reserved_for_the_runs_claim(cloud: Any, make_spec: Any, kube: Any, run_key: str) -> None:
+    """A pending claim of someone else that fits the PV (class "", ReadWriteMany, small enough) must not take it:
+    a free PV goes to any matching claim (https://kubernetes.io/docs/concepts/storage/persistent-volumes/
+    #reserving-a-persistentvolume), which would leave the run's claim Pending and mount the run's NAS elsewhere."""
+    handle, core = kube
+    other = "other-" + run_key
+    core.create_namespace({"metadata": {"name": other}})
+    core.create_namespaced_persistent_volume_claim(other, {
+        "metadata": {"name": "wants-any-volume"},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
+                 "resources": {"requests": {"storage": "1Gi"}}}})
+    try:
+        spec = make_spec({"storage": {"mode": "nas", "nas": {"name": "nas-" + run_key}}})
+        volume = ensure_volume(spec, run_key=run_key, cluster=handle, core_v1=core, nas=cloud.nas)
+        pv = core.read_persistent_volume(volume.pv_name)
+        assert (pv.spec.claim_ref.namespace, pv.spec.claim_ref.name) == (handle.namespace, volume.claim_name)
+        assert core.read_namespaced_persistent_volume_claim("wants-any-volume", other).status.phase == "Pending"
+    finally:
+        core.delete_namespace(other)
+
+
 def test_a_pod_writes_to_the_nas_volume(cloud: Any, make_spec: Any, kube: Any, run_key: str) -> None:
     handle, core = kube
     spec = make_spec({"storage": {"mode": "nas", "nas": {"name": "nas-" + run_key, "path": "/shared"}}})
@@ -89,8 +110,11 @@ def test_pvc_mode_needs_an_existing_bound_claim(make_spec: Any, kube: Any) -> No
                         "resources": {"requests": {"storage": "1Gi"}}}}
     core.create_namespaced_persistent_volume_claim(handle.namespace, pending)
     spec = make_spec({"storage": {"mode": "pvc", "claim_name": "pending-claim"}})
-    with pytest.raises(VolumeError, match=r"storage.claim_name 'pending-claim'.*Pending, not Bound"):
-        ensure_volume(spec, run_key="x", cluster=handle, core_v1=core, nas=None)
+    try:
+        with pytest.raises(VolumeError, match=r"storage.claim_name 'pending-claim'.*Pending, not Bound"):
+            ensure_volume(spec, run_key="x", cluster=handle, core_v1=core, nas=None)
+    finally:
+        core.delete_namespaced_persistent_volume_claim("pending-claim", handle.namespace)
 
 
 def test_none_mode_touches_nothing(make_spec: Any, kube: Any) -> None:

@@ -20,11 +20,13 @@ from kubernetes import client
 from tasks.cloud.cluster_access import connect
 from tasks.errors import JobFailed
 from tasks.handles import JobHandle, JobReport
-from tasks.naming import run_selector
+from tasks.naming import INDEX_LABEL, run_selector
+from tasks.render.compute import ON_DEMAND_ANNOTATION
+from tasks.render.diagnose import parse_indexes
 from tasks.render.manifests import JobInputs, job_manifest
 from tasks.stages.cluster import ensure_cluster
 from tasks.stages.job import launch_job
-from tasks.stages.wait import WaitOptions, wait_for_job
+from tasks.stages.wait import WaitOptions, merge_on_demand, run_follow_ups, wait_for_job, wait_options
 
 
 @pytest.fixture
@@ -188,3 +190,45 @@ def test_a_missing_executable_is_named_in_the_error(make_spec: Any, kube: Any, r
         wait(kube, job, run_key, tmp_path)
     message = str(caught.value)
     assert "no-such-tool-9x" in message and "could not start" in message and "job.command" in message
+
+
+def test_an_index_reclaimed_max_reclaims_times_runs_its_last_try_on_demand(
+        faults: Any, make_spec: Any, kube: Any, run_key: str, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Spot stock is gone: every spot pod is reclaimed a second after it starts, each attempt needs 3 s. With
+    max_reclaims 2 the waiter stops each index on spot after its second reclaim, the Job fails those indexes
+    (FailIndex on ask-batch's condition) and nothing else; their on-demand follow-up Jobs then finish them."""
+    faults.update({"spot_reclaim_after_s": 1})
+    spec, job = launch(make_spec, kube, run_key, command=["sleep", "3"], completions=2, parallelism=2,
+                       backoff_limit_per_index=2, eci={"spot_strategy": "SpotAsPriceGo", "max_reclaims": 2})
+    options = wait_options(spec, log_dir=tmp_path / "logs")
+    assert options.max_reclaims == 2
+    with caplog.at_level(logging.INFO, logger="ask_batch"):
+        first = wait_for_job(kube[1], job, run_key=run_key, options=options, emit=lambda _: None)
+    assert first.succeeded and first.on_demand == [0, 1], first
+    for record in first.indexes:
+        outcomes = [a.outcome for a in record.attempts]
+        assert outcomes[:2] == ["reclaimed", "reclaimed"] and "succeeded" not in outcomes, outcomes
+        assert record.reclaims >= 2 and all(a.spot for a in record.attempts)
+    assert any("index 0: spot instance reclaimed 2 times" in r.getMessage() for r in caplog.records)
+    # The first Job ran no index to success: the moved indexes are its failed ones.
+    status = kube[3].read_namespaced_job(job.name, "default").status
+    assert not status.completed_indexes and parse_indexes(status.failed_indexes) == {0, 1}
+
+    def render(index: int) -> dict[str, Any]:
+        return job_manifest(spec, run_key=run_key, inputs=JobInputs(), index=index, on_demand=True)
+
+    results = run_follow_ups(kube[3], first.on_demand, render, lambda handle: wait_for_job(
+        kube[1], handle, run_key=run_key, options=options, emit=lambda _: None), parallelism=2)
+    merged = merge_on_demand(first, [rep for rep, _ in results])
+    assert merged.succeeded and [r.status for r in merged.indexes] == ["succeeded", "succeeded"]
+    for record in merged.indexes:
+        assert [(a.outcome, a.spot) for a in record.attempts][-1] == ("succeeded", False)
+        assert record.reclaims >= 2
+    on_demand_pods = [p for p in pods_of(kube, run_key) if ON_DEMAND_ANNOTATION in (p.metadata.annotations or {})]
+    assert sorted(int(p.metadata.labels[INDEX_LABEL]) for p in on_demand_pods) == [0, 1]
+    for pod in on_demand_pods:
+        assert not any(k.startswith("k8s.aliyun.com/eci-spot") for k in pod.metadata.annotations), pod.metadata
+        assert pod.status.phase == "Succeeded"
+    succeeded = [p for p in pods_of(kube, run_key) if p.status.phase == "Succeeded"]
+    assert len(succeeded) == 2  # each index ran to success once

@@ -1,15 +1,13 @@
-"""`python -m sandbox serve --dir DIR` as a subprocess, for the acceptance tests (and the user's view of it).
+"""`python -m sandbox serve --dir DIR` in the background, for the acceptance tests (and the user's view of it).
 
-Only what a user has is used: the files the sandbox writes (DIR/kubeconfig, DIR/endpoints.json) and its
-control endpoint.
+Started and stopped by the sandbox's one launcher (sandbox/launch.py, what `python -m sandbox serve --detach
+--wait-ready` and `make run` use). Only what a user has is used: the files the sandbox writes (DIR/kubeconfig,
+DIR/endpoints.json) and its control endpoint.
 """
 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -17,16 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-REPO = Path(__file__).resolve().parents[2]
+from sandbox.launch import start_detached, stop_detached
+
 T = TypeVar("T")
 
 
 @dataclass
 class Served:
-    """A `python -m sandbox serve --dir DIR` subprocess and the files it wrote."""
+    """A background `python -m sandbox serve --dir DIR` and the files it wrote."""
 
     dir: Path
-    proc: subprocess.Popen[bytes]
+    pid: int
     endpoints: dict[str, Any]
 
     @property
@@ -57,28 +56,10 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
 
 
 def start_served(data_dir: Path, *extra: str) -> Served:
-    log = open(data_dir.parent / f"{data_dir.name}.serve.log", "ab")  # noqa: SIM115 - kept for the process's life
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox", "serve", "--dir", str(data_dir), *extra],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-
-    def ready() -> dict[str, Any] | None:
-        assert proc.poll() is None, f"sandbox exited with {proc.returncode}; see {log.name}"
-        if not (data_dir / "endpoints.json").exists():
-            return None
-        endpoints: dict[str, Any] = json.loads((data_dir / "endpoints.json").read_text())
-        try:
-            with urllib.request.urlopen(endpoints["control"]["endpoint"] + "/healthz", timeout=2):
-                return endpoints
-        except OSError:
-            return None
-
-    return Served(data_dir, proc, wait_for(ready, 30, "the sandbox to be ready"))
+    pid, started = start_detached(data_dir, list(extra), timeout=60)
+    assert started and pid is not None, f"a sandbox already ran in {data_dir}"
+    return Served(data_dir, pid, json.loads((data_dir / "endpoints.json").read_text()))
 
 
 def stop_served(served: Served) -> None:
-    served.proc.send_signal(signal.SIGTERM)
-    try:
-        served.proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        served.proc.kill()
-        served.proc.wait()
+    assert stop_detached(served.dir) == served.pid

@@ -293,12 +293,17 @@ def test_protobuf_persistent_volume_and_claim(sandbox: Any, core: client.CoreV1A
     quantity = _ld(1, "1Gi")
     pv_spec = (_ld(1, _ld(1, "storage") + _ld(2, quantity))  # capacity
                + _ld(2, _ld(3, _ld(1, f"/tmp/{pv}")))  # persistentVolumeSource (inline) -> hostPath.path
-               + _ld(3, "ReadWriteOnce") + _ld(5, "Retain") + _ld(6, ""))  # accessModes, policy, storageClassName
+               + _ld(3, "ReadWriteOnce")  # accessModes
+               # claimRef (an ObjectReference: namespace, name) reserves the PV for this test's claim, as a static
+               # PV should be: a free PV goes to any pending claim that fits, and an earlier test may have left one
+               + _ld(4, _ld(2, "default") + _ld(3, pvc))
+               + _ld(5, "Retain") + _ld(6, ""))  # policy, storageClassName
     status, body = _post(sandbox, "/api/v1/persistentvolumes",
                          _envelope("v1", "PersistentVolume", _ld(1, _ld(1, pv)) + _ld(2, pv_spec)))
     assert status == 201, body
     assert body["spec"]["hostPath"] == {"path": f"/tmp/{pv}"} and body["spec"]["capacity"] == {"storage": "1Gi"}
     assert "storageClassName" not in body["spec"]  # a plain string in a PV: its empty value is omitted
+    assert body["spec"]["claimRef"] == {"namespace": "default", "name": pvc}
     claim_spec = _ld(1, "ReadWriteOnce") + _ld(2, _ld(2, _ld(1, "storage") + _ld(2, quantity))) + _ld(3, pv) \
         + _ld(5, "")
     status, body = _post(sandbox, "/api/v1/namespaces/default/persistentvolumeclaims",

@@ -194,3 +194,15 @@ async def test_restart_keeps_file_systems(tmp_path: Path) -> None:
         assert nas_server.resolve(env.sb, domain, "/") == (tmp_path / "nas" / fs_id).resolve()
     finally:
         await env.runner.cleanup()
+
+
+async def test_metered_size_is_the_used_size_in_4_kib_units(env: Env) -> None:
+    """MeteredSize (bytes) counts each file rounded up to NAS's 4 KiB unit, directories not
+    (https://www.alibabacloud.com/help/doc-detail/27523.htm)."""
+    fs_id = (await env.client.create_file_system_async(fs_request())).body.file_system_id
+    assert (await describe_fs(env.client, fs_id)).metered_size == 0
+    root = env.sb.data_dir / "nas" / fs_id
+    (root / "run-1").mkdir(parents=True, exist_ok=True)
+    (root / "run-1" / "small").write_bytes(b"x")
+    (root / "big").write_bytes(b"y" * 5000)
+    assert (await describe_fs(env.client, fs_id)).metered_size == 4096 + 8192

@@ -102,6 +102,21 @@ async def test_sub_path_is_root_owned_unless_an_init_container_hands_it_over(clu
     assert (shared / "run-2" / "f").stat().st_uid == 65534
 
 
+@needs_root
+async def test_a_parent_made_private_again_is_made_traversable_again(cluster: KubeCluster,  # noqa: F811
+                                                                     tmp_path: Path) -> None:
+    """Something else on the host (a new pytest process resets /tmp/pytest-of-<user> to 0700) may take the search
+    bit back from a directory above the data dir between two pods: the next non-root pod must still reach its
+    volumes."""
+    make_secret(cluster)
+    for name in ("before", "after"):
+        os.chmod(tmp_path, 0o700)  # what pytest does to its root temp directory at every start
+        create_pod(cluster, name, ["cat", "/etc/secret/token"],
+                   container={"securityContext": NOBODY, "volumeMounts": TOKEN_MOUNT}, volumes=secret_volume(0o444))
+        pod = await wait_pod(cluster, name, phase_is("Succeeded", "Failed"))
+        assert pod["status"]["phase"] == "Succeeded", log_text(cluster, pod)
+
+
 async def test_run_as_non_root_refuses_uid_0(cluster: KubeCluster) -> None:  # noqa: F811
     create_pod(cluster, "root", ["true"], container={"securityContext": {"runAsUser": 0, "runAsNonRoot": True}})
     pod = await wait_pod(cluster, "root", lambda p: waiting_reason(p) == "CreateContainerConfigError")

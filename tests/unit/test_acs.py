@@ -91,6 +91,15 @@ def test_kind_found_at_run_time_is_checked_before_rendering() -> None:
         check_for_kind(gpu.job, "ask")
 
 
+def test_the_reclaim_rules_of_job_eci_apply_on_acs_too() -> None:
+    """max_reclaims and ignore_reclaims are retry rules, not ECI annotations: accepted for ACS best-effort pods."""
+    spec = parse_spec(with_changes(BASE, {"cluster.mode": "acs", "job.compute": {"qos": "preemptible"},
+                                          "job.backoff_limit_per_index": 1,
+                                          "job.eci": {"max_reclaims": 5, "ignore_reclaims": False}}))
+    check_for_kind(spec.job, "acs")
+    assert spec.job.eci.max_reclaims == 5
+
+
 def _pod(labels: dict[str, str], phase: str, conditions: list[dict[str, Any]], reason: str = "") -> dict[str, Any]:
     return {"metadata": {"name": "p", "labels": labels, "creationTimestamp": "2026-11-30T00:00:00Z",
                          "annotations": {"batch.kubernetes.io/job-completion-index": "3"}},

@@ -4,7 +4,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tasks.render.diagnose import attempt_end, diagnose_pod, exit_code, job_finished, parse_indexes, pod_index
+from tasks.render.diagnose import (
+    attempt_end,
+    diagnose_pod,
+    due_on_demand,
+    exit_code,
+    job_finished,
+    parse_indexes,
+    pod_index,
+)
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -94,6 +102,10 @@ ENDS = [
     ("exit code", ended(terminated={"exitCode": 3, "reason": "Error"}), "exit", "exit code 3"),
     ("success", ended(phase="Succeeded", terminated={"exitCode": 0, "reason": "Completed"}), "succeeded",
      "completed"),
+    ("moved on demand by ask-batch, after a disruption too", ended(spot=True, terminated={"exitCode": 143}, conditions=[
+        {"type": "DisruptionTarget", "status": "True", "reason": "BidFailed"},
+        {"type": "ask-batch.io/RetryOnDemand", "status": "True", "message": "reclaimed 3 times"}]),
+     "moved-on-demand", "stopped by ask-batch after its spot reclaims: the last try runs on demand"),
 ]
 
 
@@ -115,3 +127,11 @@ def test_a_running_pod_has_not_ended():
 
 def test_index_intervals():
     assert parse_indexes("1,3-5,9") == {1, 3, 4, 5, 9} and parse_indexes(None) == set()
+
+
+def test_an_index_moves_on_demand_once_reclaimed_max_reclaims_times_unless_settled():
+    reclaims = {0: 3, 1: 2, 2: 5, 3: 4}
+    # 0: due; 1: one reclaim short; 2: already succeeded or failed (settled); 3: already moved (settled too)
+    assert due_on_demand(reclaims, max_reclaims=3, settled={2, 3}) == [0]
+    assert due_on_demand(reclaims, max_reclaims=2, settled=set()) == [0, 1, 2, 3]
+    assert due_on_demand(reclaims, max_reclaims=0, settled=set()) == []  # off

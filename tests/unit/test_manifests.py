@@ -174,7 +174,8 @@ def test_spot_pods_get_an_ignore_rule_for_disruptions_before_the_users_rules():
 
 def test_nas_pv_and_pvc_bind_to_each_other():
     nas = parse_spec(with_changes(BASE, {"storage.mode": "nas"})).storage.nas
-    pv = nas_pv_manifest("askb-pv-r", run_key=RUN, server="fs-1.cn-hangzhou.nas.aliyuncs.com", path="/", nas=nas)
+    pv = nas_pv_manifest("askb-pv-r", run_key=RUN, server="fs-1.cn-hangzhou.nas.aliyuncs.com", path="/", nas=nas,
+                         claim_namespace="ns", claim_name="askb-pvc-r")
     pvc = nas_pvc_manifest("askb-pvc-r", "askb-pv-r", run_key=RUN, namespace="ns", capacity_gib=nas.capacity_gib)
     assert pv["spec"]["csi"]["driver"] == "nasplugin.csi.alibabacloud.com"
     assert pv["spec"]["csi"]["volumeHandle"] == pv["metadata"]["name"]
@@ -182,6 +183,7 @@ def test_nas_pv_and_pvc_bind_to_each_other():
     assert pvc["spec"]["storageClassName"] == ""
     assert pvc["spec"]["selector"]["matchLabels"] == {"alicloud-pvname": "askb-pv-r"}
     assert pvc["spec"]["volumeName"] == "askb-pv-r"
+    assert pv["spec"]["claimRef"] == {"namespace": "ns", "name": "askb-pvc-r"}  # reserved for that claim
     assert pv["metadata"]["labels"]["ask-batch.io/run"] == RUN
 
 
@@ -254,3 +256,53 @@ def test_pods_read_their_index_from_ask_batch_index_on_the_first_job_and_on_a_fo
     assert follow["spec"]["template"]["metadata"]["labels"]["ask-batch.io/index"] == "3"
     others = {job_manifest(spec, run_key=RUN, inputs=JobInputs(), index=i)["metadata"]["name"] for i in range(5)}
     assert len(others | {first["metadata"]["name"]}) == 6  # every Job its own name
+
+
+def test_spot_jobs_with_a_per_index_budget_fail_an_index_ask_batch_moves_on_demand():
+    spec = parse_spec(with_changes(BASE, {"job.eci.spot_strategy": "SpotAsPriceGo", "job.eci.max_reclaims": 2,
+                                          "job.backoff_limit_per_index": 2}))
+    rules = job_manifest(spec, run_key=RUN, inputs=JobInputs())["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "FailIndex",
+                        "onPodConditions": [{"type": "ask-batch.io/RetryOnDemand", "status": "True"}]}
+    assert rules[1]["action"] == "Ignore"  # the reclaims themselves still spend no budget
+    # Without a per-index budget Kubernetes has no FailIndex, and past max_failed_indexes it would stop every pod.
+    for changes in ({}, {"job.backoff_limit_per_index": 2, "job.max_failed_indexes": 3},
+                    {"job.backoff_limit_per_index": 2, "job.eci.max_reclaims": 0}):
+        other = parse_spec(with_changes(BASE, {"job.eci.spot_strategy": "SpotAsPriceGo", **changes}))
+        rules = job_manifest(other, run_key=RUN, inputs=JobInputs())["spec"]["podFailurePolicy"]["rules"]
+        assert all(r["action"] != "FailIndex" for r in rules), changes
+    full = parse_spec(with_changes(BASE, {"job.eci.spot_strategy": "SpotAsPriceGo", "job.backoff_limit_per_index": 2,
+                                          "job.pod_failure_policy": {"rules": [
+                                              {"action": "Count", "onExitCodes": {"operator": "In", "values": [i]}}
+                                              for i in range(1, 20)]}}))
+    rules = job_manifest(full, run_key=RUN, inputs=JobInputs())["spec"]["podFailurePolicy"]["rules"]
+    assert len(rules) == 20  # the Kubernetes limit: the Ignore rule fits, the FailIndex rule does not
+
+
+def test_the_on_demand_try_is_a_follow_up_job_without_spot():
+    spec = parse_spec(with_changes(BASE, {"job.eci.spot_strategy": "SpotWithPriceLimit",
+                                          "job.eci.spot_price_limit": 0.2, "job.eci.use_specs": ["2-4Gi"],
+                                          "job.backoff_limit_per_index": 2,
+                                          "job.completions": 4, "job.parallelism": 2}))
+    spot = job_manifest(spec, run_key=RUN, inputs=JobInputs(), index=3)
+    try_ = job_manifest(spec, run_key=RUN, inputs=JobInputs(), index=3, on_demand=True)
+    ann = try_["spec"]["template"]["metadata"]["annotations"]
+    assert not any(k.startswith("k8s.aliyun.com/eci-spot") for k in ann), ann
+    assert "k8s.aliyun.com/eci-spot-strategy" in spot["spec"]["template"]["metadata"]["annotations"]
+    assert ann["k8s.aliyun.com/eci-use-specs"] == "2-4Gi"  # everything else as before
+    assert ann["ask-batch.io/on-demand-try"] == "last try after 3 reclaims"
+    assert "podFailurePolicy" not in try_["spec"]  # nothing left to ignore or move
+    env = {e["name"]: e.get("value") for e in try_["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ASK_BATCH_INDEX"] == "3" and try_["spec"]["completions"] == 1
+    assert try_["metadata"]["name"] != spot["metadata"]["name"]
+    with pytest.raises(ValueError, match="give index"):
+        job_manifest(spec, run_key=RUN, inputs=JobInputs(), on_demand=True)
+
+
+def test_the_on_demand_try_on_acs_uses_the_default_qos():
+    spec = parse_spec(with_changes(BASE, {"job.compute": {"qos": "preemptible"}, "job.backoff_limit_per_index": 1}))
+    first = job_manifest(spec, run_key=RUN, inputs=JobInputs(), kind="acs")
+    try_ = job_manifest(spec, run_key=RUN, inputs=JobInputs(), index=0, kind="acs", on_demand=True)
+    assert first["spec"]["template"]["metadata"]["labels"]["alibabacloud.com/compute-qos"] == "best-effort"
+    assert first["spec"]["podFailurePolicy"]["rules"][0]["action"] == "FailIndex"
+    assert try_["spec"]["template"]["metadata"]["labels"]["alibabacloud.com/compute-qos"] == "default"

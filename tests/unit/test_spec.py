@@ -177,3 +177,14 @@ def test_numeric_quantities_are_accepted_as_kubernetes_writes_them() -> None:
 
     job = JobSpec(image="python:3.11", cpu=0.5, memory="1Gi", cpu_limit=2)
     assert (job.cpu, job.cpu_limit) == ("0.5", "2")
+
+
+def test_max_reclaims_needs_a_per_index_budget_and_no_failed_index_limit():
+    for changes in ({"job.eci.max_reclaims": 2},
+                    {"job.eci.max_reclaims": 2, "job.backoff_limit_per_index": 2, "job.max_failed_indexes": 1}):
+        with pytest.raises(SpecError) as caught:
+            parse_spec(with_changes(BASE, {"job.eci.spot_strategy": "SpotAsPriceGo", **changes}))
+        assert "eci.max_reclaims 2 needs backoff_limit_per_index" in str(caught.value)
+    ok = parse_spec(with_changes(BASE, {"job.eci.max_reclaims": 2, "job.backoff_limit_per_index": 2}))
+    assert ok.job.eci.max_reclaims == 2
+    assert parse_spec(BASE).job.eci.max_reclaims == 3  # the default never fails a spec

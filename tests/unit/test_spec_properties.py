@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 
 from tasks.cloud.admission import admit
 from tasks.errors import SpecError
-from tasks.render.manifests import JobInputs, job_manifest, pod_oss_env
-from tasks.stages.config import render_config_objects
+from tasks.render.manifests import JobInputs, job_manifest, pod_oss_env, render_config_objects
 from tests.unit.conftest import BASE, with_changes
 
 K8S_VERSION = "1.32.0"

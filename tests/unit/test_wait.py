@@ -67,3 +67,28 @@ def test_a_follow_up_pod_reports_its_original_index():
     p["metadata"]["labels"] = {"ask-batch.io/index": "7"}
     rec = build_records({"f": p}, 1, now=NOW, indexes=[7])
     assert [(r.index, r.status) for r in rec] == [(7, "succeeded")]
+
+
+def test_the_on_demand_try_is_appended_to_its_indexs_ledger():
+    from tasks.handles import Attempt, IndexRecord, JobHandle, JobReport
+    from tasks.stages.wait import merge_on_demand
+
+    first_job = JobHandle(namespace="ns", name="askb-r-1", uid="u1", completions=2)
+    spot = [Attempt(pod=f"p{i}", outcome="reclaimed", spot=True, seconds=2, billed_seconds=3) for i in range(2)]
+    spot.append(Attempt(pod="p2", outcome="moved-on-demand", spot=True, seconds=1, billed_seconds=1))
+    first = JobReport(job=first_job, succeeded=True, on_demand=[1], indexes=[
+        IndexRecord(index=0, status="succeeded", attempts=[Attempt(pod="q", outcome="succeeded", spot=True)]),
+        IndexRecord(index=1, status="failed", attempts=spot, seconds=5, billed_seconds=7)])
+    try_job = JobHandle(namespace="ns", name="askb-r-2", uid="u2", completions=1, index=1)
+    done = Attempt(pod="d", outcome="succeeded", spot=False, seconds=4, billed_seconds=5)
+    tried = JobReport(job=try_job, succeeded=True, indexes=[
+        IndexRecord(index=1, status="succeeded", pod="d", attempts=[done], seconds=4, billed_seconds=5)])
+    merged = merge_on_demand(first, [tried])
+    assert merged.succeeded and merged.on_demand == [1] and merged.follow_ups == [try_job]
+    record = merged.indexes[1]
+    assert [(a.outcome, a.spot) for a in record.attempts] == [
+        ("reclaimed", True), ("reclaimed", True), ("moved-on-demand", True), ("succeeded", False)]
+    assert (record.status, record.pod, record.reclaims, record.seconds, record.billed_seconds) == (
+        "succeeded", "d", 2, 9, 12)
+    failed = merge_on_demand(first, [tried.model_copy(update={"succeeded": False, "reason": "BackoffLimitExceeded"})])
+    assert not failed.succeeded and "on-demand try of index 1" in failed.reason

@@ -95,23 +95,22 @@ def resolve(pod: Obj, container: Obj, *, host_uid: int | None = None) -> Identit
     return Identity(uid=uid, gid=gid, switch=switch, ignored=ignored)
 
 
-def ensure_traversable(path: Path, *, done: set[Path] | None = None) -> None:
+def ensure_traversable(path: Path) -> None:
     """Give every directory from ``path`` up to ``/`` the search bit for others (o+x), nothing more.
 
     A real container reaches its volumes through mounts; a sandbox process reaches them through the host path
     (see ``env.PathRewriter``), so a process switched to another user must be able to traverse the sandbox's
     data directory and its parents (pytest's temporary directories are 0700). Only the search bit is added:
     listing and reading stay governed by each directory's own mode, as they are on a real node.
+
+    Checked again at every container start (a ``stat`` per directory), never cached: something else on the host
+    may take the bit back meanwhile — every new pytest process resets ``/tmp/pytest-of-<user>`` to 0700.
     """
     current = path if path.is_dir() else path.parent
     for directory in (current, *current.parents):
-        if done is not None and directory in done:
-            break
         try:
             mode = directory.stat().st_mode
             if not mode & stat.S_IXOTH:
                 os.chmod(directory, stat.S_IMODE(mode) | stat.S_IXOTH)
         except OSError:
             pass
-        if done is not None:
-            done.add(directory)

@@ -198,7 +198,6 @@ class VirtualNode:
         self.finished: set[str] = set()
         self.spawn_sem = asyncio.Semaphore(self.spawn_concurrency)
         self.memory = MemoryWatch()
-        self.traversable: set[Path] = set()  # directories already given o+x (identity.ensure_traversable)
         self.allocatable = {"cpu": str(cluster.node.cpu), "memory": str(cluster.node.memory)}
         self._deps_event = asyncio.Event()
         self._ip_next = 1
@@ -747,7 +746,7 @@ class PodWorker:
             if program:
                 paths += [Path(program), Path(os.path.realpath(program))]
             for path in paths:
-                ensure_traversable(path, done=self.node.traversable)
+                ensure_traversable(path)
         return ident
 
     async def _execute(self, container: Obj, env: dict[str, str], table: dict[str, Obj]) -> tuple[int, Obj]:
