@@ -380,7 +380,7 @@ def keep_logs(base: Path, keep: Path) -> None:
 
 
 def measure(db: Database, runs: list[int], alone: int, timeout: float, keep: Path,
-            done: Callable[[list[Phase]], None]) -> list[Phase]:
+            done: Callable[[list[Phase]], None], server_env: dict[str, str] | None = None) -> list[Phase]:
     """Bring the stack up, run the phases, hand them to ``done`` (before the slow stop), stop the stack."""
     base = Path(tempfile.mkdtemp(prefix=f"bench-conc-{db.name}-"))
     clone = base / "clone"
@@ -390,6 +390,7 @@ def measure(db: Database, runs: list[int], alone: int, timeout: float, keep: Pat
                  "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true"}
     if db.url:
         extra_env["PREFECT_API_DATABASE_CONNECTION_URL"] = db.url
+    extra_env.update(server_env or {})
     st = Stack(root=clone, state=base / "prefect", port=free_port(), sandbox_dir=sandbox_dir,
                worker_name="bench-worker", worker_query_seconds=2, extra_env=extra_env)
     phases: list[Phase] = []
@@ -515,7 +516,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--databases", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
     parser.add_argument("--keep", type=Path, default=Path(f"/tmp/bench-concurrency-{time.strftime('%H%M%S')}"),
                         help="where the server, worker and pod logs are copied")
+    parser.add_argument("--server-env", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="more settings for the stack's Prefect processes, e.g. "
+                             "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE=20")
     args = parser.parse_args(argv)
+    server_env = dict(item.split("=", 1) for item in args.server_env)
     # `timeout` (or Ctrl-C) must still stop the stack: its processes live in their own sessions.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-conc-home-"))  # the bench's own client
@@ -534,9 +539,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if database == "postgresql":
                 with postgres() as db:
-                    measure(db, args.runs, args.alone, args.timeout, args.keep, done)
+                    measure(db, args.runs, args.alone, args.timeout, args.keep, done, server_env)
             else:
-                measure(Database("sqlite"), args.runs, args.alone, args.timeout, args.keep, done)
+                measure(Database("sqlite"), args.runs, args.alone, args.timeout, args.keep, done, server_env)
         except Exception as exc:  # noqa: BLE001 - a stack that does not come up is a result too
             print(f"{database}: the measurement stopped: {type(exc).__name__}: {exc}", flush=True)
             return 1
