@@ -140,10 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sandbox", metavar="DIR", help="run against the sandbox in DIR (started if not running)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print every manifest and API request as YAML (secrets redacted); change nothing")
+    parser.add_argument("--preflight", action="store_true",
+                        help="with --dry-run: also ask the account, read-only, what the run would find (credentials, "
+                             "bucket, cluster, NAS); exit 1 when the run would fail there")
     args = parser.parse_args(argv)
+    if args.preflight and not args.dry_run:
+        parser.error("--preflight goes with --dry-run (a real run makes the same checks itself)")
     home = use_project_home()
     try:
-        spec = build_spec(args.params, args.set, args.sandbox, start_sandbox=not args.dry_run)
+        spec = build_spec(args.params, args.set, args.sandbox, start_sandbox=not args.dry_run or args.preflight)
     except InvalidInput as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# ask-batch dry run: nothing is created. Run key {run_key!r}"
               f"{'' if spec.run_key else ' (a real run derives it from the flow run id)'}.")
         print(text, end="")
-        return 0
+        return preflight_report(spec) if args.preflight else 0
     from flows.ask_batch import ask_batch
 
     with prefect_api(home) as api:
@@ -174,6 +179,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.sandbox:
         print_kubectl_hint(spec, state, Path(args.sandbox))
     return code
+
+
+def preflight_report(spec: BatchSpec) -> int:
+    """Print the read-only pre-flight checks (``tasks.cloud.preflight``) as YAML comments; 1 if any failed."""
+    from tasks.cloud.context import stage_context
+    from tasks.cloud.preflight import preflight
+
+    with stage_context(spec) as ctx:
+        checks = preflight(spec, ctx)
+    print("# pre-flight (read-only; nothing was created):")
+    for check in checks:
+        print(f"#   {check.line()}")
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        print(f"ask-batch pre-flight: {len(failed)} check(s) failed; the run would stop there", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def print_kubectl_hint(spec: BatchSpec, state: Any, sandbox_dir: Path) -> None:

@@ -104,9 +104,13 @@ def plan(spec: BatchSpec, *, run_key: str, flow_run_name: str) -> tuple[list[dic
     from tasks.handles import ConfigHandle, VolumeHandle
 
     objects = {o["kind"]: o["metadata"]["name"] for o in render_config_objects(spec, run_key, content)}
+    rrsa = "ServiceAccount" in objects  # the cluster's OIDC provider is known only once it is found
     config = ConfigHandle(namespace=ns, config_map=objects.get("ConfigMap"), secret=objects.get("Secret"),
                           secret_file_keys=tuple(sorted(content.secret_files)),
-                          secret_env_keys=tuple(sorted(content.secret_env)))
+                          secret_env_keys=tuple(sorted(content.secret_env)),
+                          service_account=objects.get("ServiceAccount"),
+                          rrsa_role_arn=f"acs:ram::<account id>:role/{spec.outputs.rrsa_role_name}" if rrsa else None,
+                          rrsa_oidc_provider_arn="<the cluster's rrsa_config.oidc_arn>" if rrsa else None)
     volume = VolumeHandle(mode=spec.storage.mode, claim_name=claim)
     # pods are rendered for what the cluster is; offline, mode 'existing' with kind 'auto' is shown as ASK
     kind = spec.cluster.mode if ask is not None else spec.cluster.existing.kind.replace("auto", "ask")
@@ -127,7 +131,7 @@ def plan(spec: BatchSpec, *, run_key: str, flow_run_name: str) -> tuple[list[dic
     # teardown
     policy = spec.teardown.effective()
     deletes = {"job": f"DELETE Job {ns}/{name} (propagationPolicy Background)",
-               "config": f"DELETE ConfigMap, Secret in {ns} labelSelector={run_selector(run_key)}",
+               "config": f"DELETE ConfigMap, Secret, ServiceAccount in {ns} labelSelector={run_selector(run_key)}",
                "volume": f"DELETE PersistentVolumeClaim {ns}/{claim}, PersistentVolume" if spec.storage.mode == "nas"
                else None,
                "nas": "NAS DeleteMountTarget, DeleteFileSystem" if spec.storage.mode == "nas" else None,

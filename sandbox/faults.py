@@ -21,7 +21,7 @@ from aiohttp import web
 
 # service name -> function(status, code) that builds that service's error response
 ErrorResponder = Callable[[web.Request, int, str], web.StreamResponse]
-SERVICES = ("k8s", "oss", "cs", "nas")
+SERVICES = ("k8s", "oss", "cs", "nas", "sts")
 
 
 @dataclass

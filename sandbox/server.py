@@ -4,7 +4,9 @@ One `Sandbox` serves, on one asyncio loop:
 - one Kubernetes API server per cluster (`KubeCluster`), the default cluster ready from the start and
   more created through the Container Service API;
 - OSS, the Container Service (CS) and NAS OpenAPIs, each on its own port;
-- a control endpoint (`/healthz`, `/faults`, `/settings`, `/stats`) to change fault knobs while running.
+- STS (AssumeRoleWithOIDC, sts.py) for pods that use RRSA, against the account's RAM roles (ram.py);
+- a control endpoint (`/healthz`, `/faults`, `/settings`, `/stats`, `/ram/roles`) to change fault knobs and
+  RAM roles while running.
 
 State lives in the data directory, so a restarted sandbox keeps its objects, buckets, clusters and file
 systems; ports are remembered too and reused when free, so kubeconfigs keep working across restarts.
@@ -37,6 +39,8 @@ from aiohttp import web
 from .faults import Faults
 from .k8s.cluster import KubeCluster, NodeConfig
 from .oss.context import ACCOUNT_ID, OTHER_ACCOUNT_ID
+from .ram import PROVIDER_ARN_RE, STS_AUDIENCE, OidcProvider, RamStore, provider_arn, rrsa_issuer
+from .sts import TemporaryKeys
 
 log = logging.getLogger("sandbox")
 T = TypeVar("T")
@@ -100,9 +104,12 @@ class Sandbox:
         self.default_cluster_id: str = self.meta["default_cluster_id"]
         self._runners: list[web.AppRunner] = []
         self.ports: dict[str, int] = dict(self.meta.get("ports", {}))
-        #: requests served per cloud service ("oss", "cs", "nas"), for /stats (tests assert none was made)
+        #: requests served per cloud service ("oss", "cs", "nas", "sts"), for /stats (tests assert none was made)
         self.service_requests: dict[str, int] = {}
         self.service_routes: dict[str, dict[str, int]] = {}
+        #: RAM roles of the sandbox account and the STS credentials issued for them (ram.py, sts.py)
+        self.ram = RamStore(self.data_dir / "ram", account=ACCOUNT_ID)
+        self.temporary_keys = TemporaryKeys()
 
     # ------------------------------------------------------------------ identity
 
@@ -153,16 +160,20 @@ class Sandbox:
 
     # ------------------------------------------------------------------ kubernetes clusters
 
-    async def create_kube_cluster(self, cluster_id: str, flavour: str | None = None) -> KubeCluster:
+    async def create_kube_cluster(self, cluster_id: str, flavour: str | None = None,
+                                  rrsa: bool | None = None) -> KubeCluster:
         """Start (or restart) the Kubernetes of one sandbox cluster; its state lives under clusters/<id>.
 
-        `flavour` "acs" gives the cluster ACS's pod behaviour (sandbox/k8s/acs.py); it is remembered, so a
-        restart brings the cluster back the same.
+        `flavour` "acs" gives the cluster ACS's pod behaviour (sandbox/k8s/acs.py); `rrsa` registers the cluster's
+        service-account issuer as a RAM OIDC provider (ram.py; the default cluster has RRSA on). Both are
+        remembered, so a restart brings the cluster back the same.
         """
         if cluster_id in self.kube_clusters:
             return self.kube_clusters[cluster_id]
         flavours = self.meta.setdefault("cluster_flavours", {})
         flavour = flavours.setdefault(cluster_id, flavour or "ask")
+        rrsa_flags = self.meta.setdefault("cluster_rrsa", {})
+        rrsa = rrsa_flags.setdefault(cluster_id, bool(rrsa) or cluster_id == self.default_cluster_id)
         port = _free_port(self.ports.get(f"k8s:{cluster_id}"))
         tokens = self.meta.setdefault("cluster_tokens", {})
         token = tokens.setdefault(cluster_id, secrets.token_hex(16))
@@ -176,11 +187,14 @@ class Sandbox:
             port=port,
             tls_dir=self.data_dir / "tls",
             flavour=flavour,
+            sa_issuer=rrsa_issuer(self.region, cluster_id),
         )
         cluster.csi_resolver = self._csi_resolver
         await cluster.start()
         self.kube_clusters[cluster_id] = cluster
         self.ports[f"k8s:{cluster_id}"] = cluster.port
+        if rrsa:
+            self.ram.seed([provider_arn(ACCOUNT_ID, cluster_id)])
         self._save_meta()
         if cluster_id != self.default_cluster_id:
             self._write_private(self.cluster_kubeconfig_path(cluster_id),
@@ -199,11 +213,25 @@ class Sandbox:
         self.ports.pop(f"k8s:{cluster_id}", None)
         self.meta.get("cluster_tokens", {}).pop(cluster_id, None)
         self.meta.get("cluster_flavours", {}).pop(cluster_id, None)
+        self.meta.get("cluster_rrsa", {}).pop(cluster_id, None)
         self._save_meta()
         self.cluster_kubeconfig_path(cluster_id).unlink(missing_ok=True)
         import shutil
 
         shutil.rmtree(self.data_dir / "clusters" / cluster_id, ignore_errors=True)
+
+    def oidc_provider(self, arn: str) -> OidcProvider | None:
+        """The RAM OIDC provider of an RRSA cluster of the sandbox, by ARN (`acs:ram::<account>:oidc-provider/
+        ack-rrsa-<cluster id>`), or None when no running cluster with RRSA has it."""
+        m = PROVIDER_ARN_RE.match(arn)
+        if not m or m["account"] != ACCOUNT_ID or not m["name"].startswith("ack-rrsa-"):
+            return None
+        cluster_id = m["name"].removeprefix("ack-rrsa-")
+        cluster = self.kube_clusters.get(cluster_id)
+        if cluster is None or not self.meta.get("cluster_rrsa", {}).get(cluster_id):
+            return None
+        return OidcProvider(arn=arn, issuer=cluster.tokens.issuer, client_ids=(STS_AUDIENCE,),
+                            public_key=cluster.tokens.public_key())
 
     @property
     def default_cluster(self) -> KubeCluster:
@@ -227,10 +255,11 @@ class Sandbox:
             @web.middleware
             async def count(request: web.Request, handler: Any) -> web.StreamResponse:
                 self.service_requests[key] += 1
-                # Per operation too: the route pattern (ROA, e.g. "GET /k8s/{cluster_id}/user_config") or the RPC
-                # Action, so a test can tell how often one API was called.
+                # Per operation too: the RPC action (the Action parameter, or the x-acs-action header of the V3
+                # signature's requests), else the route pattern (ROA, e.g. "GET /k8s/{cluster_id}/user_config"),
+                # so a test can tell how often one API was called.
                 resource = request.match_info.route.resource
-                action = request.query.get("Action")
+                action = request.query.get("Action") or request.headers.get("x-acs-action")
                 name = action or f"{request.method} {resource.canonical if resource is not None else request.path}"
                 routes[name] = routes.get(name, 0) + 1
                 return await handler(request)
@@ -246,15 +275,17 @@ class Sandbox:
         return port
 
     async def start(self) -> None:
-        from . import cs, nas, oss
+        from . import cs, nas, oss, sts
 
         await self.create_kube_cluster(self.default_cluster_id)
         for cluster_id in cs.load_clusters(self):
             if cluster_id != self.default_cluster_id:
                 await self.create_kube_cluster(cluster_id)
         await self._serve("oss", oss.make_app(self.data_dir / "oss", credentials=self.oss_credentials,
-                                              accounts=self.accounts,
+                                              accounts=self.accounts, temporary=self.temporary_keys,
                                               region=self.region, faults=self.faults))
+        await self._serve("sts", sts.make_app(ram=self.ram, providers=self.oidc_provider,
+                                              keys=self.temporary_keys, faults=self.faults))
         await self._serve("cs", cs.make_app(self))
         await self._serve("nas", nas.make_app(self))
         await self._serve("control", self._control_app())
@@ -292,6 +323,8 @@ class Sandbox:
             "oss": {"endpoint": f"http://127.0.0.1:{self.ports['oss']}"},
             "cs": {"endpoint": f"127.0.0.1:{self.ports['cs']}", "protocol": "http"},
             "nas": {"endpoint": f"127.0.0.1:{self.ports['nas']}", "protocol": "http"},
+            # STS (AssumeRoleWithOIDC, for pods using RRSA): plain http, so the scheme is part of the endpoint
+            "sts": {"endpoint": f"http://127.0.0.1:{self.ports['sts']}"},
             "control": {"endpoint": f"http://127.0.0.1:{self.ports['control']}", "token": self.control_token},
             # Another account's key pair (tests: buckets owned by someone else). Not used by the pipeline.
             "other_account": {**self.meta["other_account"], "account_id": OTHER_ACCOUNT_ID},
@@ -375,6 +408,32 @@ class Sandbox:
         app.router.add_get("/settings", get_settings)
         app.router.add_put("/settings", put_settings)
         app.router.add_get("/stats", stats)
+
+        async def get_roles(_: web.Request) -> web.Response:
+            return web.json_response(self.ram.roles)
+
+        async def put_role(request: web.Request) -> web.Response:
+            denied = self._check_control_token(request)
+            if denied is not None:
+                return denied
+            try:
+                body = await _json_object(request)
+                role = self.ram.put_role(request.match_info["name"], body.get("trust_policy"),
+                                         int(body.get("max_session_s", 3600)))
+            except (ValueError, TypeError) as exc:
+                return web.json_response({"error": str(exc)}, status=400)
+            return web.json_response(role)
+
+        async def delete_role(request: web.Request) -> web.Response:
+            denied = self._check_control_token(request)
+            if denied is not None:
+                return denied
+            found = self.ram.delete_role(request.match_info["name"])
+            return web.json_response({"deleted": found}, status=200 if found else 404)
+
+        app.router.add_get("/ram/roles", get_roles)
+        app.router.add_put("/ram/roles/{name}", put_role)
+        app.router.add_delete("/ram/roles/{name}", delete_role)
         return app
 
 

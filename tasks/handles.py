@@ -23,6 +23,8 @@ class ClusterHandle(BaseModel):
     created: bool = Field(False, description="True when this run created the cluster.")
     kubeconfig_source: str = Field(description="Where the kubeconfig comes from (cs:<id>, file:<path>, "
                                    "block:<name>, secret:<name>); never the kubeconfig itself.")
+    rrsa_oidc_provider_arn: str | None = Field(None, description="ARN of the cluster's RRSA OIDC provider "
+                                               "(DescribeClusterDetail rrsa_config.oidc_arn) when RRSA is on.")
 
 
 class VolumeHandle(BaseModel):
@@ -41,6 +43,9 @@ class ConfigHandle(BaseModel):
     secret: str | None = Field(None, description="Secret name (content-hashed, immutable).")
     secret_file_keys: tuple[str, ...] = Field((), description="Secret keys mounted as files.")
     secret_env_keys: tuple[str, ...] = Field((), description="Env vars backed by the Secret.")
+    service_account: str | None = Field(None, description="The run's ServiceAccount (pod credentials 'rrsa').")
+    rrsa_role_arn: str | None = Field(None, description="RAM role the pods assume (pod credentials 'rrsa').")
+    rrsa_oidc_provider_arn: str | None = Field(None, description="The cluster's RRSA OIDC provider.")
 
 
 class JobHandle(BaseModel):

@@ -113,6 +113,12 @@ def secret_name(run_key: RunKey | str, data_hash: str) -> str:
     return resource_name("askb-sec", run_key, data_hash)
 
 
+def service_account_name(run_key: RunKey | str) -> str:
+    """The run's ServiceAccount (pod credentials 'rrsa'): ``askb-sa-<run key>``, so a RAM role's trust policy can
+    match every run's with ``StringLike`` ``system:serviceaccount:<namespace>:askb-sa-*``."""
+    return resource_name("askb-sa", run_key)
+
+
 def volume_names(run_key: RunKey | str) -> tuple[str, str]:
     """(PV name, PVC name) for a run's static NAS volume."""
     return resource_name("askb-pv", run_key), resource_name("askb-pvc", run_key)

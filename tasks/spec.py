@@ -109,6 +109,13 @@ _EXPANSION_RE = re.compile(r"\$(\$|\(([^)]*)\))")
 RESERVED_ENV_PREFIX = "ASK_BATCH_"
 #: Env vars that carry the OSS credentials into the pod (read by the OSS v2 SDK's EnvironmentVariable provider).
 OSS_CREDENTIAL_ENV = ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_SESSION_TOKEN")
+#: Env vars of RRSA (the OIDC provider of alibabacloud-credentials reads the first three; ack-pod-identity-webhook
+#: injects all of them: https://www.alibabacloud.com/help/en/ack/product-overview/ack-pod-identity-webhook).
+RRSA_ENV = ("ALIBABA_CLOUD_ROLE_ARN", "ALIBABA_CLOUD_OIDC_PROVIDER_ARN", "ALIBABA_CLOUD_OIDC_TOKEN_FILE",
+            "ALIBABA_CLOUD_STS_ENDPOINT", "ALIBABA_CLOUD_STS_REGION", "ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED")
+#: RAM role names: 1-64 characters, letters, digits, '.' and '-' (CreateRole, RoleName:
+#: https://help.aliyun.com/document_detail/2337660.html).
+RAM_ROLE_NAME_RE = re.compile(r"^[A-Za-z0-9.-]{1,64}$")
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
@@ -264,7 +271,7 @@ def _check_env_names(env: Mapping[str, str], what: str) -> None:
         if not ENV_NAME_RE.match(name):
             raise ValueError(f"{what} name {name!r} is not a valid environment variable name; "
                              f"fix: use letters, digits, '_', '-' or '.', not starting with a digit")
-        if name.startswith(RESERVED_ENV_PREFIX) or name in OSS_CREDENTIAL_ENV:
+        if name.startswith(RESERVED_ENV_PREFIX) or name in OSS_CREDENTIAL_ENV or name in RRSA_ENV:
             raise ValueError(f"{what} name {name!r} is reserved: ask-batch sets it for the workload; "
                              f"fix: rename it")
 
@@ -315,8 +322,11 @@ class EndpointOverrides(_Model):
                             "Empty: oss-<region>.aliyuncs.com.")
     kubernetes: str | None = Field(None, description="Kubernetes API server URL replacing the one in the "
                                    "cluster's kubeconfig (e.g. through a tunnel). Empty: as in the kubeconfig.")
+    sts: str | None = Field(None, description="STS endpoint the pods use for RRSA (AssumeRoleWithOIDC), e.g. "
+                            "'sts-vpc.cn-hangzhou.aliyuncs.com' or 'http://127.0.0.1:9005'. Empty: the region's "
+                            "VPC endpoint sts-vpc.<region>.aliyuncs.com.")
 
-    @field_validator("cs", "nas", "oss", "kubernetes")
+    @field_validator("cs", "nas", "oss", "kubernetes", "sts")
     @classmethod
     def _endpoint_syntax(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None or value == "":
@@ -1167,9 +1177,16 @@ class OutputsSpec(_Model):
     pod_endpoint: str | None = Field(None, description="OSS endpoint the pods use. Empty: the OSS endpoint "
                                      "override if set, else the region's internal endpoint "
                                      "(oss-<region>-internal.aliyuncs.com).")
-    pod_credentials: Literal["target", "ram_role"] = Field(
-        "target", description="'target': the flow's AccessKey reaches pods through the Secret (env "
-        "OSS_ACCESS_KEY_ID/_SECRET); 'ram_role': pods use job.eci.ram_role_name, no keys are shipped.")
+    pod_credentials: Literal["rrsa", "target", "ram_role"] | None = Field(
+        None, description="How the pods get OSS credentials. 'rrsa' (the default on ASK and ACS): a RAM role "
+        "for the run's service account (RRSA, outputs.rrsa_role_name); the pods trade their OIDC token for "
+        "temporary keys and no AccessKey is stored in the cluster. 'target': the flow's own AccessKey reaches "
+        "the pods through the Secret (env OSS_ACCESS_KEY_ID/_SECRET; the default with cluster mode "
+        "'existing'). 'ram_role': ECI's RAM role, job.eci.ram_role_name (ASK only). Empty: the default for "
+        "the cluster mode.")
+    rrsa_role_name: str = Field("ask-batch-pods", description="With pod_credentials 'rrsa': the RAM role the pods "
+                                "assume. Its trust policy must trust the cluster's RRSA OIDC provider for the "
+                                "run's service account (docs/ram-policy.md).")
     max_parallel_downloads: int = Field(8, ge=1, le=64, description="Parallel downloads.")
 
     @field_validator("bucket")
@@ -1213,6 +1230,14 @@ class OutputsSpec(_Model):
         if not value or "/" in value or "\\" in value or value in (".", "..") or any(ord(c) < 32 for c in value):
             raise ValueError(f"{value!r} is not a marker object name; fix: a plain name like '_SUCCESS'")
         return _check_no_expansion(value, "marker_name")
+
+    @field_validator("rrsa_role_name")
+    @classmethod
+    def _rrsa_role_name(cls, value: str) -> str:
+        if not RAM_ROLE_NAME_RE.match(value):
+            raise ValueError(f"{value!r} is not a RAM role name (1-64 letters, digits, '.' or '-'); fix: the "
+                             f"role's name as the RAM console shows it, e.g. 'ask-batch-pods' (not its ARN)")
+        return value
 
     @field_validator("pod_endpoint")
     @classmethod
@@ -1319,6 +1344,7 @@ class BatchSpec(_Model):
                                          f"Kubernetes sets after the plain env, so the pod would see the text "
                                          f"'$({ref})'; fix: read {ref} in the workload itself")
         _check_env_expansion({**self.config.env, **self.job.env}, "env")
+        self._resolve_pod_credentials()
         if self.outputs.pod_credentials == "ram_role" and not self.job.eci.ram_role_name:
             raise ValueError("outputs.pod_credentials 'ram_role' needs job.eci.ram_role_name; fix: set the RAM "
                              "role, or use 'target'")
@@ -1344,6 +1370,25 @@ class BatchSpec(_Model):
         self._cross_compute()
         return self
 
+    def _resolve_pod_credentials(self) -> None:
+        """``outputs.pod_credentials`` left empty: 'rrsa' on ASK/ACS (the cluster's RRSA provider comes from CS),
+        'target' with cluster mode 'existing' (no CS cluster to read it from)."""
+        outputs = self.outputs
+        if outputs.pod_credentials is None:
+            outputs.pod_credentials = "target" if self.cluster.mode == "existing" else "rrsa"
+        if outputs.pod_credentials != "rrsa":
+            return
+        if self.cluster.mode == "existing":
+            raise ValueError("outputs.pod_credentials 'rrsa' needs the cluster's RRSA OIDC provider, which "
+                             "ask-batch reads from Container Service for cluster modes 'ask' and 'acs' only; fix: "
+                             "use cluster.mode 'ask' or 'acs' with the cluster's name, or outputs.pod_credentials "
+                             "'target'")
+        if self.job.service_account:
+            raise ValueError(f"job.service_account {self.job.service_account!r} and outputs.pod_credentials 'rrsa' "
+                             f"both choose the pods' service account (rrsa uses the run's own, annotated with the "
+                             f"RAM role); fix: remove job.service_account, or set outputs.pod_credentials "
+                             f"'target'")
+
     def _cross_compute(self) -> None:
         """job.compute / job.eci against the cluster kind known from the parameters (mode 'ask' or 'acs')."""
         compute = self.job.compute
@@ -1359,7 +1404,7 @@ class BatchSpec(_Model):
                                  f"remove job.eci and use job.compute (class, qos, size)")
             if self.outputs.pod_credentials == "ram_role":
                 raise ValueError("outputs.pod_credentials 'ram_role' is ECI's RAM role annotation, not supported "
-                                 "on ACS by ask-batch; fix: use 'target'")
+                                 "on ACS by ask-batch; fix: use 'rrsa' (the default) or 'target'")
 
 
 # --------------------------------------------------------------------------------------------- errors

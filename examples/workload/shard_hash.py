@@ -14,7 +14,10 @@ rewritten in its env and args. The contract is the one ``tasks/render/manifests.
     ASK_BATCH_SECRET_DIR       ``token``: a secret used to sign the result (HMAC), never printed
     ASK_BATCH_DATA_DIR         shared scratch space (optional)
     ASK_BATCH_OSS_ENDPOINT / _REGION / _BUCKET, ASK_BATCH_OUTPUT_PREFIX (with ``{index}``), ASK_BATCH_MARKER_NAME
-    OSS_ACCESS_KEY_ID / OSS_ACCESS_KEY_SECRET [/ OSS_SESSION_TOKEN]
+    credentials, whichever ask-batch gave (``credentials_provider``):
+      RRSA (the default): ALIBABA_CLOUD_ROLE_ARN, ALIBABA_CLOUD_OIDC_PROVIDER_ARN, ALIBABA_CLOUD_OIDC_TOKEN_FILE,
+                          ALIBABA_CLOUD_STS_ENDPOINT (or _STS_REGION + _VPC_ENDPOINT_ENABLED)
+      a key:              OSS_ACCESS_KEY_ID / OSS_ACCESS_KEY_SECRET [/ OSS_SESSION_TOKEN]
 
 Run it alone (no OSS): ``ASK_BATCH_INDEX=3 python3 shard_hash.py --no-upload``.
 """
@@ -97,11 +100,54 @@ def scratch_roundtrip(data_dir: str | None, seed: str, index: int, size: int, bl
     return {"index": index, "seed": seed, "bytes": total, "sha256": digest.hexdigest(), "byte_sum": byte_sum}
 
 
-def oss_client(endpoint: str, region: str):
+#: What RRSA gives a pod (ack-pod-identity-webhook, or ask-batch's own rendering of the same).
+OIDC_ENV = ("ALIBABA_CLOUD_ROLE_ARN", "ALIBABA_CLOUD_OIDC_PROVIDER_ARN", "ALIBABA_CLOUD_OIDC_TOKEN_FILE")
+
+
+def credentials_provider(env: dict[str, str]):
+    """The OSS SDK's credentials for this pod, from whatever the pod was given.
+
+    - ``OSS_ACCESS_KEY_ID``/``_SECRET`` (ask-batch's pod credentials 'target', or a scoped key of your own): used
+      as they are, by the OSS SDK's environment provider;
+    - else the Alibaba Cloud credentials library (``alibabacloud-credentials``,
+      https://www.alibabacloud.com/help/en/sdk/developer-reference/v2-manage-python-access-credentials), wrapped
+      for the OSS v2 SDK in its ``CredentialsProviderFunc``:
+      with the RRSA env (``OIDC_ENV``) its OIDC provider trades the pod's service-account token for temporary keys
+      through STS AssumeRoleWithOIDC and renews them before they expire; without, its default chain
+      (``ALIBABA_CLOUD_ACCESS_KEY_ID``, profiles, an ECI RAM role's metadata).
+
+    The library's OIDC provider does not read ``ALIBABA_CLOUD_STS_ENDPOINT`` (the webhook injects it; other SDKs
+    honour it), so it is passed explicitly.
+    """
+    import alibabacloud_oss_v2 as oss
+
+    if env.get("OSS_ACCESS_KEY_ID"):
+        return oss.credentials.EnvironmentVariableCredentialsProvider()
+    from alibabacloud_credentials.provider import DefaultCredentialsProvider, OIDCRoleArnCredentialsProvider
+
+    if all(env.get(name) for name in OIDC_ENV):
+        source = OIDCRoleArnCredentialsProvider(
+            role_arn=env["ALIBABA_CLOUD_ROLE_ARN"], oidc_provider_arn=env["ALIBABA_CLOUD_OIDC_PROVIDER_ARN"],
+            oidc_token_file_path=env["ALIBABA_CLOUD_OIDC_TOKEN_FILE"],
+            role_session_name=env.get("ALIBABA_CLOUD_ROLE_SESSION_NAME") or "ask-batch-workload",
+            sts_endpoint=env.get("ALIBABA_CLOUD_STS_ENDPOINT") or None)
+    else:
+        source = DefaultCredentialsProvider()
+
+    def current() -> "oss.credentials.Credentials":
+        cred = source.get_credentials()
+        return oss.credentials.Credentials(access_key_id=cred.get_access_key_id(),
+                                           access_key_secret=cred.get_access_key_secret(),
+                                           security_token=cred.get_security_token())
+
+    return oss.credentials.CredentialsProviderFunc(func=current)
+
+
+def oss_client(endpoint: str, region: str, env: dict[str, str] | None = None):
     import alibabacloud_oss_v2 as oss
 
     cfg = oss.config.load_default()
-    cfg.credentials_provider = oss.credentials.EnvironmentVariableCredentialsProvider()
+    cfg.credentials_provider = credentials_provider(dict(os.environ) if env is None else env)
     cfg.region = region
     cfg.endpoint = endpoint
     host = endpoint.split("://", 1)[-1].split("/", 1)[0]
@@ -115,7 +161,7 @@ def upload(result: dict[str, Any], env: dict[str, str], index: int) -> str:
 
     bucket = env["ASK_BATCH_OSS_BUCKET"]
     prefix = env["ASK_BATCH_OUTPUT_PREFIX"].format(index=index)
-    client = oss_client(env["ASK_BATCH_OSS_ENDPOINT"], env.get("ASK_BATCH_OSS_REGION", ""))
+    client = oss_client(env["ASK_BATCH_OSS_ENDPOINT"], env.get("ASK_BATCH_OSS_REGION", ""), env)
     body = json.dumps(result, indent=2, sort_keys=True).encode()
     client.put_object(oss.PutObjectRequest(bucket=bucket, key=prefix + "result.json", body=body,
                                            content_type="application/json"))

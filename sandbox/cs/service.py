@@ -69,7 +69,7 @@ class ClusterService:
             "endpoint_public_access": True, "timezone": "Asia/Shanghai", "resource_group_id": "",
             "zone_id": meta.get("zone_id", f"{self.sb.region}-a"), "addons": [], "logging_type": "",
             "client_token": "", "state": "running", "created": now_cs(), "updated": now_cs(),
-            "created_ts": now, "ready_at": now, "default": True,
+            "created_ts": now, "ready_at": now, "default": True, "rrsa": True,
         }
         self.store.save()
 
@@ -115,7 +115,7 @@ class ClusterService:
         error: tuple[str, str] | None = None
         if not rec.get("fail"):
             try:
-                await self.sb.create_kube_cluster(cid, flavour=flavour_of(rec))
+                await self.sb.create_kube_cluster(cid, flavour=flavour_of(rec), rrsa=bool(rec.get("rrsa")))
             except Exception as exc:  # a broken Kubernetes is a failed cluster, as in the real service
                 log.exception("starting the Kubernetes of cluster %s failed", cid)
                 error = ("ErrorCreateCluster", f"starting the cluster's Kubernetes failed: {exc}")

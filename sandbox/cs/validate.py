@@ -166,4 +166,16 @@ def validate_create(body: Any, region: str) -> dict[str, Any]:
         "addons": addons,
         "logging_type": logging_type or "",
         "client_token": body.get("client_token") or "",
+        "rrsa": _rrsa(body),
     }
+
+
+def _rrsa(body: dict[str, Any]) -> bool:
+    """RRSA requested: `rrsa_config.enabled`, or the deprecated `enable_rrsa` (CreateClusterRequest in
+    alibabacloud_cs20151215 documents both; https://www.alibabacloud.com/help/en/ack/serverless-kubernetes/developer-reference/api-cs-2015-12-15-createcluster-serverless)."""
+    config = body.get("rrsa_config")
+    if config is not None and not isinstance(config, dict):
+        raise invalid("rrsa_config must be an object like {\"enabled\": true}.")
+    if config and config.get("enabled") is not None:
+        return bool(config["enabled"])
+    return bool(body.get("enable_rrsa", False))

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from ..oss.context import ACCOUNT_ID
+from ..ram import STS_AUDIENCE, provider_arn, rrsa_issuer, rrsa_provider_name
 from .errors import CsError, invalid
 from .store import Record, rfc3339
 
@@ -74,7 +76,7 @@ def detail(rec: Record, kube_url: str | None) -> dict[str, Any]:
         maintenance_window={"enable": False, "maintenance_time": "", "duration": "", "weekly_period": "",
                             "recurrence": ""},
         operation_policy={"cluster_auto_upgrade": {"enabled": False, "channel": ""}},
-        rrsa_config={"enabled": False},
+        rrsa_config=rrsa_config(rec),
         auto_mode={"enable": False},
     )
     return out
@@ -130,3 +132,16 @@ def kubeconfig(rec: Record, kube: Any, private_ip: bool, duration_min: str | Non
                       "(endpoint_public_access is false); set PrivateIpAddress=true for the internal kubeconfig.")
     config = kube.kubeconfig(user=f"{rec['cluster_id']}-user", server=kube.url)
     return {"config": yaml.safe_dump(config, sort_keys=False), "expiration": rfc3339(expires)}
+
+
+def rrsa_config(rec: Record) -> dict[str, Any]:
+    """DescribeClusterDetail's `rrsa_config` (fields of DescribeClusterDetailResponseBodyRrsaConfig in
+    alibabacloud_cs20151215): the issuer, the RAM OIDC provider and the audience when RRSA is on."""
+    if not rec.get("rrsa", rec.get("default", False)):
+        return {"enabled": False}
+    cid, region = rec["cluster_id"], rec["region_id"]
+    issuer = rrsa_issuer(region, cid)
+    return {"enabled": True, "issuer": issuer, "audience": STS_AUDIENCE, "oidc_arn": provider_arn(ACCOUNT_ID, cid),
+            "oidc_name": rrsa_provider_name(cid), "jwks_url": issuer + "/keys.json",
+            "open_api_configuration_url": issuer + "/.well-known/openid-configuration",
+            "max_oidc_token_expiration": "12h"}

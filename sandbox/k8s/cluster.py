@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from ..faults import Faults
+from .satokens import API_AUDIENCE, TokenIssuer
 from .store import Obj, Store, now_iso
 from .tls import ServerTLS, ensure_server_tls
 
@@ -77,6 +78,7 @@ class KubeCluster:
         port: int = 0,
         tls_dir: Path | None = None,
         flavour: str = "ask",
+        sa_issuer: str | None = None,
     ) -> None:
         self.name = name
         # "acs": ACS pod admission and virtual node (see acs.py); None on ASK clusters
@@ -90,6 +92,8 @@ class KubeCluster:
         # the CA + server certificate (created on first use; shared when several clusters get the same dir)
         self.tls: ServerTLS = ensure_server_tls(tls_dir if tls_dir is not None else data_dir / "tls")
         self.store = Store(state_file=data_dir / "state.json", admission=self._admission())
+        # signs projected service-account tokens (satokens.py); the sandbox gives each cluster its RRSA issuer
+        self.tokens = TokenIssuer(data_dir / "sa-signing.key", sa_issuer or API_AUDIENCE)
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self.controllers: list[Any] = []

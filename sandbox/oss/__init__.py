@@ -9,11 +9,12 @@ Emulated: buckets (Put/Delete/List, GetBucketInfo/Acl/Location/Stat), objects (P
 GetObjectMeta/Delete/DeleteMultiple/Copy, ListObjects v1 and v2 with prefix/delimiter/markers/
 continuation tokens/url encoding), multipart (Initiate/UploadPart/Complete incl. `x-oss-complete-all`/
 Abort/ListParts/ListMultipartUploads), path-style and virtual-hosted addressing, fault injection
-(`sandbox.faults`), persistence across restarts (see `storage`).
+(`sandbox.faults`), persistence across restarts (see `storage`), STS temporary keys (`sandbox.sts`: the
+request must carry the key's security token, and the key stops working when it expires).
 
 NOT emulated (requests using them answer 501 NotImplemented, or the header is ignored):
 ACLs and RAM/bucket policies (every configured key may do everything, ACL reads say `private`),
-STS token validation, versioning, lifecycle, CORS, referer, logging, website, tagging, encryption
+versioning, lifecycle, CORS, referer, logging, website, tagging, encryption
 (SSE/KMS), WORM/retention, replication, storage-class transitions and Archive restore, append/symlink
 objects, UploadPartCopy, PostObject (HTML form upload), callbacks, image processing (`x-oss-process`),
 traffic limits, request payer, real quotas and the 5 GB/48.8 TB size limits beyond a simple

@@ -10,14 +10,16 @@ plain GET/PUT of the object.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections import ChainMap
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from ..faults import Faults, fault_middleware
 from . import bucket_ops, multipart_ops, object_ops
-from .auth import V1_SUBRESOURCES, authenticate
+from .auth import V1_SUBRESOURCES, authenticate, check_security_token
 from .context import ACCOUNT_KEY, BucketOwners, Service
 from .errors import REQUEST_ID_KEY, OssError, error_response, fault_responder, new_request_id
 from .routing import Target, resolve
@@ -125,7 +127,14 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     target = resolve(request, svc.host_suffix, lambda name: name in svc.storage.buckets)
     if target.key is not None:
         request[KEY_KEY] = target.key
-    access_key_id = authenticate(request, target, svc.credentials, svc.region)
+    credentials: Mapping[str, str] = svc.credentials
+    if svc.temporary is not None:
+        credentials = ChainMap(svc.credentials, svc.temporary)  # type: ignore[arg-type]
+    access_key_id = authenticate(request, target, credentials, svc.region)
+    if svc.temporary is not None and access_key_id not in svc.credentials:
+        key = svc.temporary.get_key(access_key_id)
+        if key is not None:
+            check_security_token(request, target, key.security_token)
     handler = _select(request, target)
     if not (request.method == "PUT" and target.key is None and handler is bucket_ops.put_bucket):
         svc.check_owner(target.bucket, access_key_id)
@@ -161,18 +170,22 @@ def make_app(
     faults: Faults,
     host_suffix: str | None = None,
     accounts: dict[str, str] | None = None,
+    temporary: Any = None,
 ) -> web.Application:
     """An OSS-compatible application storing its data under `data_dir`.
 
     `credentials` maps AccessKeyId -> AccessKeySecret; `accounts` maps AccessKeyId -> account id (absent: the
-    sandbox's account). A bucket belongs to the account that created it; other accounts get 403 AccessDenied.
+    sandbox's account). `temporary` (a `sandbox.sts.TemporaryKeys`) adds the STS keys still valid, each acting for
+    its account and needing its security token. A bucket belongs to the account that created it; other accounts
+    get 403 AccessDenied.
     `region` is the V4 scope region (e.g. "cn-sandbox"; the SDK's `Config.region`). `host_suffix`, e.g.
     "oss-cn-sandbox.aliyuncs.com", makes `<bucket>.<host_suffix>` virtual-hosted requests route even before the
     bucket exists. Without it, a Host whose first label names an existing bucket still routes virtual-hosted.
     """
     storage = Storage(Path(data_dir))
     svc = Service(storage=storage, credentials=dict(credentials), region=region, host_suffix=host_suffix,
-                  accounts=dict(accounts or {}), owners=BucketOwners(Path(data_dir) / "owners.json"))
+                  accounts=dict(accounts or {}), owners=BucketOwners(Path(data_dir) / "owners.json"),
+                  temporary=temporary)
     app = web.Application(middlewares=[_oss_errors, fault_middleware(faults, "oss", fault_responder)])
     app[SERVICE_KEY] = svc
     app.router.add_route("*", "/{tail:.*}", _dispatch)

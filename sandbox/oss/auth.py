@@ -16,9 +16,11 @@ server's StringToSign so a client can diff it), AccessDenied (403) for anonymous
 presigned URLs ("Request has expired."), RequestTimeTooSkewed (403, which the SDK retries after
 correcting its clock offset).
 
-Not emulated: STS security tokens are not validated (a request that carries `x-oss-security-token`
-is accepted if its AK/SK signature matches), and there are no RAM policies. Every known key pair may
-do everything.
+STS temporary keys (`sandbox.sts.TemporaryKeys`) are checked by `check_security_token`: a request signed with
+one must carry its security token (header `x-oss-security-token`, or the query's `x-oss-security-token` /
+`security-token` of a presigned URL), else 403 InvalidSecurityToken; an expired key is unknown (403
+InvalidAccessKeyId, as OSS answers: https://help.aliyun.com/document_detail/42775.html). There are no RAM
+policies: every known key pair may do everything.
 """
 
 from __future__ import annotations
@@ -336,6 +338,14 @@ def _verify_v1_query(
 
 
 # ------------------------------------------------------------------------------------------ public
+
+
+def check_security_token(request: web.Request, target: Target, expected: str) -> None:
+    """403 InvalidSecurityToken unless the request carries `expected` (an STS key's security token)."""
+    sent = (request.headers.get("x-oss-security-token") or target.query.get("x-oss-security-token")
+            or target.query.get("security-token") or "")
+    if not hmac.compare_digest(sent.encode(), expected.encode()):
+        raise OssError(403, "InvalidSecurityToken", "The security token you provided is invalid.")
 
 
 def authenticate(

@@ -9,6 +9,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -38,8 +39,12 @@ class Service:
     completing: set[str] = field(default_factory=set)  # upload ids being assembled right now
     accounts: dict[str, str] = field(default_factory=dict)  # AccessKeyId -> account id (default: ACCOUNT_ID)
     owners: BucketOwners | None = None
+    temporary: Any = None  # sandbox.sts.TemporaryKeys: STS keys, each acting for its account
 
     def account_of(self, access_key_id: str) -> str:
+        key = self.temporary.get_key(access_key_id) if self.temporary is not None else None
+        if key is not None:
+            return str(key.account)
         return self.accounts.get(access_key_id, ACCOUNT_ID)
 
     def check_owner(self, bucket: str | None, access_key_id: str) -> None:

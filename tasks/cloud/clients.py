@@ -224,6 +224,7 @@ def target_from_endpoints_file(path: str | Path) -> tuple[Target, dict[str, str]
         nas=endpoint("nas"),
         oss=endpoint("oss"),
         kubernetes=None if k8s.get("kubeconfig") else k8s.get("server"),
+        sts=endpoint("sts"),
     )
     env = {}
     if data.get("access_key_id"):

@@ -101,10 +101,13 @@ def handle_from(spec: BatchSpec, detail: dict[str, Any], *, created: bool) -> Cl
     vswitches = detail.get("vswitch_ids") or ([detail["vswitch_id"]] if detail.get("vswitch_id") else [])
     kind = "acs" if detail.get("profile") == PROFILES["acs"] else "ask"
     opts = spec.cluster.managed or spec.cluster.ask
+    raw = detail.get("rrsa_config")
+    rrsa: dict[str, Any] = raw if isinstance(raw, dict) else {}
     return ClusterHandle(mode=kind, kind=kind, region=spec.target.region, namespace=spec.cluster.namespace,
                          cluster_id=detail["cluster_id"], name=opts.name, vpc_id=detail.get("vpc_id"),
                          vswitch_ids=list(vswitches), created=created,
-                         kubeconfig_source=f"cs:{detail['cluster_id']}")
+                         kubeconfig_source=f"cs:{detail['cluster_id']}",
+                         rrsa_oidc_provider_arn=(rrsa.get("oidc_arn") or None) if rrsa.get("enabled") else None)
 
 
 def locate_cluster(spec: BatchSpec, *, cs: Any | None) -> ClusterHandle | None:

@@ -24,7 +24,9 @@ The pod contract (what the workload can rely on), all set as env vars on the con
 ``ASK_BATCH_OSS_*``           ENDPOINT, REGION, BUCKET of the outputs
 ``ASK_BATCH_OUTPUT_PREFIX``   the index's prefix, with a literal ``{index}`` field to format
 ``ASK_BATCH_MARKER_NAME``     name of the done-marker object (``completeness: marker``)
-``OSS_ACCESS_KEY_ID/SECRET``  from the Secret (secretKeyRef), unless the pods use a RAM role
+``OSS_ACCESS_KEY_ID/SECRET``  from the Secret (secretKeyRef), with pod credentials 'target' only
+``ALIBABA_CLOUD_ROLE_ARN`` …  with pod credentials 'rrsa': the RAM role, OIDC provider, token file and STS
+                              endpoint (``tasks.render.rrsa``); the SDK's OIDC provider trades the token for keys
 ============================  ===========================================================================
 """
 
@@ -60,6 +62,7 @@ from tasks.render.compute import (
 )
 from tasks.render.pod_patch import apply_pod_template_patch
 from tasks.render.redact import REDACTED, Scrubber
+from tasks.render.rrsa import RrsaIdentity, apply_rrsa, service_account_manifest
 from tasks.spec import (
     AskClusterOptions,
     BatchSpec,
@@ -156,13 +159,16 @@ def secret_manifest(run_key: str, content: ConfigContent, *, namespace: str) -> 
 
 
 def render_config_objects(spec: BatchSpec, run_key: str, content: ConfigContent) -> list[dict[str, Any]]:
-    """The ConfigMap and Secret to create (either may be absent when empty)."""
+    """The ConfigMap and Secret to create (either may be absent when empty), and with pod credentials 'rrsa'
+    the run's ServiceAccount (``tasks.render.rrsa``)."""
     ns = spec.cluster.namespace
     objects = []
     if content.files:
         objects.append(config_map_manifest(run_key, content.files, namespace=ns))
     if content.secret_files or content.secret_env:
         objects.append(secret_manifest(run_key, content, namespace=ns))
+    if spec.outputs.pod_credentials == "rrsa":
+        objects.append(service_account_manifest(run_key, namespace=ns, role_name=spec.outputs.rrsa_role_name))
     return objects
 
 
@@ -337,6 +343,7 @@ class JobInputs:
     secret_env_keys: tuple[str, ...] = ()  # env var names, backed by Secret keys "env.<NAME>"
     claim_name: str | None = None
     oss_env: Mapping[str, str] = field(default_factory=dict)
+    rrsa: RrsaIdentity | None = None  # pod credentials 'rrsa': the ServiceAccount, role and OIDC provider
 
 
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
@@ -491,12 +498,15 @@ def job_manifest(spec: BatchSpec, *, run_key: str, inputs: JobInputs, index: int
         pod_spec["nodeSelector"] = dict(job.node_selector)
     if job.tolerations:
         pod_spec["tolerations"] = copy.deepcopy(job.tolerations)
+    template = {"metadata": _pod_metadata(job, labels, kind), "spec": pod_spec}
+    if inputs.rrsa is not None:
+        apply_rrsa(template, inputs.rrsa, spec.target)
     job_spec: dict[str, Any] = {
         "completions": job.completions if index is None else 1,
         "parallelism": job.parallelism if index is None else 1,
         "completionMode": job.completion_mode,
-        "template": apply_pod_template_patch({"metadata": _pod_metadata(job, labels, kind), "spec": pod_spec},
-                                             job.pod_template_patch, container=CONTAINER_NAME,
+        # the user's patch goes last, over everything ask-batch rendered (RRSA's volume and env included)
+        "template": apply_pod_template_patch(template, job.pod_template_patch, container=CONTAINER_NAME,
                                              labels=(*run_labels(run_key), INDEX_LABEL)),
     }
     if on_demand:
@@ -538,6 +548,8 @@ def render_job(spec: BatchSpec, *, run_key: str, flow_run_name: str, volume: Vol
         secret_env_keys=config.secret_env_keys if config else (),
         claim_name=volume.claim_name if volume else None,
         oss_env=pod_oss_env(spec, run_key=run_key, flow_run_name=flow_run_name),
+        rrsa=RrsaIdentity(config.service_account, config.rrsa_role_arn, config.rrsa_oidc_provider_arn)
+        if config and config.service_account and config.rrsa_role_arn and config.rrsa_oidc_provider_arn else None,
     )
     return job_manifest(spec, run_key=run_key, inputs=inputs, index=index, kind=kind,  # type: ignore[arg-type]
                         on_demand=on_demand)
@@ -552,7 +564,7 @@ def cloud_tags(run_key: str, extra: Mapping[str, str] | None = None) -> dict[str
 
 
 def create_cluster_body(ask: AskClusterOptions, *, region: str, run_key: str,
-                        profile: str = "Serverless") -> dict[str, Any]:
+                        profile: str = "Serverless", rrsa: bool = False) -> dict[str, Any]:
     """CS CreateCluster body for an ASK (``profile`` Serverless) or ACS (``profile`` Acs) cluster, snake_case for
     ``CreateClusterRequest``.
 
@@ -585,6 +597,10 @@ def create_cluster_body(ask: AskClusterOptions, *, region: str, run_key: str,
         body["vswitch_ids"] = list(ask.vswitch_ids)
     if ask.service_cidr:
         body["service_cidr"] = ask.service_cidr
+    if rrsa:
+        # RRSA for the pods' credentials (CreateClusterRequest.rrsa_config; `enable_rrsa` is its deprecated form:
+        # https://www.alibabacloud.com/help/en/ack/serverless-kubernetes/developer-reference/api-cs-2015-12-15-createcluster-serverless)
+        body["rrsa_config"] = {"enabled": True}
     return body
 
 

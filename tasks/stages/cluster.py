@@ -91,7 +91,8 @@ def create_managed_cluster(cs: Any, spec: BatchSpec, *, run_key: str) -> str:
         raise ClusterError(f"cannot create cluster {ask.name!r}: without cluster.{kind}.vpc_id, CS needs "
                            f"cluster.{kind}.zone_id (it creates the VPC in that zone); fix: set zone_id, e.g. "
                            f"'{spec.target.region}-k', or vpc_id and vswitch_ids")
-    body = create_cluster_body(ask, region=spec.target.region, run_key=run_key, profile=PROFILES[kind])
+    body = create_cluster_body(ask, region=spec.target.region, run_key=run_key, profile=PROFILES[kind],
+                               rrsa=spec.outputs.pod_credentials == "rrsa")
     try:
         resp = call(cs.create_cluster, m.CreateClusterRequest().from_map(body), service="CS",
                     operation="CreateCluster")
@@ -155,7 +156,11 @@ def ensure_cluster(spec: BatchSpec, *, run_key: str, cs: Any | None) -> ClusterH
     if found and found.get("state") == "running":
         # Found running: no need to poll (saves a DescribeClusterDetail round per stage that reconnects).
         log.info("%s cluster %s found: %s", KIND_NAMES[kind], opts.name, found["cluster_id"])
-        return handle_from(spec, found, created=False)
+        if spec.outputs.pod_credentials == "rrsa" and "rrsa_config" not in found:
+            # the cluster list does not carry rrsa_config; the detail does
+            found = as_map(call(cs.describe_cluster_detail, found["cluster_id"], service="CS",
+                                operation="DescribeClusterDetail").body)
+        return require_rrsa(spec, handle_from(spec, found, created=False))
     created = False
     if found:
         cluster_id = found["cluster_id"]
@@ -168,7 +173,22 @@ def ensure_cluster(spec: BatchSpec, *, run_key: str, cs: Any | None) -> ClusterH
         cluster_id = create_managed_cluster(cs, spec, run_key=run_key)
         created = True
     detail = wait_cluster_running(cs, cluster_id, timeout=opts.ready_timeout_seconds)
-    return handle_from(spec, detail, created=created)
+    return require_rrsa(spec, handle_from(spec, detail, created=created))
+
+
+def require_rrsa(spec: BatchSpec, handle: ClusterHandle) -> ClusterHandle:
+    """With pod credentials 'rrsa', the cluster must have RRSA on (its OIDC provider is what the pods' role
+    trusts); else ClusterError naming the fix. RRSA is turned on in the console (cluster > Basic Information >
+    Security and Auditing > RRSA OIDC) or with ModifyCluster ``enable_rrsa``
+    (https://www.alibabacloud.com/help/en/ack/ack-managed-and-ack-dedicated/user-guide/use-rrsa-to-authorize-pods-to-access-different-cloud-services)."""
+    if spec.outputs.pod_credentials != "rrsa" or handle.rrsa_oidc_provider_arn:
+        return handle
+    raise ClusterError(f"{KIND_NAMES[handle.kind]} cluster {handle.name!r} ({handle.cluster_id}) has RRSA off, and "
+                       f"outputs.pod_credentials 'rrsa' (the default) gives the pods their OSS credentials through "
+                       f"it; fix: turn RRSA on for the cluster (console: Cluster Information > Basic Information > "
+                       f"Security and Auditing > RRSA OIDC > Enable, or `aliyun cs PUT /api/v2/clusters/"
+                       f"{handle.cluster_id} --body '{{\"enable_rrsa\": true}}'`; takes 2-3 minutes), or set "
+                       f"outputs.pod_credentials 'target' (the flow's own AccessKey goes to the pods)")
 
 
 # --------------------------------------------------------------------------------------------- Prefect task

@@ -148,6 +148,8 @@ def _teardown_config(rec: _Recorder, *, delete: bool, why: str, ns: str, selecto
                       config.config_map if config else None),
         "Secret": (core_v1.list_namespaced_secret, core_v1.delete_namespaced_secret,
                    config.secret if config else None),
+        "ServiceAccount": (core_v1.list_namespaced_service_account, core_v1.delete_namespaced_service_account,
+                           config.service_account if config else None),
     }
     for kind, (list_fn, delete_fn, known) in kinds.items():
         names = ({known} if known else set()) | _names(call(list_fn, ns, label_selector=selector,

@@ -60,3 +60,38 @@ def test_malformed_network_ids_exit_2_before_any_request(sandbox_dir: Path, chan
     assert main(["--params", str(EXAMPLE), "--sandbox", str(sandbox_dir), "--set", change]) == 2
     assert f"  - {field}" in capsys.readouterr().err
     assert requests_by_service(sandbox_dir) == before
+
+
+def writes(sandbox_dir: Path) -> dict[str, int]:
+    """Requests that create or change something, per service: CS and OSS by method, NAS by action."""
+    base = json.loads((sandbox_dir / "endpoints.json").read_text())["control"]["endpoint"]
+    with urllib.request.urlopen(base + "/stats", timeout=5) as resp:
+        services = json.loads(resp.read())["services"]
+    out = {}
+    for name, service in services.items():
+        ops = service.get("operations", {})
+        out[name] = sum(n for op, n in ops.items()
+                        if op.split(" ")[0] in ("POST", "PUT", "DELETE") or op.startswith(("Create", "Delete")))
+    return out
+
+
+def test_dry_run_preflight_reads_the_account_and_names_what_would_fail(
+        sandbox_dir: Path, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--params", str(EXAMPLE), "--sandbox", str(sandbox_dir), "--dry-run", "--preflight"]
+    sets = [a for s in example_sets(workdir, "e2e-preflight") for a in ("--set", s)]
+    before = writes(sandbox_dir)
+    assert main(argv + sets) == 0
+    out = capsys.readouterr().out
+    assert "# pre-flight (read-only; nothing was created):" in out
+    assert "#   ok   credentials: resolved" in out and "#   ok   OSS bucket" in out
+    assert "#   ok   ASK cluster 'sandbox'" in out or "#   ok   ASK cluster" in out
+
+    bucket = foreign_bucket(sandbox_dir)
+    before = writes(sandbox_dir)
+    assert main(argv + sets + ["--set", f"outputs.bucket={bucket}",
+                               "--set", "storage.nas.file_system_id=31a8e4b2c1"]) == 1
+    captured = capsys.readouterr()
+    assert f"#   FAIL OSS bucket '{bucket}': exists but these credentials may not use it" in captured.out
+    assert "#   FAIL NAS file system '31a8e4b2c1': does not exist" in captured.out
+    assert "2 check(s) failed" in captured.err
+    assert writes(sandbox_dir) == before  # read-only: nothing created, written or deleted

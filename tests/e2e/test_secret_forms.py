@@ -104,6 +104,8 @@ def test_no_form_of_a_secret_reaches_any_output(sandbox_dir: Path, workdir: Path
     run_key = f"e2e-forms-{exit_code}"
     sets = example_sets(workdir, run_key) + [
         "job.completions=2", "job.parallelism=2", "job.backoff_limit_per_index=0",
+        # the flow's own key in the pods' Secret (not the default): one more secret that must not leak
+        "outputs.pod_credentials=target",
         f"config.local_paths=[{workdir / 'leak.sh'}, {workdir / 'mark.py'}]",
         "job.command=[sh, /etc/ask-batch/config/leak.sh]", "job.args=[]", f"job.env={{EXIT_CODE: '{exit_code}'}}",
         f"config.secret_files=[{{name: key.pem, file: {workdir / 'key.pem'}}}, "

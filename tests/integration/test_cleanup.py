@@ -84,7 +84,8 @@ def leave_resources_behind(spec: Any) -> tuple[Any, str]:
     core = client.CoreV1Api(api)
     volume = ensure_volume(spec, run_key=RUN, cluster=cluster, core_v1=core, nas=nas)
     config = publish_config(core, spec, RUN, ConfigContent(files={"settings.json": b"{}"},
-                                                          secret_files={"token": b"t0ken"}))
+                                                          secret_files={"token": b"t0ken"}),
+                            rrsa_oidc_provider_arn=cluster.rrsa_oidc_provider_arn)
     launch_job(client.BatchV1Api(api), render_job(spec, run_key=RUN, flow_run_name=RUN, volume=volume,
                                                   config=config))
     meta = client.V1ObjectMeta(name=f"askb-{RUN}", labels=run_labels(RUN))

@@ -40,7 +40,8 @@ def start_run(cloud: Any, spec: Any, kube: Any, run_key: str) -> tuple[VolumeHan
     handle, core, batch = kube
     volume = ensure_volume(spec, run_key=run_key, cluster=handle, core_v1=core, nas=cloud.nas)
     config = publish_config(core, spec, run_key, ConfigContent(files={"settings.json": b"{}"},
-                                                               secret_env={"TOKEN": "s3cret-value"}))
+                                                               secret_env={"TOKEN": "s3cret-value"}),
+                            rrsa_oidc_provider_arn=handle.rrsa_oidc_provider_arn)
     inputs = JobInputs(config_map=config.config_map, secret=config.secret, secret_env_keys=config.secret_env_keys,
                        claim_name=volume.claim_name)
     job = launch_job(batch, job_manifest(spec, run_key=run_key, inputs=inputs))
@@ -87,6 +88,7 @@ def test_default_policy_deletes_job_config_volume_and_keeps_nas_and_cluster(clou
         ("jobs", "pods", "configmaps", "secrets", "pvcs", "pvs"), 0)
     deleted = names(report, "deleted")
     assert deleted == {"Job": {job.name}, "ConfigMap": {config.config_map}, "Secret": {config.secret},
+                       "ServiceAccount": {config.service_account},  # pod credentials 'rrsa', the default
                        "PersistentVolumeClaim": {volume.claim_name}, "PersistentVolume": {volume.pv_name}}
     kept = {(i.kind, i.name): i.why for i in report.kept}
     assert kept[("NasFileSystem", volume.file_system_id)] == "policy 'never'"

@@ -62,7 +62,7 @@ class FakeSandbox:
         self.kube_clusters: dict[str, KubeCluster] = {}
         self.default_cluster_id = default_cluster_id or "c" + secrets.token_hex(16)
 
-    async def create_kube_cluster(self, cluster_id: str, flavour: str = "ask") -> KubeCluster:
+    async def create_kube_cluster(self, cluster_id: str, flavour: str = "ask", rrsa: bool = False) -> KubeCluster:
         if cluster_id in self.kube_clusters:
             return self.kube_clusters[cluster_id]
         kc = KubeCluster(cluster_id, self.data_dir / "clusters" / cluster_id, flavour=flavour)

@@ -62,4 +62,7 @@ def start_served(data_dir: Path, *extra: str) -> Served:
 
 
 def stop_served(served: Served) -> None:
-    assert stop_detached(served.dir) == served.pid
+    """Stop it (idempotent: a sandbox already stopped, or replaced by a newer one in the same directory, is left)."""
+    pid_file = served.dir / "sandbox.pid"
+    if pid_file.exists() and int(pid_file.read_text()) == served.pid:
+        assert stop_detached(served.dir) == served.pid

@@ -171,8 +171,10 @@ def test_the_dry_run_renders_the_patched_job_and_it_passes_the_strict_schema() -
     [container] = pod["containers"]
     env = {e["name"]: e for e in container["env"]}
     assert env["EXTRA"] == {"name": "EXTRA", "value": "yes"} and "ASK_BATCH_INDEX" in env
-    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/mnt/data", "/scratch"}
-    assert {v["name"] for v in pod["volumes"]} == {"data", "scratch"}
+    # (with the RRSA token, the default pod credentials on ASK: tasks/render/rrsa.py)
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {
+        "/mnt/data", "/scratch", "/var/run/secrets/ack.alibabacloud.com/rrsa-tokens"}
+    assert {v["name"] for v in pod["volumes"]} == {"data", "scratch", "rrsa-oidc-token"}
 
 
 def test_the_patch_changes_the_job_name_so_an_unpatched_job_is_never_adopted() -> None:

@@ -580,7 +580,8 @@ class PodWorker:
 
     async def _prepare_volumes(self) -> None:
         builder = VolumeBuilder(self.store, self.pod, self.pod_dir, csi_resolver=self.cluster.csi_resolver,
-                                token=self.cluster.token, node_allocatable=self.node.allocatable)
+                                token=self.cluster.token, node_allocatable=self.node.allocatable,
+                                token_issuer=getattr(self.cluster, "tokens", None))
         while True:
             try:
                 builder.pod = self.pod

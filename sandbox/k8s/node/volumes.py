@@ -5,7 +5,10 @@ Each volume becomes a directory the container's paths are mapped to (see `env.Pa
 - configMap / secret / downwardAPI / projected: files written under `<pod dir>/volumes/<name>`, with
   `items` (key -> path, per-item `mode`) or every key, `defaultMode` (0644 by default), secrets
   base64-decoded. A missing, non-optional source raises `VolumeNotReady` ("FailedMount"); the node
-  retries when ConfigMaps/Secrets change. Projected `serviceAccountToken` gets the sandbox API token.
+  retries when ConfigMaps/Secrets change. A projected `serviceAccountToken` with an `audience` is a JWT
+  signed by the cluster (`satokens.TokenIssuer`: `aud`, `exp` from `expirationSeconds`, `sub` the pod's
+  service account), as RRSA needs; one without `audience` (the `kube-api-access-*` volume) gets the
+  sandbox API's bearer token, since the sandbox API server authenticates that token only.
 - emptyDir: an empty directory (mode 0777, as the kubelet makes it); `medium: Memory` is not a tmpfs here.
 - persistentVolumeClaim: the bound PV's `hostPath.path` or `local.path` directly, or for CSI PVs the
   directory `cluster.csi_resolver(driver, volumeHandle, volumeAttributes)` returns (e.g. NAS). Until the
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..satokens import DEFAULT_EXPIRATION_S, TokenIssuer
 from .env import ConfigError, configmap_items, field_value, resource_value, secret_items
 
 if TYPE_CHECKING:
@@ -79,13 +83,14 @@ class VolumeBuilder:
     """Sets up one pod's volumes under `<pod dir>/volumes`."""
 
     def __init__(self, store: Store, pod: Obj, pod_dir: Path, *, csi_resolver: CsiResolver | None,
-                 token: str, node_allocatable: dict[str, str]) -> None:
+                 token: str, node_allocatable: dict[str, str], token_issuer: TokenIssuer | None = None) -> None:
         self.store = store
         self.pod = pod
         self.namespace = (pod.get("metadata") or {}).get("namespace") or "default"
         self.root = pod_dir / "volumes"
         self.csi_resolver = csi_resolver
         self.token = token
+        self.token_issuer = token_issuer
         self.node_allocatable = node_allocatable
 
     def prepare(self) -> PreparedVolumes:
@@ -173,8 +178,21 @@ class VolumeBuilder:
                 out.update(self._downward_files(part["downwardAPI"], default_mode=mode))
             elif "serviceAccountToken" in part:
                 path = part["serviceAccountToken"].get("path") or "token"
-                out[path] = (self.token.encode(), mode)
+                out[path] = (self._sa_token(part["serviceAccountToken"]).encode(), mode)
         return out
+
+    def _sa_token(self, source: Obj) -> str:
+        audience = source.get("audience")
+        if not audience or self.token_issuer is None:
+            return self.token
+        meta, spec = self.pod.get("metadata") or {}, self.pod.get("spec") or {}
+        account = spec.get("serviceAccountName") or "default"
+        sa = self.store.peek("serviceaccounts", self.namespace, account) or {}
+        return self.token_issuer.issue(
+            namespace=self.namespace, service_account=account,
+            service_account_uid=(sa.get("metadata") or {}).get("uid", ""), pod_name=meta.get("name", ""),
+            pod_uid=meta.get("uid", ""), audience=str(audience),
+            expiration_s=int(source.get("expirationSeconds") or DEFAULT_EXPIRATION_S))
 
     def _claim(self, claim_name: str) -> Path:
         pvc = self.store.peek("persistentvolumeclaims", self.namespace, claim_name)
