@@ -10,7 +10,7 @@ section's closing note.
   and whole-flow scale 3 repetitions at 10,000 completions) — about 20 minutes on 2 cores, plus the whole-flow
   scale: about 2 minutes at 1,000 completions and up to 3 x 8 minutes at 10,000 (a run is killed after 480 s
   and the size then given up), plus many runs at once (20 ask-batch runs on one server, SQLite and PostgreSQL:
-  up to about 40 minutes on a busy 2-core machine);
+  up to about 30 minutes on a busy 2-core machine, each phase cut at 10 minutes);
 - ``--quick``: 1–2 repetitions, smaller sizes, to check that everything runs (RESULTS.md is still rewritten:
   the commands recorded in it say what ran);
 - ``--full``: quiet waiting with the real 2 and 10 minute Jobs (about 45 minutes more at 5 repetitions).
@@ -40,7 +40,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "input-fuzz": ("bench_input_fuzz.py", ["--examples", "5000"], ["--examples", "500"]),
     "flow-scale": ("bench_flow_scale.py", ["--repeat", "3", "--baseline-repeat", "5"],
                    ["--repeat", "1", "--baseline-repeat", "1", "--completions", "2000", "--no-smoke"]),
-    # 20 runs at once on one server (SQLite, PostgreSQL when installed) beside one run alone: up to ~40 minutes
+    # 20 runs at once on one server (SQLite, PostgreSQL when installed) beside one run alone: up to ~30 minutes
     "concurrency": ("bench_concurrency.py", ["--runs", "20"], ["--runs", "4", "--databases", "sqlite"]),
 }
 ORDER = ["detect", "collect", "overhead", "quiet", "scale", "input-fuzz", "flow-scale", "concurrency"]
