@@ -216,6 +216,13 @@ def _check_id(value: str | None, pattern: re.Pattern[str], what: str, example: s
     return value
 
 
+def _bad_tag_text(text: object) -> bool:
+    """A CS tag key or value breaks its rules (``CS_TAG_MAX`` and its source): at most 128 characters, no 'aliyun'
+    or 'acs:' prefix, no 'http(s)://'."""
+    return (not isinstance(text, str) or len(text) > CS_TAG_MAX or text.startswith(("aliyun", "acs:"))
+            or "http://" in text or "https://" in text)
+
+
 def _check_match(value: str, pattern: re.Pattern[str], problem: str) -> str:
     if not pattern.match(value):
         raise ValueError(f"{value!r} {problem}")
@@ -422,15 +429,13 @@ class AskClusterOptions(_Model):
         if len(value) > 18:
             raise ValueError("at most 18 extra tags (CS allows 20 per cluster and ask-batch adds two: managed-by "
                              "and created-by-run); fix: drop some")
-        for key, val in value.items():
-            if not key or len(key) > CS_TAG_MAX or key.startswith(("aliyun", "acs:")) or "http://" in key \
-                    or "https://" in key:
-                raise ValueError(f"tag key {key!r} is empty, longer than {CS_TAG_MAX} characters or uses a reserved "
-                                 f"prefix ('aliyun', 'acs:', 'http(s)://'); fix: rename it")
-            if not isinstance(val, str) or len(val) > CS_TAG_MAX or val.startswith(("aliyun", "acs:")) \
-                    or "http://" in val or "https://" in val:
-                raise ValueError(f"tag value of {key!r} is longer than {CS_TAG_MAX} characters or uses a reserved "
-                                 f"prefix ('aliyun', 'acs:', 'http(s)://'); fix: shorten or rename it")
+        rule = f"longer than {CS_TAG_MAX} characters or uses a reserved prefix ('aliyun', 'acs:', 'http(s)://')"
+        bad_keys = [key for key in value if not key or _bad_tag_text(key)]
+        if bad_keys:
+            raise ValueError(f"tag key {bad_keys[0]!r} is empty, {rule}; fix: rename it")
+        bad_values = [key for key, val in value.items() if _bad_tag_text(val)]
+        if bad_values:
+            raise ValueError(f"tag value of {bad_values[0]!r} is {rule}; fix: shorten or rename it")
         return value
 
     @field_validator("vswitch_ids")
