@@ -99,7 +99,7 @@ def test_a_nas_only_workload_with_completeness_none_succeeds_and_says_what_was_n
     assert "no index was checked for outputs in OSS" in summary[0]
 
 
-KUBECONFIG_FETCH = "GET /k8s/{cluster_id}/user_config"  # DescribeClusterUserKubeconfig
+KUBECONFIG_FETCH = "DescribeClusterUserKubeconfig"  # the SDK names its action in x-acs-action
 
 
 def _cs_operations(sandbox_dir: Path) -> dict[str, int]:
