@@ -30,9 +30,10 @@ def prefect_server() -> Iterator[str]:
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
         temporary_settings,
     )
-    from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=300), \
+    from tests.prefect_harness import prefect_harness
+
+    with prefect_harness(server_startup_timeout=300), \
             temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield str(PREFECT_API_URL.value())
 

@@ -211,9 +211,9 @@ def test_the_task_publishes_a_table_artifact_keyed_on_the_run(cloud: Any, spec_f
                                                               run_key: str) -> None:
     from prefect import flow
     from prefect.client.orchestration import get_client
-    from prefect.testing.utilities import prefect_test_harness
 
     from tasks.stages.outputs import collect_outputs_task
+    from tests.prefect_harness import prefect_harness
 
     spec = spec_for(download=False)
     ensure_bucket(spec, cloud.oss)
@@ -223,7 +223,7 @@ def test_the_task_publishes_a_table_artifact_keyed_on_the_run(cloud: Any, spec_f
     def collect() -> Any:
         return collect_outputs_task(spec, run_key=run_key, flow_run_name="flow-g", report=make_report(1))
 
-    with prefect_test_harness(server_startup_timeout=300):
+    with prefect_harness(server_startup_timeout=300):
         manifest = collect()
         assert manifest.complete
 

@@ -168,10 +168,10 @@ def test_the_tasks_build_their_own_clients_and_sweep_a_crashed_run(cloud: Any, m
                                                                    run_key: str) -> None:
     """ensure_volume_task, then teardown_task with no handles at all (as an on_crashed hook would)."""
     from prefect import flow
-    from prefect.testing.utilities import prefect_test_harness
 
     from tasks.stages.teardown import teardown_task
     from tasks.stages.volume import ensure_volume_task
+    from tests.prefect_harness import prefect_harness
 
     spec = _spec(make_spec, run_key, delete_everything=True)
 
@@ -181,7 +181,7 @@ def test_the_tasks_build_their_own_clients_and_sweep_a_crashed_run(cloud: Any, m
         volume = ensure_volume_task(spec, run_key=run_key, cluster=cluster)
         return volume, teardown_task(spec, run_key=run_key, succeeded=False)
 
-    with prefect_test_harness(server_startup_timeout=300):
+    with prefect_harness(server_startup_timeout=300):
         volume, report = crashed_then_swept()
     assert report.ok, report.lines()
     assert names(report, "deleted")["NasFileSystem"] == {volume.file_system_id}
