@@ -122,9 +122,14 @@ def left_in_cluster(st: Stack, run_key: str) -> dict[str, list[str]]:
 
 
 def run_logs(st: Stack, run_id: str) -> list[str]:
-    logs = api(st, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200,
-                                    "sort": "TIMESTAMP_ASC"})
-    return [entry["message"] for entry in logs]
+    """Every log message of the run, oldest first (paged: the API returns at most 200 at a time)."""
+    out: list[str] = []
+    while True:
+        page = api(st, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200,
+                                        "offset": len(out), "sort": "TIMESTAMP_ASC"})
+        out += [entry["message"] for entry in page]
+        if len(page) < 200:
+            return out
 
 
 def start_waiting_run(st: Stack, run_key: str) -> str:
@@ -238,7 +243,7 @@ def test_killed_flow_pod_ends_crashed_and_the_automation_sweeps_it(stack: Stack,
     assert [r["state_type"] for r in done if r["state_type"] in TERMINAL][0] == "COMPLETED", done
     assert left_in_cluster(stack, "k8s-crash") == {}
     logs = run_logs(stack, run_id)
-    assert any(m.startswith("ask-batch sweep (crashed) k8s-crash: done (3 deleted") for m in logs), logs[-10:]
+    assert any(m.startswith("ask-batch sweep (crashed) k8s-crash: done (4 deleted") for m in logs), logs[-10:]
 
 
 def test_kubernetes_worker_stops_on_one_sigterm(stack: Stack, k8s_worker: subprocess.Popen) -> None:
