@@ -242,8 +242,11 @@ def test_killed_flow_pod_ends_crashed_and_the_automation_sweeps_it(stack: Stack,
                 what=f"the sweep run started by the automation for {run_id}")
     assert [r["state_type"] for r in done if r["state_type"] in TERMINAL][0] == "COMPLETED", done
     assert left_in_cluster(stack, "k8s-crash") == {}
-    logs = run_logs(stack, run_id)
-    assert any(m.startswith("ask-batch sweep (crashed) k8s-crash: done (4 deleted") for m in logs), logs[-10:]
+    # The sweep pod sends its log lines in batches (Prefect's APILogHandler): the last batch may reach the API after
+    # the sweep run is COMPLETED, so read until the closing line is there.
+    poll(lambda: run_logs(stack, run_id),
+         lambda logs: any(m.startswith("ask-batch sweep (crashed) k8s-crash: done (4 deleted") for m in logs),
+         timeout=60, what="the sweep's closing line in the crashed run's log")
 
 
 def test_kubernetes_worker_stops_on_one_sigterm(stack: Stack, k8s_worker: subprocess.Popen) -> None:
