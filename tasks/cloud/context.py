@@ -65,12 +65,6 @@ def cs_for(spec: BatchSpec, creds: AliCredentials | None = None) -> Any | None:
     return cs_client(spec.target, creds or credentials(spec))
 
 
-def kube_for(spec: BatchSpec, cluster: ClusterHandle, creds: AliCredentials | None = None) -> Any:
-    """A ``kubernetes.client.ApiClient`` for the run's cluster (kubeconfig fetched again from its source)."""
-    cs = cs_for(spec, creds) if cluster.mode in ("ask", "acs") else None
-    return connect(cluster, spec, cs=cs)
-
-
 #: Clients built from STS credentials (they carry a security token, which expires: typically after an hour) are
 #: rebuilt, with credentials resolved again, when older than this.
 STS_REFRESH_SECONDS = 600.0
@@ -130,9 +124,7 @@ class StageContext:
     def cs(self) -> Any | None:
         """A Container Service client in cluster modes 'ask' and 'acs' (and 'existing' with kind 'auto'), else
         None."""
-        if self.spec.cluster.mode == "existing" and self.spec.cluster.existing.kind != "auto":
-            return None
-        return self._client("cs", lambda c: cs_client(self.spec.target, c))
+        return self._client("cs", lambda c: cs_for(self.spec, c))
 
     def nas(self) -> Any:
         """A NAS client."""

@@ -13,7 +13,7 @@ DescribeFileSystems https://www.alibabacloud.com/help/en/nas/developer-reference
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tasks.cloud.cluster_access import KIND_NAMES, connect, existing_handle, find_cluster
+from tasks.cloud.cluster_access import KIND_NAMES, existing_handle, find_cluster
 from tasks.cloud.context import StageContext
 from tasks.cloud.nas import describe_file_system, find_file_systems_by_name
 from tasks.cloud.retry import CloudError, call
@@ -59,11 +59,8 @@ def _cluster(spec: BatchSpec, ctx: StageContext) -> Check:
     if spec.cluster.mode == "existing":
         handle = existing_handle(spec)
         what = f"cluster {handle.kubeconfig_source}"
-        api = connect(handle, spec, cs=None)
-        try:
-            version = call(client.VersionApi(api).get_code, service="Kubernetes", operation="GET /version")
-        finally:
-            api.close()
+        version = call(client.VersionApi(ctx.kube(handle)).get_code, service="Kubernetes",
+                       operation="GET /version")
         return Check(what, True, f"the API server answers (Kubernetes {version.git_version})")
     opts = spec.cluster.managed
     assert opts is not None
@@ -121,7 +118,3 @@ def preflight(spec: BatchSpec, ctx: StageContext) -> list[Check]:
             checks.append(found)
     return checks
 
-
-def render(checks: list[Check]) -> str:
-    """The checks as lines for the terminal."""
-    return "\n".join(c.line() for c in checks)
