@@ -104,7 +104,40 @@ def vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
-def one_run(api_url: str, *, run_key: str, completions: int, parallelism: int, timeout: float) -> dict[str, float]:
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def stage_peaks(samples: list[tuple[float, float]], flow_log: str) -> list[tuple[str, float]]:
+    """Peak RSS (MB) of the flow process while each task ran: ``samples`` are (epoch seconds, MB); the task runs'
+    start and end come from the flow's console log (Prefect prints ``HH:MM:SS.mmm | INFO | Task run 'NAME' -
+    ...`` lines; the first line of a task run is its start, ``Finished in state`` its end)."""
+    import datetime as dt
+    import re
+
+    spans: dict[str, list[float]] = {}
+    day = dt.datetime.now(dt.UTC).date()
+    for line in flow_log.splitlines():
+        m = re.match(r"(\d\d):(\d\d):(\d\d)\.(\d{3}) \| \w+ +\| Task run '([^']+)'", line)
+        if not m:
+            continue
+        h, mi, se, ms, name = m.groups()
+        t = dt.datetime(day.year, day.month, day.day, int(h), int(mi), int(se), int(ms) * 1000,
+                        tzinfo=dt.UTC).timestamp()
+        span = spans.setdefault(name, [t, t])
+        span[0], span[1] = min(span[0], t), max(span[1], t)
+    return [(name, max((mb for t, mb in samples if lo - 0.5 <= t <= hi + 0.5), default=float("nan")))
+            for name, (lo, hi) in sorted(spans.items(), key=lambda kv: kv[1][0])]
+
+
+def one_run(api_url: str, *, run_key: str, completions: int, parallelism: int, timeout: float,
+            timeline: bool = False) -> dict[str, float]:
     with Sandbox() as sb:
         work = sb.root / run_key
         work.mkdir()
@@ -118,7 +151,10 @@ def one_run(api_url: str, *, run_key: str, completions: int, parallelism: int, t
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = t0 + timeout
         status, usage = 0, None
+        samples: list[tuple[float, float]] = []
         while True:
+            if timeline:
+                samples.append((time.time(), rss_mb(proc.pid)))
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -141,11 +177,15 @@ def one_run(api_url: str, *, run_key: str, completions: int, parallelism: int, t
         if proc.returncode != 0:
             tail = (work / "flow.log").read_text(errors="replace")[-3000:]
             raise RunFailed(f"{completions} completions: flow exited {proc.returncode}. Log tail:\n{tail}")
+        if timeline:
+            text = (work / "flow.log").read_text(errors="replace")
+            print(f"{run_key}: flow RSS peak while each task ran: " + ", ".join(
+                f"{name} {mb:.0f} MB" for name, mb in stage_peaks(samples, text)), flush=True)
         return {"wall": wall, "flow_rss": usage.ru_maxrss / 1024, "sandbox_rss": sandbox_mb}
 
 
 def run(sizes: list[tuple[int, int]], parallelism: int, timeout: float,
-        smoke: int | None) -> tuple[dict[int, dict[str, Series]], list[str]]:
+        smoke: int | None, timeline: bool = False) -> tuple[dict[int, dict[str, Series]], list[str]]:
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
@@ -166,7 +206,8 @@ def run(sizes: list[tuple[int, int]], parallelism: int, timeout: float,
             rep = done.get(n, 0)
             run_key = f"fs-{n}-{tag}"
             try:
-                r = one_run(api_url, run_key=run_key, completions=n, parallelism=parallelism, timeout=timeout)
+                r = one_run(api_url, run_key=run_key, completions=n, parallelism=parallelism, timeout=timeout,
+                            timeline=timeline)
             except RunFailed as exc:
                 print(f"FAILED {run_key}: {exc}", flush=True)
                 problems.append(f"{n}: {exc}")
@@ -215,10 +256,13 @@ def main(argv: list[str] | None = None) -> Any:
     parser.add_argument("--parallelism", type=int, default=500)
     parser.add_argument("--timeout", type=float, default=480, help="kill a flow run after this many seconds")
     parser.add_argument("--no-smoke", action="store_true", help="skip the unrecorded baseline-size smoke run")
+    parser.add_argument("--timeline", action="store_true",
+                        help="sample the flow's RSS every 50 ms and print its peak while each task ran")
     args = parser.parse_args(argv)
     load = load_average()
     sizes = [(args.baseline, args.baseline_repeat), (args.completions, args.repeat)]
-    results, problems = run(sizes, args.parallelism, args.timeout, None if args.no_smoke else args.baseline)
+    results, problems = run(sizes, args.parallelism, args.timeout, None if args.no_smoke else args.baseline,
+                            timeline=args.timeline)
     body = render(results, args.parallelism)
     note = ratios(results)
     print(body, note, *problems, sep="\n\n")

@@ -114,6 +114,12 @@ class JobReport(BaseModel):
     incomplete_logs: dict[str, str] = Field(default_factory=dict, description="Pod -> why its kept log is "
                                             "incomplete (the kept file ends with a marker line saying so).")
 
+    def pod_indexes(self) -> dict[str, int]:
+        """Pod name -> the completion index it ran (original index, follow-up Jobs included), for every attempt
+        in the report: one pass, so callers look a pod up in O(1)."""
+        return {a.pod: r.index for r in self.indexes for a in r.attempts} | {
+            r.pod: r.index for r in self.indexes if r.pod}
+
 
 class OutputObject(BaseModel):
     key: str = Field(description="OSS object key.")
