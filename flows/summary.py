@@ -10,6 +10,10 @@ from tasks.render.manifests import run_prefix
 from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec
 
+#: Index rows the summary lists at most; a larger Job lists only its indexes that did not simply succeed on their
+#: first attempt (a Markdown artifact of 100,000 rows is ~10 MB, more than the Prefect UI shows well).
+SUMMARY_MAX_ROWS = 1000
+
 
 def attempts_text(record: Any) -> str:
     """An index's attempts in one cell: ``3: reclaimed (spot), reclaimed (spot), succeeded (on-demand)``."""
@@ -60,13 +64,21 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
     if report:
         lines += ["", "| index | status | attempts | exit code | reason | duration (s) | billed (s) | outputs |",
                   "|---|---|---|---|---|---|---|---|"]
-        for r in report.indexes:
+        shown = report.records() if report.index_count <= SUMMARY_MAX_ROWS else iter(
+            report.indexes[:SUMMARY_MAX_ROWS])
+        for r in shown:
             out = per_index.get(r.index)
             out_txt = (f"{len(out.objects)} object(s){'' if out.complete else ' — ' + (out.problem or 'incomplete')}"
                        if out else "")
             lines.append(f"| {r.index} | {r.status} | {attempts_text(r)} | "
                          f"{'' if r.exit_code is None else r.exit_code} | {r.reason or ''} | {r.seconds:.1f} | "
                          f"{r.billed_seconds:.1f} | {out_txt} |")
+        if report.index_count > SUMMARY_MAX_ROWS:
+            hidden = len(report.indexes) - min(len(report.indexes), SUMMARY_MAX_ROWS)
+            lines.append(f"\n_{report.index_count:,} indexes: the {min(len(report.indexes), SUMMARY_MAX_ROWS):,} "
+                         f"that did not simply succeed on their first attempt are listed"
+                         f"{f' (the first {SUMMARY_MAX_ROWS:,}; {hidden:,} more not shown)' if hidden else ''}; "
+                         f"the other {len(report.succeeded_once):,} succeeded on their first attempt._")
         if report.job_gone:
             lines.append("\n_The Job was gone when the wait began (removed by its TTL, or deleted): the outputs "
                          "decided the verdict._")
@@ -92,9 +104,9 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
             lines.append(f"  - and {len(report.incomplete_logs) - 20} more")
     if report:
         if cluster is not None and cluster.kind == "acs":
-            cost = estimate_acs_job(spec.job, [r.seconds for r in report.indexes], region=spec.target.region)
+            cost = estimate_acs_job(spec.job, report.all_seconds(), region=spec.target.region)
         else:
-            cost = estimate_job(spec.job, [r.seconds for r in report.indexes], region=spec.target.region,
+            cost = estimate_job(spec.job, report.all_seconds(), region=spec.target.region,
                                 site=spec.target.billing_site)
         lines += ["", "## Estimated cost", f"- {cost.summary()}"]
         lines += [f"- {note}" for note in cost.notes]

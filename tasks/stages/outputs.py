@@ -200,9 +200,9 @@ def completeness_problem(outputs: OutputsSpec, idx_prefix: str, objects: list[Li
 
 def _index_of_pod(pod: str, report: JobReport) -> int | None:
     """The index a pod ran: from the report (every attempt), else the Indexed Job pod name <job>-<index>-<suffix>."""
-    for record in report.indexes:
-        if record.pod == pod or any(a.pod == pod for a in record.attempts):
-            return record.index
+    found = report.pod_indexes().get(pod)
+    if found is not None:
+        return found
     m = re.match(rf"^{re.escape(report.job.name)}-(\d+)-[a-z0-9]+$", pod)
     return int(m.group(1)) if m else None
 

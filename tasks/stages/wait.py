@@ -27,7 +27,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,7 +42,16 @@ from tasks.cloud.jobs import launch_job, stop_for_on_demand
 from tasks.cloud.pod_logs import PodLogs
 from tasks.cloud.retry import CloudError
 from tasks.errors import JobFailed
-from tasks.handles import Attempt, ClusterHandle, ConfigHandle, IndexRecord, JobHandle, JobReport, VolumeHandle
+from tasks.handles import (
+    Attempt,
+    ClusterHandle,
+    ConfigHandle,
+    IndexRecord,
+    JobHandle,
+    JobReport,
+    VolumeHandle,
+    split_records,
+)
 from tasks.naming import INDEX_LABEL, RUN_LABEL
 from tasks.render.compute import ON_DEMAND_CONDITION, moves_reclaims_on_demand
 from tasks.render.diagnose import (
@@ -63,6 +72,7 @@ from tasks.spec import BatchSpec
 log = logging.getLogger("ask_batch.wait")
 
 MAX_EVENTS_PER_BATCH = 2000  # watch events applied before the checks run once (bounded so progress still shows)
+FINAL_LIST_PAGE = 500  # pods per page of the final pod list (``limit``/``continue``)
 
 Emit = Callable[[str], None]
 
@@ -297,11 +307,62 @@ def attempt_record(pod: dict[str, Any], now: datetime) -> Attempt:
                    seconds=round(_pod_seconds(pod, now), 3), billed_seconds=round(_billed_seconds(pod, end, now), 3))
 
 
-def build_records(pods: dict[str, dict[str, Any]], completions: int, *, now: datetime,
-                  diagnoses: dict[str, Diagnosis] | None = None,
-                  failed_indexes: set[int] | None = None, finished: bool = False,
-                  indexes: list[int] | None = None) -> list[IndexRecord]:
-    """Per-index ledger from the pods seen: every attempt, oldest first; the last one gives the status.
+_ATTEMPT_FIELDS = tuple(Attempt.model_fields)
+
+
+class Ledger:
+    """The per-index ledger the wait builds as pods end: an ended pod is folded into one small row of its index at
+    once and its pod object dropped, so what the wait holds grows by a row per ended pod, not by a pod object
+    (``compact_pod``) per pod seen. Pods still pending or running stay whole in the caller's hands until they end.
+
+    Memory: ~0.5 KB per ended pod (a tuple of the ``Attempt`` fields and the pod's creation time; an ``Attempt``
+    model would be ~1.2 KB).
+    """
+
+    def __init__(self) -> None:
+        #: index -> [(creationTimestamp, Attempt field values...)], one entry per pod, any order
+        self._by_index: dict[int, list[tuple[Any, ...]]] = {}
+
+    def fold(self, pod: dict[str, Any], now: datetime, *, replace: bool = True) -> None:
+        """Record ``pod`` (compact or whole) as an attempt of its index; a pod already recorded is replaced, or
+        kept when ``replace`` is False. A pod without an index label is ignored."""
+        idx = pod_index(pod)
+        if idx is None:
+            return
+        attempt = attempt_record(pod, now)
+        row = ((pod.get("metadata") or {}).get("creationTimestamp") or "",
+               *(getattr(attempt, f) for f in _ATTEMPT_FIELDS))
+        rows = self._by_index.setdefault(idx, [])
+        for i, known in enumerate(rows):
+            if known[1] == attempt.pod:
+                if replace:
+                    rows[i] = row
+                return
+        rows.append(row)
+
+    def has(self, name: str, index: int | None) -> bool:
+        """True when pod ``name`` of ``index`` is already recorded."""
+        return index is not None and any(row[1] == name for row in self._by_index.get(index, ()))
+
+    def attempts(self, index: int) -> list[Attempt]:
+        """The attempts of ``index``, oldest pod first."""
+        return [Attempt(**dict(zip(_ATTEMPT_FIELDS, row[1:], strict=True)))
+                for row in sorted(self._by_index.get(index, ()), key=lambda r: r[0])]
+
+    def with_pods(self, pods: Iterable[dict[str, Any]], now: datetime) -> "Ledger":
+        """A copy with ``pods`` (those still pending or running) folded in as they are ``now``."""
+        copy = Ledger()
+        copy._by_index = {i: list(rows) for i, rows in self._by_index.items()}
+        for pod in pods:
+            copy.fold(pod, now)
+        return copy
+
+
+def ledger_records(ledger: Ledger, completions: int, *, diagnoses: dict[str, Diagnosis] | None = None,
+                   failed_indexes: set[int] | None = None, finished: bool = False,
+                   indexes: list[int] | None = None) -> Iterator[IndexRecord]:
+    """Per-index records from the ledger, ascending index, one at a time: every attempt, oldest first; the last
+    one gives the status.
 
     An index is ``failed`` when the Job says so (``failed_indexes``: its per-index budget is spent), when a pod of
     it was diagnosed as stuck, or when its last pod failed and nothing replaced it by the time the Job finished;
@@ -309,19 +370,12 @@ def build_records(pods: dict[str, dict[str, Any]], completions: int, *, now: dat
     succeed is ``failed`` (or ``not_started`` when no pod of it was ever seen).
     """
     failed = failed_indexes or set()
-    by_index: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for pod in pods.values():
-        idx = pod_index(pod)
-        if idx is not None:
-            by_index[idx].append(pod)
-    records = []
     for idx in (indexes if indexes is not None else range(completions)):
-        pods_of = sorted(by_index.get(idx, []), key=lambda p: p["metadata"].get("creationTimestamp") or "")
-        if not pods_of:
+        attempts = ledger.attempts(idx)
+        if not attempts:
             status = "failed" if idx in failed else "not_started" if finished else "pending"
-            records.append(IndexRecord(index=idx, status=status))
+            yield IndexRecord(index=idx, status=status)
             continue
-        attempts = [attempt_record(p, now) for p in pods_of]
         # The last attempt decides, except that a succeeded one always wins (a late-listed older pod).
         last = next((a for a in attempts if a.outcome == "succeeded"), attempts[-1])
         diag = next((d for name, d in (diagnoses or {}).items() if name in {a.pod for a in attempts}), None)
@@ -331,13 +385,22 @@ def build_records(pods: dict[str, dict[str, Any]], completions: int, *, now: dat
             state = "failed"  # a failed last pod may still be replaced by the Job: the next record says so
         else:
             state = last.outcome
-        records.append(IndexRecord(
+        yield IndexRecord(
             index=idx, status=state, attempts=attempts, pod=last.pod, exit_code=last.exit_code,
             reason=(diag.reason if diag else last.reason),
             started=last.started, finished=last.finished,
             seconds=round(sum(a.seconds for a in attempts), 3),
-            billed_seconds=round(sum(a.billed_seconds for a in attempts), 3)))
-    return records
+            billed_seconds=round(sum(a.billed_seconds for a in attempts), 3))
+
+
+def build_records(pods: dict[str, dict[str, Any]], completions: int, *, now: datetime,
+                  diagnoses: dict[str, Diagnosis] | None = None,
+                  failed_indexes: set[int] | None = None, finished: bool = False,
+                  indexes: list[int] | None = None) -> list[IndexRecord]:
+    """``ledger_records`` of a set of pods (name -> pod object), as a list."""
+    ledger = Ledger().with_pods(pods.values(), now)
+    return list(ledger_records(ledger, completions, diagnoses=diagnoses, failed_indexes=failed_indexes,
+                               finished=finished, indexes=indexes))
 
 
 # --------------------------------------------------------------------------------------------- the wait
@@ -392,9 +455,11 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
     ]
     for w in watchers:
         w.start()
-    pods: dict[str, dict[str, Any]] = {}
+    pods: dict[str, dict[str, Any]] = {}  # pods not yet ended (compact): the only ones a grace can still catch
+    ledger = Ledger()  # ended pods, folded into one row each as they end
+    just_ended: dict[str, dict[str, Any]] = {}  # pods that ended in this batch: read by its checks, then dropped
+    counts = {"Succeeded": 0, "ended": 0}  # ended pods seen (a DELETED one counts as ended)
     changed: set[str] = set()  # pods seen since the last diagnosis
-    unsettled: set[str] = set()  # pods not yet Succeeded/Failed: the only ones a grace can still catch
     logs = PodLogs(core, job.namespace, CONTAINER_NAME, emit, options.log_dir, scrub=options.scrub,
                    max_streams=options.max_log_streams, tail_lines=options.tail_lines) if options.stream_logs else None
     incomplete: dict[str, str] = {}
@@ -421,15 +486,22 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
             idx = pod_index(obj)
             if idx is not None:
                 moving.add(idx)
-        if etype == "DELETED":
-            pods.setdefault(name, compact_pod(obj))
+        phase = (obj.get("status") or {}).get("phase")
+        small = pods.pop(name, None) if etype == "DELETED" else None
+        small = small or compact_pod(obj)
+        if etype == "DELETED" or phase in ("Succeeded", "Failed"):
+            # Ended: one ledger row from now on (a pod seen again, e.g. in the final list, replaces its row; a
+            # deletion keeps what was known before it).
+            pods.pop(name, None)
+            idx = pod_index(small)
+            if idx is not None and not ledger.has(name, idx):
+                counts["ended"] += 1
+                counts["Succeeded"] += phase == "Succeeded"
+            ledger.fold(small, datetime.now(UTC), replace=etype != "DELETED")
+            just_ended[name] = small
         else:
-            pods[name] = compact_pod(obj)
+            pods[name] = small
         changed.add(name)
-        if etype == "DELETED" or (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-            unsettled.discard(name)
-        else:
-            unsettled.add(name)
         if logs is not None:
             started, ended_now, restarts = _container(obj)
             logs.seen(name, pod_index(obj), started=started, ended=ended_now or etype == "DELETED",
@@ -437,23 +509,34 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
 
     def final_pods() -> None:
         # The Job and pod watches are separate streams: the Job's final condition can arrive before the last
-        # pod updates. One list now gives the pods as the Job controller saw them when it finished the Job.
-        # Read as JSON, not as client models: at 10,000 pods building the models costs seconds.
+        # pod updates. Unless the watch already showed every pod the Job counted as ended, one list now gives the
+        # pods as the Job controller saw them when it finished the Job: read as JSON (client models cost seconds
+        # at 10,000 pods), a page of FINAL_LIST_PAGE pods at a time (one response for 100,000 pods would be
+        # hundreds of MB).
+        status = job_obj.get("status") or {}
+        if not pods and counts["Succeeded"] >= int(status.get("succeeded") or 0) and counts["ended"] >= int(
+                status.get("succeeded") or 0) + int(status.get("failed") or 0) and job_obj:
+            return
         with contextlib.suppress(Exception):
-            resp: Any = core.list_namespaced_pod(job.namespace, label_selector=pod_selector,
-                                                 _preload_content=False)
-            for item in json.loads(resp.data).get("items") or []:
-                see_pod("MODIFIED", item)
+            token: str | None = None
+            while True:
+                resp: Any = core.list_namespaced_pod(job.namespace, label_selector=pod_selector,
+                                                     limit=FINAL_LIST_PAGE, _continue=token, _preload_content=False)
+                page = json.loads(resp.data)
+                for item in page.get("items") or []:
+                    see_pod("MODIFIED", item)
+                token = (page.get("metadata") or {}).get("continue")
+                if not token:
+                    break
 
     def report(succeeded: bool, reason: str | None, diags: dict[str, Diagnosis] | None = None, *,
                finished: bool = False, gone: bool = False) -> JobReport:
-        now = datetime.now(UTC)
         failed = failed_indexes()
-        return JobReport(job=job, succeeded=succeeded, reason=reason, job_gone=gone,
-                         indexes=build_records(pods, job.completions, now=now, diagnoses=diags,
-                                               failed_indexes=failed, finished=finished,
-                                               indexes=None if job.index is None else [job.index]),
-                         incomplete_logs=dict(sorted(incomplete.items())),
+        notable, plain = split_records(ledger_records(
+            ledger.with_pods(pods.values(), datetime.now(UTC)), job.completions, diagnoses=diags,
+            failed_indexes=failed, finished=finished, indexes=None if job.index is None else [job.index]))
+        return JobReport(job=job, succeeded=succeeded, reason=reason, job_gone=gone, indexes=notable,
+                         succeeded_once=plain, incomplete_logs=dict(sorted(incomplete.items())),
                          on_demand=sorted(moving & failed) if succeeded else [])
 
     def failed_indexes() -> set[int]:
@@ -465,7 +548,7 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
         # Say, once per pod, how each attempt ended and who decides next; and once per index, that its budget
         # is spent. Scrubbed: a container message can quote anything.
         for name in sorted(changed):
-            pod = pods.get(name)
+            pod = pods.get(name) or just_ended.get(name)
             if pod is None or name in ended:
                 continue
             end = attempt_end(pod)
@@ -505,9 +588,9 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
         pending = moving - settled
         if not pending:
             return
-        for name in sorted(unsettled):
-            pod = pods.get(name)
-            if pod is None or name in stopped or pod_index(pod) not in pending:
+        for name in sorted(pods):
+            pod = pods[name]
+            if name in stopped or pod_index(pod) not in pending:
                 continue
             stopped.add(name)
             try:
@@ -572,7 +655,8 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
                 final_pods()
                 drain_logs()
                 log.warning("Job %s was already gone when the wait began (removed by its TTL after finishing, or "
-                            "deleted): judging the run by its outputs and the %d pod(s) seen", job.name, len(pods))
+                            "deleted): judging the run by its outputs and the %d pod(s) seen", job.name,
+                            len(pods) + counts["ended"])
                 return report(True, None, gone=True)
             if job_deleted:
                 final_pods()
@@ -587,17 +671,18 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
             suspects = set(changed)
             changed.clear()
             if clock() - last_scan >= options.tick_seconds:
-                suspects |= unsettled
+                suspects |= set(pods)
                 last_scan = clock()
             now = datetime.now(UTC)
             for name in sorted(suspects):
-                pod = pods.get(name)
+                pod = pods.get(name) or just_ended.get(name)
                 diag = diagnose_pod(pod, now=now, grace=options.grace_seconds) if pod is not None else None
                 if diag:
                     drain_logs()
                     rep = report(False, diag.describe(), {name: diag})
                     raise JobFailed(options.scrub(_failure_message(
                         f"Job {job.name} cannot finish: {diag.describe()}", rep, logs, options, pod=name)), rep)
+            just_ended.clear()
             if deadline is not None and clock() > deadline:
                 rep = report(False, "timeout")
                 raise JobFailed(f"gave up waiting for Job {job.name} after {options.timeout_seconds:.0f}s "
@@ -686,16 +771,22 @@ def run_follow_ups(batch_v1: Any, indexes: list[int], render: Callable[[int], di
 def merge_reports(whole: JobHandle, reused: list[int], reports: list[JobReport]) -> JobReport:
     """One report for a re-run: indexes an earlier attempt finished (``reused``, outputs already complete) plus
     the records of the follow-up Jobs; it succeeded when every follow-up did."""
-    by_index = {i: IndexRecord(index=i, status="succeeded", reason="outputs from an earlier attempt")
-                for i in reused}
-    for rep in reports:
-        for record in rep.indexes:
-            by_index[record.index] = record
+    ran = {record.index: record for rep in reports for record in rep.records()}
+    reused_set = set(reused)
+
+    def records() -> Iterator[IndexRecord]:
+        for i in range(whole.completions):
+            if i in ran:
+                yield ran[i]
+            elif i in reused_set:
+                yield IndexRecord(index=i, status="succeeded", reason="outputs from an earlier attempt")
+            else:
+                yield IndexRecord(index=i, status="not_started")
+
+    notable, plain = split_records(records())
     failed = [rep for rep in reports if not rep.succeeded]
     reason = "; ".join(f"{rep.job.name} (index {rep.job.index}): {rep.reason}" for rep in failed) or None
-    return JobReport(job=whole, succeeded=not failed, reason=reason,
-                     indexes=[by_index.get(i) or IndexRecord(index=i, status="not_started")
-                              for i in range(whole.completions)],
+    return JobReport(job=whole, succeeded=not failed, reason=reason, indexes=notable, succeeded_once=plain,
                      follow_ups=[rep.job for rep in reports], reused=sorted(reused),
                      incomplete_logs={k: v for rep in reports for k, v in rep.incomplete_logs.items()})
 
@@ -704,22 +795,26 @@ def merge_on_demand(first: JobReport, reports: list[JobReport]) -> JobReport:
     """The first Job's report with the on-demand tries (``first.on_demand``) appended to their indexes' ledgers:
     every attempt, spot then on demand; the index's status, last pod and reason are the on-demand try's. It
     succeeded when every on-demand try did."""
-    tries = {rec.index: rec for rep in reports for rec in rep.indexes}
-    indexes = []
-    for rec in first.indexes:
-        extra = tries.get(rec.index)
-        if extra is None:
-            indexes.append(rec)
-            continue
-        attempts = rec.attempts + extra.attempts
-        indexes.append(extra.model_copy(update={
-            "attempts": attempts, "seconds": round(sum(a.seconds for a in attempts), 3),
-            "billed_seconds": round(sum(a.billed_seconds for a in attempts), 3)}))
+    tries = {rec.index: rec for rep in reports for rec in rep.records()}
+
+    def records() -> Iterator[IndexRecord]:
+        for rec in first.records():
+            extra = tries.get(rec.index)
+            if extra is None:
+                yield rec
+                continue
+            attempts = rec.attempts + extra.attempts
+            yield extra.model_copy(update={
+                "attempts": attempts, "seconds": round(sum(a.seconds for a in attempts), 3),
+                "billed_seconds": round(sum(a.billed_seconds for a in attempts), 3)})
+
+    indexes, plain = split_records(records())
     failed = [rep for rep in reports if not rep.succeeded]
     reason = "; ".join(f"on-demand try of index {rep.job.index} ({rep.job.name}): {rep.reason}"
                        for rep in failed) or None
     return first.model_copy(update={
         "succeeded": first.succeeded and not failed, "reason": reason or first.reason, "indexes": indexes,
+        "succeeded_once": plain,
         "follow_ups": first.follow_ups + [rep.job for rep in reports],
         "incomplete_logs": {**first.incomplete_logs,
                             **{k: v for rep in reports for k, v in rep.incomplete_logs.items()}}})

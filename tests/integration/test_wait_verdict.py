@@ -89,7 +89,7 @@ def test_spot_reclaims_are_retried_by_the_job_without_spending_the_budget(
     waiter.join(120)
     report = result["report"]
     assert isinstance(report, JobReport) and report.succeeded, report
-    for record in report.indexes:
+    for record in report.records():
         outcomes = [a.outcome for a in record.attempts]
         assert outcomes.count("succeeded") == 1 and outcomes.count("reclaimed") >= 3, outcomes
         assert record.status == "succeeded" and record.reclaims >= 3
@@ -113,9 +113,9 @@ def test_eci_stock_outs_while_the_flow_waits_are_retried(faults: Any, make_spec:
                     backoff_limit_per_index=4, eci={"fail_on_create_error": True})
     report = wait(kube, job, run_key, tmp_path)
     assert report.succeeded
-    outcomes = [a.outcome for r in report.indexes for a in r.attempts]
+    outcomes = [a.outcome for r in report.records() for a in r.attempts]
     assert outcomes.count("succeeded") == 6 and "stock-out" in outcomes, outcomes
-    stock_out = next(a for r in report.indexes for a in r.attempts if a.outcome == "stock-out")
+    stock_out = next(a for r in report.records() for a in r.attempts if a.outcome == "stock-out")
     assert stock_out.billed_seconds == 0 and "NoStock" in (stock_out.message or "")
 
 
@@ -126,8 +126,8 @@ def test_an_index_that_always_fails_fails_the_run_after_its_budget_and_the_other
     with caplog.at_level(logging.INFO, logger="ask_batch"), pytest.raises(JobFailed) as caught:
         wait(kube, job, run_key, tmp_path)
     report = caught.value.report
-    assert [r.status for r in report.indexes] == ["succeeded", "failed", "succeeded"]
-    failed = report.indexes[1]
+    assert [r.status for r in report.records()] == ["succeeded", "failed", "succeeded"]
+    failed = list(report.records())[1]
     assert [(a.outcome, a.exit_code) for a in failed.attempts] == [("exit", 3), ("exit", 3)]
     assert "index 1: pod " in str(caught.value) and "exit code 3" in str(caught.value)
     assert any("index 1 failed for good" in r.getMessage() for r in caplog.records)
@@ -179,7 +179,7 @@ def test_a_job_removed_by_its_ttl_while_waited_on_ends_the_wait_with_its_verdict
     report = wait(kube, job, run_key, tmp_path, timeout=60)
     assert time.monotonic() - started < 30
     assert report.succeeded and not report.job_gone
-    assert [r.status for r in report.indexes] == ["succeeded", "succeeded"]
+    assert [r.status for r in report.records()] == ["succeeded", "succeeded"]
 
 
 def test_a_missing_executable_is_named_in_the_error(make_spec: Any, kube: Any, run_key: str,
@@ -206,7 +206,7 @@ def test_an_index_reclaimed_max_reclaims_times_runs_its_last_try_on_demand(
     with caplog.at_level(logging.INFO, logger="ask_batch"):
         first = wait_for_job(kube[1], job, run_key=run_key, options=options, emit=lambda _: None)
     assert first.succeeded and first.on_demand == [0, 1], first
-    for record in first.indexes:
+    for record in first.records():
         outcomes = [a.outcome for a in record.attempts]
         assert outcomes[:2] == ["reclaimed", "reclaimed"] and "succeeded" not in outcomes, outcomes
         assert record.reclaims >= 2 and all(a.spot for a in record.attempts)
@@ -221,8 +221,8 @@ def test_an_index_reclaimed_max_reclaims_times_runs_its_last_try_on_demand(
     results = run_follow_ups(kube[3], first.on_demand, render, lambda handle: wait_for_job(
         kube[1], handle, run_key=run_key, options=options, emit=lambda _: None), parallelism=2)
     merged = merge_on_demand(first, [rep for rep, _ in results])
-    assert merged.succeeded and [r.status for r in merged.indexes] == ["succeeded", "succeeded"]
-    for record in merged.indexes:
+    assert merged.succeeded and [r.status for r in merged.records()] == ["succeeded", "succeeded"]
+    for record in merged.records():
         assert [(a.outcome, a.spot) for a in record.attempts][-1] == ("succeeded", False)
         assert record.reclaims >= 2
     on_demand_pods = [p for p in pods_of(kube, run_key) if ON_DEMAND_ANNOTATION in (p.metadata.annotations or {})]

@@ -58,7 +58,7 @@ def test_a_rerun_report_merges_reused_indexes_and_follow_ups():
     rep = JobReport(job=follow, succeeded=False, reason="BackoffLimitExceeded",
                     indexes=[IndexRecord(index=1, status="failed", reason="exit code 3")])
     merged = merge_reports(whole, [0, 2], [rep])
-    assert [r.status for r in merged.indexes] == ["succeeded", "failed", "succeeded"]
+    assert [r.status for r in merged.records()] == ["succeeded", "failed", "succeeded"]
     assert not merged.succeeded and "index 1" in merged.reason and merged.reused == [0, 2]
 
 
@@ -85,7 +85,7 @@ def test_the_on_demand_try_is_appended_to_its_indexs_ledger():
         IndexRecord(index=1, status="succeeded", pod="d", attempts=[done], seconds=4, billed_seconds=5)])
     merged = merge_on_demand(first, [tried])
     assert merged.succeeded and merged.on_demand == [1] and merged.follow_ups == [try_job]
-    record = merged.indexes[1]
+    record = list(merged.records())[1]
     assert [(a.outcome, a.spot) for a in record.attempts] == [
         ("reclaimed", True), ("reclaimed", True), ("moved-on-demand", True), ("succeeded", False)]
     assert (record.status, record.pod, record.reclaims, record.seconds, record.billed_seconds) == (
