@@ -88,29 +88,61 @@ def _delete(rec: _Recorder, kind: str, name: str, why: str, fn: Callable[[], Any
     return True
 
 
+#: Objects per page when teardown lists what it waits for (``limit``/``continue``).
+LIST_PAGE = 500
+
+
+def _listed_names(list_fn: Callable[..., Any], **kwargs: Any) -> tuple[set[str], str | None]:
+    """Names of everything ``list_fn`` lists, read page by page as JSON (at 100,000 pods, one response as client
+    models would hold gigabytes), and the list's resourceVersion to watch from."""
+    import json
+
+    names: set[str] = set()
+    token: str | None = None
+    while True:
+        resp = call(list_fn, service="Kubernetes", operation="list (waiting for deletion)", limit=LIST_PAGE,
+                    _continue=token, _preload_content=False, **kwargs)
+        page = json.loads(resp.data)
+        names.update(item["metadata"]["name"] for item in page.get("items") or [])
+        meta = page.get("metadata") or {}
+        token = meta.get("continue")
+        if not token:
+            return names, meta.get("resourceVersion")
+
+
 def wait_gone(list_fn: Callable[..., Any], *, timeout: float, **kwargs: Any) -> list[str]:
-    """Watch a listing until it is empty; returns the names still there at the timeout ([] when all gone)."""
-    from kubernetes import watch
+    """Watch a listing until it is empty; returns the names still there at the timeout ([] when all gone).
+
+    Holds only names: the list is paged and the watch events are read as JSON one at a time."""
+    import json
+
+    from kubernetes.watch.watch import iter_resp_lines
 
     deadline = time.monotonic() + timeout
     while True:
-        listing = call(list_fn, service="Kubernetes", operation="list (waiting for deletion)", **kwargs)
-        names = {item.metadata.name for item in listing.items or []}
+        names, rv = _listed_names(list_fn, **kwargs)
         remaining = deadline - time.monotonic()
         if not names or remaining <= 0:
             return sorted(names)
-        w = watch.Watch()
         try:
-            for event in w.stream(list_fn, resource_version=listing.metadata.resource_version,
-                                  timeout_seconds=max(1, int(remaining)), **kwargs):
-                name = event["object"].metadata.name
-                if event["type"] == "DELETED":
-                    names.discard(name)
-                elif event["type"] == "ADDED":
-                    names.add(name)
-                if not names:
-                    w.stop()
-                    return []
+            resp = list_fn(watch=True, resource_version=rv, timeout_seconds=max(1, int(remaining)),
+                           _preload_content=False, **kwargs)
+            try:
+                for line in iter_resp_lines(resp):
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        break  # e.g. 410 Gone: relist
+                    name = ((event.get("object") or {}).get("metadata") or {}).get("name")
+                    if event.get("type") == "DELETED":
+                        names.discard(name)
+                    elif event.get("type") == "ADDED" and name:
+                        names.add(name)
+                    if not names:
+                        return []
+            finally:
+                resp.release_conn()
         except Exception as exc:  # noqa: BLE001 - a dropped watch: relist
             log.debug("watch dropped (%s); relisting", type(exc).__name__)
             time.sleep(0.5)
