@@ -61,7 +61,9 @@ def params(sb: Sandbox, work: Path, *, run_key: str, completions: int, paralleli
         "cluster": {"mode": "existing", "namespace": "default",
                     "existing": {"kubeconfig_path": str(sb.kubeconfig)}},
         "storage": {"mode": "none"},
-        "job": {"image": "busybox", "command": ["true"], "args": [], "cpu": "0.1", "memory": "0.25Gi",
+        "job": {"image": "busybox", "command": ["true"], "args": [],
+                # the sandbox's node has 64 CPUs: 0.1 each fits 500 at once, 0.05 each 1,000
+                "cpu": f"{min(0.1, 50 / parallelism):g}", "memory": "0.25Gi",
                 "completions": completions, "parallelism": min(parallelism, completions), "completion_mode": "Indexed",
                 "backoff_limit_per_index": 1, "active_deadline_seconds": 1800,
                 "rerun": "all"},  # every marker is already there: rerun "missing" would run no pod at all

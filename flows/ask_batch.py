@@ -37,11 +37,12 @@ from flows.run_files import (
     derive_run_key,
     flow_run_name,
     keep_logs,
+    ledger_path,
     log_dir_for,
     save_logs_after_failure,
     spec_data,
 )
-from flows.summary import run_scrubber, summary_markdown
+from flows.summary import run_scrubber, summary_markdown, write_ledger
 from tasks.cloud.admission import admit
 from tasks.cloud.context import run_context
 from tasks.cloud.run_lock import cluster_run_lock
@@ -91,6 +92,11 @@ def finish(spec: BatchSpec, logger: Any, *, run_key: str, name: str, cluster: Cl
     except Exception as exc:  # noqa: BLE001 - never hide the run's own error behind a teardown error
         logger.error("teardown failed: %s: %s", type(exc).__name__, exc)
         teardown_error = exc
+    if report is not None:
+        try:
+            write_ledger(report, ledger_path(spec, name), run_scrubber(spec))
+        except OSError as exc:
+            logger.error("could not write the per-index ledger %s: %s", ledger_path(spec, name), exc)
     try:
         create_markdown_artifact(
             run_scrubber(spec)(summary_markdown(spec, run_key=run_key, name=name, cluster=cluster, job=job,

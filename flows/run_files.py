@@ -76,6 +76,11 @@ def kept_logs_dir(spec: BatchSpec, name: str) -> Path:
     return Path(spec.outputs.download_dir) / name / "logs"
 
 
+def ledger_path(spec: BatchSpec, name: str) -> Path:
+    """Where the run's per-index ledger goes: ``<download_dir>/<run>/ledger.jsonl`` (``flows.summary.write_ledger``)."""
+    return Path(spec.outputs.download_dir) / name / "ledger.jsonl"
+
+
 def keep_logs(spec: BatchSpec, name: str) -> Path:
     """Copy the streamed pod logs to ``kept_logs_dir`` (for runs that fail before collect_outputs does it)."""
     dest = kept_logs_dir(spec, name)

@@ -1,8 +1,10 @@
 """The run summary: the Markdown artifact every run publishes, whatever happened."""
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from flows.run_files import kept_logs_dir
+from flows.run_files import kept_logs_dir, ledger_path
 from tasks.handles import ClusterHandle, JobHandle, JobReport
 from tasks.render.acs_cost import estimate_acs_job
 from tasks.render.cost import estimate_job
@@ -79,6 +81,7 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
                          f"that did not simply succeed on their first attempt are listed"
                          f"{f' (the first {SUMMARY_MAX_ROWS:,}; {hidden:,} more not shown)' if hidden else ''}; "
                          f"the other {len(report.succeeded_once):,} succeeded on their first attempt._")
+        lines.append(f"\nEvery index, one JSON object per line: `{ledger_path(spec, name)}`")
         if report.job_gone:
             lines.append("\n_The Job was gone when the wait began (removed by its TTL, or deleted): the outputs "
                          "decided the verdict._")
@@ -114,6 +117,23 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
     if teardown is not None:
         lines += ["", "## Teardown"] + [f"- {line}" for line in teardown.lines()]
     return "\n".join(lines) + "\n"
+
+
+def write_ledger(report: JobReport, path: Path, scrub: Callable[[str], str] = str) -> Path:
+    """Write every index's record (``JobReport.records()``, ascending index) to ``path`` as JSON Lines, one
+    ``IndexRecord`` per line, one at a time (flat memory at 100,000 indexes), each line passed through ``scrub``
+    (a pod's message can quote anything). Returns ``path``.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for record in report.records():
+            fh.write(scrub(record.model_dump_json()) + "\n")
+    tmp.replace(path)
+    return path
 
 
 def run_scrubber(spec: BatchSpec) -> Scrubber:

@@ -75,3 +75,17 @@ def test_the_summary_of_a_huge_job_lists_the_indexes_worth_reading_and_counts_th
         job=job, succeeded=False, indexes=list(report.records())), outputs=None, teardown=None, error="x")
     cost = [line for line in text.splitlines() if "Estimated cost" in line or line.startswith("- ") and "CNY" in line]
     assert cost and cost == [line for line in small.splitlines() if line in cost]
+
+
+def test_the_ledger_file_holds_every_index_one_json_object_per_line(tmp_path):
+    from flows.summary import write_ledger
+    from tasks.handles import IndexRecord
+
+    records = build_records(mixed_pods(), 7, now=NOW, finished=True)
+    notable, plain = split_records(iter(records))
+    report = JobReport(job=JobHandle(namespace="d", name="j", uid="u", completions=7), succeeded=False,
+                       indexes=notable, succeeded_once=plain)
+    path = write_ledger(report, tmp_path / "run" / "ledger.jsonl", scrub=lambda s: s.replace("p4", "<redacted>"))
+    lines = path.read_text().splitlines()
+    assert [IndexRecord.model_validate_json(line).index for line in lines] == list(range(7))
+    assert IndexRecord.model_validate_json(lines[3]) == records[3] and "p4" not in path.read_text()
