@@ -139,8 +139,9 @@ def stage_peaks(samples: list[tuple[float, float]], flow_log: str) -> list[tuple
 
 
 def one_run(api_url: str, *, run_key: str, completions: int, parallelism: int, timeout: float,
-            timeline: bool = False) -> dict[str, float]:
-    with Sandbox() as sb:
+            timeline: bool = False, profile_dir: Path | None = None) -> dict[str, float]:
+    profile = None if profile_dir is None else profile_dir / f"sandbox-{run_key}.prof"
+    with Sandbox(profile_to=profile) as sb:
         work = sb.root / run_key
         work.mkdir()
         put_markers(sb, run_key, completions)
@@ -187,7 +188,8 @@ def one_run(api_url: str, *, run_key: str, completions: int, parallelism: int, t
 
 
 def run(sizes: list[tuple[int, int]], parallelism: int, timeout: float,
-        smoke: int | None, timeline: bool = False) -> tuple[dict[int, dict[str, Series]], list[str]]:
+        smoke: int | None, timeline: bool = False,
+        profile_dir: Path | None = None) -> tuple[dict[int, dict[str, Series]], list[str]]:
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
@@ -209,7 +211,7 @@ def run(sizes: list[tuple[int, int]], parallelism: int, timeout: float,
             run_key = f"fs-{n}-{tag}"
             try:
                 r = one_run(api_url, run_key=run_key, completions=n, parallelism=parallelism, timeout=timeout,
-                            timeline=timeline)
+                            timeline=timeline, profile_dir=profile_dir)
             except RunFailed as exc:
                 print(f"FAILED {run_key}: {exc}", flush=True)
                 problems.append(f"{n}: {exc}")
@@ -260,11 +262,15 @@ def main(argv: list[str] | None = None) -> Any:
     parser.add_argument("--no-smoke", action="store_true", help="skip the unrecorded baseline-size smoke run")
     parser.add_argument("--timeline", action="store_true",
                         help="sample the flow's RSS every 50 ms and print its peak while each task ran")
+    parser.add_argument("--profile-sandbox", type=Path, metavar="DIR",
+                        help="run each sandbox under cProfile; profiles go to DIR/sandbox-<run>.prof")
     args = parser.parse_args(argv)
     load = load_average()
+    if args.profile_sandbox:
+        args.profile_sandbox.mkdir(parents=True, exist_ok=True)
     sizes = [(args.baseline, args.baseline_repeat), (args.completions, args.repeat)]
     results, problems = run(sizes, args.parallelism, args.timeout, None if args.no_smoke else args.baseline,
-                            timeline=args.timeline)
+                            timeline=args.timeline, profile_dir=args.profile_sandbox)
     body = render(results, args.parallelism)
     note = ratios(results)
     print(body, note, *problems, sep="\n\n")

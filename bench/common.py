@@ -45,9 +45,10 @@ if not os.environ.get("PATH", "").startswith(VENV_BIN):
 
 class Sandbox:
     """A background sandbox on ``<tmp>/sandbox``, through the sandbox's one launcher (sandbox/launch.py);
-    ``stop()`` (or ``with``) ends it. ``pid``: its process, for RSS and CPU figures."""
+    ``stop()`` (or ``with``) ends it. ``pid``: its process, for RSS and CPU figures. ``profile_to``: run it under
+    cProfile, the profile written there when it stops."""
 
-    def __init__(self, *, node_pods: int = 1000, keep: bool = False) -> None:
+    def __init__(self, *, node_pods: int = 1000, keep: bool = False, profile_to: Path | None = None) -> None:
         from sandbox.launch import LaunchError, start_detached
 
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-")
@@ -56,7 +57,8 @@ class Sandbox:
         self.keep = keep
         try:
             pid, _ = start_detached(self.dir, ["--node-pods", str(node_pods), "--cluster-create-delay", "0"],
-                                    timeout=90)
+                                    timeout=90, interpreter_args=None if profile_to is None else [
+                                        "-m", "cProfile", "-o", str(profile_to)])
         except LaunchError as exc:
             raise SystemExit(str(exc)) from exc
         assert pid is not None
