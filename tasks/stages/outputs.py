@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -198,13 +198,24 @@ def completeness_problem(outputs: OutputsSpec, idx_prefix: str, objects: list[Li
 # --------------------------------------------------------------------------------------------- pod logs
 
 
-def _index_of_pod(pod: str, report: JobReport) -> int | None:
-    """The index a pod ran: from the report (every attempt), else the Indexed Job pod name <job>-<index>-<suffix>."""
-    for record in report.indexes:
-        if record.pod == pod or any(a.pod == pod for a in record.attempts):
-            return record.index
-    m = re.match(rf"^{re.escape(report.job.name)}-(\d+)-[a-z0-9]+$", pod)
-    return int(m.group(1)) if m else None
+def pod_index_finder(report: JobReport) -> Callable[[str], int | None]:
+    """A function pod name -> the index that pod ran, built in one pass over the report.
+
+    From the report (every attempt, follow-up Jobs included: ``JobReport.pod_indexes``), else from the Indexed Job
+    pod name rule ``<job>-<index>-<suffix>``; None for a pod that is neither. Each look-up is O(1), so assigning
+    N pods costs O(N + records), where asking the report per pod cost O(N x records).
+    """
+    known = report.pod_indexes()
+    by_name = re.compile(rf"{re.escape(report.job.name)}-(\d+)-[a-z0-9]+")
+
+    def index_of(pod: str) -> int | None:
+        found = known.get(pod)
+        if found is not None:
+            return found
+        m = by_name.fullmatch(pod)
+        return int(m.group(1)) if m else None
+
+    return index_of
 
 
 def save_pod_logs(oss: Any, bucket: str, prefix: str, log_dir: Path | None) -> dict[str, str]:
@@ -406,6 +417,12 @@ def collect_outputs(spec: BatchSpec, *, run_key: str, flow_run_name: str, report
     saved_logs = save_pod_logs(oss, outputs.bucket, prefix, log_dir)
     listed = list_prefix(oss, outputs.bucket, prefix, max_keys=max_keys)
     groups, others = group_by_index(listed, outputs, prefix, completions)
+    index_of = pod_index_finder(report)
+    logs_of: dict[int, list[str]] = {}
+    for pod, key in saved_logs.items():
+        owner = index_of(pod)
+        if owner is not None:
+            logs_of.setdefault(owner, []).append(key)
     entries: list[IndexOutputs] = []
     for index in range(completions):
         idx_prefix = index_prefix(outputs, prefix, index)
@@ -416,7 +433,7 @@ def collect_outputs(spec: BatchSpec, *, run_key: str, flow_run_name: str, report
             objects=[OutputObject(key=o.key, size=o.size, etag=o.etag,
                                   link=presign(oss, outputs.bucket, o.key, seconds=outputs.presign_expiry_seconds)
                                   if outputs.presigned_links else None) for o in objects],
-            log_keys=sorted(k for pod, k in saved_logs.items() if _index_of_pod(pod, report) == index)))
+            log_keys=sorted(logs_of.get(index, []))))
     root: Path | None = None
     if outputs.download:
         root = Path(outputs.download_dir).expanduser() / flow_run_name

@@ -100,6 +100,47 @@ def test_complete_outputs_are_downloaded_verified_with_logs_and_links(cloud: Any
     assert artifact_key("outputs", "Run_Key.1") == "outputs-run-key-1"
 
 
+class CountingRecords(list):  # type: ignore[type-arg]
+    """The report's per-index records, counting how many times they are read through."""
+
+    passes = 0
+
+    def __iter__(self) -> Any:
+        CountingRecords.passes += 1
+        return super().__iter__()
+
+
+def test_pod_logs_are_assigned_to_indexes_in_one_pass_over_the_report(cloud: Any, spec_for: Any, put: Any,
+                                                                       run_key: str, tmp_path: Path) -> None:
+    """Each saved log goes to its index (report pods, then the <job>-<index>-<suffix> rule), and the report's
+    records are read a fixed number of times, however many pods: asking the report once per pod and per index
+    read them (indexes x pods) times, minutes to hours at 1,000-10,000 pods that each print one line."""
+    spec = spec_for(download=False, completeness="none")
+    ensure_bucket(spec, cloud.oss)
+
+    def passes_for(completions: int) -> tuple[int, Any]:
+        log_dir = tmp_path / f"logs-{completions}"
+        log_dir.mkdir()
+        for i in range(completions):
+            (log_dir / f"{JOB}-{i}-ab{i}cd.log").write_text(f"index {i}\n")
+        (log_dir / f"{JOB}-1-zz9zz.log").write_text("an attempt the report does not know: named by the rule\n")
+        (log_dir / "someone-else.log").write_text("belongs to no index\n")
+        report = make_report(completions)
+        report = JobReport.model_construct(**{**dict(report), "indexes": CountingRecords(report.indexes)})
+        CountingRecords.passes = 0
+        manifest = collect_outputs(spec, run_key=f"{run_key}-{completions}", flow_run_name=f"flow-p{completions}",
+                                   report=report, oss=cloud.oss, log_dir=log_dir)
+        return CountingRecords.passes, manifest
+
+    small, _ = passes_for(3)
+    large, manifest = passes_for(12)
+    assert large == small <= 2, (small, large)
+    logs = f"ask-batch/{run_key}-12/logs/"
+    assert manifest.indexes[1].log_keys == [f"{logs}{JOB}-1-ab1cd.log", f"{logs}{JOB}-1-zz9zz.log"]
+    assert all(manifest.indexes[i].log_keys == [f"{logs}{JOB}-{i}-ab{i}cd.log"] for i in (0, *range(2, 12)))
+    assert manifest.log_keys["someone-else"] == f"{logs}someone-else.log" and len(manifest.log_keys) == 14
+
+
 def test_a_missing_marker_names_the_index_and_the_prefix(cloud: Any, spec_for: Any, put: Any, run_key: str) -> None:
     spec = spec_for()
     ensure_bucket(spec, cloud.oss)
