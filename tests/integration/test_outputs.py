@@ -82,14 +82,15 @@ def test_complete_outputs_are_downloaded_verified_with_logs_and_links(cloud: Any
     assert manifest.complete and manifest.missing == []
     root = tmp_path / "out" / "flow-a"
     assert manifest.download_dir == str(root)
-    for i, entry in enumerate(manifest.indexes):
+    for i in range(3):
+        entry = manifest.index(i)
         assert entry.complete and {o.key.rsplit("/", 1)[1] for o in entry.objects} == {"result.json", "_SUCCESS"}
         assert all(o.verified and o.crc64 for o in entry.objects)
         assert (root / f"index-{i:05d}" / "result.json").read_bytes() == bodies[i]
         link = next(o.link for o in entry.objects if o.key.endswith("result.json"))
         with urllib.request.urlopen(link) as resp:  # noqa: S310 - a presigned http URL on loopback
             assert resp.read() == bodies[i]
-    assert manifest.indexes[1].log_keys == [f"ask-batch/{run_key}/logs/{JOB}-1-ab1cd.log",
+    assert manifest.index(1).log_keys == [f"ask-batch/{run_key}/logs/{JOB}-1-ab1cd.log",
                                             f"ask-batch/{run_key}/logs/{JOB}-1-zz9zz.log"]
     saved = cloud.oss.get_object(oss.GetObjectRequest(bucket=BUCKET, key=manifest.log_keys[f"{JOB}-2-ab2cd"]))
     assert saved.body.read() == b"log of index 2\n"
@@ -136,8 +137,8 @@ def test_pod_logs_are_assigned_to_indexes_in_one_pass_over_the_report(cloud: Any
     large, manifest = passes_for(12)
     assert large == small <= 2, (small, large)
     logs = f"ask-batch/{run_key}-12/logs/"
-    assert manifest.indexes[1].log_keys == [f"{logs}{JOB}-1-ab1cd.log", f"{logs}{JOB}-1-zz9zz.log"]
-    assert all(manifest.indexes[i].log_keys == [f"{logs}{JOB}-{i}-ab{i}cd.log"] for i in (0, *range(2, 12)))
+    assert manifest.index(1).log_keys == [f"{logs}{JOB}-1-ab1cd.log", f"{logs}{JOB}-1-zz9zz.log"]
+    assert all(manifest.index(i).log_keys == [f"{logs}{JOB}-{i}-ab{i}cd.log"] for i in (0, *range(2, 12)))
     assert manifest.log_keys["someone-else"] == f"{logs}someone-else.log" and len(manifest.log_keys) == 14
 
 
@@ -157,7 +158,7 @@ def test_a_missing_marker_names_the_index_and_the_prefix(cloud: Any, spec_for: A
     assert f"oss://{BUCKET}/ask-batch/{run_key}/" in str(err)
     assert "index 1: no marker '_SUCCESS'" in str(err) and "index 3: no marker" in str(err)
     assert not err.manifest.complete
-    assert err.manifest.indexes[0].complete and err.manifest.indexes[0].objects[0].verified
+    assert err.manifest.index(0).complete and err.manifest.index(0).objects[0].verified
 
 
 def test_complete_indexes_are_the_ones_a_rerun_skips(cloud: Any, spec_for: Any, put: Any, run_key: str) -> None:
@@ -200,7 +201,7 @@ def test_a_corrupted_local_copy_is_detected_and_replaced(cloud: Any, spec_for: A
     manifest = collect_outputs(spec, **args)
 
     assert local.read_bytes() == body
-    assert manifest.complete and manifest.indexes[0].objects[0].verified
+    assert manifest.complete and manifest.index(0).objects[0].verified
 
 
 def test_corruption_on_the_wire_is_never_reported_complete(cloud: Any, spec_for: Any, put: Any, run_key: str,
@@ -245,7 +246,7 @@ def test_listing_pages_through_more_than_a_thousand_objects(cloud: Any, spec_for
     finally:
         del cloud.oss.list_objects_v2
     assert len(calls) == 13 + 5 and calls[0] is None and all(calls[1:13])
-    assert [len(e.objects) for e in manifest.indexes] == [603, 602]
+    assert manifest.object_counts == [603, 602] and manifest.total_objects == 1205
 
 
 def test_the_task_publishes_a_table_artifact_keyed_on_the_run(cloud: Any, spec_for: Any, put: Any,
