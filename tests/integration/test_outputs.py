@@ -278,3 +278,42 @@ def test_the_task_publishes_a_table_artifact_keyed_on_the_run(cloud: Any, spec_f
         artifacts = {a.key: a for a in asyncio.run(read())}
     table = artifacts[f"outputs-{run_key}"]
     assert f"ask-batch/{run_key}/index-00000/result.json" in str(table.data)
+
+
+def test_the_manifest_file_has_every_object_and_index_and_the_table_shows_the_incomplete_first(
+        cloud: Any, spec_for: Any, put: Any, run_key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing lost: the in-memory manifest keeps only the first PROBLEMS_KEPT problems, the file keeps all."""
+    from tasks.stages import outputs as stage
+
+    monkeypatch.setattr(stage, "PROBLEMS_KEPT", 2)
+    spec = spec_for()
+    ensure_bucket(spec, cloud.oss)
+    for i in range(8):
+        seed_index(put, run_key, i, marker=i not in (2, 5, 6))
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    (log_dir / f"{JOB}-6-ab6cd.log").write_text("index 6\n")
+
+    with pytest.raises(OutputsIncomplete) as caught:
+        collect_outputs(spec, run_key=run_key, flow_run_name="flow-m", report=make_report(8), oss=cloud.oss,
+                        log_dir=log_dir, max_keys=3)
+
+    manifest = caught.value.manifest
+    assert manifest.missing == [2, 5, 6] and sorted(manifest.problems) == [2, 5]
+    assert manifest.problem_of(6) == f"incomplete (the reason is in {manifest.manifest_file})"
+    assert manifest.manifest_file == str(tmp_path / "out" / "flow-m" / "manifest.jsonl")
+    records = list(manifest.records())
+    objects = [r for r in records if r["kind"] == "object"]
+    indexes = [r for r in records if r["kind"] == "index"]
+    assert len(objects) == 13 == manifest.total_objects and [r["index"] for r in indexes] == list(range(8))
+    assert all(o["verified"] == (o["index"] not in (2, 5, 6)) for o in objects)
+    assert indexes[6] == {"kind": "index", "index": 6, "prefix": f"ask-batch/{run_key}/index-00006/",
+                          "complete": False, "objects": 1,
+                          "bytes": len(json.dumps({"index": 6, "run": run_key}).encode()),
+                          "problem": f"no marker '_SUCCESS' under ask-batch/{run_key}/index-00006/ (1 object(s))",
+                          "log_keys": [f"ask-batch/{run_key}/logs/{JOB}-6-ab6cd.log"]}
+    assert manifest.index(6).problem == indexes[6]["problem"] and not manifest.index(6).objects[0].verified
+    rows = outputs_table(manifest)
+    assert [r["index"] for r in rows[:3]] == [2, 5, 6] and not any(r["complete"] for r in rows[:3])
+    assert len(rows) == 13 and all(r["complete"] for r in rows[3:])
+    assert not list((tmp_path / "out" / "flow-m").glob(".listing-*"))
