@@ -84,7 +84,7 @@ def ours(sb: Sandbox, oss: Any, *, indexes: int, parallel: int, dest: Path, rep:
     report = JobReport(job=JobHandle(namespace="default", name="bench", uid="u", completions=indexes), succeeded=True)
     manifest = collect_outputs(spec, run_key=RUN_KEY, flow_run_name=f"rep{rep}", report=report, oss=oss, log_dir=None)
     assert manifest.complete
-    files = [o for i in manifest.indexes for o in i.objects]
+    files = list(manifest.objects())
     assert all(o.verified for o in files)
     return len(files), manifest.total_bytes
 

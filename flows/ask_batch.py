@@ -26,6 +26,7 @@ Why it is shaped like this:
 """
 
 import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -79,7 +80,7 @@ def finish(spec: BatchSpec, logger: Any, *, run_key: str, name: str, cluster: Cl
     """
     from tasks.stages.teardown import teardown_task
 
-    saved_logs: dict[str, str] | None = None
+    saved_logs: Mapping[str, str] | None = None
     logs_problem: str | None = None
     if error is not None:
         keep_logs(spec, name)

@@ -5,6 +5,7 @@ CLI (``flows.cli``); it holds no Prefect flow, so each of them can import it wit
 """
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,7 @@ def keep_logs(spec: BatchSpec, name: str) -> Path:
 
 
 def save_logs_after_failure(spec: BatchSpec, *, run_key: str, name: str,
-                            logger: Any) -> tuple[dict[str, str] | None, str | None]:
+                            logger: Any) -> tuple[Mapping[str, str] | None, str | None]:
     """Upload a failed run's pod logs to ``<run prefix>logs/`` in OSS, as collect_outputs does on success.
 
     Best effort: returns (pod -> key, None), or (None, why not); never raises, so the run's own error stays

@@ -1,6 +1,6 @@
 """The run summary: the Markdown artifact every run publishes, whatever happened."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ from tasks.render.cost import estimate_job
 from tasks.render.manifests import run_prefix
 from tasks.render.redact import Scrubber
 from tasks.spec import BatchSpec
+from tasks.stages.outputs import indexes_text
 
 #: Index rows the summary lists at most; a larger Job lists only its indexes that did not simply succeed on their
 #: first attempt (a Markdown artifact of 100,000 rows is ~10 MB, more than the Prefect UI shows well).
@@ -27,7 +28,7 @@ def attempts_text(record: Any) -> str:
 
 def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: ClusterHandle | None,
                      job: JobHandle | None, report: JobReport | None, outputs: Any, teardown: Any,
-                     error: str | None, saved_logs: dict[str, str] | None = None,
+                     error: str | None, saved_logs: Mapping[str, str] | None = None,
                      logs_problem: str | None = None) -> str:
     """The run summary artifact: cluster, job, per-index record, outputs, pod logs, cost, teardown.
 
@@ -60,18 +61,13 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
                          f"({', '.join(f'`{j.name}`' for j in report.follow_ups[:10])})")
     else:
         lines.append("- not launched")
-    per_index = {}
-    if outputs is not None:
-        per_index = {i.index: i for i in outputs.indexes}
     if report:
         lines += ["", "| index | status | attempts | exit code | reason | duration (s) | billed (s) | outputs |",
                   "|---|---|---|---|---|---|---|---|"]
         shown = report.records() if report.index_count <= SUMMARY_MAX_ROWS else iter(
             report.indexes[:SUMMARY_MAX_ROWS])
         for r in shown:
-            out = per_index.get(r.index)
-            out_txt = (f"{len(out.objects)} object(s){'' if out.complete else ' — ' + (out.problem or 'incomplete')}"
-                       if out else "")
+            out_txt = outputs.outputs_text(r.index) if outputs is not None and r.index < outputs.completions else ""
             lines.append(f"| {r.index} | {r.status} | {attempts_text(r)} | "
                          f"{'' if r.exit_code is None else r.exit_code} | {r.reason or ''} | {r.seconds:.1f} | "
                          f"{r.billed_seconds:.1f} | {out_txt} |")
@@ -88,9 +84,17 @@ def summary_markdown(spec: BatchSpec, *, run_key: str, name: str, cluster: Clust
     lines += ["", "## Outputs"]
     prefix = run_prefix(spec.outputs, run_key=run_key, flow_run_name=name)
     lines.append(f"- OSS: `oss://{spec.outputs.bucket}/{prefix}`")
-    if outputs is not None and outputs.download_dir:
-        lines.append(f"- downloaded to `{outputs.download_dir}` ({outputs.total_bytes} bytes"
-                     f"{', complete' if outputs.complete else f', missing indexes {outputs.missing}'})")
+    if outputs is not None:
+        missing = (f"{len(outputs.missing)} missing indexes {indexes_text(outputs.missing)}" if outputs.missing
+                   else "complete")
+        lines.append(f"- {outputs.total_objects} object(s) of {outputs.total_bytes} bytes for {outputs.completions} "
+                     f"indexes, {missing}")
+        if outputs.download_dir:
+            lines.append(f"- downloaded to `{outputs.download_dir}` ({outputs.total_bytes} bytes"
+                         f"{', complete' if outputs.complete else ', incomplete'})")
+        if outputs.manifest_file:
+            lines.append(f"- manifest: `{outputs.manifest_file}` (one JSON line per object: key, size, CRC-64, "
+                         f"local path, link; then one per index: complete, problem, pod log keys)")
     lines.append(f"- {verification(spec)}")
     in_oss = saved_logs if saved_logs is not None else (outputs.log_keys if outputs is not None else None)
     if in_oss:

@@ -116,11 +116,11 @@ class OutputsIncomplete(AskBatchError, RuntimeError):
 
     def __init__(self, manifest: OutputManifest, missing: list[int]):
         self.manifest, self.missing = manifest, missing
-        problems = {i.index: i.problem for i in manifest.indexes if not i.complete}
-        shown = "; ".join(f"index {i}: {problems.get(i) or 'incomplete'}" for i in missing[:10])
+        shown = "; ".join(f"index {i}: {manifest.problem_of(i) or 'incomplete'}" for i in missing[:10])
         more = f"; and {len(missing) - 10} more" if len(missing) > 10 else ""
-        super().__init__(f"outputs incomplete: {len(missing)} of {len(manifest.indexes)} indexes under "
-                         f"oss://{manifest.bucket}/{manifest.prefix}: {shown}{more}")
+        where = f" (every index in {manifest.manifest_file})" if manifest.manifest_file else ""
+        super().__init__(f"outputs incomplete: {len(missing)} of {manifest.completions} indexes under "
+                         f"oss://{manifest.bucket}/{manifest.prefix}: {shown}{more}{where}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.manifest, self.missing))

@@ -5,8 +5,10 @@ Prefect and shown in the UI. Whatever a later stage needs that is secret (a kube
 again from its source.
 """
 
-from collections.abc import Iterable, Iterator
-from typing import Literal
+import bisect
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -221,6 +223,8 @@ class JobReport(BaseModel):
 
 
 class OutputObject(BaseModel):
+    """One object under an index prefix, as written to the manifest file (one JSON line each)."""
+
     key: str = Field(description="OSS object key.")
     size: int = Field(description="Size in bytes, as listed.")
     etag: str | None = Field(None, description="ETag, as listed.")
@@ -228,9 +232,12 @@ class OutputObject(BaseModel):
     local_path: str | None = Field(None, description="Where it was saved (only when downloaded and verified).")
     verified: bool = Field(False, description="The local copy matched the size and checksum.")
     link: str | None = Field(None, description="Presigned download link, when enabled.")
+    error: str | None = Field(None, description="Why its download failed (its index is then incomplete).")
 
 
 class IndexOutputs(BaseModel):
+    """Everything about one index's outputs: what ``OutputManifest.index`` reads back from the manifest file."""
+
     index: int = Field(description="Completion index.")
     prefix: str = Field(description="The index's OSS prefix.")
     complete: bool = Field(description="Complete per outputs.completeness and, if downloaded, verified.")
@@ -239,21 +246,139 @@ class IndexOutputs(BaseModel):
     log_keys: list[str] = Field(default_factory=list, description="Saved pod logs of this index (OSS keys).")
 
 
+class SavedLogs(Mapping[str, str]):
+    """Pod name -> OSS key of its saved log (``<logs_prefix><pod>.log``), in about 40 bytes a pod.
+
+    The pod names are kept as one newline-separated string (a dict of two strings a pod costs ~250 bytes: 25 MB
+    at 100,000 pods); iteration yields them in the order given (collect_outputs: by index, then name); a look-up
+    is a substring search, O(pods), fine for the few a caller makes.
+    """
+
+    __slots__ = ("logs_prefix", "_names", "_count")
+
+    def __init__(self, logs_prefix: str, names: Iterable[str] = ()) -> None:
+        self.logs_prefix = logs_prefix
+        listed = list(names)
+        self._names = "\n" + "".join(n + "\n" for n in listed)
+        self._count = len(listed)
+
+    @classmethod
+    def from_blob(cls, logs_prefix: str, blob: str) -> "SavedLogs":
+        """From ``blob`` as ``blob`` gives it (a manifest keeps that string)."""
+        saved = cls(logs_prefix)
+        saved._names = blob if blob.startswith("\n") else "\n" + blob
+        saved._count = saved._names.count("\n") - 1
+        return saved
+
+    @property
+    def blob(self) -> str:
+        """The pod names, newline-separated (with a leading and trailing newline)."""
+        return self._names
+
+    def __getitem__(self, pod: str) -> str:
+        if "\n" in pod or f"\n{pod}\n" not in self._names:
+            raise KeyError(pod)
+        return f"{self.logs_prefix}{pod}.log"
+
+    def __iter__(self) -> Iterator[str]:
+        start = 1
+        while (end := self._names.find("\n", start)) >= 0:
+            yield self._names[start:end]
+            start = end + 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SavedLogs.from_blob, (self.logs_prefix, self._names))
+
+    def __repr__(self) -> str:
+        return f"SavedLogs({self.logs_prefix!r}, {self._count} pod(s))"
+
+
 class OutputManifest(BaseModel):
+    """What collect_outputs found, in memory independent of the object count and O(1) bytes per index.
+
+    Every object and every index in full detail is in the manifest *file* (``manifest_file``: JSON lines, see
+    ``tasks.stages.outputs``); this value keeps the verdict (``complete``, ``missing``), per-index object counts,
+    totals, the first ``problems`` and the saved pod logs compactly. ``index(i)``, ``objects()`` and ``records()``
+    read the file back.
+    """
+
     bucket: str = Field(description="OSS bucket.")
     prefix: str = Field(description="The run's OSS prefix.")
     download_dir: str | None = Field(None, description="Local directory holding this run's files (None: "
                                      "record only).")
     complete: bool = Field(description="Every index complete (and verified, when downloaded).")
-    missing: list[int] = Field(default_factory=list, description="Indexes that are not complete.")
-    indexes: list[IndexOutputs] = Field(default_factory=list, description="Per-index outputs.")
-    log_keys: dict[str, str] = Field(default_factory=dict, description="Pod name -> saved log key.")
+    missing: list[int] = Field(default_factory=list, description="Indexes that are not complete (sorted).")
+    completions: int = Field(0, description="Indexes checked: 0..completions-1.")
+    object_counts: list[int] = Field(default_factory=list, description="Objects listed under each index's "
+                                     "prefix (position = index).")
+    total_objects: int = Field(0, description="Objects under all index prefixes.")
+    total_bytes: int = Field(0, description="Their size in bytes, as listed.")
+    problems: dict[int, str] = Field(default_factory=dict, description="Why an index is not complete, for the "
+                                     "first PROBLEMS_KEPT missing indexes (all of them in the manifest file).")
+    manifest_file: str | None = Field(None, description="The JSON-lines manifest: one line per object, then one "
+                                      "per index (local path).")
+    saved_logs: str = Field("", description="Pods whose log was saved, newline-separated (see ``log_keys``).")
     other_keys: list[str] = Field(default_factory=list, description="Objects under the run prefix that belong "
-                                  "to no index (besides logs).")
+                                  "to no index (besides logs): the first OTHERS_KEPT of them.")
+    other_count: int = Field(0, description="How many objects belong to no index (besides logs).")
 
     @property
-    def total_bytes(self) -> int:
-        return sum(o.size for i in self.indexes for o in i.objects)
+    def log_keys(self) -> SavedLogs:
+        """Pod name -> saved log key (a compact read-only mapping)."""
+        return SavedLogs.from_blob(self.prefix + "logs/", self.saved_logs) if self.saved_logs else SavedLogs(
+            self.prefix + "logs/")
+
+    def is_complete(self, index: int) -> bool:
+        """The index is complete (O(log missing))."""
+        at = bisect.bisect_left(self.missing, index)
+        return not (at < len(self.missing) and self.missing[at] == index)
+
+    def problem_of(self, index: int) -> str | None:
+        """Why ``index`` is incomplete (None when complete); past the first PROBLEMS_KEPT, a pointer to the file."""
+        if self.is_complete(index):
+            return None
+        return self.problems.get(index) or f"incomplete (the reason is in {self.manifest_file})"
+
+    def outputs_text(self, index: int) -> str:
+        """One summary-table cell: ``2 object(s)``, or ``0 object(s) — no marker ...``."""
+        count = self.object_counts[index] if index < len(self.object_counts) else 0
+        problem = self.problem_of(index)
+        return f"{count} object(s)" + ("" if problem is None else f" — {problem}")
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every line of the manifest file as a dict (``kind``: "object" or "index"), streamed; none without one."""
+        if not self.manifest_file:
+            return
+        with open(self.manifest_file, encoding="utf-8") as fh:
+            for line in fh:
+                yield json.loads(line)
+
+    def objects(self) -> Iterator[OutputObject]:
+        """Every object of every index, in listing order, from the manifest file (streamed)."""
+        for rec in self.records():
+            if rec.get("kind") == "object":
+                yield OutputObject.model_validate({k: v for k, v in rec.items() if k not in ("kind", "index")})
+
+    def index(self, index: int) -> IndexOutputs:
+        """One index in full detail, read back from the manifest file (one pass over it).
+
+        Raises:
+            KeyError: the file has no line for ``index`` (out of range, or no manifest file).
+        """
+        objects: list[OutputObject] = []
+        for rec in self.records():
+            if rec.get("index") != index:
+                continue
+            if rec["kind"] == "object":
+                objects.append(OutputObject.model_validate({k: v for k, v in rec.items()
+                                                            if k not in ("kind", "index")}))
+            else:
+                return IndexOutputs(index=index, prefix=rec["prefix"], complete=rec["complete"],
+                                    problem=rec["problem"], objects=objects, log_keys=rec["log_keys"])
+        raise KeyError(index)
 
 
 class TeardownItem(BaseModel):

@@ -24,17 +24,21 @@ security token: anyone holding such a link can read that object until it expires
 
 import bisect
 import hashlib
+import json
 import logging
 import os
 import re
 import shutil
+import tempfile
 import uuid
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -42,7 +46,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.cloud.context import RETRY_DELAYS, stage_context, stage_logs, transient_only
 from tasks.cloud.retry import CloudError, call
 from tasks.errors import BucketNotUsable, ChecksumMismatch, OutputsIncomplete
-from tasks.handles import IndexOutputs, JobReport, OutputManifest, OutputObject
+from tasks.handles import JobReport, OutputManifest, OutputObject, SavedLogs
 from tasks.render.manifests import index_prefix, run_prefix
 from tasks.spec import BatchSpec, OutputsSpec
 
@@ -51,6 +55,12 @@ log = logging.getLogger("ask_batch.outputs")
 LOGS_DIR = "logs/"
 CHUNK = 1 << 20
 ARTIFACT_MAX_ROWS = 500
+MANIFEST_FILE = "manifest.jsonl"  # in <download_dir>/<flow run>/: every object and index in full
+PROBLEMS_KEPT = 1000  # missing indexes whose problem the in-memory manifest keeps (the file has all)
+OTHERS_KEPT = 100  # keys of no index the in-memory manifest keeps (it counts all)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -141,89 +151,199 @@ def _check_writable(oss: Any, bucket: str) -> None:
 # --------------------------------------------------------------------------------------------- listing
 
 
-def list_prefix(oss: Any, bucket: str, prefix: str, *, max_keys: int = 1000) -> list[Listed]:
-    """Every object under ``prefix`` (ListObjectsV2 paginator; retried as a whole on transient errors)."""
+def iter_prefix(oss: Any, bucket: str, prefix: str, *, max_keys: int = 1000) -> Iterator[Listed]:
+    """Every object under ``prefix``, in key order, one ListObjectsV2 page in memory at a time.
+
+    Each page is one call of the retry policy (a transient error repeats that page, with its continuation
+    token), so a listing of 100,000 keys never holds more than ``max_keys`` of them.
+    """
     import alibabacloud_oss_v2 as o
 
-    def listing() -> list[Listed]:
-        out: list[Listed] = []
-        paginator = oss.list_objects_v2_paginator(limit=max_keys)
-        for page in paginator.iter_page(o.ListObjectsV2Request(bucket=bucket, prefix=prefix)):
-            out += [Listed(obj.key, int(obj.size or 0), obj.etag) for obj in page.contents or []]
-        return out
+    token: str | None = None
+    while True:
+        page = call(oss.list_objects_v2, o.ListObjectsV2Request(bucket=bucket, prefix=prefix, max_keys=max_keys,
+                                                                continuation_token=token),
+                    service="OSS", operation="ListObjectsV2")
+        for obj in page.contents or []:
+            yield Listed(obj.key, int(obj.size or 0), obj.etag)
+        token = page.next_continuation_token
+        if not page.is_truncated or not token:
+            return
 
-    return call(listing, service="OSS", operation="ListObjectsV2")
+
+def list_prefix(oss: Any, bucket: str, prefix: str, *, max_keys: int = 1000) -> list[Listed]:
+    """Every object under ``prefix``, as a list (small prefixes only; the stage streams ``iter_prefix``)."""
+    return list(iter_prefix(oss, bucket, prefix, max_keys=max_keys))
+
+
+class IndexTally:
+    """Per-index counts of a streamed listing, in compact columns: about 30 bytes per index, whatever the number
+    of objects (the sorted index prefixes, an owner array, object and byte counts, a marker flag).
+
+    ``add`` each listed object; ``problem(i)`` then says whether index ``i`` is complete per
+    ``outputs.completeness``. Objects under ``<prefix>logs/`` (saved pod logs) belong to nothing and are not
+    counted; others that belong to no index are counted in ``other_count`` (the first ``OTHERS_KEPT`` kept).
+    """
+
+    def __init__(self, outputs: OutputsSpec, prefix: str, completions: int) -> None:
+        self.outputs, self.prefix, self.completions = outputs, prefix, completions
+        prefixes = [index_prefix(outputs, prefix, i) for i in range(completions)]
+        order = sorted(range(completions), key=prefixes.__getitem__)
+        self._ordered = [prefixes[i] for i in order]
+        self._owner = array("l", order)
+        del prefixes, order
+        self.counts = array("l", [0]) * completions
+        self.sizes = array("q", [0]) * completions
+        self.markers = bytearray(completions)
+        self.other_keys: list[str] = []
+        self.other_count = 0
+        self._logs = prefix + LOGS_DIR
+
+    def owner_of(self, key: str) -> int | None:
+        """The index whose prefix ``key`` starts with (the longest such prefix), or None; O(log n) per step.
+
+        The largest prefix sorting at or before ``key`` is tried first; when it is not a prefix of ``key``, any
+        shorter one must be a prefix of their common part, so the search narrows to that (templates whose
+        prefixes contain one another, like ``{index}`` without a slash, take a few steps).
+        """
+        hi = len(self._ordered)
+        probe = key
+        while True:
+            at = bisect.bisect_right(self._ordered, probe, 0, hi) - 1
+            if at < 0:
+                return None
+            candidate = self._ordered[at]
+            if key.startswith(candidate):
+                return self._owner[at]
+            probe = os.path.commonprefix([candidate, probe])
+            hi = at
+
+    def add(self, obj: Listed) -> int | None:
+        """Count one listed object; returns its index (None: a saved log, or an object of no index)."""
+        if obj.key.startswith(self._logs):
+            return None
+        owner = self.owner_of(obj.key)
+        if owner is None:
+            self.other_count += 1
+            if len(self.other_keys) < OTHERS_KEPT:
+                self.other_keys.append(obj.key)
+            return None
+        self.counts[owner] += 1
+        self.sizes[owner] += obj.size
+        if obj.key == index_prefix(self.outputs, self.prefix, owner) + self.outputs.marker_name:
+            self.markers[owner] = 1
+        return owner
+
+    def problem(self, index: int) -> str | None:
+        """Why ``index`` is not complete per ``outputs.completeness`` (None: complete)."""
+        return rule_problem(self.outputs, index_prefix(self.outputs, self.prefix, index), self.counts[index],
+                            bool(self.markers[index]))
 
 
 def group_by_index(listed: Iterable[Listed], outputs: OutputsSpec, prefix: str,
                    completions: int) -> tuple[dict[int, list[Listed]], list[str]]:
-    """(index -> its objects, keys that belong to no index). Saved logs are neither."""
-    by_prefix = {index_prefix(outputs, prefix, i): i for i in range(completions)}
-    ordered = sorted(by_prefix)
+    """(index -> its objects, keys that belong to no index), for a small listing. Saved logs are neither."""
+    tally = IndexTally(outputs, prefix, completions)
     groups: dict[int, list[Listed]] = {i: [] for i in range(completions)}
     others: list[str] = []
-
-    def owner_of(key: str) -> int | None:
-        # An index prefix of `key` sorts at or before it: look there first (O(log n) for 100,000 indexes);
-        # only odd templates whose prefixes contain one another need the full scan.
-        at = bisect.bisect_right(ordered, key) - 1
-        if at >= 0 and key.startswith(ordered[at]):
-            return by_prefix[ordered[at]]
-        return next((i for p, i in by_prefix.items() if key.startswith(p)), None)
-
     for obj in listed:
         if obj.key.startswith(prefix + LOGS_DIR):
             continue
-        owner = owner_of(obj.key)
-        if owner is None:
-            others.append(obj.key)
-        else:
-            groups[owner].append(obj)
+        owner = tally.owner_of(obj.key)
+        (others.append(obj.key) if owner is None else groups[owner].append(obj))
     return groups, others
 
 
-def completeness_problem(outputs: OutputsSpec, idx_prefix: str, objects: list[Listed]) -> str | None:
-    """Why an index is not complete per ``outputs.completeness`` (None: complete; always None for 'none')."""
+def rule_problem(outputs: OutputsSpec, idx_prefix: str, count: int, has_marker: bool) -> str | None:
+    """Why an index with ``count`` objects (and the marker or not) is not complete per ``outputs.completeness``
+    (None: complete; always None for 'none')."""
     if outputs.completeness == "none":
         return None
     if outputs.completeness == "marker":
-        if not any(o.key == idx_prefix + outputs.marker_name for o in objects):
-            return f"no marker {outputs.marker_name!r} under {idx_prefix} ({len(objects)} object(s))"
-        return None
-    if len(objects) < outputs.min_objects:
-        return f"{len(objects)} object(s) under {idx_prefix}, expected at least {outputs.min_objects}"
+        return None if has_marker else f"no marker {outputs.marker_name!r} under {idx_prefix} ({count} object(s))"
+    if count < outputs.min_objects:
+        return f"{count} object(s) under {idx_prefix}, expected at least {outputs.min_objects}"
     return None
+
+
+def completeness_problem(outputs: OutputsSpec, idx_prefix: str, objects: list[Listed]) -> str | None:
+    """``rule_problem`` for a list of one index's objects."""
+    return rule_problem(outputs, idx_prefix, len(objects),
+                        any(o.key == idx_prefix + outputs.marker_name for o in objects))
 
 
 # --------------------------------------------------------------------------------------------- pod logs
 
 
-def _index_of_pod(pod: str, report: JobReport) -> int | None:
-    """The index a pod ran: from the report (every attempt), else the Indexed Job pod name <job>-<index>-<suffix>."""
-    found = report.pod_indexes().get(pod)
-    if found is not None:
-        return found
-    m = re.match(rf"^{re.escape(report.job.name)}-(\d+)-[a-z0-9]+$", pod)
-    return int(m.group(1)) if m else None
+def pod_index_finder(report: JobReport) -> Callable[[str], int | None]:
+    """A function pod name -> the index that pod ran, built in one pass over the report.
+
+    From the report (every attempt, follow-up Jobs included: ``JobReport.pod_indexes``), else from the Indexed Job
+    pod name rule ``<job>-<index>-<suffix>``; None for a pod that is neither. Each look-up is O(1), so assigning
+    N pods costs O(N + records), where asking the report per pod cost O(N x records).
+    """
+    known = report.pod_indexes()
+    by_name = re.compile(rf"{re.escape(report.job.name)}-(\d+)-[a-z0-9]+")
+
+    def index_of(pod: str) -> int | None:
+        found = known.get(pod)
+        if found is not None:
+            return found
+        m = by_name.fullmatch(pod)
+        return int(m.group(1)) if m else None
+
+    return index_of
 
 
-def save_pod_logs(oss: Any, bucket: str, prefix: str, log_dir: Path | None) -> dict[str, str]:
-    """Upload every ``<pod>.log`` in ``log_dir`` to ``<prefix>logs/<pod>.log``. Returns pod -> key."""
+def save_pod_logs(oss: Any, bucket: str, prefix: str, log_dir: Path | None, *,
+                  index_of: Callable[[str], int | None] | None = None, parallel: int = 8) -> SavedLogs:
+    """Upload every ``<pod>.log`` in ``log_dir`` to ``<prefix>logs/<pod>.log``, ``parallel`` at a time.
+
+    Args:
+        index_of: pod name -> its index (``pod_index_finder``); when given, the result is ordered by index (pods
+            of no index first), then name; else by name.
+
+    Returns:
+        pod -> key (``SavedLogs``: ~40 bytes a pod). Hidden files (``.name.log``) are not logs.
+
+    Raises:
+        CloudError: an upload failed after the retry policy gave up.
+    """
     import alibabacloud_oss_v2 as o
 
-    saved: dict[str, str] = {}
+    logs_prefix = f"{prefix}{LOGS_DIR}"
     if not log_dir or not log_dir.is_dir():
-        return saved
-    for path in sorted(log_dir.glob("*.log")):
-        pod = path.name.removesuffix(".log")
-        key = f"{prefix}{LOGS_DIR}{pod}.log"
-        call(oss.put_object, o.PutObjectRequest(bucket=bucket, key=key, body=path.read_bytes(),
-                                                content_type="text/plain"),
+        return SavedLogs(logs_prefix)
+    with os.scandir(log_dir) as it:
+        names = [e.name[:-4] for e in it if e.name.endswith(".log") and not e.name.startswith(".") and e.is_file()]
+    if index_of is None:
+        names.sort()
+    else:
+        names.sort(key=lambda pod: (-1 if (i := index_of(pod)) is None else i, pod))
+
+    def upload(pod: str) -> None:
+        call(oss.put_object, o.PutObjectRequest(bucket=bucket, key=f"{logs_prefix}{pod}.log",
+                                                body=(log_dir / f"{pod}.log").read_bytes(), content_type="text/plain"),
              service="OSS", operation="PutObject")
-        saved[pod] = key
-    if saved:
-        log.info("saved %d pod log(s) to oss://%s/%s%s", len(saved), bucket, prefix, LOGS_DIR)
-    return saved
+
+    for _ in _bounded_map(upload, names, parallel, "log-upload"):
+        pass
+    if names:
+        log.info("saved %d pod log(s) to oss://%s/%s", len(names), bucket, logs_prefix)
+    return SavedLogs(logs_prefix, names)
+
+
+def _bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int, name: str) -> Iterator[R]:
+    """``fn`` over ``items`` in ``workers`` threads, results in order, at most ``4 x workers`` items in flight
+    (``Executor.map`` would take the whole iterable at once). An exception of ``fn`` is raised here."""
+    window: deque[Future[R]] = deque()
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix=name) as pool:
+        for item in items:
+            window.append(pool.submit(fn, item))
+            if len(window) >= 4 * max(1, workers):
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
 
 
 # --------------------------------------------------------------------------------------------- downloads
@@ -342,31 +462,6 @@ def presign(oss: Any, bucket: str, key: str, *, seconds: int) -> str:
 # --------------------------------------------------------------------------------------------- the stage
 
 
-def _download_indexes(oss: Any, spec: BatchSpec, root: Path, entries: list[IndexOutputs],
-                      groups: dict[int, list[Listed]]) -> None:
-    """Download the objects of every complete index in parallel; an unverifiable object fails its index."""
-    outputs = spec.outputs
-    jobs = [(entry, pos, groups[entry.index][pos]) for entry in entries if entry.complete
-            for pos in range(len(entry.objects))]
-
-    def one(item: tuple[IndexOutputs, int, Listed]) -> tuple[IndexOutputs, int, OutputObject | Exception]:
-        entry, pos, obj = item
-        try:
-            dest = local_path_for(root, outputs, entry.prefix, entry.index, obj.key)
-            return entry, pos, download_object(oss, outputs.bucket, obj, dest)
-        except Exception as exc:  # noqa: BLE001 - recorded on the index; the stage then raises OutputsIncomplete
-            return entry, pos, exc
-
-    with ThreadPoolExecutor(max_workers=outputs.max_parallel_downloads, thread_name_prefix="download") as pool:
-        for entry, pos, result in pool.map(one, jobs):
-            if isinstance(result, Exception):
-                entry.complete = False
-                entry.problem = f"download of {entry.objects[pos].key} failed: {result}"
-            else:
-                result.link = entry.objects[pos].link
-                entry.objects[pos] = result
-
-
 def _copy_logs(log_dir: Path | None, root: Path) -> None:
     if log_dir and log_dir.is_dir():
         (root / "logs").mkdir(parents=True, exist_ok=True)
@@ -378,13 +473,24 @@ def _copy_logs(log_dir: Path | None, root: Path) -> None:
 
 def collect_outputs(spec: BatchSpec, *, run_key: str, flow_run_name: str, report: JobReport, oss: Any,
                     log_dir: Path | None, max_keys: int = 1000) -> OutputManifest:
-    """List, check, save logs, download and verify the run's outputs.
+    """List, check, save logs, download and verify the run's outputs; write the manifest file.
+
+    Memory is O(indexes) at about 30-40 bytes each, never O(objects): the listing streams page by page into
+    per-index counts (``IndexTally``) and a spool file; the downloads stream from that spool, a bounded number in
+    flight; every object and index in full detail goes to ``<download_dir>/<flow run>/manifest.jsonl`` (written
+    also when ``outputs.download`` is off), one JSON line each:
+
+    - ``{"kind": "object", "index", "key", "size", "etag", "crc64", "local_path", "verified", "link", "error"}``
+      for every object under an index prefix, in listing order (``verified``: downloaded and checked; ``error``:
+      why its download failed);
+    - then ``{"kind": "index", "index", "prefix", "complete", "problem", "objects", "bytes", "log_keys"}`` for
+      every index 0..completions-1, in order.
 
     Args:
         spec: validated parameters (``spec.outputs``).
         run_key: the run key (part of the prefix template).
         flow_run_name: the flow run's name (prefix template, and the local directory name).
-        report: from ``wait_for_job``: completions and the pods of each index.
+        report: from ``wait_for_job``: completions (``job``) and which pod ran which index (``pod_indexes``).
         oss: an ``alibabacloud_oss_v2.Client``.
         log_dir: where ``wait_for_job`` wrote ``<pod>.log`` files (None: no logs to save).
         max_keys: listing page size (tests use a small one to exercise paging).
@@ -393,44 +499,126 @@ def collect_outputs(spec: BatchSpec, *, run_key: str, flow_run_name: str, report
         The manifest; ``complete`` is True.
 
     Raises:
-        OutputsIncomplete: some index lacks its outputs or could not be verified (the manifest is attached).
+        OutputsIncomplete: some index lacks its outputs or could not be verified (the manifest is attached; its
+            file has every index's problem).
+        CloudError: listing or a log upload failed after the retry policy gave up.
+        OSError: the manifest file could not be written.
 
     Example:
         >>> m = collect_outputs(spec, run_key="demo", flow_run_name="demo-1", report=rep, oss=oss, log_dir=None)
-        >>> m.download_dir
-        'outputs/demo-1'
+        >>> m.download_dir, m.manifest_file
+        ('outputs/demo-1', 'outputs/demo-1/manifest.jsonl')
     """
     outputs = spec.outputs
     prefix = run_prefix(outputs, run_key=run_key, flow_run_name=flow_run_name)
     completions = report.job.completions
-    saved_logs = save_pod_logs(oss, outputs.bucket, prefix, log_dir)
-    listed = list_prefix(oss, outputs.bucket, prefix, max_keys=max_keys)
-    groups, others = group_by_index(listed, outputs, prefix, completions)
-    entries: list[IndexOutputs] = []
-    for index in range(completions):
-        idx_prefix = index_prefix(outputs, prefix, index)
-        objects = groups[index]
-        problem = completeness_problem(outputs, idx_prefix, objects)
-        entries.append(IndexOutputs(
-            index=index, prefix=idx_prefix, complete=problem is None, problem=problem,
-            objects=[OutputObject(key=o.key, size=o.size, etag=o.etag,
-                                  link=presign(oss, outputs.bucket, o.key, seconds=outputs.presign_expiry_seconds)
-                                  if outputs.presigned_links else None) for o in objects],
-            log_keys=sorted(k for pod, k in saved_logs.items() if _index_of_pod(pod, report) == index)))
-    root: Path | None = None
-    if outputs.download:
-        root = Path(outputs.download_dir).expanduser() / flow_run_name
-        _download_indexes(oss, spec, root, entries, groups)
+    run_dir = Path(outputs.download_dir).expanduser() / flow_run_name
+    root = run_dir if outputs.download else None
+    index_of = pod_index_finder(report)
+    saved = save_pod_logs(oss, outputs.bucket, prefix, log_dir, index_of=index_of,
+                          parallel=outputs.max_parallel_downloads)
+    # Saved logs by index, for the index lines: (index, pod) in the order ``saved`` holds them (by index).
+    log_owner = array("l", (-1 if (i := index_of(pod)) is None else i for pod in saved))
+    del index_of  # the report's pod -> index dict: not needed past this point
+    tally = IndexTally(outputs, prefix, completions)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = run_dir / MANIFEST_FILE
+    # 0: complete so far; 1: fails the completeness rule; 2: a download failed.
+    state = bytearray(completions)
+    problems: dict[int, str] = {}
+    with tempfile.TemporaryFile("w+", encoding="utf-8", dir=run_dir, prefix=".listing-") as spool:
+        for obj in iter_prefix(oss, outputs.bucket, prefix, max_keys=max_keys):
+            owner = tally.add(obj)
+            if owner is not None:
+                spool.write(json.dumps([owner, obj.key, obj.size, obj.etag]) + "\n")
+        for index in range(completions):
+            if (problem := tally.problem(index)) is not None:
+                state[index] = 1
+                if len(problems) < PROBLEMS_KEPT:
+                    problems[index] = problem
+        spool.seek(0)
+        tmp = manifest_path.with_name(f".{MANIFEST_FILE}.{uuid.uuid4().hex[:8]}.part")
+        try:
+            with tmp.open("w", encoding="utf-8") as out:
+                listed = (json.loads(line) for line in spool)
+                for owner, record in _object_records(oss, spec, prefix, root, listed, state):
+                    if record.error is not None and state[owner] != 2:
+                        state[owner] = 2
+                        if len(problems) < PROBLEMS_KEPT:
+                            problems[owner] = f"download of {record.key} failed: {record.error}"
+                    out.write(json.dumps({"kind": "object", "index": owner, **record.model_dump()}) + "\n")
+                _write_index_lines(out, tally, state, problems, saved, log_owner)
+            os.replace(tmp, manifest_path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    if root is not None:
         _copy_logs(log_dir, root)
-    missing = [e.index for e in entries if not e.complete]
-    manifest = OutputManifest(bucket=outputs.bucket, prefix=prefix, download_dir=str(root) if root else None,
-                              complete=not missing, missing=missing, indexes=entries, log_keys=saved_logs,
-                              other_keys=others)
+    missing = [i for i in range(completions) if state[i]]
+    manifest = OutputManifest(
+        bucket=outputs.bucket, prefix=prefix, download_dir=str(root) if root else None, complete=not missing,
+        missing=missing, completions=completions, object_counts=list(tally.counts),
+        total_objects=sum(tally.counts), total_bytes=sum(tally.sizes),
+        problems={i: problems[i] for i in missing if i in problems}, manifest_file=str(manifest_path),
+        saved_logs=saved.blob if len(saved) else "", other_keys=tally.other_keys, other_count=tally.other_count)
     if missing:
         raise OutputsIncomplete(manifest, missing)
-    log.info("outputs complete: %d indexes, %d objects, %d bytes%s", completions, len(listed) - len(saved_logs),
-             manifest.total_bytes, f", saved under {root}" if root else "")
+    log.info("outputs complete: %d indexes, %d objects, %d bytes%s; manifest %s", completions,
+             manifest.total_objects, manifest.total_bytes, f", saved under {root}" if root else "", manifest_path)
     return manifest
+
+
+def _object_records(oss: Any, spec: BatchSpec, prefix: str, root: Path | None, listed: Iterable[list[Any]],
+                    state: bytearray) -> Iterator[tuple[int, OutputObject]]:
+    """(index, record) for every spooled object ``[index, key, size, etag]``, in order: downloaded and verified
+    (``root`` given, the index passes the completeness rule) in ``max_parallel_downloads`` threads with a
+    bounded window, else as listed; a presigned link when enabled. A failed download gives a record with
+    ``error`` (never raised: the caller marks the index incomplete)."""
+    outputs = spec.outputs
+
+    def one(item: list[Any]) -> tuple[int, OutputObject]:
+        index, key, size, etag = item
+        obj = Listed(key, size, etag)
+        link = (presign(oss, outputs.bucket, key, seconds=outputs.presign_expiry_seconds)
+                if outputs.presigned_links else None)
+        if root is None or state[index] == 1:
+            return index, OutputObject(key=key, size=size, etag=etag, link=link)
+        try:
+            dest = local_path_for(root, outputs, index_prefix(outputs, prefix, index), index, key)
+            record = download_object(oss, outputs.bucket, obj, dest)
+        except Exception as exc:  # noqa: BLE001 - recorded on the index; the stage then raises OutputsIncomplete
+            return index, OutputObject(key=key, size=size, etag=etag, link=link, error=str(exc) or type(exc).__name__)
+        record.link = link
+        return index, record
+
+    return _bounded_map(one, listed, outputs.max_parallel_downloads if root is not None else 1, "download")
+
+
+def _write_index_lines(out: Any, tally: IndexTally, state: bytearray, problems: dict[int, str], saved: SavedLogs,
+                       log_owner: "array[int]") -> None:
+    """One ``kind: index`` line per index, in order, with its saved log keys (``saved`` is ordered by index)."""
+    pods = iter(saved)
+    pending: tuple[int, str] | None = None
+    at = 0
+    for index in range(tally.completions):
+        keys: list[str] = []
+        while True:
+            if pending is None and at < len(log_owner):
+                pending = (log_owner[at], next(pods))
+                at += 1
+            if pending is None or pending[0] > index:
+                break
+            if pending[0] == index:
+                keys.append(f"{saved.logs_prefix}{pending[1]}.log")
+            pending = None
+        problem = None
+        if state[index] == 1:
+            problem = problems.get(index) or tally.problem(index)
+        elif state[index] == 2:
+            problem = problems.get(index) or f"a download failed (see its object line: error) in {MANIFEST_FILE}"
+        out.write(json.dumps({"kind": "index", "index": index,
+                              "prefix": index_prefix(tally.outputs, tally.prefix, index),
+                              "complete": not state[index], "problem": problem, "objects": tally.counts[index],
+                              "bytes": tally.sizes[index], "log_keys": keys}) + "\n")
 
 
 # --------------------------------------------------------------------------------------------- Prefect task
@@ -443,22 +631,47 @@ def artifact_key(kind: str, run_key: str) -> str:
 
 
 def outputs_table(manifest: OutputManifest) -> list[dict[str, Any]]:
-    """Rows (index, key, size, link/path, complete) for the table artifact; capped for huge runs."""
-    rows = [{"index": e.index, "key": o.key, "size": o.size, "link": o.link or o.local_path or "",
-             "complete": e.complete}
-            for e in manifest.indexes for o in e.objects]
-    rows += [{"index": e.index, "key": f"(nothing: {e.problem})", "size": 0, "link": "", "complete": False}
-             for e in manifest.indexes if not e.objects]
+    """Rows (index, key, size, link/path, complete) for the table artifact, at most ``ARTIFACT_MAX_ROWS``.
+
+    Incomplete indexes come first (their objects, or one "(nothing: why)" row when they have none), then the
+    objects of complete ones, in listing order: read from the manifest file, two passes that stop at the cap.
+    """
+    rows: list[dict[str, Any]] = []
+    for want_complete in (False, True):
+        for rec in manifest.records():
+            if len(rows) >= ARTIFACT_MAX_ROWS:
+                return rows
+            complete = manifest.is_complete(rec["index"])
+            if complete != want_complete:
+                continue
+            if rec["kind"] == "object":
+                rows.append({"index": rec["index"], "key": rec["key"], "size": rec["size"],
+                             "link": rec["link"] or rec["local_path"] or "", "complete": complete})
+            elif not rec["objects"]:
+                rows.append({"index": rec["index"], "key": f"(nothing: {rec['problem']})", "size": 0, "link": "",
+                             "complete": complete})
+    if not manifest.manifest_file:  # a manifest built by hand: its problems only
+        rows += [{"index": i, "key": f"(nothing: {why})", "size": 0, "link": "", "complete": False}
+                 for i, why in manifest.problems.items()]
     return rows[:ARTIFACT_MAX_ROWS]
+
+
+def indexes_text(indexes: list[int], shown: int = 20) -> str:
+    """``[1, 3, 7]``, or ``[1, 3, ... (20 shown)] and 99,980 more`` for a long list."""
+    if len(indexes) <= shown:
+        return str(indexes)
+    return f"{indexes[:shown]} and {len(indexes) - shown:,} more"
 
 
 def _publish(manifest: OutputManifest, run_key: str) -> None:
     from prefect.artifacts import create_table_artifact
 
-    total = sum(len(e.objects) for e in manifest.indexes)
-    note = f" (first {ARTIFACT_MAX_ROWS} of {total})" if total > ARTIFACT_MAX_ROWS else ""
-    state = "complete" if manifest.complete else f"INCOMPLETE, missing indexes {manifest.missing}"
-    create_table_artifact(outputs_table(manifest), key=artifact_key("outputs", run_key),
+    rows = outputs_table(manifest)
+    total = manifest.total_objects + sum(1 for i in manifest.missing if not manifest.object_counts[i])
+    note = f" (first {len(rows)} of {total} rows; all in {manifest.manifest_file})" if total > len(rows) else ""
+    state = ("complete" if manifest.complete
+             else f"INCOMPLETE, {len(manifest.missing)} missing indexes {indexes_text(manifest.missing)}")
+    create_table_artifact(rows, key=artifact_key("outputs", run_key),
                           description=f"Outputs in oss://{manifest.bucket}/{manifest.prefix}: {state}{note}")
 
 
@@ -472,7 +685,7 @@ def ensure_bucket_task(spec: BatchSpec) -> bool:
 
 @task(name="save_pod_logs", cache_policy=NO_CACHE)
 def save_pod_logs_task(spec: BatchSpec, *, run_key: str, flow_run_name: str,
-                       log_dir: Path | None) -> dict[str, str]:
+                       log_dir: Path | None) -> SavedLogs:
     """Prefect task: upload the pod logs of a run that did not reach ``collect_outputs`` (it failed, or was
     cancelled) to ``<run prefix>logs/<pod>.log``, as a successful run's are. Returns pod -> key.
 
@@ -480,7 +693,8 @@ def save_pod_logs_task(spec: BatchSpec, *, run_key: str, flow_run_name: str,
     """
     prefix = run_prefix(spec.outputs, run_key=run_key, flow_run_name=flow_run_name)
     with stage_context(spec) as ctx, stage_logs(ctx.scrubber):
-        return save_pod_logs(ctx.oss(), spec.outputs.bucket, prefix, log_dir)
+        return save_pod_logs(ctx.oss(), spec.outputs.bucket, prefix, log_dir,
+                             parallel=spec.outputs.max_parallel_downloads)
 
 
 def complete_indexes(spec: BatchSpec, *, run_key: str, flow_run_name: str, oss: Any,
@@ -496,10 +710,10 @@ def complete_indexes(spec: BatchSpec, *, run_key: str, flow_run_name: str, oss: 
         return []  # nothing in OSS tells a finished index from a missing one: the whole Job runs (or is re-attached)
     prefix = run_prefix(outputs, run_key=run_key, flow_run_name=flow_run_name)
     completions = spec.job.completions
-    groups, _ = group_by_index(list_prefix(oss, outputs.bucket, prefix, max_keys=max_keys), outputs, prefix,
-                               completions)
-    return [i for i in range(completions)
-            if completeness_problem(outputs, index_prefix(outputs, prefix, i), groups[i]) is None]
+    tally = IndexTally(outputs, prefix, completions)
+    for obj in iter_prefix(oss, outputs.bucket, prefix, max_keys=max_keys):
+        tally.add(obj)
+    return [i for i in range(completions) if tally.problem(i) is None]
 
 
 @task(name="complete_indexes", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,

@@ -82,14 +82,15 @@ def test_complete_outputs_are_downloaded_verified_with_logs_and_links(cloud: Any
     assert manifest.complete and manifest.missing == []
     root = tmp_path / "out" / "flow-a"
     assert manifest.download_dir == str(root)
-    for i, entry in enumerate(manifest.indexes):
+    for i in range(3):
+        entry = manifest.index(i)
         assert entry.complete and {o.key.rsplit("/", 1)[1] for o in entry.objects} == {"result.json", "_SUCCESS"}
         assert all(o.verified and o.crc64 for o in entry.objects)
         assert (root / f"index-{i:05d}" / "result.json").read_bytes() == bodies[i]
         link = next(o.link for o in entry.objects if o.key.endswith("result.json"))
         with urllib.request.urlopen(link) as resp:  # noqa: S310 - a presigned http URL on loopback
             assert resp.read() == bodies[i]
-    assert manifest.indexes[1].log_keys == [f"ask-batch/{run_key}/logs/{JOB}-1-ab1cd.log",
+    assert manifest.index(1).log_keys == [f"ask-batch/{run_key}/logs/{JOB}-1-ab1cd.log",
                                             f"ask-batch/{run_key}/logs/{JOB}-1-zz9zz.log"]
     saved = cloud.oss.get_object(oss.GetObjectRequest(bucket=BUCKET, key=manifest.log_keys[f"{JOB}-2-ab2cd"]))
     assert saved.body.read() == b"log of index 2\n"
@@ -98,6 +99,47 @@ def test_complete_outputs_are_downloaded_verified_with_logs_and_links(cloud: Any
     rows = outputs_table(manifest)
     assert len(rows) == 6 and {"index", "key", "size", "link"} <= set(rows[0])
     assert artifact_key("outputs", "Run_Key.1") == "outputs-run-key-1"
+
+
+class CountingRecords(list):  # type: ignore[type-arg]
+    """The report's per-index records, counting how many times they are read through."""
+
+    passes = 0
+
+    def __iter__(self) -> Any:
+        CountingRecords.passes += 1
+        return super().__iter__()
+
+
+def test_pod_logs_are_assigned_to_indexes_in_one_pass_over_the_report(cloud: Any, spec_for: Any, put: Any,
+                                                                       run_key: str, tmp_path: Path) -> None:
+    """Each saved log goes to its index (report pods, then the <job>-<index>-<suffix> rule), and the report's
+    records are read a fixed number of times, however many pods: asking the report once per pod and per index
+    read them (indexes x pods) times, minutes to hours at 1,000-10,000 pods that each print one line."""
+    spec = spec_for(download=False, completeness="none")
+    ensure_bucket(spec, cloud.oss)
+
+    def passes_for(completions: int) -> tuple[int, Any]:
+        log_dir = tmp_path / f"logs-{completions}"
+        log_dir.mkdir()
+        for i in range(completions):
+            (log_dir / f"{JOB}-{i}-ab{i}cd.log").write_text(f"index {i}\n")
+        (log_dir / f"{JOB}-1-zz9zz.log").write_text("an attempt the report does not know: named by the rule\n")
+        (log_dir / "someone-else.log").write_text("belongs to no index\n")
+        report = make_report(completions)
+        report = JobReport.model_construct(**{**dict(report), "indexes": CountingRecords(report.indexes)})
+        CountingRecords.passes = 0
+        manifest = collect_outputs(spec, run_key=f"{run_key}-{completions}", flow_run_name=f"flow-p{completions}",
+                                   report=report, oss=cloud.oss, log_dir=log_dir)
+        return CountingRecords.passes, manifest
+
+    small, _ = passes_for(3)
+    large, manifest = passes_for(12)
+    assert large == small <= 2, (small, large)
+    logs = f"ask-batch/{run_key}-12/logs/"
+    assert manifest.index(1).log_keys == [f"{logs}{JOB}-1-ab1cd.log", f"{logs}{JOB}-1-zz9zz.log"]
+    assert all(manifest.index(i).log_keys == [f"{logs}{JOB}-{i}-ab{i}cd.log"] for i in (0, *range(2, 12)))
+    assert manifest.log_keys["someone-else"] == f"{logs}someone-else.log" and len(manifest.log_keys) == 14
 
 
 def test_a_missing_marker_names_the_index_and_the_prefix(cloud: Any, spec_for: Any, put: Any, run_key: str) -> None:
@@ -116,7 +158,7 @@ def test_a_missing_marker_names_the_index_and_the_prefix(cloud: Any, spec_for: A
     assert f"oss://{BUCKET}/ask-batch/{run_key}/" in str(err)
     assert "index 1: no marker '_SUCCESS'" in str(err) and "index 3: no marker" in str(err)
     assert not err.manifest.complete
-    assert err.manifest.indexes[0].complete and err.manifest.indexes[0].objects[0].verified
+    assert err.manifest.index(0).complete and err.manifest.index(0).objects[0].verified
 
 
 def test_complete_indexes_are_the_ones_a_rerun_skips(cloud: Any, spec_for: Any, put: Any, run_key: str) -> None:
@@ -159,7 +201,7 @@ def test_a_corrupted_local_copy_is_detected_and_replaced(cloud: Any, spec_for: A
     manifest = collect_outputs(spec, **args)
 
     assert local.read_bytes() == body
-    assert manifest.complete and manifest.indexes[0].objects[0].verified
+    assert manifest.complete and manifest.index(0).objects[0].verified
 
 
 def test_corruption_on_the_wire_is_never_reported_complete(cloud: Any, spec_for: Any, put: Any, run_key: str,
@@ -204,7 +246,7 @@ def test_listing_pages_through_more_than_a_thousand_objects(cloud: Any, spec_for
     finally:
         del cloud.oss.list_objects_v2
     assert len(calls) == 13 + 5 and calls[0] is None and all(calls[1:13])
-    assert [len(e.objects) for e in manifest.indexes] == [603, 602]
+    assert manifest.object_counts == [603, 602] and manifest.total_objects == 1205
 
 
 def test_the_task_publishes_a_table_artifact_keyed_on_the_run(cloud: Any, spec_for: Any, put: Any,
@@ -236,3 +278,42 @@ def test_the_task_publishes_a_table_artifact_keyed_on_the_run(cloud: Any, spec_f
         artifacts = {a.key: a for a in asyncio.run(read())}
     table = artifacts[f"outputs-{run_key}"]
     assert f"ask-batch/{run_key}/index-00000/result.json" in str(table.data)
+
+
+def test_the_manifest_file_has_every_object_and_index_and_the_table_shows_the_incomplete_first(
+        cloud: Any, spec_for: Any, put: Any, run_key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing lost: the in-memory manifest keeps only the first PROBLEMS_KEPT problems, the file keeps all."""
+    from tasks.stages import outputs as stage
+
+    monkeypatch.setattr(stage, "PROBLEMS_KEPT", 2)
+    spec = spec_for()
+    ensure_bucket(spec, cloud.oss)
+    for i in range(8):
+        seed_index(put, run_key, i, marker=i not in (2, 5, 6))
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    (log_dir / f"{JOB}-6-ab6cd.log").write_text("index 6\n")
+
+    with pytest.raises(OutputsIncomplete) as caught:
+        collect_outputs(spec, run_key=run_key, flow_run_name="flow-m", report=make_report(8), oss=cloud.oss,
+                        log_dir=log_dir, max_keys=3)
+
+    manifest = caught.value.manifest
+    assert manifest.missing == [2, 5, 6] and sorted(manifest.problems) == [2, 5]
+    assert manifest.problem_of(6) == f"incomplete (the reason is in {manifest.manifest_file})"
+    assert manifest.manifest_file == str(tmp_path / "out" / "flow-m" / "manifest.jsonl")
+    records = list(manifest.records())
+    objects = [r for r in records if r["kind"] == "object"]
+    indexes = [r for r in records if r["kind"] == "index"]
+    assert len(objects) == 13 == manifest.total_objects and [r["index"] for r in indexes] == list(range(8))
+    assert all(o["verified"] == (o["index"] not in (2, 5, 6)) for o in objects)
+    assert indexes[6] == {"kind": "index", "index": 6, "prefix": f"ask-batch/{run_key}/index-00006/",
+                          "complete": False, "objects": 1,
+                          "bytes": len(json.dumps({"index": 6, "run": run_key}).encode()),
+                          "problem": f"no marker '_SUCCESS' under ask-batch/{run_key}/index-00006/ (1 object(s))",
+                          "log_keys": [f"ask-batch/{run_key}/logs/{JOB}-6-ab6cd.log"]}
+    assert manifest.index(6).problem == indexes[6]["problem"] and not manifest.index(6).objects[0].verified
+    rows = outputs_table(manifest)
+    assert [r["index"] for r in rows[:3]] == [2, 5, 6] and not any(r["complete"] for r in rows[:3])
+    assert len(rows) == 13 and all(r["complete"] for r in rows[3:])
+    assert not list((tmp_path / "out" / "flow-m").glob(".listing-*"))
