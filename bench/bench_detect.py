@@ -48,6 +48,9 @@ from bench.common import Sandbox, Series, base_parser, load_average, provenance,
 
 HEADING = "## Completion detection latency"
 NO_LOGS = "ask-batch, stream_logs off"
+#: Not a contender of its own: the same runs as "ask-batch", timed when its wait returned (every pod log drained,
+#: the per-index report final) instead of when it reported the verdict.
+DRAINED = "ask-batch, wait returned (logs drained)"
 CONTENDERS = ("ask-batch", "kubectl wait", "prefect-kubernetes", NO_LOGS)
 
 
@@ -129,18 +132,20 @@ class Reference:
 
 
 def wait_ask_batch(sb: Sandbox, api: Any, body: dict[str, Any], created: Any, run_key: str, log_dir: Path,
-                   *, stream_logs: bool = True) -> float:
+                   *, stream_logs: bool = True) -> tuple[float, float]:
+    """(when ask-batch reported the verdict, when its wait returned with every pod log drained)."""
     from tasks.handles import JobHandle
     from tasks.stages.wait import WaitOptions, wait_for_job
 
     handle = JobHandle(namespace="default", name=body["metadata"]["name"], uid=created.metadata.uid,
                        completions=body["spec"]["completions"])
+    verdict: list[float] = []
     report = wait_for_job(api, handle, run_key=run_key, options=WaitOptions(log_dir=log_dir, timeout_seconds=None,
                                                                               stream_logs=stream_logs),
-                          emit=lambda line: None)
+                          emit=lambda line: None, on_verdict=lambda ok, why: verdict.append(time.time()))
     done = time.time()
-    assert report.succeeded, report
-    return done
+    assert report.succeeded and len(verdict) == 1, report
+    return verdict[0], done
 
 
 def start_kubectl(sb: Sandbox, name: str) -> subprocess.Popen[bytes]:
@@ -190,9 +195,10 @@ def measure(sb: Sandbox, api: Any, contender: str, *, rep: int | str, sleep_s: f
     # kubectl wait fails at once on a Job that does not exist yet: started just after the create (its ~0.3 s
     # start-up is well inside the Job's S >= 2 s run).
     proc = start_kubectl(sb, name) if contender == "kubectl wait" else None
+    returned: float | None = None
     if contender in ("ask-batch", NO_LOGS):
-        done = wait_ask_batch(sb, api, body, created, run_key, sb.root / f"{run_key}-logs",
-                              stream_logs=contender == "ask-batch")
+        done, returned = wait_ask_batch(sb, api, body, created, run_key, sb.root / f"{run_key}-logs",
+                                        stream_logs=contender == "ask-batch")
     elif contender == "kubectl wait":
         assert proc is not None
         done = wait_kubectl(proc)
@@ -205,11 +211,15 @@ def measure(sb: Sandbox, api: Any, contender: str, *, rep: int | str, sleep_s: f
     assert len(exits) == completions, exits
     with contextlib.suppress(Exception):
         client.BatchV1Api(api).delete_namespaced_job(name, "default", propagation_policy="Background")
-    return {"pod": done - ref.last_pod_ok, "job": done - ref.job_complete, "exit": done - max(exits)}
+    out = {"pod": done - ref.last_pod_ok, "job": done - ref.job_complete, "exit": done - max(exits)}
+    if returned is not None:
+        out |= {"returned_pod": returned - ref.last_pod_ok, "returned_job": returned - ref.job_complete,
+                "returned_exit": returned - max(exits)}
+    return out
 
 
 def run(repeat: int, completions: int) -> dict[str, dict[str, Series]]:
-    results = {c: {"pod": Series(), "job": Series(), "exit": Series()} for c in CONTENDERS}
+    results = {c: {"pod": Series(), "job": Series(), "exit": Series()} for c in (*CONTENDERS, DRAINED)}
     rng = random.Random(20261126)
     with Sandbox() as sb:
         api = sb.api_client()
@@ -223,7 +233,11 @@ def run(repeat: int, completions: int) -> dict[str, dict[str, Series]]:
             for contender in order:
                 m = measure(sb, api, contender, rep=rep, sleep_s=sleep_s, completions=completions)
                 for k, v in m.items():
-                    results[contender][k].add(v)
+                    if k.startswith("returned_"):
+                        if contender == "ask-batch":
+                            results[DRAINED][k.removeprefix("returned_")].add(v)
+                    else:
+                        results[contender][k].add(v)
                 print(f"rep {rep} S={sleep_s:.2f}s {contender:<20} from last pod Succeeded {m['pod'] * 1000:8.1f} ms"
                       f"  from Job Complete {m['job'] * 1000:8.1f} ms  from last exit {m['exit'] * 1000:8.1f} ms",
                       flush=True)
@@ -234,7 +248,7 @@ def run(repeat: int, completions: int) -> dict[str, dict[str, Series]]:
 def render(results: dict[str, dict[str, Series]]) -> str:
     ours = results["ask-batch"]
     rows = []
-    for contender in CONTENDERS:
+    for contender in (*CONTENDERS, DRAINED):
         r = results[contender]
         rows.append([contender if contender != "ask-batch" else "**ask-batch**",
                      _ms(r["pod"]), _ms(r["job"]), _ms(r["exit"]),
@@ -263,8 +277,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Series]]:
 
 
 DEFINITION = (
-    "Each cell: median (min–max) over the repetitions of `time.time()` when the waiter returned minus a reference "
-    "moment. *Last pod Succeeded*: a reference watch in the bench process saw the event that brought the Job's "
+    "Each cell: median (min–max) over the repetitions of `time.time()` when the waiter noticed the end minus a "
+    "reference moment: kubectl wait and prefect-kubernetes return; ask-batch reports its verdict (`wait_for_job`'s "
+    "`on_verdict`, which the flow's wait task logs at once: 'Job ... finished: complete'), then drains the last "
+    "pod logs and returns (its own row, from the same runs). *Last pod Succeeded*: a reference watch in the bench "
+    "process saw the event that brought the Job's "
     "Succeeded pods to `completions` (the moment the sandbox recorded the last success). *Job Complete*: the same "
     "watch saw `Complete=True`. *Last process exit*: the largest `date +%s.%N` the pods wrote as their last "
     "command. Each contender waits for its own Job of identical shape (ask-batch's rendered Indexed Job, "
@@ -275,6 +292,7 @@ DEFINITION = (
 
 def notes(results: dict[str, dict[str, Series]]) -> str:
     ours, kubectl, pk, quiet = (results[c]["pod"] for c in CONTENDERS)
+    drained = results[DRAINED]["pod"]
     ours_job, kubectl_job = results["ask-batch"]["job"], results["kubectl wait"]["job"]
     verdict = ("is at least as fast as" if kubectl.median >= ours.median else "**loses to**")
     return (
@@ -283,9 +301,11 @@ def notes(results: dict[str, dict[str, Series]]) -> str:
         f"with the time its two reads take). It {verdict} kubectl wait, whose median is "
         f"{kubectl.median * 1000:.0f} ms (ratio {ratio(kubectl, ours)}; from the Job's Complete condition "
         f"{ours_job.median * 1000:.0f} ms against {kubectl_job.median * 1000:.0f} ms). kubectl wait returns on the "
-        "condition alone; ask-batch's wait returns once every pod's log is confirmed whole (a plain read after each "
-        "container's end: a follow stream that ends is no proof) and the pods are listed once more (so the "
-        f"per-index report is final). With `stream_logs: false` it returns {quiet.median * 1000:.0f} ms after the "
+        "condition alone; ask-batch reports the verdict as soon as it has it, then its wait returns once every "
+        "pod's log is confirmed whole (a plain read after each container's end: a follow stream that ends is no "
+        "proof) and, unless the pod watch already showed every pod the Job counted, the pods are listed once more "
+        f"(so the per-index report is final): {drained.median * 1000:.0f} ms after the last pod (ratio "
+        f"{ratio(kubectl, drained)}). With `stream_logs: false` it returns {quiet.median * 1000:.0f} ms after the "
         f"last pod (ratio {ratio(kubectl, quiet)}). A pod's follow is cut as soon as its container is seen ended "
         "and the rest is read at once, while the Job controller is still counting the pod: so the drain does not "
         "wait for the node to end the stream (a real kubelet checks the container state only every few seconds "

@@ -408,6 +408,7 @@ def build_records(pods: dict[str, dict[str, Any]], completions: int, *, now: dat
 
 def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: WaitOptions, emit: Emit,
                  on_progress: Callable[[int, int], None] | None = None,
+                 on_verdict: Callable[[bool, str | None], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> JobReport:
     """Block until the Job has a verdict; raise ``JobFailed`` (with the report) when it failed or cannot progress.
 
@@ -434,6 +435,9 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
         options: grace, timeout, logs, and ``scrub`` applied to every log line before it goes anywhere.
         emit: receives each prefixed log line (e.g. the Prefect run logger's ``info``).
         on_progress: called with (succeeded, completions) whenever the count changes.
+        on_verdict: called with (succeeded, reason) the moment the Job's verdict is known (finished, failing fast
+            or deleted), before the last pod logs are drained and the pods listed once more: the verdict is
+            reported first, the drain follows (it is already under way for every pod that has ended).
 
     Raises:
         JobFailed: the Job failed, was deleted while it ran, a pod cannot make progress (after the grace), or
@@ -636,14 +640,16 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
                 on_progress(succeeded, job.completions)
             finished, ok, why = job_finished(job_obj)
             if finished:
-                # The verdict is known: the last pod list and the end of the logs are fetched side by side.
+                failed_now = failed_indexes()
+                # Failed only because of the indexes moved on demand: not a verdict yet, their last try is next.
+                ok = ok or bool(failed_now and failed_now <= moving and (why or "").startswith("FailedIndexes"))
+                if on_verdict is not None:
+                    on_verdict(ok, None if ok else why)
+                # The last pod list and the end of the logs are fetched side by side.
                 lister = threading.Thread(target=final_pods, daemon=True, name="final-pods")
                 lister.start()
                 drain_logs()
                 lister.join()
-                failed_now = failed_indexes()
-                # Failed only because of the indexes moved on demand: not a verdict yet, their last try is next.
-                ok = ok or bool(failed_now and failed_now <= moving and (why or "").startswith("FailedIndexes"))
                 rep = report(ok, why if not ok else None, finished=True)
                 if ok:
                     return rep
@@ -659,6 +665,8 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
                             len(pods) + counts["ended"])
                 return report(True, None, gone=True)
             if job_deleted:
+                if on_verdict is not None:
+                    on_verdict(False, "Job deleted while it ran")
                 final_pods()
                 drain_logs()
                 rep = report(False, "Job deleted while it ran", finished=True)
@@ -678,6 +686,8 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
                 pod = pods.get(name) or just_ended.get(name)
                 diag = diagnose_pod(pod, now=now, grace=options.grace_seconds) if pod is not None else None
                 if diag:
+                    if on_verdict is not None:
+                        on_verdict(False, diag.describe())
                     drain_logs()
                     rep = report(False, diag.describe(), {name: diag})
                     raise JobFailed(options.scrub(_failure_message(
@@ -913,8 +923,12 @@ def wait_for_job_task(spec: BatchSpec, run_key: str, cluster: ClusterHandle, job
         api = ctx.kube(cluster)
         scrub = ctx.scrubber
         options = wait_options(spec, log_dir=Path(log_dir) if log_dir else None, scrub=scrub)
+        def verdict(ok: bool, why: str | None) -> None:
+            run_logger.info("%s", scrub(f"Job {job.name} finished: {'complete' if ok else 'failed: ' + str(why)}; reading "
+                                        "the last pod logs before the report"))
+
         report = wait_for_job(api, job, run_key=run_key, options=options, emit=run_logger.info,
-                              on_progress=progress)
+                              on_progress=progress, on_verdict=verdict)
         if not report.on_demand:
             return report
         run_logger.info("on-demand tries of %d index(es) reclaimed %d times: %s", len(report.on_demand),

@@ -232,3 +232,33 @@ def test_an_index_reclaimed_max_reclaims_times_runs_its_last_try_on_demand(
         assert pod.status.phase == "Succeeded"
     succeeded = [p for p in pods_of(kube, run_key) if p.status.phase == "Succeeded"]
     assert len(succeeded) == 2  # each index ran to success once
+
+
+def test_the_verdict_is_reported_first_and_the_logs_are_still_drained_whole(make_spec: Any, kube: Any,
+                                                                              run_key: str, tmp_path: Path) -> None:
+    # Each pod prints its last line just before it exits: at the Job's verdict that line may not be read yet.
+    _, job = launch(make_spec, kube, run_key, completions=2, parallelism=2,
+                    command=["sh", "-c", 'sleep 1; echo "last line of $JOB_COMPLETION_INDEX"'])
+    events: list[tuple[str, Any]] = []
+    options = WaitOptions(grace_seconds=20, timeout_seconds=120, log_dir=tmp_path / "logs", tick_seconds=0.5)
+    report = wait_for_job(kube[1], job, run_key=run_key, options=options,
+                          emit=lambda line: events.append(("line", line)),
+                          on_verdict=lambda ok, why: events.append(("verdict", (ok, why))))
+    verdicts = [value for kind, value in events if kind == "verdict"]
+    assert verdicts == [(True, None)] and report.succeeded
+    # Reported once, and the report that follows still has every pod's whole log.
+    kept = sorted(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
+    assert kept == ["last line of 0\n", "last line of 1\n"]
+
+
+def test_a_failing_job_reports_its_verdict_with_the_reason(make_spec: Any, kube: Any, run_key: str,
+                                                          tmp_path: Path) -> None:
+    _, job = launch(make_spec, kube, run_key, completions=1, parallelism=1, backoff_limit_per_index=0,
+                    command=["sh", "-c", "echo bye; exit 4"])
+    verdicts: list[tuple[bool, str | None]] = []
+    options = WaitOptions(grace_seconds=20, timeout_seconds=120, log_dir=tmp_path / "logs", tick_seconds=0.5)
+    with pytest.raises(JobFailed) as caught:
+        wait_for_job(kube[1], job, run_key=run_key, options=options, emit=lambda _: None,
+                     on_verdict=lambda ok, why: verdicts.append((ok, why)))
+    assert len(verdicts) == 1 and verdicts[0][0] is False and verdicts[0][1]
+    assert verdicts[0][1] in str(caught.value) and "bye" in str(caught.value)
