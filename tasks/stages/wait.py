@@ -923,9 +923,11 @@ def wait_for_job_task(spec: BatchSpec, run_key: str, cluster: ClusterHandle, job
         api = ctx.kube(cluster)
         scrub = ctx.scrubber
         options = wait_options(spec, log_dir=Path(log_dir) if log_dir else None, scrub=scrub)
+
         def verdict(ok: bool, why: str | None) -> None:
-            run_logger.info("%s", scrub(f"Job {job.name} finished: {'complete' if ok else 'failed: ' + str(why)}; reading "
-                                        "the last pod logs before the report"))
+            outcome = "complete" if ok else f"failed: {why}"
+            run_logger.info("%s", scrub(f"Job {job.name} finished: {outcome}; reading the last pod logs before "
+                                        "the report"))
 
         report = wait_for_job(api, job, run_key=run_key, options=options, emit=run_logger.info,
                               on_progress=progress, on_verdict=verdict)
