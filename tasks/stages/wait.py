@@ -315,13 +315,25 @@ class Ledger:
     once and its pod object dropped, so what the wait holds grows by a row per ended pod, not by a pod object
     (``compact_pod``) per pod seen. Pods still pending or running stay whole in the caller's hands until they end.
 
-    Memory: ~0.5 KB per ended pod (a tuple of the ``Attempt`` fields and the pod's creation time; an ``Attempt``
-    model would be ~1.2 KB).
+    Memory: ~0.3 KB per ended pod: a tuple of the ``Attempt`` fields and the pod's creation time (an ``Attempt``
+    model would be ~1.2 KB), its pod name the caller's own string, its timestamps shared with every other pod
+    that has the same (they have a one-second resolution, so pods ending together share them).
     """
 
-    def __init__(self) -> None:
-        #: index -> [(creationTimestamp, Attempt field values...)], one entry per pod, any order
-        self._by_index: dict[int, list[tuple[Any, ...]]] = {}
+    def __init__(self, base: "Ledger | None" = None) -> None:
+        #: index -> ((creationTimestamp, Attempt field values...), ...), one row per pod, any order
+        self._by_index: dict[int, tuple[tuple[Any, ...], ...]] = {}
+        self._base = base
+        self._strings: dict[str, str] = base._strings if base is not None else {}
+
+    def _rows(self, index: int) -> tuple[tuple[Any, ...], ...]:
+        rows = self._by_index.get(index)
+        if rows is not None:
+            return rows
+        return self._base._rows(index) if self._base is not None else ()
+
+    def _shared(self, text: str | None) -> str | None:
+        return self._strings.setdefault(text, text) if text else text
 
     def fold(self, pod: dict[str, Any], now: datetime, *, replace: bool = True) -> None:
         """Record ``pod`` (compact or whole) as an attempt of its index; a pod already recorded is replaced, or
@@ -330,32 +342,35 @@ class Ledger:
         if idx is None:
             return
         attempt = attempt_record(pod, now)
-        row = ((pod.get("metadata") or {}).get("creationTimestamp") or "",
-               *(getattr(attempt, f) for f in _ATTEMPT_FIELDS))
-        rows = self._by_index.setdefault(idx, [])
+        meta = pod.get("metadata") or {}
+        values = {f: getattr(attempt, f) for f in _ATTEMPT_FIELDS}
+        values["pod"] = meta.get("name") or attempt.pod  # the caller's string, not a copy of it
+        values["started"], values["finished"] = self._shared(attempt.started), self._shared(attempt.finished)
+        row = (self._shared(meta.get("creationTimestamp") or ""), *(values[f] for f in _ATTEMPT_FIELDS))
+        rows = self._rows(idx)
         for i, known in enumerate(rows):
             if known[1] == attempt.pod:
                 if replace:
-                    rows[i] = row
+                    self._by_index[idx] = (*rows[:i], row, *rows[i + 1:])
                 return
-        rows.append(row)
+        self._by_index[idx] = (*rows, row)
 
     def has(self, name: str, index: int | None) -> bool:
         """True when pod ``name`` of ``index`` is already recorded."""
-        return index is not None and any(row[1] == name for row in self._by_index.get(index, ()))
+        return index is not None and any(row[1] == name for row in self._rows(index))
 
     def attempts(self, index: int) -> list[Attempt]:
         """The attempts of ``index``, oldest pod first."""
         return [Attempt(**dict(zip(_ATTEMPT_FIELDS, row[1:], strict=True)))
-                for row in sorted(self._by_index.get(index, ()), key=lambda r: r[0])]
+                for row in sorted(self._rows(index), key=lambda r: r[0])]
 
     def with_pods(self, pods: Iterable[dict[str, Any]], now: datetime) -> "Ledger":
-        """A copy with ``pods`` (those still pending or running) folded in as they are ``now``."""
-        copy = Ledger()
-        copy._by_index = {i: list(rows) for i, rows in self._by_index.items()}
+        """A ledger that reads this one with ``pods`` (those still pending or running) folded in as they are
+        ``now``; this one is not changed, nor copied."""
+        overlay = Ledger(base=self)
         for pod in pods:
-            copy.fold(pod, now)
-        return copy
+            overlay.fold(pod, now)
+        return overlay
 
 
 def ledger_records(ledger: Ledger, completions: int, *, diagnoses: dict[str, Diagnosis] | None = None,
