@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import launch
 from .faults import Faults
-from .k8s.cluster import NodeConfig
+from .k8s.cluster import EVENT_TTL_S, NodeConfig
 from .server import Sandbox, Settings
 
 
@@ -58,7 +58,7 @@ async def _serve(args: argparse.Namespace) -> None:
     faults.update(_pairs(args.fault or []))
     node = NodeConfig(cpu=args.node_cpu, memory=args.node_memory, pods=args.node_pods,
                       backoff_scale=args.backoff_scale)
-    settings = Settings(cluster_create_delay_s=args.cluster_create_delay, node=node)
+    settings = Settings(cluster_create_delay_s=args.cluster_create_delay, node=node, event_ttl_s=args.event_ttl)
     sandbox = Sandbox(args.dir, region=args.region, faults=faults, settings=settings)
     await sandbox.start()
     endpoints = sandbox.endpoints()
@@ -105,7 +105,7 @@ def _detach(args: argparse.Namespace) -> None:
     """`serve --detach [--wait-ready [S]]`: the same `serve` options, in the background (sandbox/launch.py)."""
     serve_args = ["--region", args.region, "--node-cpu", args.node_cpu, "--node-memory", args.node_memory,
                   "--node-pods", str(args.node_pods), "--cluster-create-delay", str(args.cluster_create_delay),
-                  "--backoff-scale", str(args.backoff_scale)]
+                  "--backoff-scale", str(args.backoff_scale), "--event-ttl", str(args.event_ttl)]
     for fault in args.fault or []:
         serve_args += ["--fault", fault]
     directory = Path(args.dir)
@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--node-memory", default="256Gi")
     serve.add_argument("--node-pods", type=int, default=1000)
     serve.add_argument("--cluster-create-delay", type=float, default=2.0)
+    serve.add_argument("--event-ttl", type=float, default=EVENT_TTL_S, metavar="SECONDS",
+                       help="how long an Event lives after its last write (kube-apiserver --event-ttl; default 3600)")
     serve.add_argument("--backoff-scale", type=float, default=1.0,
                        help="multiply the kubelet's restart and image-pull back-offs (10 s doubling to 5 min); "
                             "e.g. 0.01 for tests")

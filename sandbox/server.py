@@ -37,7 +37,7 @@ import yaml
 from aiohttp import web
 
 from .faults import Faults
-from .k8s.cluster import KubeCluster, NodeConfig
+from .k8s.cluster import EVENT_TTL_S, KubeCluster, NodeConfig
 from .oss.context import ACCOUNT_ID, OTHER_ACCOUNT_ID
 from .ram import PROVIDER_ARN_RE, STS_AUDIENCE, OidcProvider, RamStore, provider_arn, rrsa_issuer
 from .sts import TemporaryKeys
@@ -56,6 +56,8 @@ class Settings:
     cluster_fail_next: bool = False  # the next CreateCluster ends `failed`
     cluster_delete_delay_s: float = 1.0  # time a deleted cluster stays `deleting` before it is gone
     nas_ready_delay_s: float = 0.5  # file system Pending -> Running, mount target Pending -> Active
+    # seconds an Event lives after its last write (kube-apiserver --event-ttl, 1h); for clusters started later
+    event_ttl_s: float = EVENT_TTL_S
     node: NodeConfig = field(default_factory=NodeConfig)
 
 
@@ -188,6 +190,7 @@ class Sandbox:
             tls_dir=self.data_dir / "tls",
             flavour=flavour,
             sa_issuer=rrsa_issuer(self.region, cluster_id),
+            event_ttl=self.settings.event_ttl_s,
         )
         cluster.csi_resolver = self._csi_resolver
         await cluster.start()

@@ -32,6 +32,8 @@ from .tls import ServerTLS, ensure_server_tls
 
 log = logging.getLogger("sandbox.k8s")
 
+EVENT_TTL_S = 3600.0  # kube-apiserver's --event-ttl default (1h)
+
 
 def _acs_provider() -> Any:
     from .acs import AcsProvider
@@ -79,6 +81,7 @@ class KubeCluster:
         tls_dir: Path | None = None,
         flavour: str = "ask",
         sa_issuer: str | None = None,
+        event_ttl: float = EVENT_TTL_S,
     ) -> None:
         self.name = name
         # "acs": ACS pod admission and virtual node (see acs.py); None on ASK clusters
@@ -91,7 +94,9 @@ class KubeCluster:
         self.port = port
         # the CA + server certificate (created on first use; shared when several clusters get the same dir)
         self.tls: ServerTLS = ensure_server_tls(tls_dir if tls_dir is not None else data_dir / "tls")
-        self.store = Store(state_file=data_dir / "state.json", admission=self._admission())
+        # Events expire `event_ttl` seconds after their last write, as with kube-apiserver's --event-ttl
+        self.store = Store(state_file=data_dir / "state.json", admission=self._admission(),
+                           ttl={"events": event_ttl})
         # signs projected service-account tokens (satokens.py); the sandbox gives each cluster its RRSA issuer
         self.tokens = TokenIssuer(data_dir / "sa-signing.key", sa_issuer or API_AUDIENCE)
         self._tasks: list[asyncio.Task[None]] = []
@@ -187,9 +192,11 @@ class KubeCluster:
                 await asyncio.sleep(0.2)
 
     async def _saver(self) -> None:
+        """Once a second: expire events past their TTL, and save the state (spaced out when it is large)."""
         while True:
             await asyncio.sleep(1.0)
-            self.store.save()
+            self.store.expire()
+            self.store.save(force=False)
 
     async def stop(self) -> None:
         for controller in self.controllers:

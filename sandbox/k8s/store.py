@@ -3,11 +3,17 @@
 One store per sandbox cluster. Everything runs on one asyncio event loop, so the store's methods are plain
 synchronous functions with no locks: a method runs to completion before any other coroutine sees the store.
 
-- Objects are kept per resource in dicts keyed by (namespace, name). Readers get copies, so nobody can
-  change stored state except through create/update/delete, which is where resourceVersions and watch
-  events come from.
-- `resourceVersion` is one global counter. Every change appends a `WatchEvent` to a bounded history ring,
-  which serves watches that start from an older version; a version older than the ring answers 410 Gone.
+- Objects are kept per resource in dicts keyed by (namespace, name), each as its JSON compressed with a
+  per-resource preset dictionary (`Codec`: a pod of a 100,000-pod Job is about 200 bytes instead of the
+  ~15 KB of its dict form). Readers get decoded copies, so nobody can change stored state except through
+  create/update/delete, which is where resourceVersions and watch events come from.
+- `resourceVersion` is one global counter. Every change appends a compact `HistoryEntry` to a bounded
+  history ring, which serves watches that start from an older version; a version older than the ring
+  answers 410 Gone (the real watch cache is bounded too).
+- Resources can have a TTL (`ttl`: events, as kube-apiserver's `--event-ttl`, default 1 h): an object not
+  written for that long is deleted by `expire()` (a DELETED watch event), as etcd's lease expiry does.
+- `save()` streams the objects to the state file; it runs at most about once a second and backs off so that
+  saving a large store takes no more than a small share of the time.
 - Watchers are queues. A change is matched against each watcher's selectors once; an object that stops
   matching (labels or fields changed) is sent as DELETED to that watcher, one that starts matching as
   ADDED, as the real watch cache does.
@@ -25,9 +31,11 @@ import asyncio
 import base64
 import os
 import random
+import time
 import uuid
+import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +71,50 @@ class WatchEvent:
     plural: str
     obj: Obj
     old: Obj | None = None
+
+
+class HistoryEntry:
+    """A watch event as the history ring keeps it: the encoded objects (shared with the store's own copy)."""
+
+    __slots__ = ("rv", "type", "plural", "raw", "old_raw")
+
+    def __init__(self, rv: int, type_: str, plural: str, raw: bytes, old_raw: bytes | None) -> None:
+        self.rv = rv
+        self.type = type_
+        self.plural = plural
+        self.raw = raw
+        self.old_raw = old_raw
+
+
+class Codec:
+    """Stored objects as raw-deflate-compressed JSON with a preset dictionary per resource.
+
+    The dictionary of a resource is the JSON of the first object of that resource encoded since start-up
+    (objects of one kind, e.g. the pods of one Job, share most of their bytes). Decoding gives back exactly
+    the JSON that was encoded, so every response is what it would be from plain dicts."""
+
+    WBITS = -14  # raw deflate, 16 KiB window (a preset dictionary longer than that is cut to its tail)
+    MEM_LEVEL = 5
+
+    def __init__(self) -> None:
+        self.zdicts: dict[str, bytes] = {}
+
+    def encode_json(self, plural: str, data: bytes) -> bytes:
+        zdict = self.zdicts.get(plural)
+        if zdict is None:
+            zdict = self.zdicts[plural] = data[-(1 << -self.WBITS):]
+        comp = zlib.compressobj(6, zlib.DEFLATED, self.WBITS, self.MEM_LEVEL, zdict=zdict)
+        return comp.compress(data) + comp.flush()
+
+    def encode(self, plural: str, obj: Obj) -> bytes:
+        return self.encode_json(plural, orjson.dumps(obj))
+
+    def json(self, plural: str, raw: bytes) -> bytes:
+        return zlib.decompressobj(self.WBITS, zdict=self.zdicts[plural]).decompress(raw)
+
+    def decode(self, plural: str, raw: bytes) -> Obj:
+        obj: Obj = orjson.loads(self.json(plural, raw))
+        return obj
 
 
 @dataclass
@@ -132,12 +184,21 @@ class Store:
         history_size: int = 50_000,
         admission: Admission | None = None,
         state_file: Path | None = None,
+        ttl: dict[str, float] | None = None,
     ) -> None:
         self.rv = 0
-        self.objects: dict[str, dict[Key, Obj]] = {r.plural: {} for r in RESOURCES}
+        self.codec = Codec()
+        # plural -> (namespace, name) -> the object, encoded by `codec`
+        self.objects: dict[str, dict[Key, bytes]] = {r.plural: {} for r in RESOURCES}
         self.by_uid: dict[str, tuple[str, Key]] = {}
         self.dependents_of: dict[str, set[tuple[str, Key]]] = {}
-        self.history: deque[WatchEvent] = deque(maxlen=history_size)
+        self.history: deque[HistoryEntry] = deque(maxlen=history_size)
+        # plural -> seconds an object lives after its last write (events: kube-apiserver's --event-ttl)
+        self.ttl: dict[str, float] = dict(ttl or {})
+        # plural -> (deadline, key, resourceVersion written), in write order (so in deadline order); see expire()
+        self._expiry: dict[str, deque[tuple[float, Key, int]]] = {plural: deque() for plural in self.ttl}
+        self._next_save = 0.0
+        self.clock: Callable[[], float] = time.monotonic  # for TTLs (tests replace it)
         self.watchers: set[Watcher] = set()
         self.admission = admission
         self.state_file = state_file
@@ -155,23 +216,38 @@ class Store:
     def _key(self, rt: ResourceType, namespace: str | None, name: str) -> Key:
         return (namespace or "" if rt.namespaced else "", name)
 
+    def _decode(self, plural: str, raw: bytes) -> Obj:
+        return self.codec.decode(plural, raw)
+
+    def _load_key(self, plural: str, key: Key) -> Obj | None:
+        raw = self.objects[plural].get(key)
+        return None if raw is None else self._decode(plural, raw)
+
     def peek(self, plural: str, namespace: str | None, name: str) -> Obj | None:
-        """The stored object itself (no copy) or None. Callers must not mutate it."""
+        """The stored object (a decoded copy) or None."""
         rt = self.rtype(plural)
-        return self.objects[plural].get(self._key(rt, namespace, name))
+        return self._load_key(plural, self._key(rt, namespace, name))
 
     def get(self, plural: str, namespace: str | None, name: str) -> Obj:
         obj = self.peek(plural, namespace, name)
         if obj is None:
             rt = self.rtype(plural)
             raise errors.not_found(rt.group, plural, name)
-        return clone(obj)
+        return obj
+
+    def peek_uid(self, uid: str) -> tuple[str, Obj] | None:
+        """(plural, object) of the stored object with this uid, or None."""
+        where = self.by_uid.get(uid)
+        if where is None:
+            return None
+        obj = self._load_key(*where)
+        return (where[0], obj) if obj is not None else None
 
     def iter_objects(self, plural: str, namespace: str | None = None) -> Iterator[Obj]:
-        """The stored objects (no copies), for in-process controllers that only read."""
-        for (ns, _), obj in self.objects[plural].items():
+        """The stored objects (decoded copies), for in-process controllers."""
+        for (ns, _), raw in list(self.objects[plural].items()):
             if namespace is None or ns == namespace:
-                yield obj
+                yield self._decode(plural, raw)
 
     def list(
         self,
@@ -206,7 +282,7 @@ class Store:
         for i, key in enumerate(keys):
             if namespace and key[0] != namespace:
                 continue
-            obj = self.objects[plural][key]
+            obj = self._decode(plural, self.objects[plural][key])
             if label and not label(obj):
                 continue
             if fieldm and not fieldm(obj):
@@ -218,7 +294,7 @@ class Store:
                 remaining = len(keys) - i
                 break
             items.append(obj)
-        return ListResult([clone(o) for o in items], str(self.rv), next_token, remaining)
+        return ListResult(items, str(self.rv), next_token, remaining)
 
     # ---------------------------------------------------------------- writing
 
@@ -226,9 +302,11 @@ class Store:
         self.rv += 1
         return self.rv
 
-    def _emit(self, etype: str, plural: str, obj: Obj, old: Obj | None = None) -> None:
+    def _emit(self, etype: str, plural: str, obj: Obj, raw: bytes, old: Obj | None = None,
+              old_raw: bytes | None = None) -> None:
+        """Deliver a change: `obj` (shared by every watcher: nobody may mutate it) and its encoding `raw`."""
         event = WatchEvent(int(obj["metadata"]["resourceVersion"]), etype, plural, obj, old)
-        self.history.append(event)
+        self.history.append(HistoryEntry(event.rv, etype, plural, raw, old_raw))
         self._dirty = True
         for watcher in list(self.watchers):
             watcher.offer(event)
@@ -284,23 +362,28 @@ class Store:
             meta["resourceVersion"] = str(self.rv)
             return clone(obj)
         meta["resourceVersion"] = str(self._next_rv())
-        self._put(plural, key, obj)
-        self._emit("ADDED", plural, obj)
-        return clone(obj)
+        raw = self._put(plural, key, obj, None)
+        self._emit("ADDED", plural, obj, raw)
+        return self._decode(plural, raw)
 
-    def _put(self, plural: str, key: Key, obj: Obj) -> None:
-        old = self.objects[plural].get(key)
+    def _put(self, plural: str, key: Key, obj: Obj, old: Obj | None) -> bytes:
+        """Store `obj` (replacing `old`, the decoded current object, if any); returns its encoding."""
         if old is not None:
             for ref in old["metadata"].get("ownerReferences") or []:
                 self.dependents_of.get(ref.get("uid"), set()).discard((plural, key))
-        self.objects[plural][key] = obj
+        raw = self.codec.encode(plural, obj)
+        self.objects[plural][key] = raw
         uid = obj["metadata"]["uid"]
         self.by_uid[uid] = (plural, key)
         for ref in obj["metadata"].get("ownerReferences") or []:
             self.dependents_of.setdefault(ref.get("uid"), set()).add((plural, key))
+        ttl = self.ttl.get(plural)
+        if ttl is not None:
+            self._expiry[plural].append((self.clock() + ttl, key, int(obj["metadata"]["resourceVersion"])))
+        return raw
 
     def _remove(self, plural: str, key: Key) -> Obj:
-        obj = self.objects[plural].pop(key)
+        obj = self._decode(plural, self.objects[plural].pop(key))
         uid = obj["metadata"]["uid"]
         self.by_uid.pop(uid, None)
         for ref in obj["metadata"].get("ownerReferences") or []:
@@ -332,15 +415,16 @@ class Store:
         name = name or meta.get("name")
         namespace = namespace if namespace is not None else meta.get("namespace")
         key = self._key(rt, namespace, name or "")
-        current = self.objects[plural].get(key)
-        if current is None:
+        current_raw = self.objects[plural].get(key)
+        if current_raw is None:
             raise errors.not_found(rt.group, plural, name or "")
+        current = self._decode(plural, current_raw)
         if meta.get("name") and meta["name"] != name:
             raise errors.bad_request("the name of the object does not match the name on the URL")
         want_rv = meta.get("resourceVersion")
         if want_rv and want_rv != current["metadata"]["resourceVersion"]:
             raise errors.conflict(rt.group, plural, name or "")
-        new = clone(current)
+        new = self._decode(plural, current_raw)
         if subresource == "status":
             new["status"] = obj.get("status", {})
         else:
@@ -373,36 +457,37 @@ class Store:
             self._admit(plural, "UPDATE_STATUS", new, current)
         new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         if new == current:
-            return clone(current)  # a no-op write keeps the resourceVersion, as the real server does
+            return current  # a no-op write keeps the resourceVersion, as the real server does
         if dry_run:
-            return clone(new)
+            return new
         new["metadata"]["resourceVersion"] = str(self._next_rv())
         # A finalizer list emptied on an object being deleted completes its deletion, unless a graceful
         # deletion is still running (a pod whose kubelet has not finished: grace > 0), as the real
         # registry's shouldDeleteDuringUpdate decides.
         if (new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers")
                 and not current["metadata"].get("deletionGracePeriodSeconds")):
-            self._put(plural, key, new)
+            self._put(plural, key, new, current)
             self._finish_delete(plural, key)
-            return clone(new)
-        self._put(plural, key, new)
-        self._emit("MODIFIED", plural, new, current)
-        return clone(new)
+            return new
+        raw = self._put(plural, key, new, current)
+        self._emit("MODIFIED", plural, new, raw, current, current_raw)
+        return self._decode(plural, raw)
 
     def bind(self, namespace: str | None, name: str, node_name: str, *, uid: str | None = None) -> Obj:
         """The pods/binding subresource: set `spec.nodeName` and `PodScheduled=True` in one write.
 
         Like the real registry it refuses a pod that is already bound (409) or being deleted."""
         key = self._key(self.rtype("pods"), namespace, name)
-        current = self.objects["pods"].get(key)
-        if current is None or (uid and current["metadata"]["uid"] != uid):
+        current_raw = self.objects["pods"].get(key)
+        current = self._decode("pods", current_raw) if current_raw is not None else None
+        if current is None or current_raw is None or (uid and current["metadata"]["uid"] != uid):
             raise errors.not_found("", "pods", name)
         if (current.get("spec") or {}).get("nodeName"):
             raise errors.ApiError(409, "Conflict", f"pod {name} is already assigned to node "
                                   f"\"{current['spec']['nodeName']}\"")
         if current["metadata"].get("deletionTimestamp"):
             raise errors.ApiError(409, "Conflict", f"pod {name} is being deleted, cannot be assigned to a host")
-        new = clone(current)
+        new = self._decode("pods", current_raw)
         new.setdefault("spec", {})["nodeName"] = node_name
         status = new.setdefault("status", {})
         status.setdefault("phase", "Pending")
@@ -411,9 +496,9 @@ class Store:
                            "lastTransitionTime": now_iso()})
         status["conditions"] = conditions
         new["metadata"]["resourceVersion"] = str(self._next_rv())
-        self._put("pods", key, new)
-        self._emit("MODIFIED", "pods", new, current)
-        return clone(new)
+        raw = self._put("pods", key, new, current)
+        self._emit("MODIFIED", "pods", new, raw, current, current_raw)
+        return self._decode("pods", raw)
 
     def mutate(self, plural: str, namespace: str | None, name: str, fn: Callable[[Obj], None],
                *, subresource: str | None = None) -> Obj:
@@ -438,9 +523,10 @@ class Store:
         (finalizers or a graceful pod termination), so the API answers 200 with the object, or 202."""
         rt = self.rtype(plural)
         key = self._key(rt, namespace, name)
-        current = self.objects[plural].get(key)
-        if current is None:
+        current_raw = self.objects[plural].get(key)
+        if current_raw is None:
             raise errors.not_found(rt.group, plural, name)
+        current = self._decode(plural, current_raw)
         meta = current["metadata"]
         if precondition_uid and precondition_uid != meta["uid"]:
             raise errors.ApiError(409, "Conflict", f"Precondition failed: UID in precondition: "
@@ -448,13 +534,13 @@ class Store:
         if precondition_rv and precondition_rv != meta["resourceVersion"]:
             raise errors.conflict(rt.group, plural, name)
         if dry_run:
-            return clone(current), True
+            return current, True
         if propagation_policy is None:
             # Jobs (batch/v1) default to Orphan for backwards compatibility, everything else to Background.
             propagation_policy = "Orphan" if plural == "jobs" else "Background"
         if propagation_policy == "Orphan":
             self._orphan_dependents(meta["uid"])
-        new = clone(current)
+        new = self._decode(plural, current_raw)
         nmeta = new["metadata"]
         finalizers = list(nmeta.get("finalizers") or [])
         if (propagation_policy == "Foreground" and self.dependents_of.get(meta["uid"])
@@ -473,7 +559,7 @@ class Store:
             new.setdefault("status", {})["phase"] = "Terminating"
         if finalizers or graceful or plural == "namespaces":
             if nmeta.get("deletionTimestamp") and not graceful and nmeta.get("finalizers") == finalizers:
-                return clone(current), False
+                return current, False
             nmeta.setdefault("deletionTimestamp", now_iso())
             if graceful:
                 spec_grace = (current.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
@@ -486,19 +572,18 @@ class Store:
             if not finalizers:
                 nmeta.pop("finalizers")
             if new == current:
-                return clone(current), False
+                return current, False
             nmeta["resourceVersion"] = str(self._next_rv())
-            self._put(plural, key, new)
-            self._emit("MODIFIED", plural, new, current)
-            return clone(new), False
+            raw = self._put(plural, key, new, current)
+            self._emit("MODIFIED", plural, new, raw, current, current_raw)
+            return self._decode(plural, raw), False
         self._finish_delete(plural, key)
-        return clone(current), True
+        return current, True
 
     def _finish_delete(self, plural: str, key: Key) -> None:
         obj = self._remove(plural, key)
-        obj = clone(obj)
         obj["metadata"]["resourceVersion"] = str(self._next_rv())
-        self._emit("DELETED", plural, obj)
+        self._emit("DELETED", plural, obj, self.codec.encode(plural, obj))
 
     def finish_delete(self, plural: str, namespace: str | None, name: str) -> None:
         """End a graceful deletion (what the kubelet's final delete with grace 0 does).
@@ -508,44 +593,64 @@ class Store:
         the last finalizer then removes it."""
         rt = self.rtype(plural)
         key = self._key(rt, namespace, name)
-        current = self.objects[plural].get(key)
-        if current is None:
+        current_raw = self.objects[plural].get(key)
+        if current_raw is None:
             return
+        current = self._decode(plural, current_raw)
         meta = current["metadata"]
         if not meta.get("finalizers"):
             self._finish_delete(plural, key)
             return
         if meta.get("deletionTimestamp") and meta.get("deletionGracePeriodSeconds") == 0:
             return
-        new = clone(current)
+        new = self._decode(plural, current_raw)
         new["metadata"].setdefault("deletionTimestamp", now_iso())
         new["metadata"]["deletionGracePeriodSeconds"] = 0
         new["metadata"]["resourceVersion"] = str(self._next_rv())
-        self._put(plural, key, new)
-        self._emit("MODIFIED", plural, new, current)
+        raw = self._put(plural, key, new, current)
+        self._emit("MODIFIED", plural, new, raw, current, current_raw)
 
     def _orphan_dependents(self, owner_uid: str) -> None:
         for plural, key in list(self.dependents_of.get(owner_uid, ())):
-            dep = self.objects[plural].get(key)
-            if dep is None:
+            dep_raw = self.objects[plural].get(key)
+            if dep_raw is None:
                 continue
+            dep = self._decode(plural, dep_raw)
             refs = [r for r in dep["metadata"].get("ownerReferences") or [] if r.get("uid") != owner_uid]
-            new = clone(dep)
+            new = self._decode(plural, dep_raw)
             if refs:
                 new["metadata"]["ownerReferences"] = refs
             else:
                 new["metadata"].pop("ownerReferences", None)
             new["metadata"]["resourceVersion"] = str(self._next_rv())
-            self._put(plural, key, new)
-            self._emit("MODIFIED", plural, new, dep)
+            raw = self._put(plural, key, new, dep)
+            self._emit("MODIFIED", plural, new, raw, dep, dep_raw)
 
     def dependents(self, owner_uid: str) -> list[tuple[str, Obj]]:
         out = []
-        for plural, key in self.dependents_of.get(owner_uid, ()):
-            obj = self.objects[plural].get(key)
+        for plural, key in list(self.dependents_of.get(owner_uid, ())):
+            obj = self._load_key(plural, key)
             if obj is not None:
                 out.append((plural, obj))
         return out
+
+    def expire(self, now: float | None = None) -> int:
+        """Delete the objects of TTL'd resources not written for their TTL (etcd lease expiry); returns how
+        many. A DELETED watch event goes out for each, as it does when etcd expires a lease."""
+        now = self.clock() if now is None else now
+        done = 0
+        for plural, due in self._expiry.items():
+            while due and due[0][0] <= now:
+                _, key, rv = due.popleft()
+                raw = self.objects[plural].get(key)
+                if raw is None:
+                    continue
+                obj = self._decode(plural, raw)
+                if int(obj["metadata"]["resourceVersion"]) != rv:
+                    continue  # written again since: a later entry holds its deadline
+                self._finish_delete(plural, key)
+                done += 1
+        return done
 
     def exists_uid(self, uid: str) -> bool:
         return uid in self.by_uid
@@ -586,25 +691,47 @@ class Store:
             oldest = self.history[0].rv if self.history else self.rv + 1
             if since < oldest - 1 and since < self.rv:
                 raise errors.gone(f"too old resource version: {since} ({oldest - 1})")
-            for event in self.history:
-                if event.rv > since:
-                    watcher.offer(event)
+            for entry in self.history:
+                if entry.rv > since and entry.plural == plural:
+                    watcher.offer(self._replay(entry))
         self.watchers.add(watcher)
         return watcher
 
+    def _replay(self, entry: HistoryEntry) -> WatchEvent:
+        obj = self._decode(entry.plural, entry.raw)
+        old = self._decode(entry.plural, entry.old_raw) if entry.old_raw is not None else None
+        return WatchEvent(entry.rv, entry.type, entry.plural, obj, old)
+
     # ---------------------------------------------------------------- persistence
 
-    def snapshot(self) -> bytes:
-        return orjson.dumps({"rv": self.rv, "objects": {p: list(objs.values())
-                                                         for p, objs in self.objects.items()}})
+    def _snapshot_chunks(self) -> Iterable[bytes]:
+        yield b'{"rv":%d,"objects":{' % self.rv
+        for i, (plural, objs) in enumerate(self.objects.items()):
+            yield (b"," if i else b"") + orjson.dumps(plural) + b":["
+            for j, raw in enumerate(list(objs.values())):
+                yield (b"," if j else b"") + self.codec.json(plural, raw)
+            yield b"]"
+        yield b"}}"
 
-    def save(self) -> None:
+    def snapshot(self) -> bytes:
+        return b"".join(self._snapshot_chunks())
+
+    def save(self, *, force: bool = True) -> None:
+        """Write the state file (streamed, object by object). Unforced saves (the periodic saver's) are
+        spaced so that saving takes at most about a tenth of the time, however large the store grows."""
         if not self.state_file or not self._dirty:
             return
+        if not force and time.monotonic() < self._next_save:
+            return
+        began = time.monotonic()
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_bytes(self.snapshot())
+        with open(tmp, "wb") as out:
+            for chunk in self._snapshot_chunks():
+                out.write(chunk)
         os.replace(tmp, self.state_file)
         self._dirty = False
+        took = time.monotonic() - began
+        self._next_save = time.monotonic() + 9 * took
 
     def _load(self, path: Path) -> None:
         data = orjson.loads(path.read_bytes())
@@ -615,4 +742,4 @@ class Store:
             rt = self.rtype(plural)
             for obj in items:
                 meta = obj["metadata"]
-                self._put(plural, self._key(rt, meta.get("namespace"), meta["name"]), obj)
+                self._put(plural, self._key(rt, meta.get("namespace"), meta["name"]), obj, None)

@@ -525,3 +525,52 @@ async def test_scale_indexed_job(cluster: KubeCluster) -> None:
     indexes = [int(p["metadata"]["labels"][INDEX_KEY]) for p in pods_of(cluster, "scale")]
     assert sorted(indexes) == list(range(2000))  # each index exactly once
     assert cluster.controller("FakeRunner").max_running <= 200
+
+
+def test_store_ttl_counts_from_the_last_write_and_spares_other_resources() -> None:
+    """An event written again gets a new lease (the event registry's TTL applies on create and update);
+    resources without a TTL never expire."""
+    store = Store(ttl={"events": 60})
+    now = [1000.0]
+    store.clock = lambda: now[0]
+    store.create("namespaces", {"metadata": {"name": NS}})
+    event = {"metadata": {"name": "e", "namespace": NS}, "reason": "R", "message": "m",
+             "involvedObject": {"kind": "Pod", "name": "p", "namespace": NS}}
+    store.create("events", dict(event))
+    store.create("events", {**event, "metadata": {"name": "renewed", "namespace": NS}})
+    store.create("configmaps", {"metadata": {"name": "c", "namespace": NS}})
+    watcher = store.watch("events", NS, resource_version=str(store.rv))
+    now[0] += 30
+    store.mutate("events", NS, "renewed", lambda ev: ev.update(count=2))
+    assert store.expire() == 0
+    now[0] += 30
+    assert store.expire() == 1  # "e" only: "renewed" was written 30 s later
+    assert store.peek("events", NS, "e") is None and store.peek("events", NS, "renewed") is not None
+    assert store.peek("configmaps", NS, "c") is not None
+    assert [(ev.type, ev.obj["metadata"]["name"]) for ev in _drain(watcher)] == [
+        ("MODIFIED", "renewed"), ("DELETED", "e")]
+    now[0] += 30
+    assert store.expire() == 1
+    assert store.peek("events", NS, "renewed") is None
+
+
+def test_store_hands_out_copies() -> None:
+    """Objects are stored encoded: what a reader gets is a copy, and changing it changes nothing stored."""
+    store = Store()
+    store.create("namespaces", {"metadata": {"name": NS}})
+    created = store.create("configmaps", {"metadata": {"name": "c", "namespace": NS}, "data": {"a": "1"}})
+    created["data"]["a"] = "changed"
+    peeked = store.peek("configmaps", NS, "c")
+    assert peeked is not None and peeked["data"] == {"a": "1"}
+    peeked["data"]["a"] = "changed"
+    assert store.get("configmaps", NS, "c")["data"] == {"a": "1"}
+    assert next(store.iter_objects("configmaps", NS))["data"] == {"a": "1"}
+
+
+def _drain(watcher: Any) -> list[Any]:
+    out = []
+    while not watcher.queue.empty():
+        event = watcher.queue.get_nowait()
+        if event is not None:
+            out.append(event)
+    return out

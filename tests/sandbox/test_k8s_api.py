@@ -406,6 +406,29 @@ def test_watch_too_old_resource_version_is_410(api_cluster: ApiClusterThread, co
         api_cluster.call(lambda: setattr(store, "history", deque(store.history, maxlen=200_000)))
 
 
+def test_events_expire_after_the_event_ttl(api_cluster: ApiClusterThread, core: client.CoreV1Api) -> None:
+    """Events live `--event-ttl` (kube-apiserver's default: 1 h) after their last write, then are deleted
+    (etcd's lease expiry): gone from lists, and a DELETED event for watchers."""
+    store = api_cluster.cluster.store
+    assert store.ttl["events"] == 3600
+    api_cluster.call(lambda: store.ttl.__setitem__("events", 0.5))
+    try:
+        start = core.list_namespaced_event("default").metadata.resource_version
+        name = unique("ttl")
+        core.create_namespaced_event("default", {
+            "metadata": {"name": name}, "reason": "Tested", "message": "expires", "type": "Normal",
+            "involvedObject": {"kind": "ConfigMap", "namespace": "default", "name": "x"}})
+        deadline = time.monotonic() + 10
+        while name in [e.metadata.name for e in core.list_namespaced_event("default").items]:
+            assert time.monotonic() < deadline, "the event outlived its TTL"
+            time.sleep(0.1)
+        seen = [(event["type"], event["object"].metadata.name) for event in watch.Watch().stream(
+            core.list_namespaced_event, "default", resource_version=start, timeout_seconds=1)]
+        assert [t for t, n in seen if n == name] == ["ADDED", "DELETED"]
+    finally:
+        api_cluster.call(lambda: store.ttl.__setitem__("events", 3600))
+
+
 def _watch_lines(cluster: ApiClusterThread, query: str) -> tuple[list[dict], float]:
     began = time.monotonic()
     status, text, _ = http(cluster, "GET", f"/api/v1/namespaces/default/configmaps?{query}")

@@ -106,12 +106,7 @@ class GarbageCollector(InformerController):
             self._foreground(uid)
 
     def _lookup(self, uid: str) -> tuple[str, Obj] | None:
-        where = self.store.by_uid.get(uid)
-        if where is None:
-            return None
-        plural, key = where
-        obj = self.store.objects[plural].get(key)
-        return (plural, obj) if obj is not None else None
+        return self.store.peek_uid(uid)
 
     def _dangling(self, plural: str, obj: Obj) -> None:
         """Delete `obj` if all its owners are gone; drop dangling references if only some are."""
