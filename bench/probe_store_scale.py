@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script: the repository's packages must be importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from sandbox.k8s.cluster import KubeCluster, NodeConfig
 from sandbox.k8s.store import now_iso
 
