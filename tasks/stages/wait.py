@@ -153,10 +153,7 @@ class _Watcher:
         while not self._stop.is_set():
             try:
                 if rv is None:
-                    data = json.loads(self.list_fn(**self.kwargs, _preload_content=False).data)
-                    rv = data["metadata"].get("resourceVersion")
-                    for item in data.get("items") or []:
-                        self.out.put((self.kind, "ADDED", item))
+                    rv = self._list()
                     self.out.put((self.kind, "SYNCED", None))
                 rv = self._stream(rv)
                 failures = 0
@@ -173,6 +170,23 @@ class _Watcher:
                 if not self._stop.is_set():
                     log.warning("%s watch dropped (%s), resuming from %s", self.kind, type(exc).__name__, rv)
                 self._stop.wait(min(10.0, 0.5 * 2**failures))
+
+    def _list(self) -> str | None:
+        """List in pages of ``FINAL_LIST_PAGE`` (a re-attached wait of a 100,000-pod Job would otherwise read one
+        response of hundreds of MB), every item as ADDED; returns the list's resourceVersion (that of the snapshot
+        all pages come from)."""
+        token: str | None = None
+        rv: str | None = None
+        while True:
+            data = json.loads(self.list_fn(**self.kwargs, limit=FINAL_LIST_PAGE, _continue=token,
+                                           _preload_content=False).data)
+            meta = data.get("metadata") or {}
+            rv = rv or meta.get("resourceVersion")
+            for item in data.get("items") or []:
+                self.out.put((self.kind, "ADDED", item))
+            token = meta.get("continue")
+            if not token:
+                return rv
 
     def _stream(self, rv: str | None) -> str | None:
         """One watch request from ``rv``; returns the version to resume from (None: relist)."""

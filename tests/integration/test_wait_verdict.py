@@ -262,3 +262,28 @@ def test_a_failing_job_reports_its_verdict_with_the_reason(make_spec: Any, kube:
                      on_verdict=lambda ok, why: verdicts.append((ok, why)))
     assert len(verdicts) == 1 and verdicts[0][0] is False and verdicts[0][1]
     assert verdicts[0][1] in str(caught.value) and "bye" in str(caught.value)
+
+
+def test_a_wait_reattached_to_a_finished_job_reads_every_pod_in_pages(make_spec: Any, kube: Any, run_key: str,
+                                                                      tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import tasks.stages.wait as wait_module
+
+    _, job = launch(make_spec, kube, run_key, completions=5, parallelism=5, command=["sh", "-c", "echo done"])
+    first = wait(kube, job, run_key, tmp_path / "first")
+    # A second wait (a retried task, a re-attached run) lists the finished Job's pods: two per page here.
+    monkeypatch.setattr(wait_module, "FINAL_LIST_PAGE", 2)
+    calls: list[dict[str, Any]] = []
+    real = client.CoreV1Api.list_namespaced_pod
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:  # the real call, its arguments noted
+        calls.append(kwargs)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(client.CoreV1Api, "list_namespaced_pod", spy)
+    again = wait(kube, job, run_key, tmp_path / "again")
+    lists = [c for c in calls if not c.get("watch")]
+    assert len(lists) >= 3 and all(c.get("limit") == 2 for c in lists) and lists[1].get("_continue")
+    assert [(r.index, r.status, r.pod) for r in again.records()] == [
+        (r.index, r.status, r.pod) for r in first.records()]
+    assert all(r.status == "succeeded" and r.pod for r in again.records())
