@@ -31,6 +31,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.cloud.cluster_access import existing_handle, find_cluster, locate_cluster
 from tasks.cloud.context import stage_context, stage_logs
+from tasks.cloud.list_pages import list_pages
 from tasks.cloud.nas import describe_file_system, find_file_systems_by_name, list_mount_targets, tags_of
 from tasks.cloud.retry import CloudError, call, call_or_none, is_gone
 from tasks.handles import ClusterHandle, ConfigHandle, JobHandle, TeardownItem, TeardownReport, VolumeHandle
@@ -89,25 +90,16 @@ def _delete(rec: _Recorder, kind: str, name: str, why: str, fn: Callable[[], Any
 
 
 #: Objects per page when teardown lists what it waits for (``limit``/``continue``).
-LIST_PAGE = 500
-
-
 def _listed_names(list_fn: Callable[..., Any], **kwargs: Any) -> tuple[set[str], str | None]:
     """Names of everything ``list_fn`` lists, read page by page as JSON (at 100,000 pods, one response as client
     models would hold gigabytes), and the list's resourceVersion to watch from."""
-    import json
-
     names: set[str] = set()
-    token: str | None = None
-    while True:
-        resp = call(list_fn, service="Kubernetes", operation="list (waiting for deletion)", limit=LIST_PAGE,
-                    _continue=token, _preload_content=False, **kwargs)
-        page = json.loads(resp.data)
+    rv: str | None = None
+    for page in list_pages(partial(call, list_fn, service="Kubernetes", operation="list (waiting for deletion)"),
+                           **kwargs):
         names.update(item["metadata"]["name"] for item in page.get("items") or [])
-        meta = page.get("metadata") or {}
-        token = meta.get("continue")
-        if not token:
-            return names, meta.get("resourceVersion")
+        rv = rv or (page.get("metadata") or {}).get("resourceVersion")
+    return names, rv
 
 
 def wait_gone(list_fn: Callable[..., Any], *, timeout: float, **kwargs: Any) -> list[str]:

@@ -39,6 +39,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.cloud.context import RETRY_DELAYS, stage_context, stage_logs, transient_only
 from tasks.cloud.jobs import launch_job, stop_for_on_demand
+from tasks.cloud.list_pages import list_pages
 from tasks.cloud.pod_logs import PodLogs
 from tasks.cloud.retry import CloudError
 from tasks.errors import JobFailed
@@ -71,8 +72,15 @@ from tasks.spec import BatchSpec
 
 log = logging.getLogger("ask_batch.wait")
 
-MAX_EVENTS_PER_BATCH = 2000  # watch events applied before the checks run once (bounded so progress still shows)
-FINAL_LIST_PAGE = 500  # pods per page of the final pod list (``limit``/``continue``)
+MAX_EVENTS_PER_BATCH = 500  # watch events applied before the checks run once (bounded so progress still shows)
+#: Watch events parsed but not yet applied, at most. A full queue holds the watch threads back (back-pressure on
+#: the streams) rather than growing: a relist of a 100,000-pod Job would otherwise queue every pod at once
+#: (~17 KB each as parsed JSON). An API server ends a watch whose reader stays behind; the watch then resumes
+#: from the last version read, or relists (in pages) if that is too old.
+EVENT_QUEUE_SIZE = 1000
+#: Once the Job is finished, how long its pods' last watch events may take to arrive before the pods are listed
+#: instead (at 10,000 pods that list is 20 pages of JSON to read and parse).
+FINAL_CATCH_UP_SECONDS = 1.0
 
 Emit = Callable[[str], None]
 
@@ -154,7 +162,7 @@ class _Watcher:
             try:
                 if rv is None:
                     rv = self._list()
-                    self.out.put((self.kind, "SYNCED", None))
+                    self._put((self.kind, "SYNCED", None))
                 rv = self._stream(rv)
                 failures = 0
             except ApiException as exc:
@@ -171,22 +179,27 @@ class _Watcher:
                     log.warning("%s watch dropped (%s), resuming from %s", self.kind, type(exc).__name__, rv)
                 self._stop.wait(min(10.0, 0.5 * 2**failures))
 
+    def _put(self, item: tuple[str, str, Any]) -> bool:
+        """Queue one event, waiting while the queue is full; False: closed meanwhile (the event is dropped)."""
+        while not self._stop.is_set():
+            try:
+                self.out.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _list(self) -> str | None:
-        """List in pages of ``FINAL_LIST_PAGE`` (a re-attached wait of a 100,000-pod Job would otherwise read one
+        """List in pages (``list_pages``: a re-attached wait of a 100,000-pod Job would otherwise read one
         response of hundreds of MB), every item as ADDED; returns the list's resourceVersion (that of the snapshot
         all pages come from)."""
-        token: str | None = None
         rv: str | None = None
-        while True:
-            data = json.loads(self.list_fn(**self.kwargs, limit=FINAL_LIST_PAGE, _continue=token,
-                                           _preload_content=False).data)
-            meta = data.get("metadata") or {}
-            rv = rv or meta.get("resourceVersion")
-            for item in data.get("items") or []:
-                self.out.put((self.kind, "ADDED", item))
-            token = meta.get("continue")
-            if not token:
-                return rv
+        for page in list_pages(self.list_fn, **self.kwargs):
+            rv = rv or (page.get("metadata") or {}).get("resourceVersion")
+            for item in page.get("items") or []:
+                if not self._put((self.kind, "ADDED", item)):
+                    return rv
+        return rv
 
     def _stream(self, rv: str | None) -> str | None:
         """One watch request from ``rv``; returns the version to resume from (None: relist)."""
@@ -211,8 +224,8 @@ class _Watcher:
                         return None
                     continue
                 rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
-                if event.get("type") != "BOOKMARK":
-                    self.out.put((self.kind, event["type"], obj))
+                if event.get("type") != "BOOKMARK" and not self._put((self.kind, event["type"], obj)):
+                    break
         finally:
             with self._lock:
                 self._resp = None
@@ -477,7 +490,7 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
     core, batch_v1 = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
     if options.log_dir:
         options.log_dir.mkdir(parents=True, exist_ok=True)
-    events: queue.Queue = queue.Queue()
+    events: queue.Queue = queue.Queue(maxsize=EVENT_QUEUE_SIZE)
     pod_selector = f"{RUN_LABEL}={run_key}" + ("" if job.index is None else f",{INDEX_LABEL}={job.index}")
     watchers = [
         _Watcher(batch_v1.list_namespaced_job, {"namespace": job.namespace,
@@ -540,27 +553,35 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
             logs.seen(name, pod_index(obj), started=started, ended=ended_now or etype == "DELETED",
                       restarts=restarts, may_restart=(obj.get("spec") or {}).get("restartPolicy") != "Never")
 
+    def caught_up() -> bool:
+        # The pod watch has shown every pod the Job counted as ended, and none is left running.
+        status = job_obj.get("status") or {}
+        done = int(status.get("succeeded") or 0)
+        return bool(job_obj) and not pods and counts["Succeeded"] >= done and counts["ended"] >= done + int(
+            status.get("failed") or 0)
+
     def final_pods() -> None:
         # The Job and pod watches are separate streams: the Job's final condition can arrive before the last
-        # pod updates. Unless the watch already showed every pod the Job counted as ended, one list now gives the
-        # pods as the Job controller saw them when it finished the Job: read as JSON (client models cost seconds
-        # at 10,000 pods), a page of FINAL_LIST_PAGE pods at a time (one response for 100,000 pods would be
-        # hundreds of MB).
-        status = job_obj.get("status") or {}
-        if not pods and counts["Succeeded"] >= int(status.get("succeeded") or 0) and counts["ended"] >= int(
-                status.get("succeeded") or 0) + int(status.get("failed") or 0) and job_obj:
+        # pod updates. Those are usually already queued or a few milliseconds away: they are applied first, for
+        # up to FINAL_CATCH_UP_SECONDS. Only if the watch still has not shown every pod the Job counted does one
+        # list give the pods as the Job controller saw them when it finished the Job: read as JSON (client models
+        # cost seconds at 10,000 pods), a page at a time (one response for 100,000 pods would be hundreds of MB).
+        end = clock() + (FINAL_CATCH_UP_SECONDS if job_obj else 0.0)
+        while not caught_up() and clock() < end:
+            try:
+                kind, etype, obj = events.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if kind == "pod" and obj is not None:
+                see_pod(etype, obj)
+        just_ended.clear()  # read by no check from here on: holding them would keep every listed pod
+        if caught_up():
             return
         with contextlib.suppress(Exception):
-            token: str | None = None
-            while True:
-                resp: Any = core.list_namespaced_pod(job.namespace, label_selector=pod_selector,
-                                                     limit=FINAL_LIST_PAGE, _continue=token, _preload_content=False)
-                page = json.loads(resp.data)
+            for page in list_pages(core.list_namespaced_pod, namespace=job.namespace, label_selector=pod_selector):
                 for item in page.get("items") or []:
                     see_pod("MODIFIED", item)
-                token = (page.get("metadata") or {}).get("continue")
-                if not token:
-                    break
+                just_ended.clear()
 
     def report(succeeded: bool, reason: str | None, diags: dict[str, Diagnosis] | None = None, *,
                finished: bool = False, gone: bool = False) -> JobReport:
@@ -658,6 +679,7 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
                         (obj.get("metadata") or {}).get("deletionTimestamp"))
                 elif kind == "pod":
                     see_pod(etype, obj)
+            batch.clear()  # the parsed objects are folded: do not hold them through the checks (or the drain)
             if synced != {"job", "pod"}:
                 continue
             explain_ends()
@@ -669,6 +691,7 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
                 on_progress(succeeded, job.completions)
             finished, ok, why = job_finished(job_obj)
             if finished:
+                just_ended.clear()
                 failed_now = failed_indexes()
                 # Failed only because of the indexes moved on demand: not a verdict yet, their last try is next.
                 ok = ok or bool(failed_now and failed_now <= moving and (why or "").startswith("FailedIndexes"))

@@ -267,12 +267,12 @@ def test_a_failing_job_reports_its_verdict_with_the_reason(make_spec: Any, kube:
 def test_a_wait_reattached_to_a_finished_job_reads_every_pod_in_pages(make_spec: Any, kube: Any, run_key: str,
                                                                       tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks.stages.wait as wait_module
+    import tasks.cloud.list_pages as list_pages_module
 
     _, job = launch(make_spec, kube, run_key, completions=5, parallelism=5, command=["sh", "-c", "echo done"])
     first = wait(kube, job, run_key, tmp_path / "first")
     # A second wait (a retried task, a re-attached run) lists the finished Job's pods: two per page here.
-    monkeypatch.setattr(wait_module, "FINAL_LIST_PAGE", 2)
+    monkeypatch.setattr(list_pages_module, "PAGE_SIZE", 2)
     calls: list[dict[str, Any]] = []
     real = client.CoreV1Api.list_namespaced_pod
 

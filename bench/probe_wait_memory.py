@@ -1,0 +1,172 @@
+"""Where the wait's memory goes: one Job on a fresh sandbox, ``wait_for_job`` in this process, sampled.
+
+Not a contest (no baseline): a probe that answers "what does the wait hold at its peak?" for the whole-flow
+benchmark (bench_flow_scale.py), whose flow process peaks inside ``wait_for_job``. Every 0.25 s it records this
+process's RSS and the length of the wait's watch-event queue; with ``--trace`` it also runs tracemalloc and prints
+the top allocation sites (by traceback) of the snapshot taken at the highest traced size.
+
+    .venv/bin/python bench/probe_wait_memory.py --completions 10000 --parallelism 500 [--trace]
+
+Prints a table of samples (one row per 10 %% of the run) and the peak figures; writes nothing to RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import Sandbox, load_average, table
+
+
+class _CountingQueues:
+    """Stands in for the ``queue`` module inside tasks.stages.wait: every Queue it makes is remembered."""
+
+    Empty = queue.Empty
+    Full = queue.Full
+
+    def __init__(self) -> None:
+        self.made: list[queue.Queue] = []
+
+    def Queue(self, *args: Any, **kwargs: Any) -> queue.Queue:  # noqa: N802 - mirrors queue.Queue
+        q: queue.Queue = queue.Queue(*args, **kwargs)
+        self.made.append(q)
+        return q
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def job_body(run_key: str, completions: int, parallelism: int, kubeconfig: Path) -> dict[str, Any]:
+    from tasks.render.manifests import JobInputs, job_manifest
+    from tasks.spec import parse_spec
+
+    spec = parse_spec({
+        "cluster": {"mode": "existing", "namespace": "default", "existing": {"kubeconfig_path": str(kubeconfig)}},
+        "job": {"image": "busybox", "command": ["true"], "completions": completions,
+                "parallelism": min(parallelism, completions), "cpu": f"{min(0.1, 50 / parallelism):g}",
+                "memory": "0.25Gi", "completion_mode": "Indexed", "backoff_limit_per_index": 1,
+                "ttl_seconds_after_finished": 3600},
+    })
+    return job_manifest(spec, run_key=run_key, inputs=JobInputs())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--completions", type=int, default=10000)
+    parser.add_argument("--parallelism", type=int, default=500)
+    parser.add_argument("--trace", action="store_true", help="run tracemalloc (slower) and print the top sites")
+    parser.add_argument("--trace-end", action="store_true",
+                        help="start tracemalloc only at the verdict: what the end of the wait (drain, last list, "
+                             "report) allocates")
+    parser.add_argument("--relist", action="store_true", help="after the wait, list every pod once more in pages "
+                        "(as the wait's last list does) and report the RSS it costs")
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args(argv)
+
+    from kubernetes import client
+
+    import tasks.stages.wait as wait_mod
+    from tasks.handles import JobHandle
+
+    queues = _CountingQueues()
+    wait_mod.queue = queues  # type: ignore[assignment]
+    pages: list[tuple[float, int]] = []  # (s, items) of every list page the wait read
+    real_pages = wait_mod.list_pages
+
+    def counted_pages(*a: Any, **kw: Any) -> Any:
+        for page in real_pages(*a, **kw):
+            pages.append((time.monotonic() - t0, len(page.get("items") or [])))
+            yield page
+
+    wait_mod.list_pages = counted_pages  # type: ignore[assignment]
+    t0 = time.monotonic()
+    print(f"load {load_average()}; completions {args.completions}, parallelism {args.parallelism}", flush=True)
+    samples: list[tuple[float, float, int, float]] = []  # (s, RSS MB, queued events, traced MB)
+    best: dict[str, Any] = {"traced": 0.0, "snap": None}
+    stop = threading.Event()
+    with Sandbox(node_pods=max(1000, args.parallelism * 2)) as sb, tempfile.TemporaryDirectory() as logs:
+        api = sb.api_client()
+        api.configuration.connection_pool_maxsize = 80  # as the flow sizes it (cluster_access.connect)
+        api = client.ApiClient(api.configuration)
+        body = job_body("probe", args.completions, args.parallelism, sb.kubeconfig)
+        created = client.BatchV1Api(api).create_namespaced_job("default", body)
+        handle = JobHandle(namespace="default", name=body["metadata"]["name"], uid=created.metadata.uid,
+                           completions=args.completions)
+        if args.trace:
+            tracemalloc.start(12)
+        t0 = time.monotonic()
+
+        def sample() -> None:
+            while not stop.wait(0.25):
+                queued = sum(q.qsize() for q in queues.made)
+                traced = tracemalloc.get_traced_memory()[0] / 2**20 if tracemalloc.is_tracing() else 0.0
+                samples.append((time.monotonic() - t0, rss_mb(), queued, traced))
+                if tracemalloc.is_tracing() and traced > best["traced"] * 1.05:
+                    best["traced"], best["snap"] = traced, tracemalloc.take_snapshot()
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        progress = {"n": 0}
+
+        def on_progress(done: int, total: int) -> None:
+            if done >= progress["n"] + total // 10:
+                progress["n"] = done
+                print(f"  {time.monotonic() - t0:7.1f} s  {done}/{total}  RSS {rss_mb():.0f} MB  "
+                      f"queued {sum(q.qsize() for q in queues.made)}", flush=True)
+
+        report = wait_mod.wait_for_job(api, handle, run_key="probe", options=wait_mod.WaitOptions(
+            log_dir=Path(logs), timeout_seconds=None), emit=lambda line: None, on_progress=on_progress,
+            on_verdict=lambda ok, why: tracemalloc.start(12) if args.trace_end else None)
+        stop.set()
+        sampler.join()
+        if args.relist:
+            # What the wait's last list costs when it runs (the watch had not shown every pod the Job counted):
+            # every page read and parsed in a thread, as final_pods does.
+            before, peak_list = rss_mb(), [0.0]
+
+            def relist() -> None:
+                for page in real_pages(client.CoreV1Api(api).list_namespaced_pod, namespace="default",
+                                       label_selector=f"ask-batch.io/run=probe"):
+                    peak_list[0] = max(peak_list[0], rss_mb())
+                    del page
+
+            lister = threading.Thread(target=relist)
+            lister.start()
+            lister.join()
+            print(f"last list of every pod in a thread: RSS {before:.0f} MB before, {peak_list[0]:.0f} MB peak, "
+                  f"{rss_mb():.0f} MB after")
+    wall = time.monotonic() - t0
+    peak = max(samples, key=lambda s: s[1]) if samples else (0, float("nan"), 0, 0)
+    step = max(1, len(samples) // 10)
+    print(table(["s", "RSS MB", "queued events", "traced MB"],
+                [(f"{s:.1f}", f"{r:.0f}", q, f"{t:.0f}") for s, r, q, t in samples[::step] + samples[-8:]]))
+    if pages:
+        print(f"list pages read: {len(pages)} ({sum(n for _, n in pages)} items), from {pages[0][0]:.1f} s "
+              f"to {pages[-1][0]:.1f} s")
+    print(f"\nsucceeded {report.succeeded}; {report.index_count} indexes; wall {wall:.1f} s; "
+          f"peak RSS {peak[1]:.0f} MB at {peak[0]:.1f} s with {peak[2]} events queued; "
+          f"most queued {max((s[2] for s in samples), default=0)}; load {load_average()}")
+    if best["snap"] is not None:
+        print(f"\ntop sites at the traced peak ({best['traced']:.0f} MB):")
+        for stat in best["snap"].statistics("traceback")[:args.top]:
+            frames = [f for f in stat.traceback if "/tasks/" in f.filename or "/sandbox/" in f.filename]
+            where = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in frames[:4]) or str(stat.traceback[0])
+            print(f"  {stat.size / 2**20:7.1f} MB {stat.count:8d} blocks  {where}")
+
+
+if __name__ == "__main__":
+    main()
