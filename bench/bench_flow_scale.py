@@ -42,7 +42,17 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, Sandbox, Series, base_parser, load_average, provenance, table, write_section
+from bench.common import (
+    REPO,
+    Sandbox,
+    Series,
+    base_parser,
+    load_average,
+    proc_status_mb,
+    provenance,
+    table,
+    write_section,
+)
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -99,23 +109,6 @@ def put_markers(sb: Sandbox, run_key: str, completions: int) -> None:
         list(pool.map(put, range(completions)))
 
 
-def vm_hwm_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
 def stage_peaks(samples: list[tuple[float, float]], flow_log: str) -> list[tuple[str, float]]:
     """Peak RSS (MB) of the flow process while each task ran: ``samples`` are (epoch seconds, MB); the task runs'
     start and end come from the flow's console log (Prefect prints ``HH:MM:SS.mmm | INFO | Task run 'NAME' -
@@ -157,12 +150,12 @@ def one_run(api_url: str, *, run_key: str, completions: int, parallelism: int, t
         samples: list[tuple[float, float]] = []
         while True:
             if timeline:
-                samples.append((time.time(), rss_mb(proc.pid)))
+                samples.append((time.time(), proc_status_mb(proc.pid)))
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             if time.perf_counter() > deadline:
-                flow_mb, sandbox_mb = vm_hwm_mb(proc.pid), vm_hwm_mb(sb.pid)
+                flow_mb, sandbox_mb = proc_status_mb(proc.pid, "VmHWM"), proc_status_mb(sb.pid, "VmHWM")
                 proc.kill()
                 os.wait4(proc.pid, 0)
                 proc.returncode = -9
@@ -176,7 +169,7 @@ def one_run(api_url: str, *, run_key: str, completions: int, parallelism: int, t
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         log.close()
-        sandbox_mb = vm_hwm_mb(sb.pid)
+        sandbox_mb = proc_status_mb(sb.pid, "VmHWM")
         if proc.returncode != 0:
             tail = (work / "flow.log").read_text(errors="replace")[-3000:]
             raise RunFailed(f"{completions} completions: flow exited {proc.returncode}. Log tail:\n{tail}")

@@ -35,6 +35,8 @@ if __package__ in (None, ""):  # run as a script: the repository's packages (san
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import proc_status_mb
+
 for _var in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
     os.environ.pop(_var, None)
 
@@ -78,13 +80,8 @@ class ServedSandbox:
             return dict(json.loads(resp.read()))
 
     def peak_rss_mb(self) -> float:
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return float(self.stats()["peak_rss_mb"])
+        peak = proc_status_mb(self.pid, "VmHWM")
+        return peak if peak == peak else float(self.stats()["peak_rss_mb"])  # NaN: gone, ask it
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the sandbox process so far (not of the pods' processes)."""

@@ -119,6 +119,21 @@ class Sandbox:
         self.stop()
 
 
+# --------------------------------------------------------------------------------------------- process memory
+
+
+def proc_status_mb(pid: int | str, field: str = "VmRSS") -> float:
+    """One memory field of ``/proc/<pid>/status`` in MB (``VmRSS``: resident now; ``VmHWM``: its peak so far);
+    ``pid`` may be ``"self"``. NaN when the process is gone or the field is absent (proc(5))."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 # --------------------------------------------------------------------------------------------- statistics
 
 

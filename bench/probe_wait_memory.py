@@ -25,7 +25,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Sandbox, load_average, table
+from bench.common import Sandbox, load_average, proc_status_mb, table
 
 
 class _CountingQueues:
@@ -41,13 +41,6 @@ class _CountingQueues:
         q: queue.Queue = queue.Queue(*args, **kwargs)
         self.made.append(q)
         return q
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def job_body(run_key: str, completions: int, parallelism: int, kubeconfig: Path) -> dict[str, Any]:
@@ -114,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
             while not stop.wait(0.25):
                 queued = sum(q.qsize() for q in queues.made)
                 traced = tracemalloc.get_traced_memory()[0] / 2**20 if tracemalloc.is_tracing() else 0.0
-                samples.append((time.monotonic() - t0, rss_mb(), queued, traced))
+                samples.append((time.monotonic() - t0, proc_status_mb("self"), queued, traced))
                 if tracemalloc.is_tracing() and traced > best["traced"] * 1.05:
                     best["traced"], best["snap"] = traced, tracemalloc.take_snapshot()
 
@@ -125,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         def on_progress(done: int, total: int) -> None:
             if done >= progress["n"] + total // 10:
                 progress["n"] = done
-                print(f"  {time.monotonic() - t0:7.1f} s  {done}/{total}  RSS {rss_mb():.0f} MB  "
+                print(f"  {time.monotonic() - t0:7.1f} s  {done}/{total}  RSS {proc_status_mb('self'):.0f} MB  "
                       f"queued {sum(q.qsize() for q in queues.made)}", flush=True)
 
         report = wait_mod.wait_for_job(api, handle, run_key="probe", options=wait_mod.WaitOptions(
@@ -136,19 +129,19 @@ def main(argv: list[str] | None = None) -> None:
         if args.relist:
             # What the wait's last list costs when it runs (the watch had not shown every pod the Job counted):
             # every page read and parsed in a thread, as final_pods does.
-            before, peak_list = rss_mb(), [0.0]
+            before, peak_list = proc_status_mb("self"), [0.0]
 
             def relist() -> None:
                 for page in real_pages(client.CoreV1Api(api).list_namespaced_pod, namespace="default",
-                                       label_selector=f"ask-batch.io/run=probe"):
-                    peak_list[0] = max(peak_list[0], rss_mb())
+                                       label_selector="ask-batch.io/run=probe"):
+                    peak_list[0] = max(peak_list[0], proc_status_mb("self"))
                     del page
 
             lister = threading.Thread(target=relist)
             lister.start()
             lister.join()
             print(f"last list of every pod in a thread: RSS {before:.0f} MB before, {peak_list[0]:.0f} MB peak, "
-                  f"{rss_mb():.0f} MB after")
+                  f"{proc_status_mb('self'):.0f} MB after")
     wall = time.monotonic() - t0
     peak = max(samples, key=lambda s: s[1]) if samples else (0, float("nan"), 0, 0)
     step = max(1, len(samples) // 10)

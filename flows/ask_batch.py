@@ -93,17 +93,18 @@ def finish(spec: BatchSpec, logger: Any, *, run_key: str, name: str, cluster: Cl
     except Exception as exc:  # noqa: BLE001 - never hide the run's own error behind a teardown error
         logger.error("teardown failed: %s: %s", type(exc).__name__, exc)
         teardown_error = exc
+    scrub = run_scrubber(spec)
     if report is not None:
         try:
-            write_ledger(report, ledger_path(spec, name), run_scrubber(spec))
+            write_ledger(report, ledger_path(spec, name), scrub)
         except OSError as exc:
             logger.error("could not write the per-index ledger %s: %s", ledger_path(spec, name), exc)
     try:
         create_markdown_artifact(
-            run_scrubber(spec)(summary_markdown(spec, run_key=run_key, name=name, cluster=cluster, job=job,
-                                                report=report, outputs=outputs, teardown=teardown,
-                                                error=None if error is None else f"{type(error).__name__}: {error}",
-                                                saved_logs=saved_logs, logs_problem=logs_problem)),
+            scrub(summary_markdown(spec, run_key=run_key, name=name, cluster=cluster, job=job, report=report,
+                                   outputs=outputs, teardown=teardown,
+                                   error=None if error is None else f"{type(error).__name__}: {error}",
+                                   saved_logs=saved_logs, logs_problem=logs_problem)),
             key=f"summary-{run_key}", description=f"ask-batch run {name}")
     except Exception as exc:  # noqa: BLE001
         logger.error("could not publish the summary artifact: %s", exc)
