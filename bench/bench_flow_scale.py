@@ -65,7 +65,7 @@ class RunFailed(RuntimeError):
     pass
 
 
-def params(sb: Sandbox, work: Path, *, run_key: str, completions: int, parallelism: int) -> Path:
+def params(sb: Sandbox, work: Path, *, run_key: str, completions: int, parallelism: int, deadline_s: int) -> Path:
     data = {
         "run_key": run_key,
         "cluster": {"mode": "existing", "namespace": "default",
@@ -75,7 +75,7 @@ def params(sb: Sandbox, work: Path, *, run_key: str, completions: int, paralleli
                 # the sandbox's node has 64 CPUs: 0.1 each fits 500 at once, 0.05 each 1,000
                 "cpu": f"{min(0.1, 50 / parallelism):g}", "memory": "0.25Gi",
                 "completions": completions, "parallelism": min(parallelism, completions), "completion_mode": "Indexed",
-                "backoff_limit_per_index": 1, "active_deadline_seconds": 1800,
+                "backoff_limit_per_index": 1, "active_deadline_seconds": deadline_s,
                 "rerun": "all"},  # every marker is already there: rerun "missing" would run no pod at all
         "outputs": {"bucket": BUCKET, "prefix_template": "ask-batch/{run_key}/", "completeness": "marker",
                     "marker_name": MARKER, "download": False, "download_dir": str(work / "outputs")},
@@ -138,7 +138,8 @@ def one_run(api_url: str, *, run_key: str, completions: int, parallelism: int, t
         work = sb.root / run_key
         work.mkdir()
         put_markers(sb, run_key, completions)
-        pfile = params(sb, work, run_key=run_key, completions=completions, parallelism=parallelism)
+        pfile = params(sb, work, run_key=run_key, completions=completions, parallelism=parallelism,
+                       deadline_s=max(1800, int(timeout)))
         env = dict(os.environ, PREFECT_API_URL=api_url)
         log = open(work / "flow.log", "wb")  # noqa: SIM115
         t0 = time.perf_counter()
