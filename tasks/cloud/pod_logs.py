@@ -311,6 +311,9 @@ class PodLogs:
         self.core, self.namespace, self.container, self.emit = core, namespace, container, emit
         self.log_dir, self.scrub, self.tail_lines = log_dir, scrub, tail_lines
         self._pods: dict[str, _Pod] = {}
+        # Pods whose one attempt is read to its end and that cannot run again (ended, restartPolicy Never): a name
+        # each, not a _Pod (~130 bytes less per pod at 100,000 pods). Later events of theirs change nothing.
+        self._done: set[str] = set()
         # Pods waiting to be read, oldest first: those whose container has ended, and those still running.
         self._ended_q: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._running_q: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -344,6 +347,8 @@ class PodLogs:
             return
         cut = None
         with self._lock:
+            if name in self._done:
+                return
             if ended and name in self._responses:
                 # Its container has ended: the follow would only wait for the node to notice (a kubelet checks
                 # every few seconds). Cut it now; its worker reads the rest at once without follow, while the Job
@@ -507,6 +512,9 @@ class PodLogs:
                         self._idle_followers += 1  # about to wait in _take again
                     if pod.done_attempts <= pod.restarts and not self._stopped:
                         self._enqueue(pod)  # it restarted meanwhile: read the new attempt too
+                    elif pod.ended and not pod.may_restart and pod.restarts == 0 and pod.done_attempts:
+                        del self._pods[pod.name]  # read for good: its name is all that is kept
+                        self._done.add(pod.name)
                     self._lock.notify_all()
 
     def _read_pod(self, pod: _Pod) -> None:
