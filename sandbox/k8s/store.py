@@ -626,13 +626,14 @@ class Store:
             raw = self._put(plural, key, new, dep)
             self._emit("MODIFIED", plural, new, raw, dep, dep_raw)
 
-    def dependents(self, owner_uid: str) -> list[tuple[str, Obj]]:
-        out = []
+    def dependents(self, owner_uid: str) -> Iterator[tuple[str, Obj]]:
+        """(plural, decoded copy) of each object that names ``owner_uid`` in its ownerReferences, decoded one at a
+        time as the caller goes (a Job's 100,000 pods decoded at once would be ~1.5 GB); the set of keys is taken
+        when the iteration starts, and objects deleted since are skipped."""
         for plural, key in list(self.dependents_of.get(owner_uid, ())):
             obj = self._load_key(plural, key)
             if obj is not None:
-                out.append((plural, obj))
-        return out
+                yield plural, obj
 
     def expire(self, now: float | None = None) -> int:
         """Delete the objects of TTL'd resources not written for their TTL (etcd lease expiry); returns how

@@ -18,7 +18,8 @@ scanning all objects, except once at startup.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from .. import errors
@@ -32,6 +33,12 @@ if TYPE_CHECKING:
 FOREGROUND = "foregroundDeletion"
 TICK_S = 0.05
 RESYNC_S = 1.0
+#: Dependents deleted per tick at most; the rest wait for the next tick. kube-controller-manager's GC works from a
+#: rate-limited queue with 20 workers (``--concurrent-gc-syncs``), each delete an API call, so it never removes a
+#: Job's 100,000 pods in one go either; here the bound keeps every watcher's queue (each DELETED event holds its
+#: object until every watcher has read it) to a batch at a time rather than every pod at once.
+#: https://kubernetes.io/docs/reference/command-line-tools-reference/kube-controller-manager/
+BATCH = 500
 
 
 def _meta(obj: Obj) -> Obj:
@@ -48,18 +55,20 @@ class GarbageCollector(InformerController):
         self.dirty_foreground: set[str] = set()
         self.informer: Informer | None = None
         self.deleted = 0  # dependents deleted (tests read it)
+        self.cascades: deque[Iterator[tuple[str, Obj]]] = deque()  # dependents of gone owners still to look at
 
     async def run(self) -> None:
         self.gone.clear()
         self.check.clear()
         self.foreground.clear()
         self.dirty_foreground.clear()
+        self.cascades.clear()
         self.informer = Informer(self.store, [r.plural for r in RESOURCES], self._on_event)
         self.informer.start()
         last_resync = time.monotonic()
         try:
             while True:
-                busy = self.gone or self.check or self.dirty_foreground
+                busy = self.gone or self.check or self.dirty_foreground or self.cascades
                 await self.informer.wait(TICK_S if busy else RESYNC_S)
                 if time.monotonic() - last_resync >= RESYNC_S:
                     self.dirty_foreground |= self.foreground  # retry what an error may have left
@@ -93,9 +102,16 @@ class GarbageCollector(InformerController):
 
     def tick(self) -> None:
         gone, self.gone = self.gone, set()
-        for owner in gone:
-            for plural, dep in self.store.dependents(owner):
-                self._dangling(plural, dep)
+        self.cascades.extend(self.store.dependents(owner) for owner in gone)
+        budget = BATCH
+        while self.cascades and budget > 0:
+            for plural, dep in self.cascades[0]:
+                if self._dangling(plural, dep):
+                    budget -= 1
+                    if budget == 0:
+                        break
+            else:
+                self.cascades.popleft()  # every dependent of that owner looked at
         check, self.check = self.check, set()
         for uid in check:
             found = self._lookup(uid)
@@ -108,13 +124,13 @@ class GarbageCollector(InformerController):
     def _lookup(self, uid: str) -> tuple[str, Obj] | None:
         return self.store.peek_uid(uid)
 
-    def _dangling(self, plural: str, obj: Obj) -> None:
-        """Delete `obj` if all its owners are gone; drop dangling references if only some are."""
+    def _dangling(self, plural: str, obj: Obj) -> bool:
+        """Delete `obj` if all its owners are gone; drop dangling references if only some are. True: it wrote."""
         meta = _meta(obj)
         refs = meta.get("ownerReferences") or []
         dead = [r for r in refs if not self.store.exists_uid(r.get("uid", ""))]
         if not dead:
-            return
+            return False
         if len(dead) < len(refs):
             dead_uids = {r.get("uid") for r in dead}
 
@@ -123,9 +139,11 @@ class GarbageCollector(InformerController):
                                                     if r.get("uid") not in dead_uids]
 
             self._write(lambda: self.store.mutate(plural, meta.get("namespace"), meta["name"], strip))
-            return
+            return True
         if not meta.get("deletionTimestamp"):
             self._delete(plural, obj, "Background")
+            return True
+        return False
 
     def _foreground(self, uid: str) -> None:
         found = self._lookup(uid)
