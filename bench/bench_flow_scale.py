@@ -112,7 +112,8 @@ def put_markers(sb: Sandbox, run_key: str, completions: int) -> None:
 def stage_peaks(samples: list[tuple[float, float]], flow_log: str) -> list[tuple[str, float]]:
     """Peak RSS (MB) of the flow process while each task ran: ``samples`` are (epoch seconds, MB); the task runs'
     start and end come from the flow's console log (Prefect prints ``HH:MM:SS.mmm | INFO | Task run 'NAME' -
-    ...`` lines; the first line of a task run is its start, ``Finished in state`` its end)."""
+    ...`` lines; the first line of a task run is its start, ``Finished in state`` its end); last, the peak after the
+    last task ended."""
     import datetime as dt
     import re
 
@@ -127,8 +128,12 @@ def stage_peaks(samples: list[tuple[float, float]], flow_log: str) -> list[tuple
                         tzinfo=dt.UTC).timestamp()
         span = spans.setdefault(name, [t, t])
         span[0], span[1] = min(span[0], t), max(span[1], t)
-    return [(name, max((mb for t, mb in samples if lo - 0.5 <= t <= hi + 0.5), default=float("nan")))
-            for name, (lo, hi) in sorted(spans.items(), key=lambda kv: kv[1][0])]
+    peaks = [(name, max((mb for t, mb in samples if lo - 0.5 <= t <= hi + 0.5), default=float("nan")))
+             for name, (lo, hi) in sorted(spans.items(), key=lambda kv: kv[1][0])]
+    last = max((hi for _, hi in spans.values()), default=None)
+    if last is not None:  # the flow's finish: the ledger file, the summary artifact, the engine's own end
+        peaks.append(("after the last task", max((mb for t, mb in samples if t > last + 0.5), default=float("nan"))))
+    return peaks
 
 
 def one_run(api_url: str, *, run_key: str, completions: int, parallelism: int, timeout: float,
