@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
                              "report) allocates")
     parser.add_argument("--relist", action="store_true", help="after the wait, list every pod once more in pages "
                         "(as the wait's last list does) and report the RSS it costs")
+    parser.add_argument("--teardown", action="store_true", help="after the wait, delete the Job and time "
+                        "teardown's wait for its pods to go (wait_gone), with the RSS it costs")
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args(argv)
 
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         created = client.BatchV1Api(api).create_namespaced_job("default", body)
         handle = JobHandle(namespace="default", name=body["metadata"]["name"], uid=created.metadata.uid,
                            completions=args.completions)
-        if args.trace:
+        if args.trace and not args.teardown:
             tracemalloc.start(12)
         t0 = time.monotonic()
 
@@ -126,6 +128,32 @@ def main(argv: list[str] | None = None) -> None:
             on_verdict=lambda ok, why: tracemalloc.start(12) if args.trace_end else None)
         stop.set()
         sampler.join()
+        if args.teardown:
+            # What teardown's wait for the pods to go costs: the Job deleted (Background), then wait_gone.
+            from tasks.stages.teardown import wait_gone
+
+            before, peak_gone, t1 = proc_status_mb("self"), [0.0], time.monotonic()
+            watching = threading.Event()
+
+            def watch_rss() -> None:
+                while not watching.wait(0.05):
+                    peak_gone[0] = max(peak_gone[0], proc_status_mb("self"))
+                    traced = tracemalloc.get_traced_memory()[0] / 2**20 if tracemalloc.is_tracing() else 0.0
+                    if tracemalloc.is_tracing() and traced > best["traced"] * 1.05:
+                        best["traced"], best["snap"] = traced, tracemalloc.take_snapshot()
+
+            watcher = threading.Thread(target=watch_rss, daemon=True)
+            watcher.start()
+            client.BatchV1Api(api).delete_namespaced_job(handle.name, "default", propagation_policy="Background")
+            if args.trace:
+                tracemalloc.start(12)
+            left = wait_gone(client.CoreV1Api(api).list_namespaced_pod, namespace="default",
+                             label_selector="ask-batch.io/run=probe", timeout=600)
+            watching.set()
+            watcher.join()
+            print(f"teardown's wait for {args.completions} pods to go: {time.monotonic() - t1:.1f} s, "
+                  f"{len(left)} left; RSS {before:.0f} MB before, {peak_gone[0]:.0f} MB peak, "
+                  f"{proc_status_mb('self'):.0f} MB after")
         if args.relist:
             # What the wait's last list costs when it runs (the watch had not shown every pod the Job counted):
             # every page read and parsed in a thread, as final_pods does.

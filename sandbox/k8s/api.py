@@ -522,6 +522,12 @@ class KubeApi:
 # ------------------------------------------------------------------ watch streams
 
 
+#: Bytes of queued watch events sent as one chunk at most: Go's net/http buffers a response body in 2 KiB
+#: (``bufferBeforeChunkingSize``) and writes each full buffer, or each larger write, as a chunk
+#: (https://github.com/golang/go/blob/master/src/net/http/server.go); kube-apiserver writes one event at a time.
+CHUNK_BYTES = 2048
+
+
 class WatchStream:
     """One chunked watch response: JSON events, one per line, until timeout, fault deadline or close."""
 
@@ -589,14 +595,24 @@ class WatchStream:
                     continue
                 if event is None:
                     break
+                # Events already queued share a chunk up to CHUNK_BYTES (an event larger than that is a chunk of
+                # its own), as kube-apiserver's Go HTTP server sends its 2 KiB response buffer: a client that reads
+                # a chunk at a time then holds about one event at a time, however many are waiting.
                 chunk = [self._encode(event.type, event.obj)]
+                size = len(chunk[0])
                 while not queue.empty():
                     nxt = queue.get_nowait()
                     if nxt is None:
                         watcher.closed = True
                         break
-                    chunk.append(self._encode(nxt.type, nxt.obj))
-                await self.response.write(b"".join(chunk))
+                    encoded = self._encode(nxt.type, nxt.obj)
+                    if size + len(encoded) > CHUNK_BYTES:
+                        await self.response.write(b"".join(chunk))
+                        chunk, size = [], 0
+                    chunk.append(encoded)
+                    size += len(encoded)
+                if chunk:
+                    await self.response.write(b"".join(chunk))
                 if initial_pending and queue.empty():
                     initial_pending = 0
                     await self.send("BOOKMARK", self._bookmark(initial_end=True))

@@ -749,3 +749,22 @@ def test_leases_create_conflict_optimistic_update_and_guarded_delete(api_cluster
     with pytest.raises(ApiException) as exc:
         leases.read_namespaced_lease(name, "default")
     assert exc.value.status == 404
+
+
+def test_watch_chunks_stay_small_when_events_pile_up(api_cluster: ApiClusterThread, core: client.CoreV1Api) -> None:
+    """A watch that has many events to send at once sends them in chunks of about one event, as kube-apiserver's
+    Go HTTP server does (its 2 KiB response buffer goes out as one chunk; an event larger than that is a chunk of
+    its own): a client reading the stream a chunk at a time (kubernetes.watch.iter_resp_lines) then holds one
+    event at a time. Before, every queued event went out as one chunk (8 MB for 500 deleted pods)."""
+    rv = core.list_namespaced_config_map("default").metadata.resource_version
+    filler = "x" * 1500
+    for i in range(200):
+        core.create_namespaced_config_map("default", {"metadata": {"name": f"chunky-{i}"}, "data": {"v": filler}})
+    resp = core.list_namespaced_config_map("default", watch=True, resource_version=rv, timeout_seconds=1,
+                                           _preload_content=False)
+    chunks = [len(c) for c in resp.stream(amt=None, decode_content=False)]
+    resp.release_conn()
+    assert sum(chunks) > 200 * 1500
+    assert max(chunks) <= 8192, sorted(chunks)[-3:]
+    for i in range(200):
+        core.delete_namespaced_config_map(f"chunky-{i}", "default")
