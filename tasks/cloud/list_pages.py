@@ -16,14 +16,13 @@ from typing import Any
 PAGE_SIZE = 500
 
 
-def list_pages(list_fn: Callable[..., Any], *, page_size: int | None = None,
-               **kwargs: Any) -> Iterator[dict[str, Any]]:
-    """Yield each page of ``list_fn(**kwargs)`` as a parsed JSON dict (``items``, ``metadata``), first to last.
+def list_pages(list_fn: Callable[..., Any], **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Yield each page of ``list_fn(**kwargs)`` as a parsed JSON dict (``items``, ``metadata``), first to last,
+    ``PAGE_SIZE`` objects a page (read at each call, so a test may lower it).
 
     Args:
         list_fn: a ``kubernetes.client`` list call (e.g. ``CoreV1Api.list_namespaced_pod``), or anything taking
             its keyword arguments and returning its raw response (``_preload_content=False`` is passed).
-        page_size: objects per page; ``None``: ``PAGE_SIZE`` (read when called, so tests may lower it).
         kwargs: the list's own arguments (``namespace``, ``label_selector``, ...).
 
     Raises:
@@ -32,7 +31,7 @@ def list_pages(list_fn: Callable[..., Any], *, page_size: int | None = None,
     """
     token: str | None = None
     while True:
-        resp = list_fn(**kwargs, limit=page_size or PAGE_SIZE, _continue=token, _preload_content=False)
+        resp = list_fn(**kwargs, limit=PAGE_SIZE, _continue=token, _preload_content=False)
         page: dict[str, Any] = json.loads(resp.data)
         yield page
         token = (page.get("metadata") or {}).get("continue")

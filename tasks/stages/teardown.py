@@ -89,7 +89,6 @@ def _delete(rec: _Recorder, kind: str, name: str, why: str, fn: Callable[[], Any
     return True
 
 
-#: Objects per page when teardown lists what it waits for (``limit``/``continue``).
 def _listed_names(list_fn: Callable[..., Any], **kwargs: Any) -> tuple[set[str], str | None]:
     """Names of everything ``list_fn`` lists, read page by page as JSON (at 100,000 pods, one response as client
     models would hold gigabytes), and the list's resourceVersion to watch from."""
