@@ -105,13 +105,19 @@ def main(argv: list[str] | None = None) -> None:
             tracemalloc.start(12)
         t0 = time.monotonic()
 
+        def traced_mb() -> float:
+            """Traced MB now (0 when tracemalloc is off); a snapshot is kept each time it grows 5 % past the last."""
+            if not tracemalloc.is_tracing():
+                return 0.0
+            traced = tracemalloc.get_traced_memory()[0] / 2**20
+            if traced > best["traced"] * 1.05:
+                best["traced"], best["snap"] = traced, tracemalloc.take_snapshot()
+            return traced
+
         def sample() -> None:
             while not stop.wait(0.25):
                 queued = sum(q.qsize() for q in queues.made)
-                traced = tracemalloc.get_traced_memory()[0] / 2**20 if tracemalloc.is_tracing() else 0.0
-                samples.append((time.monotonic() - t0, proc_status_mb("self"), queued, traced))
-                if tracemalloc.is_tracing() and traced > best["traced"] * 1.05:
-                    best["traced"], best["snap"] = traced, tracemalloc.take_snapshot()
+                samples.append((time.monotonic() - t0, proc_status_mb("self"), queued, traced_mb()))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -138,9 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             def watch_rss() -> None:
                 while not watching.wait(0.05):
                     peak_gone[0] = max(peak_gone[0], proc_status_mb("self"))
-                    traced = tracemalloc.get_traced_memory()[0] / 2**20 if tracemalloc.is_tracing() else 0.0
-                    if tracemalloc.is_tracing() and traced > best["traced"] * 1.05:
-                        best["traced"], best["snap"] = traced, tracemalloc.take_snapshot()
+                    traced_mb()
 
             watcher = threading.Thread(target=watch_rss, daemon=True)
             watcher.start()
