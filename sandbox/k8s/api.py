@@ -829,9 +829,12 @@ class PodLog:
         resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
         resp.enable_chunked_encoding()
         await resp.prepare(self.request)
-        if first:
-            await resp.write(first)
-        await self._follow(resp, offset)
+        try:
+            if first:
+                await resp.write(first)
+            await self._follow(resp, offset)
+        except ConnectionError:  # the client went away (aiohttp's ClientConnectionResetError is one): nothing to end
+            return resp
         with contextlib.suppress(ConnectionError, RuntimeError):
             await resp.write_eof()
         return resp

@@ -553,7 +553,7 @@ class PodLogs:
         follow) finishes the attempt; while it still runs, the follow is simply opened again."""
         failures = 0
         idle = 0
-        streamed_to_end = False  # a follow of this attempt ended by itself (not proof that the log is whole)
+        streamed_to_end = False  # the last request was a follow the server ended (not proof the log is whole)
         while not self._stopped:
             if pod.may_restart:
                 try:
@@ -561,13 +561,9 @@ class PodLogs:
                 except Exception as exc:  # noqa: BLE001 - a dropped connection: try again below
                     plan = "gone" if getattr(exc, "status", None) == 404 else "retry"
                 if plan == "gone":
-                    kept.finish(missing=(("the pod was deleted as this attempt ended: its log was followed to the "
-                                          "end of the stream but could not be read again to confirm that end"
-                                          if streamed_to_end else
-                                          "the pod was deleted before its log was read to its end")
-                                         if pod.restarts <= attempt + 1 else
-                                         f"attempt {attempt} ended before it could be read; the node keeps only "
-                                         "the current attempt's log and the one before"))
+                    kept.finish(missing=_deleted(streamed_to_end) if pod.restarts <= attempt + 1 else
+                                f"attempt {attempt} ended before it could be read; the node keeps only the current "
+                                "attempt's log and the one before")
                     return
                 if plan == "retry":
                     failures += 1
@@ -586,11 +582,11 @@ class PodLogs:
                 follow = not previous and not self._closing and not pod.ended
             before = kept.consumed
             try:
-                complete = self._stream(pod, kept, follow=follow, previous=previous)
+                end = self._stream(pod, kept, follow=follow, previous=previous)
             except Exception as exc:  # noqa: BLE001 - a log stream may drop at any time
                 status = getattr(exc, "status", None)
                 if status == 404:
-                    kept.finish(missing="the pod was deleted before its log was read to its end")
+                    kept.finish(missing=_deleted(streamed_to_end))
                     return
                 if status == 400 and previous:
                     kept.finish(missing=f"the node no longer has this attempt's log ({_reason(exc)})")
@@ -601,13 +597,13 @@ class PodLogs:
                     return
                 time.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
                 continue
-            if complete:
+            streamed_to_end = end == "ended"
+            if end == "whole":
                 if not pod.may_restart and attempt < pod.restarts and not previous:
                     continue  # it restarted meanwhile: read this attempt again as ``previous`` (exact seam)
                 kept.finish()
                 return
             if pod.may_restart:  # the next round asks the pod again which attempt is where
-                streamed_to_end = follow and not self._cutting
                 idle = 0 if kept.consumed > before else idle + 1
                 if idle:
                     time.sleep(min(2.0, 0.05 * 2 ** min(idle, 6)))
@@ -621,9 +617,10 @@ class PodLogs:
             elif follow:
                 pod.ended = True  # terminated: the next round is the plain read that completes the attempt
 
-    def _stream(self, pod: _Pod, kept: KeptLog, *, follow: bool, previous: bool) -> bool:
-        """One log request; skips ``kept.consumed`` bytes and feeds the rest. True when it was a plain read,
-        which has the attempt's whole log; a follow returns False (the caller decides what its end means)."""
+    def _stream(self, pod: _Pod, kept: KeptLog, *, follow: bool, previous: bool) -> str:
+        """One log request; skips ``kept.consumed`` bytes and feeds the rest. Returns how it ended: ``"whole"``
+        (a plain read to its end: the attempt's whole log), ``"ended"`` (a follow the server ended: not proof that
+        the log is whole, the caller decides what it means) or ``"cut"`` (cut by this reader, or stopped)."""
         kwargs: dict[str, Any] = {"container": self.container, "follow": follow, "_preload_content": False}
         if previous:
             kwargs["previous"] = True
@@ -633,7 +630,7 @@ class PodLogs:
                 if self._cutting:
                     with contextlib.suppress(Exception):
                         resp.close()
-                    return False
+                    return "cut"
                 self._responses[pod.name] = resp
         skip = kept.consumed
         cut = False
@@ -666,7 +663,9 @@ class PodLogs:
                     resp.close()  # never reuse a connection that was shut down
                 else:
                     resp.release_conn()
-        return not follow and not cut  # a plain read stopped half-way has not the whole attempt
+        if cut:  # a plain read stopped half-way has not the whole attempt
+            return "cut"
+        return "ended" if follow else "whole"
 
     def _plan(self, pod: _Pod, attempt: int) -> str:
         """How to read ``attempt`` of a container that may restart, from the pod's status as it is now.
@@ -729,6 +728,16 @@ class PodLogs:
                 if cs.state and cs.state.terminated:
                     return True
         return (status.phase if status else "") in ("Succeeded", "Failed")
+
+
+def _deleted(streamed_to_end: bool) -> str:
+    """Why an attempt's log stops where it does when its pod is gone (404) before a plain read confirmed its end.
+    ``streamed_to_end``: the last request for it was a follow the server ended, not one this reader cut: every
+    byte that stream had is kept, only the end is unconfirmed (a proxy may also end a stream early)."""
+    if streamed_to_end:
+        return ("the pod was deleted as this attempt ended: its log was followed to the end of the stream but could "
+                "not be read again to confirm that end")
+    return "the pod was deleted before its log was read to its end"
 
 
 def _chunks(resp: Any) -> Iterator[bytes]:

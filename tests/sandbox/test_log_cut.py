@@ -62,3 +62,21 @@ def test_log_follow_ends_after_n_seconds(sandbox: Any, core: client.CoreV1Api) -
     sandbox.sandbox.faults.update({"log_cut_after_s": 0.0})
     whole = core.read_namespaced_pod_log(name, "default", follow=True, _preload_content=False).data
     assert whole == b"alpha beta\ngamma delta\n"
+
+
+def test_a_client_that_closes_a_follow_ends_it_quietly(sandbox: Any, core: client.CoreV1Api,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """ask-batch cuts a follow once the pod's event says its container ended. kube-apiserver ends that request
+    without an error; the sandbox logged a traceback ("Cannot write to closing transport") on its next write."""
+    name = "logclose-" + uuid.uuid4().hex[:8]
+    core.create_namespaced_pod("default", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox", "command": [
+            "sh", "-c", "i=0; while [ $i -lt 100 ]; do echo tick $i; i=$((i+1)); sleep 0.05; done"]}]}})
+    wait_for(lambda: core.read_namespaced_pod(name, "default").status.phase == "Running", 60, f"pod {name} runs")
+    resp = core.read_namespaced_pod_log(name, "default", follow=True, _preload_content=False)
+    assert next(resp.stream(16)).startswith(b"tick 0")
+    resp.close()
+    # the pod goes on printing; the sandbox's next writes meet the closed connection until the pod ends
+    wait_for(lambda: core.read_namespaced_pod(name, "default").status.phase == "Succeeded", 60, f"pod {name} ends")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []

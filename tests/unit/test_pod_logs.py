@@ -274,3 +274,83 @@ def test_a_read_that_stalls_after_the_job_ends_is_given_up_and_the_kept_log_says
     assert list(why) == ["p-1"] and "stalled" in why["p-1"]
     logs.stop()
     assert (tmp_path / "p-1.log").read_text() == f"first\n[ask-batch: log incomplete: {why['p-1']}]\n"
+
+
+class DeletedAsItEnds:
+    """A container that may restart (restartPolicy OnFailure) and whose pod is deleted the moment its attempt
+    ends. Its follow yields ``lines`` and then either ends by itself (``ends="server"``: the node saw the
+    container exit) or stays open until ``shutdown()`` (``ends="cut"``: the reader cut it on the pod's event).
+    Once the follow is over, the pod reads as terminated and being deleted (``pod_after="deleting"``) or is
+    gone (``pod_after="gone"``); any plain read of the log is a 404 (the pod went in between)."""
+
+    def __init__(self, lines, *, ends, pod_after):
+        self.lines, self.ends, self.pod_after = lines, ends, pod_after
+        self.followed, self.cut, self.requests = threading.Event(), threading.Event(), []
+
+    @staticmethod
+    def _not_found():
+        gone = Exception("Not Found")
+        gone.status = 404
+        return gone
+
+    def read_namespaced_pod_log(self, *args, follow=False, **kwargs):
+        self.requests.append(follow)
+        if not follow:
+            raise self._not_found()
+
+        def stream(n):
+            yield from self.lines
+            if self.ends == "cut":
+                self.cut.wait(30)
+            self.followed.set()
+
+        return SimpleNamespace(stream=stream, shutdown=self.cut.set, release_conn=lambda: None, close=lambda: None)
+
+    def read_namespaced_pod(self, *args, **kwargs):
+        if not self.followed.is_set():
+            state = SimpleNamespace(waiting=None, running=SimpleNamespace(), terminated=None)
+            cs = SimpleNamespace(name="workload", restart_count=0, state=state, last_state=None)
+            return SimpleNamespace(status=SimpleNamespace(phase="Running", container_statuses=[cs]),
+                                   metadata=SimpleNamespace(deletion_timestamp=None))
+        if self.pod_after == "gone":
+            raise self._not_found()
+        state = SimpleNamespace(waiting=None, running=None, terminated=SimpleNamespace(exit_code=143))
+        cs = SimpleNamespace(name="workload", restart_count=0, state=state, last_state=None)
+        return SimpleNamespace(status=SimpleNamespace(phase="Running", container_statuses=[cs]),
+                               metadata=SimpleNamespace(deletion_timestamp="2026-11-30T18:00:00Z"))
+
+
+FOLLOWED_TO_ITS_END = ("the pod was deleted as this attempt ended: its log was followed to the end of the stream "
+                       "but could not be read again to confirm that end")
+NOT_READ_TO_ITS_END = "the pod was deleted before its log was read to its end"
+
+
+@pytest.mark.parametrize("pod_after", ["deleting", "gone"])
+def test_a_follow_the_server_ended_then_a_pod_deleted_says_the_end_was_not_confirmed(tmp_path, pod_after):
+    """Whether the pod is gone at the next pod read or only at the log read after it, the report says the same:
+    every byte the stream had was kept, only the end was not confirmed."""
+    core = DeletedAsItEnds([b"attempt 0 starts\n", b"attempt 0 stopped\n"], ends="server", pod_after=pod_after)
+    logs = PodLogs(core, "ns", "workload", lambda line: None, tmp_path)
+    logs.seen("p-5", 0, started=True, ended=False, may_restart=True)
+    assert core.followed.wait(10)
+    assert logs.close(grace=5, catch_up=10) == {"p-5": FOLLOWED_TO_ITS_END}
+    assert (tmp_path / "p-5.log").read_text() == ("attempt 0 starts\nattempt 0 stopped\n"
+                                                  f"[ask-batch: log incomplete: {FOLLOWED_TO_ITS_END}]\n")
+
+
+@pytest.mark.parametrize("pod_after", ["deleting", "gone"])
+def test_a_follow_cut_by_the_reader_then_a_pod_deleted_says_the_log_was_not_read_to_its_end(tmp_path, pod_after):
+    """The reader cut the follow itself (the pod's event said the container ended): it never saw the stream's
+    end, so it must not claim it did."""
+    core = DeletedAsItEnds([b"attempt 0 starts\n"], ends="cut", pod_after=pod_after)
+    logs = PodLogs(core, "ns", "workload", lambda line: None, tmp_path)
+    logs.seen("p-6", 0, started=True, ended=False, may_restart=True)
+    for _ in range(200):  # the follow is open
+        if core.requests:
+            break
+        threading.Event().wait(0.05)
+    logs.seen("p-6", 0, started=True, ended=True, may_restart=True)
+    assert core.followed.wait(10)
+    assert logs.close(grace=5, catch_up=10) == {"p-6": NOT_READ_TO_ITS_END}
+    assert (tmp_path / "p-6.log").read_text() == ("attempt 0 starts\n"
+                                                  f"[ask-batch: log incomplete: {NOT_READ_TO_ITS_END}]\n")
