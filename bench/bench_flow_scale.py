@@ -186,24 +186,26 @@ def one_run(api_url: str, *, run_key: str, completions: int, parallelism: int, t
         return {"wall": wall, "flow_rss": usage.ru_maxrss / 1024, "sandbox_rss": sandbox_mb}
 
 
-def run(sizes: list[tuple[int, int]], parallelism: int, timeout: float,
+def run(sizes: list[tuple[int, int, int]], timeout: float,
         smoke: int | None, timeline: bool = False,
         profile_dir: Path | None = None) -> tuple[dict[int, dict[str, Series]], list[str]]:
+    """``sizes``: (completions, repetitions, parallelism) each; ``smoke`` runs unrecorded at the first one's
+    parallelism."""
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    results = {n: {"wall": Series(), "flow_rss": Series(), "sandbox_rss": Series()} for n, _ in sizes}
+    results = {n: {"wall": Series(), "flow_rss": Series(), "sandbox_rss": Series()} for n, _, _ in sizes}
     problems: list[str] = []
     with prefect_test_harness(server_startup_timeout=300):
         api_url = str(PREFECT_API_URL.value())
-        plan: list[tuple[str, int, bool]] = [("warm", 10, False)]
+        plan: list[tuple[str, int, int, bool]] = [("warm", 10, 10, False)]
         if smoke:
-            plan.append(("smoke", smoke, False))
-        for n, reps in sizes:
-            plan += [(f"r{i}", n, True) for i in range(reps)]
+            plan.append(("smoke", smoke, sizes[0][2], False))
+        for n, reps, parallelism in sizes:
+            plan += [(f"r{i}", n, parallelism, True) for i in range(reps)]
         done: dict[int, int] = {}
         failed_sizes: set[int] = set()
-        for tag, n, record in plan:
+        for tag, n, parallelism, record in plan:
             if n in failed_sizes:
                 continue  # this size failed once: do not burn more time on it
             rep = done.get(n, 0)
@@ -225,11 +227,11 @@ def run(sizes: list[tuple[int, int]], parallelism: int, timeout: float,
     return results, problems
 
 
-def render(results: dict[int, dict[str, Series]], parallelism: int) -> str:
+def render(results: dict[int, dict[str, Series]], parallelism: dict[int, int]) -> str:
     rows = []
     for n, s in results.items():
         per_pod = Series([v / n * 1000 for v in s["wall"].values])
-        rows.append([f"{n:,}", parallelism, len(s["wall"].values), s["wall"].cell("{:.1f}"), per_pod.cell("{:.1f}"),
+        rows.append([f"{n:,}", parallelism[n], len(s["wall"].values), s["wall"].cell("{:.1f}"), per_pod.cell("{:.1f}"),
                      s["flow_rss"].cell("{:.0f}"), s["sandbox_rss"].cell("{:.0f}")])
     return table(["completions", "parallelism", "runs", "flow wall time (s)", "wall per pod (ms)",
                   "flow process peak RSS (MB)", "sandbox peak RSS (MB)"], rows)
@@ -257,6 +259,11 @@ def main(argv: list[str] | None = None) -> Any:
     parser.add_argument("--baseline", type=int, default=1000)
     parser.add_argument("--baseline-repeat", type=int, default=5)
     parser.add_argument("--parallelism", type=int, default=500)
+    parser.add_argument("--baseline-parallelism", type=int,
+                        help="parallelism of the baseline size (default: --parallelism)")
+    parser.add_argument("--sandbox-alone", action="store_true",
+                        help="after the flow runs, run the same Job on a fresh sandbox without the flow "
+                             "(bench_sandbox_scale.run_once) and compare wall times")
     parser.add_argument("--timeout", type=float, default=480, help="kill a flow run after this many seconds")
     parser.add_argument("--no-smoke", action="store_true", help="skip the unrecorded baseline-size smoke run")
     parser.add_argument("--timeline", action="store_true",
@@ -267,20 +274,26 @@ def main(argv: list[str] | None = None) -> Any:
     load = load_average()
     if args.profile_sandbox:
         args.profile_sandbox.mkdir(parents=True, exist_ok=True)
-    sizes = [(args.baseline, args.baseline_repeat), (args.completions, args.repeat)]
-    results, problems = run(sizes, args.parallelism, args.timeout, None if args.no_smoke else args.baseline,
+    base_parallelism = args.baseline_parallelism or args.parallelism
+    sizes = [(args.baseline, args.baseline_repeat, base_parallelism), (args.completions, args.repeat,
+                                                                       args.parallelism)]
+    results, problems = run(sizes, args.timeout, None if args.no_smoke else args.baseline,
                             timeline=args.timeline, profile_dir=args.profile_sandbox)
-    body = render(results, args.parallelism)
+    body = render(results, {args.baseline: base_parallelism, args.completions: args.parallelism})
     note = ratios(results)
+    if args.sandbox_alone:
+        alone = sandbox_alone(args.completions, args.parallelism, results[args.completions])
+        note = f"{note}\n\n{alone}" if note else alone
     print(body, note, *problems, sep="\n\n")
     if not args.no_write:
         cmd = (f"python bench/bench_flow_scale.py --completions {args.completions} --baseline {args.baseline} "
-               f"--repeat {args.repeat} --baseline-repeat {args.baseline_repeat} --parallelism {args.parallelism}")
+               f"--repeat {args.repeat} --baseline-repeat {args.baseline_repeat} --parallelism {args.parallelism}"
+               f" --baseline-parallelism {base_parallelism}{' --sandbox-alone' if args.sandbox_alone else ''}")
         definition = (
             "The whole flow as a user runs it (`python -m flows.ask_batch --params FILE --sandbox DIR`, a "
             "subprocess; Prefect server already running; cluster mode `existing`, storage `none`), on an Indexed "
-            f"Job whose pods run `true` (0.1 CPU, 0.25 GiB each: 500 fit the sandbox's 64-CPU node at once), "
-            f"parallelism {args.parallelism}, one fresh sandbox per run. The pods write "
+            "Job whose pods run `true` (0.25 GiB and 0.1 CPU each, 0.05 above parallelism 500: all fit the "
+            "sandbox's 64-CPU node at once), parallelism as in the table, one fresh sandbox per run. The pods write "
             "nothing, so this script PUTs every index's empty `_SUCCESS` marker before the flow starts (not "
             "timed): the flow has no 'no outputs' mode and a pod writing a signed OSS object needs a Python "
             "start-up, which would measure the workload. `outputs.download=false`; logs streamed live (default). "
@@ -295,6 +308,23 @@ def main(argv: list[str] | None = None) -> Any:
         parts.append(closing(results, problems))
         write_section(HEADING, "\n\n".join(parts))
     return results
+
+
+def sandbox_alone(completions: int, parallelism: int, flow: dict[str, Series]) -> str:
+    """The same Job size without the flow, on a fresh sandbox (``bench_sandbox_scale.run_once``: the Job created
+    with the kubernetes client, its Complete condition seen with a watch): the baseline for the flow's wall."""
+    from bench.bench_sandbox_scale import run_once
+
+    print(f"sandbox alone: {completions} completions, parallelism {parallelism}", flush=True)
+    r = run_once(completions, parallelism, None)
+    line = (f"Sandbox alone, same invocation: the same Job ({completions:,} completions, parallelism {parallelism}, "
+            f"pods `true`) created with the kubernetes client on a fresh sandbox, no flow: {r.wall_s:.0f} s to "
+            f"its Complete condition ({r.pods_per_s:.0f} pods/s), sandbox peak RSS {r.peak_rss_mb:.0f} MB.")
+    if flow["wall"].values:
+        line += (f" The whole flow took {flow['wall'].median:.0f} s: ×{flow['wall'].median / r.wall_s:.2f} the "
+                 "sandbox alone (the flow's wall also holds collect, teardown and Prefect's start-up).")
+    print(line, flush=True)
+    return line
 
 
 def closing(results: dict[int, dict[str, Series]], problems: list[str]) -> str:
@@ -314,13 +344,12 @@ def closing(results: dict[int, dict[str, Series]], problems: list[str]) -> str:
                 f"({s['wall'].median / n * 1000:.1f} ms per pod; the same Job without the flow takes about 2.3 s "
                 f"in Sandbox scale), the flow process peaks at {s['flow_rss'].median:.0f} MB. "
                 "The larger size did not finish (above). ")
-    cause = ("Time per pod falls with size (fixed costs spread out); memory does not: the flow process keeps "
-             "every pod object it has seen (for the per-index report), one log stream, thread and log file per "
-             "pod, and one OSS upload per pod log, so its RSS grows by about 90 KB per pod; that is where "
-             "ask-batch is heavy at scale, and it is ours to trim (keep only the per-index fields of each pod). "
-             "An earlier version of the wait loop rediagnosed every pod seen after every watch event (quadratic: a "
-             "10,000-pod Job did not finish in 480 s); it now applies queued events in batches and diagnoses "
-             "only the pods that changed, plus the unfinished ones once per tick.")
+    cause = ("What grows with the pods in the flow process: one compact ledger row per ended pod (its index's "
+             "attempt: a tuple, not the pod object) and its name in the log reader's done set; pods still running "
+             "are held whole until they end (at most `parallelism` of them). Logs are read by a bounded pool "
+             "(`wait.max_log_streams` follows and a few readers, not a thread per pod), the watch queue holds at "
+             "most 1,000 events, and collect streams the listing into per-index arrays. The wait loop applies "
+             "queued events in batches and diagnoses only the pods that changed.")
     return head + cause
 
 
