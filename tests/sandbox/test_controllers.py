@@ -600,3 +600,30 @@ def test_gc_deletes_a_big_cascade_a_batch_per_tick(tmp_path: Path) -> None:
         left.append(sum(1 for i in range(total) if store.peek("configmaps", NS, f"dep-{i}") is not None))
     assert left == [total - batch, total - 2 * batch, 0, 0]
     assert gc.deleted == total and not gc.cascades
+
+
+def test_gc_deletes_a_big_foreground_cascade_a_batch_per_tick(tmp_path: Path) -> None:
+    """The same bound for ``propagationPolicy: Foreground``: the owner's blocking dependents are deleted a batch per
+    tick (it deleted them all in one), and once they are gone the owner goes too."""
+    import sandbox.k8s.controllers.gc as gc_module
+
+    cluster = KubeCluster("gc-fg-batch", tmp_path / "data")
+    cluster._bootstrap()
+    store = cluster.store
+    owner = store.create("configmaps", {"metadata": {"name": "owner"}}, namespace=NS)
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"],
+           "blockOwnerDeletion": True}
+    batch = getattr(gc_module, "BATCH", 500)
+    total = batch * 2 + 7
+    for i in range(total):
+        store.create("configmaps", {"metadata": {"name": f"dep-{i}", "ownerReferences": [ref]}}, namespace=NS)
+    gc = GarbageCollector(cluster)
+    store.delete("configmaps", NS, "owner", propagation_policy="Foreground")
+    gc.foreground.add(owner["metadata"]["uid"])
+    left = []
+    for _ in range(4):
+        gc.dirty_foreground.add(owner["metadata"]["uid"])  # what its dependents' events do (no informer runs here)
+        gc.tick()
+        left.append(sum(1 for i in range(total) if store.peek("configmaps", NS, f"dep-{i}") is not None))
+    assert left == [total - batch, total - 2 * batch, 0, 0]
+    assert store.peek("configmaps", NS, "owner") is None and gc.deleted == total

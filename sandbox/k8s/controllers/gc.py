@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 FOREGROUND = "foregroundDeletion"
 TICK_S = 0.05
 RESYNC_S = 1.0
-#: Dependents deleted per tick at most; the rest wait for the next tick. kube-controller-manager's GC works from a
+#: Dependents deleted per tick at most (Background cascades and Foreground deletions together); the rest wait for the
+#: next tick. kube-controller-manager's GC works from a
 #: rate-limited queue with 20 workers (``--concurrent-gc-syncs``), each delete an API call, so it never removes a
 #: Job's 100,000 pods in one go either; here the bound keeps every watcher's queue (each DELETED event holds its
 #: object until every watcher has read it) to a batch at a time rather than every pod at once.
@@ -56,6 +57,7 @@ class GarbageCollector(InformerController):
         self.informer: Informer | None = None
         self.deleted = 0  # dependents deleted (tests read it)
         self.cascades: deque[Iterator[tuple[str, Obj]]] = deque()  # dependents of gone owners still to look at
+        self.budget = BATCH  # deletions left in this tick
 
     async def run(self) -> None:
         self.gone.clear()
@@ -103,12 +105,12 @@ class GarbageCollector(InformerController):
     def tick(self) -> None:
         gone, self.gone = self.gone, set()
         self.cascades.extend(self.store.dependents(owner) for owner in gone)
-        budget = BATCH
-        while self.cascades and budget > 0:
+        self.budget = BATCH  # shared by the Background cascades and the Foreground deletions below
+        while self.cascades and self.budget > 0:
             for plural, dep in self.cascades[0]:
                 if self._dangling(plural, dep):
-                    budget -= 1
-                    if budget == 0:
+                    self.budget -= 1
+                    if self.budget == 0:
                         break
             else:
                 self.cascades.popleft()  # every dependent of that owner looked at
@@ -162,6 +164,10 @@ class GarbageCollector(InformerController):
                 continue
             blocking += 1
             if not _meta(dep).get("deletionTimestamp"):
+                if self.budget <= 0:
+                    self.dirty_foreground.add(uid)  # this tick's batch is spent: the rest next tick
+                    return
+                self.budget -= 1
                 has_own = bool(self.store.dependents_of.get(_meta(dep).get("uid", "")))
                 self._delete(dep_plural, dep, "Foreground" if has_own else "Background")
         if blocking:
