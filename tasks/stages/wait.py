@@ -27,6 +27,7 @@ import queue
 import sys
 import threading
 import time
+from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -336,6 +337,12 @@ def attempt_record(pod: dict[str, Any], now: datetime) -> Attempt:
 
 
 _ATTEMPT_FIELDS = tuple(Attempt.model_fields)
+# A ledger row: the pod's creationTimestamp, then the Attempt fields in this order (Ledger's columns rebuild rows so)
+_ROW_FIELDS = ("created", "pod", "outcome", "reason", "message", "exit_code", "spot", "started", "finished",
+               "seconds", "billed_seconds")
+if _ROW_FIELDS[1:] != _ATTEMPT_FIELDS:
+    raise ImportError(f"tasks.stages.wait: Ledger rows assume the Attempt fields {_ROW_FIELDS[1:]}, "
+                      f"not {_ATTEMPT_FIELDS}")
 
 
 class Ledger:
@@ -343,27 +350,61 @@ class Ledger:
     once and its pod object dropped, so what the wait holds grows by a row per ended pod, not by a pod object
     (``compact_pod``) per pod seen. Pods still pending or running stay whole in the caller's hands until they end.
 
-    Memory: ~0.3 KB per ended pod: a tuple of the ``Attempt`` fields and the pod's creation time (an ``Attempt``
-    model would be ~1.2 KB), its pod name the caller's own string, its timestamps shared with every other pod
-    that has the same (they have a one-second resolution, so pods ending together share them).
+    Memory: an index whose only pod succeeded ("completed", no message: nearly every index of a big Job) is a slot
+    in eight columns indexed by completion index, 64 bytes; any other index is a tuple of the ``Attempt`` fields
+    and the pod's creation time per pod (~0.3 KB; an ``Attempt`` model would be ~1.2 KB) in a dict. Pod names are
+    the caller's own strings; timestamps are shared with every other pod that has the same (one-second
+    resolution: pods ending together share them).
     """
 
     def __init__(self, base: "Ledger | None" = None) -> None:
         #: index -> (creationTimestamp, Attempt field values...), or a tuple of such rows when the index had more
-        #: than one pod (one row per pod, any order)
+        #: than one pod (one row per pod, any order); an index is here or in the columns, never both
         self._by_index: dict[int, tuple[Any, ...]] = {}
         self._base = base
         self._strings: dict[str, str] = base._strings if base is not None else {}
+        # Columns of the single-success indexes (slot = completion index; pod None: not in the columns). Only the
+        # ledger of ended pods has them: an overlay (``with_pods``) holds a few live pods and must not allocate
+        # a slot per index up to its highest one.
+        self._columnar = base is None
+        self._c_pod: list[str | None] = []
+        self._c_created: list[Any] = []
+        self._c_exit: list[Any] = []
+        self._c_spot: list[Any] = []
+        self._c_started: list[Any] = []
+        self._c_finished: list[Any] = []
+        self._c_seconds = array("d")
+        self._c_billed = array("d")
 
     def _rows(self, index: int) -> tuple[tuple[Any, ...], ...]:
         rows = self._by_index.get(index)
         if rows is not None:
-            # One row is stored as itself (the common case: ~60 bytes less per index than a 1-tuple of it).
+            # One row is stored as itself (~60 bytes less per index than a 1-tuple of it).
             return rows if isinstance(rows[0], tuple) else (rows,)
+        if index < len(self._c_pod) and self._c_pod[index] is not None:
+            return ((self._c_created[index], self._c_pod[index], "succeeded", "completed", None,
+                     self._c_exit[index], self._c_spot[index], self._c_started[index], self._c_finished[index],
+                     self._c_seconds[index], self._c_billed[index]),)
         return self._base._rows(index) if self._base is not None else ()
 
     def _store(self, index: int, rows: tuple[tuple[Any, ...], ...]) -> None:
-        self._by_index[index] = rows[0] if len(rows) == 1 else rows
+        row = rows[0]
+        if self._columnar and len(rows) == 1 and row[2:5] == ("succeeded", "completed", None):
+            if index >= len(self._c_pod):
+                grow = index + 1 - len(self._c_pod)
+                for column in (self._c_pod, self._c_created, self._c_exit, self._c_spot, self._c_started,
+                               self._c_finished):
+                    column.extend([None] * grow)
+                self._c_seconds.extend([0.0] * grow)
+                self._c_billed.extend([0.0] * grow)
+            (_, self._c_pod[index], _, _, _, self._c_exit[index], self._c_spot[index], self._c_started[index],
+             self._c_finished[index], self._c_seconds[index], self._c_billed[index]) = row
+            self._c_created[index] = row[0]
+            self._by_index.pop(index, None)
+            return
+        if index < len(self._c_pod):
+            self._c_pod[index] = None
+        self._by_index[index] = row if len(rows) == 1 else rows
 
     def _shared(self, text: str | None) -> str | None:
         return self._strings.setdefault(text, text) if text else text

@@ -89,3 +89,21 @@ def test_the_ledger_file_holds_every_index_one_json_object_per_line(tmp_path):
     lines = path.read_text().splitlines()
     assert [IndexRecord.model_validate_json(line).index for line in lines] == list(range(7))
     assert IndexRecord.model_validate_json(lines[3]) == records[3] and "p4" not in path.read_text()
+
+
+def test_the_ledgers_columns_give_the_same_records_as_its_rows():
+    """The ledger of ended pods keeps single-success indexes in columns, everything else as rows; what it reports
+    must not depend on where an index is kept (``build_records`` folds into an overlay, which keeps rows only)."""
+    pods = {f"p{i}": pod(f"p{i}", i, "Succeeded") for i in range(8)}
+    pods["p2"] = pod("p2", 2, "Failed", 3)  # failed: a row
+    pods["r3"] = pod("r3", 3, "Failed", 1)  # index 3 failed once, then succeeded: two rows
+    pods["p5"]["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = "done, with a message"
+    pods["p12"] = pod("p12", 12, "Succeeded")  # beyond the columns grown so far; 8-11 never seen
+    ledger = Ledger()
+    for p in pods.values():
+        ledger.fold(p, NOW)
+    ledger.fold(pod("p4", 4, "Succeeded"), NOW, replace=False)  # seen again: kept once
+    ledger.fold(pod("q6", 6, "Failed", 2), NOW)  # a later failed pod turns a column slot into rows
+    pods["q6"] = pod("q6", 6, "Failed", 2)
+    assert list(ledger_records(ledger, 13, finished=True)) == build_records(pods, 13, now=NOW, finished=True)
+    assert [a.pod for a in ledger.attempts(6)] == ["p6", "q6"] and ledger.has("p0", 0) and not ledger.has("p9", 9)
