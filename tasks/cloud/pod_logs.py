@@ -611,6 +611,7 @@ class PodLogs:
             if follow and not self._closing and not pod.ended and not self._terminated(pod):
                 # Ended by the server while the container runs: open it again, backing off while nothing new
                 # arrives (a server that cuts every stream after a few bytes must not be hammered).
+                streamed_to_end = False  # that end was not the log's
                 idle = 0 if kept.consumed > before else idle + 1
                 if idle:
                     time.sleep(min(2.0, 0.05 * 2 ** min(idle, 6)))

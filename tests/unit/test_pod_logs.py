@@ -354,3 +354,20 @@ def test_a_follow_cut_by_the_reader_then_a_pod_deleted_says_the_log_was_not_read
     assert logs.close(grace=5, catch_up=10) == {"p-6": NOT_READ_TO_ITS_END}
     assert (tmp_path / "p-6.log").read_text() == ("attempt 0 starts\n"
                                                   f"[ask-batch: log incomplete: {NOT_READ_TO_ITS_END}]\n")
+
+
+def test_a_pod_deleted_while_running_after_a_follow_timed_out_is_not_said_to_be_followed_to_its_end(tmp_path):
+    """The server ended a follow while the container still ran (a timeout, a proxy): that end is not the log's
+    end, so when the next request finds the pod gone, the log was not read to its end."""
+    gone = Exception("Not Found")
+    gone.status = 404
+    core = ScriptedCore([[b"one\n"], gone], gone)
+    logs = PodLogs(core, "ns", "workload", lambda line: None, tmp_path)
+    logs.seen("p-7", 0, started=True, ended=False)
+    for _ in range(200):  # both follows asked for (the second one found the pod gone)
+        if len(core.requests) >= 2:
+            break
+        threading.Event().wait(0.05)
+    assert core.requests[:2] == [True, True]
+    assert logs.close(grace=5, catch_up=10) == {"p-7": NOT_READ_TO_ITS_END}
+    assert (tmp_path / "p-7.log").read_text() == f"one\n[ask-batch: log incomplete: {NOT_READ_TO_ITS_END}]\n"
