@@ -82,6 +82,24 @@ def test_example_run_downloads_one_verified_result_per_index(sandbox_dir: Path, 
     assert any(line.startswith("[idx=3 pod=askb-e2e-ok-") for line in logs)
     summary = [a for a in flow_artifacts(state.state_details.flow_run_id) if "Estimated cost" in a]
     assert summary and "| 9 | succeeded | 1: succeeded (on-demand) | 0 |" in summary[0]
+    # The run graph links collect_outputs to the wait whose report it reads (the report is passed ``opaque``:
+    # resolved, not walked into).
+    runs = task_runs(state.state_details.flow_run_id)
+    [wait], [collect] = runs["wait_for_job"], runs["collect_outputs"]
+    assert [getattr(i, "id", None) for i in collect.task_inputs["report"]] == [wait.id]
+
+
+def task_runs(flow_run_id: Any) -> dict[str, list[Any]]:
+    """The flow run's task runs by task name, as the Prefect API has them."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    by_name: dict[str, list[Any]] = {}
+    for run in found:
+        by_name.setdefault(run.name.rsplit("-", 1)[0], []).append(run)
+    return by_name
 
 
 def test_a_nas_only_workload_with_completeness_none_succeeds_and_says_what_was_not_verified(
