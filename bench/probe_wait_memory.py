@@ -151,12 +151,12 @@ def main(argv: list[str] | None = None) -> None:
             client.BatchV1Api(api).delete_namespaced_job(handle.name, "default", propagation_policy="Background")
             if args.trace:
                 tracemalloc.start(12)
-            left = wait_gone(client.CoreV1Api(api).list_namespaced_pod, namespace="default",
-                             label_selector="ask-batch.io/run=probe", timeout=600)
+            left, _ = wait_gone(client.CoreV1Api(api).list_namespaced_pod, namespace="default",
+                                label_selector="ask-batch.io/run=probe", stall_seconds=600)
             watching.set()
             watcher.join()
             print(f"teardown's wait for {args.completions} pods to go: {time.monotonic() - t1:.1f} s, "
-                  f"{len(left)} left; RSS {before:.0f} MB before, {peak_gone[0]:.0f} MB peak, "
+                  f"{left} left; RSS {before:.0f} MB before, {peak_gone[0]:.0f} MB peak, "
                   f"{proc_status_mb('self'):.0f} MB after")
         if args.relist:
             # What the wait's last list costs when it runs (the watch had not shown every pod the Job counted):

@@ -11,7 +11,8 @@ Why it is shaped like this:
   makes teardown idempotent — Prefect may fire both a ``finally`` and an ``on_crashed`` hook.
 - **Jobs are deleted with propagationPolicy Background.** The batch/v1 API defaults to *Orphan* for Jobs
   deleted through the API: the Job disappears and its pods keep running (and billing) on ECI. We then wait,
-  with a watch, until the run's pods are gone.
+  with a watch, until the run's pods are gone, for as long as they keep going (a big Job's pods are deleted by
+  the garbage collector a batch at a time).
 - **Order matters**: Job (pods release the PVC) -> ConfigMap/Secret -> PVC (wait: pvc-protection holds it while
   a pod uses it) -> PV -> NAS mount targets (wait: DeleteFileSystem is refused while any exists) -> file system
   -> cluster. A user's own PVC (mode 'pvc'), a file system or a cluster that ask-batch did not create (no
@@ -89,54 +90,99 @@ def _delete(rec: _Recorder, kind: str, name: str, why: str, fn: Callable[[], Any
     return True
 
 
-def _listed_names(list_fn: Callable[..., Any], **kwargs: Any) -> tuple[set[str], str | None]:
-    """Names of everything ``list_fn`` lists, read page by page as JSON (at 100,000 pods, one response as client
-    models would hold gigabytes), and the list's resourceVersion to watch from."""
-    names: set[str] = set()
-    rv: str | None = None
+#: Names of what is left that a report gives (the rest is counted).
+LEFT_EXAMPLES = 5
+#: While many objects are going away, a progress line this often (seconds).
+PROGRESS_SECONDS = 10.0
+
+
+def _listed(list_fn: Callable[..., Any], **kwargs: Any) -> tuple[int, list[str], str | None]:
+    """(how many ``list_fn`` lists, the first ``LEFT_EXAMPLES`` names, the list's resourceVersion to watch from),
+    read page by page as JSON and counted, not kept: at 100,000 pods, names alone are ~13 MB."""
+    count, examples, rv = 0, list[str](), None
     for page in list_pages(partial(call, list_fn, service="Kubernetes", operation="list (waiting for deletion)"),
                            **kwargs):
-        names.update(item["metadata"]["name"] for item in page.get("items") or [])
+        items = page.get("items") or []
+        count += len(items)
+        examples += [item["metadata"]["name"] for item in items[:LEFT_EXAMPLES - len(examples)]]
         rv = rv or (page.get("metadata") or {}).get("resourceVersion")
-    return names, rv
+    return count, examples, rv
 
 
-def wait_gone(list_fn: Callable[..., Any], *, timeout: float, **kwargs: Any) -> list[str]:
-    """Watch a listing until it is empty; returns the names still there at the timeout ([] when all gone).
+def wait_gone(list_fn: Callable[..., Any], *, stall_seconds: float, what: str = "objects",
+              **kwargs: Any) -> tuple[int, list[str]]:
+    """Watch a listing until it is empty, for as long as things keep going: gives up only once nothing has gone
+    for ``stall_seconds``. The garbage collector deletes a big Job's pods a batch at a time, under
+    kube-controller-manager's client QPS (https://kubernetes.io/docs/reference/command-line-tools-reference/kube-controller-manager/,
+    ``--kube-api-qps``), so the pods of a 100,000-pod Job take many minutes to go: a fixed deadline would call
+    them leaked while they are being deleted. Logs progress every ``PROGRESS_SECONDS`` while they go.
 
-    Holds only names: the list is paged and the watch events are read as JSON one at a time."""
+    Returns (how many are left, up to ``LEFT_EXAMPLES`` of their names): (0, []) when all are gone. Holds no
+    name per object: the list is paged and counted, the watch events are read as JSON one at a time (a DELETED
+    event counts one down, an ADDED one up: the watch starts at the list's resourceVersion, so every event is of
+    something listed or newer). Raises ``CloudError`` when listing fails after the retry policy.
+    """
     import json
 
     from kubernetes.watch.watch import iter_resp_lines
 
-    deadline = time.monotonic() + timeout
+    last_gone = time.monotonic()
+    first: int | None = None
+    previous: int | None = None
+    next_progress = time.monotonic() + PROGRESS_SECONDS
     while True:
-        names, rv = _listed_names(list_fn, **kwargs)
-        remaining = deadline - time.monotonic()
-        if not names or remaining <= 0:
-            return sorted(names)
+        count, examples, rv = _listed(list_fn, **kwargs)
+        first = count if first is None else first
+        if previous is not None and count < previous:
+            last_gone = time.monotonic()  # went while no watch saw it (between watches)
+        previous = count
+        remaining = last_gone + stall_seconds - time.monotonic()
+        if not count or remaining <= 0:
+            return count, examples
         try:
-            resp = list_fn(watch=True, resource_version=rv, timeout_seconds=max(1, int(remaining)),
+            resp = list_fn(watch=True, resource_version=rv, timeout_seconds=max(1, int(remaining + 0.999)),
                            _preload_content=False, **kwargs)
             try:
                 for line in iter_resp_lines(resp):
                     if not line.strip():
                         continue
                     event = json.loads(line)
-                    if event.get("type") == "ERROR":
+                    kind = event.get("type")
+                    if kind == "ERROR":
                         break  # e.g. 410 Gone: relist
-                    name = ((event.get("object") or {}).get("metadata") or {}).get("name")
-                    if event.get("type") == "DELETED":
-                        names.discard(name)
-                    elif event.get("type") == "ADDED" and name:
-                        names.add(name)
-                    if not names:
-                        return []
+                    if kind == "DELETED":
+                        count -= 1
+                        last_gone = time.monotonic()
+                    elif kind == "ADDED":
+                        count += 1
+                    if count <= 0:
+                        return 0, []
+                    if time.monotonic() >= next_progress:
+                        next_progress = time.monotonic() + PROGRESS_SECONDS
+                        log.info("teardown: %s of %s %s gone, waiting for the other %s", f"{max(0, first - count):,}",
+                                 f"{first:,}", what, f"{count:,}")
+                    if time.monotonic() - last_gone >= stall_seconds:
+                        break  # nothing went for the whole wait time: relist once and give up
             finally:
                 resp.release_conn()
         except Exception as exc:  # noqa: BLE001 - a dropped watch: relist
             log.debug("watch dropped (%s); relisting", type(exc).__name__)
             time.sleep(0.5)
+        previous = count
+
+
+def record_left(rec: "_Recorder", kind: str, count: int, examples: list[str], why: str) -> None:
+    """Record what ``wait_gone`` left: one failed item per object when all are named, else a single item that
+    counts them and names a few (100,000 pods are not 100,000 report lines, log lines and event bytes)."""
+    if count <= len(examples):
+        for name in examples:
+            rec.failed(kind, name, why)
+    elif count:
+        rec.failed(kind, f"{count:,} {_plural(kind)} ({', '.join(examples)}, ...)", why)
+
+
+def _plural(kind: str) -> str:
+    return {"Pod": "pods", "PersistentVolumeClaim": "PersistentVolumeClaims"}.get(kind, f"{kind}s")
 
 
 def _names(listing: Any) -> set[str]:
@@ -159,9 +205,10 @@ def _teardown_jobs(rec: _Recorder, *, delete: bool, why: str, ns: str, selector:
         # Background: the Job goes now, the garbage collector deletes its pods (the API default is Orphan).
         _delete(rec, "Job", name, why,
                 partial(batch_v1.delete_namespaced_job, name, ns, propagation_policy="Background"))
-    left = wait_gone(core_v1.list_namespaced_pod, namespace=ns, label_selector=selector, timeout=timeout)
-    for pod in left:
-        rec.failed("Pod", pod, f"still present {timeout:.0f}s after its Job was deleted")
+    count, examples = wait_gone(core_v1.list_namespaced_pod, stall_seconds=timeout, what="pods", namespace=ns,
+                                label_selector=selector)
+    record_left(rec, "Pod", count, examples, f"still present: none went away in the last {timeout:.0f}s after "
+                "its Job was deleted")
 
 
 def _teardown_config(rec: _Recorder, *, delete: bool, why: str, ns: str, selector: str,
@@ -204,11 +251,10 @@ def _teardown_volume(rec: _Recorder, *, delete: bool, why: str, ns: str, selecto
         _delete(rec, "PersistentVolumeClaim", name, why,
                 partial(core_v1.delete_namespaced_persistent_volume_claim, name, ns))
     if pvcs:
-        left = wait_gone(core_v1.list_namespaced_persistent_volume_claim, namespace=ns, label_selector=selector,
-                         timeout=timeout)
-        for name in left:
-            rec.failed("PersistentVolumeClaim", name, f"still terminating after {timeout:.0f}s (a pod still uses "
-                       f"it?)")
+        count, examples = wait_gone(core_v1.list_namespaced_persistent_volume_claim, stall_seconds=timeout,
+                                    what="PersistentVolumeClaims", namespace=ns, label_selector=selector)
+        record_left(rec, "PersistentVolumeClaim", count, examples, f"still terminating after {timeout:.0f}s (a pod "
+                    "still uses it?)")
     for name in sorted(pvs):
         _delete(rec, "PersistentVolume", name, why, partial(core_v1.delete_persistent_volume, name))
 
@@ -340,7 +386,8 @@ def teardown(spec: BatchSpec, *, run_key: str, succeeded: bool, cluster: Cluster
         cluster, volume, config, job: handles from the stages that finished; any may be None.
         core_v1, batch_v1: Kubernetes APIs (None when the cluster could not be reached: recorded as a failure).
         nas: NAS client (needed when the NAS may be deleted), cs: CS client (cluster deletion, mode 'ask').
-        wait_seconds: how long to wait for pods, PVCs and mount targets to disappear.
+        wait_seconds: how long to wait for mount targets to disappear, and for pods and PVCs while none of them
+            goes away (they are waited for as long as they keep going).
 
     Returns:
         The ``TeardownReport``: deleted, kept (and why), failed (with the error).
@@ -416,9 +463,10 @@ def delete_managed_objects(*, namespace: str, core_v1: Any, batch_v1: Any, coord
         for name in sorted(_names(call(core_v1.list_namespaced_pod, namespace, label_selector=sel,
                                        service="Kubernetes", operation="list Pods"))):
             _delete(rec, "Pod", name, CLEANUP_WHY, partial(core_v1.delete_namespaced_pod, name, namespace))
-        for pod in wait_gone(core_v1.list_namespaced_pod, namespace=namespace, label_selector=sel,
-                             timeout=wait_seconds):
-            rec.failed("Pod", pod, f"still present {wait_seconds:.0f}s after its deletion")
+        count, examples = wait_gone(core_v1.list_namespaced_pod, stall_seconds=wait_seconds, what="pods",
+                                    namespace=namespace, label_selector=sel)
+        record_left(rec, "Pod", count, examples, f"still present: none went away in the last {wait_seconds:.0f}s "
+                    "after its deletion")
 
     def listed(kind: str, list_fn: Any, delete_fn: Any) -> None:
         for name in sorted(_names(call(list_fn, namespace, label_selector=sel, service="Kubernetes",

@@ -1,0 +1,86 @@
+"""Teardown's wait for deleted pods to go, when they go slowly: the garbage collector deletes a big Job's pods a
+batch at a time (on a real cluster kube-controller-manager's GC works under its client QPS, so 100,000 pods take
+many minutes). Teardown waits as long as pods keep going and gives up only when none went for its wait time; what
+is left is reported once, counted, not as one item per pod.
+
+Pods are held by a finalizer of the test's own, released one at a time, as the GC would delete them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tasks.cloud.cluster_access import connect
+from tasks.naming import run_selector
+from tasks.stages.cluster import ensure_cluster
+from tasks.stages.teardown import _Recorder, record_left, wait_gone
+
+HOLD = "ask-batch.test/hold"
+
+
+@pytest.fixture
+def core(cloud: Any, make_spec: Any) -> client.CoreV1Api:
+    spec = make_spec()
+    handle = ensure_cluster(spec, run_key="it", cs=cloud.cs)
+    return client.CoreV1Api(connect(handle, spec, cs=cloud.cs))
+
+
+def held_pods(core: client.CoreV1Api, run_key: str, n: int) -> list[str]:
+    """``n`` pods of the run, deleted, each still there until its finalizer is removed."""
+    labels = dict(kv.split("=", 1) for kv in run_selector(run_key).split(","))
+    names = [f"held-{run_key}-{i}" for i in range(n)]
+    for name in names:
+        core.create_namespaced_pod("default", {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": labels, "finalizers": [HOLD]},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox",
+                                                                "command": ["true"]}]}})
+    for name in names:
+        core.delete_namespaced_pod(name, "default", grace_period_seconds=0)
+    return names
+
+
+def release(core: client.CoreV1Api, names: list[str]) -> None:
+    for name in names:
+        core.patch_namespaced_pod(name, "default", {"metadata": {"finalizers": None}})
+
+
+def test_pods_that_keep_going_are_waited_for_past_the_wait_time(core: client.CoreV1Api, run_key: str) -> None:
+    names = held_pods(core, run_key, 8)
+
+    def gc() -> None:  # one pod every 0.5 s: 4 s in all, never 1.5 s without one going
+        for name in names:
+            time.sleep(0.5)
+            release(core, [name])
+
+    releaser = threading.Thread(target=gc)
+    releaser.start()
+    started = time.monotonic()
+    try:
+        left = wait_gone(core.list_namespaced_pod, stall_seconds=1.5, what="pods", namespace="default",
+                         label_selector=run_selector(run_key))
+    finally:
+        releaser.join()
+    assert left == (0, [])
+    assert time.monotonic() - started >= 3.5  # it waited for the last one, well past 1.5 s
+
+
+def test_pods_that_stop_going_are_reported_once_counted_with_examples(core: client.CoreV1Api,
+                                                                       run_key: str) -> None:
+    names = held_pods(core, run_key, 12)
+    try:
+        release(core, names[:2])
+        count, examples = wait_gone(core.list_namespaced_pod, stall_seconds=1.0, what="pods", namespace="default",
+                                    label_selector=run_selector(run_key))
+        assert count == 10 and len(examples) == 5 and set(examples) <= set(names[2:])
+        rec = _Recorder()
+        record_left(rec, "Pod", count, examples, "none went away in the last 1s after its Job was deleted")
+        [item] = rec.report.failed
+        assert item.kind == "Pod" and item.name == f"10 pods ({', '.join(examples)}, ...)"
+        assert item.why == "none went away in the last 1s after its Job was deleted"
+    finally:
+        release(core, names[2:])
