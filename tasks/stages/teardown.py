@@ -115,7 +115,9 @@ def wait_gone(list_fn: Callable[..., Any], *, stall_seconds: float, what: str = 
     for ``stall_seconds``. The garbage collector deletes a big Job's pods a batch at a time, under
     kube-controller-manager's client QPS (https://kubernetes.io/docs/reference/command-line-tools-reference/kube-controller-manager/,
     ``--kube-api-qps``), so the pods of a 100,000-pod Job take many minutes to go: a fixed deadline would call
-    them leaked while they are being deleted. Logs progress every ``PROGRESS_SECONDS`` while they go.
+    them leaked while they are being deleted. The wait time counts from the end of the first list (reading
+    100,000 pods from a busy API server takes minutes) and restarts at every deletion seen, by the watch or as a
+    smaller count in a later list. Logs progress every ``PROGRESS_SECONDS`` while they go.
 
     Returns (how many are left, up to ``LEFT_EXAMPLES`` of their names): (0, []) when all are gone. Holds no
     name per object: the list is paged and counted, the watch events are read as JSON one at a time (a DELETED
@@ -132,9 +134,11 @@ def wait_gone(list_fn: Callable[..., Any], *, stall_seconds: float, what: str = 
     next_progress = time.monotonic() + PROGRESS_SECONDS
     while True:
         count, examples, rv = _listed(list_fn, **kwargs)
+        if first is None or (previous is not None and count < previous):
+            # The wait time counts from here: reading 100,000 pods from a busy API server takes minutes, and
+            # what went meanwhile (or between two watches) is only seen now.
+            last_gone = time.monotonic()
         first = count if first is None else first
-        if previous is not None and count < previous:
-            last_gone = time.monotonic()  # went while no watch saw it (between watches)
         previous = count
         remaining = last_gone + stall_seconds - time.monotonic()
         if not count or remaining <= 0:

@@ -84,3 +84,29 @@ def test_pods_that_stop_going_are_reported_once_counted_with_examples(core: clie
         assert item.why == "none went away in the last 1s after its Job was deleted"
     finally:
         release(core, names[2:])
+
+
+def test_the_wait_time_counts_from_the_end_of_a_slow_list(core: client.CoreV1Api, run_key: str, sandbox: Any,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing 100,000 pods from a busy API server takes minutes: the stall clock must not run while the list is
+    read (it did: the first list outlasted the wait time and 42,513 pods still being deleted were called left)."""
+    from tasks.cloud import list_pages
+
+    names = held_pods(core, run_key, 8)
+    monkeypatch.setattr(list_pages, "PAGE_SIZE", 2)  # 4 pages, 0.4 s each: 1.6 s to list, past the 1.2 s wait time
+
+    def gc() -> None:
+        for name in names:
+            time.sleep(0.5)
+            release(core, [name])
+
+    sandbox.sandbox.faults.update({"latency_ms": 400, "services": "k8s"})
+    releaser = threading.Thread(target=gc)
+    releaser.start()
+    try:
+        left = wait_gone(core.list_namespaced_pod, stall_seconds=1.2, what="pods", namespace="default",
+                         label_selector=run_selector(run_key))
+    finally:
+        sandbox.sandbox.faults.update({"latency_ms": 0, "services": "k8s,oss,cs,nas"})
+        releaser.join()
+    assert left == (0, [])
