@@ -146,7 +146,8 @@ class TeardownIncomplete(AskBatchError, RuntimeError):
         self.report, self.run_key = report, run_key
         left = "; ".join(f"{i.kind} {i.name}: {i.why}" for i in report.failed[:10])
         more = f"; and {len(report.failed) - 10} more" if len(report.failed) > 10 else ""
-        super().__init__(f"teardown left {len(report.failed)} resource(s) behind: {left}{more}; fix: run the "
+        total = sum(getattr(i, "count", 1) for i in report.failed)
+        super().__init__(f"teardown left {total:,} resource(s) behind: {left}{more}; fix: run the "
                          f"same spec again with run_key={run_key} (its teardown deletes them), or delete them "
                          f"by hand (labels/tags ask-batch.io/run={run_key})")
 

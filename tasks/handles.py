@@ -389,6 +389,8 @@ class TeardownItem(BaseModel):
                       "NasMountTarget, NasFileSystem, Cluster.")
     name: str = Field(description="Name or id.")
     why: str = Field(description="What happened and why (policy, already gone, the error).")
+    count: int = Field(1, description="How many objects the item stands for: more than 1 when many of one kind "
+                       "are reported together (``name`` then names a few and counts the rest).")
 
 
 class TeardownReport(BaseModel):

@@ -57,9 +57,9 @@ class _Recorder:
         log.info("teardown: kept %s %s (%s)", kind, name, why)
         self.report.kept.append(TeardownItem(kind=kind, name=name, why=why))
 
-    def failed(self, kind: str, name: str, why: str) -> None:
+    def failed(self, kind: str, name: str, why: str, *, count: int = 1) -> None:
         log.warning("teardown: FAILED to delete %s %s: %s", kind, name, why)
-        self.report.failed.append(TeardownItem(kind=kind, name=name, why=why))
+        self.report.failed.append(TeardownItem(kind=kind, name=name, why=why, count=count))
 
 
 def decide(policy: str, succeeded: bool) -> tuple[bool, str]:
@@ -182,11 +182,7 @@ def record_left(rec: "_Recorder", kind: str, count: int, examples: list[str], wh
         for name in examples:
             rec.failed(kind, name, why)
     elif count:
-        rec.failed(kind, f"{count:,} {_plural(kind)} ({', '.join(examples)}, ...)", why)
-
-
-def _plural(kind: str) -> str:
-    return {"Pod": "pods", "PersistentVolumeClaim": "PersistentVolumeClaims"}.get(kind, f"{kind}s")
+        rec.failed(kind, f"{', '.join(examples)} and {count - len(examples):,} more", why, count=count)
 
 
 def _names(listing: Any) -> set[str]:

@@ -46,3 +46,14 @@ def test_a_leftover_is_an_error_naming_it_and_the_fix() -> None:
     err = TeardownIncomplete(report, run_key="rk")
     assert "PersistentVolume pv-1" in str(err) and "run_key=rk" in str(err)
     assert err.report is report
+
+
+def test_a_counted_leftover_counts_in_the_message() -> None:
+    """Teardown reports 42,513 pods still going as one item: the message must say 42,513, not 1."""
+    report = TeardownReport(failed=[
+        TeardownItem(kind="Pod", name="p-0, p-1, p-10, p-100, p-1000 and 42,508 more", why="still present",
+                     count=42513),
+        TeardownItem(kind="PersistentVolume", name="pv-1", why="CloudError: 503")])
+    message = str(TeardownIncomplete(report, run_key="rk"))
+    assert message.startswith("teardown left 42,514 resource(s) behind: Pod p-0, p-1, p-10, p-100, p-1000 and "
+                              "42,508 more: still present; PersistentVolume pv-1: CloudError: 503; fix:")

@@ -80,7 +80,7 @@ def test_pods_that_stop_going_are_reported_once_counted_with_examples(core: clie
         rec = _Recorder()
         record_left(rec, "Pod", count, examples, "none went away in the last 1s after its Job was deleted")
         [item] = rec.report.failed
-        assert item.kind == "Pod" and item.name == f"10 pods ({', '.join(examples)}, ...)"
+        assert item.kind == "Pod" and item.name == f"{', '.join(examples)} and 5 more" and item.count == 10
         assert item.why == "none went away in the last 1s after its Job was deleted"
     finally:
         release(core, names[2:])
