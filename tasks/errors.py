@@ -146,7 +146,7 @@ class TeardownIncomplete(AskBatchError, RuntimeError):
         self.report, self.run_key = report, run_key
         left = "; ".join(f"{i.kind} {i.name}: {i.why}" for i in report.failed[:10])
         more = f"; and {len(report.failed) - 10} more" if len(report.failed) > 10 else ""
-        total = sum(getattr(i, "count", 1) for i in report.failed)
+        total = sum(i.count for i in report.failed)
         super().__init__(f"teardown left {total:,} resource(s) behind: {left}{more}; fix: run the "
                          f"same spec again with run_key={run_key} (its teardown deletes them), or delete them "
                          f"by hand (labels/tags ask-batch.io/run={run_key})")

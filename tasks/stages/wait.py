@@ -397,9 +397,8 @@ class Ledger:
                     column.extend([None] * grow)
                 self._c_seconds.extend([0.0] * grow)
                 self._c_billed.extend([0.0] * grow)
-            (_, self._c_pod[index], _, _, _, self._c_exit[index], self._c_spot[index], self._c_started[index],
-             self._c_finished[index], self._c_seconds[index], self._c_billed[index]) = row
-            self._c_created[index] = row[0]
+            (self._c_created[index], self._c_pod[index], _, _, _, self._c_exit[index], self._c_spot[index],
+             self._c_started[index], self._c_finished[index], self._c_seconds[index], self._c_billed[index]) = row
             self._by_index.pop(index, None)
             return
         if index < len(self._c_pod):

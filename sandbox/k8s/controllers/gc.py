@@ -34,10 +34,10 @@ FOREGROUND = "foregroundDeletion"
 TICK_S = 0.05
 RESYNC_S = 1.0
 #: Dependents deleted per tick at most (Background cascades and Foreground deletions together); the rest wait for the
-#: next tick. kube-controller-manager's GC works from a
-#: rate-limited queue with 20 workers (``--concurrent-gc-syncs``), each delete an API call, so it never removes a
-#: Job's 100,000 pods in one go either; here the bound keeps every watcher's queue (each DELETED event holds its
-#: object until every watcher has read it) to a batch at a time rather than every pod at once.
+#: next tick. kube-controller-manager's GC works from a rate-limited queue with 20 workers (``--concurrent-gc-syncs``),
+#: each delete an API call, so it never removes a Job's 100,000 pods in one go either; here the bound keeps every
+#: watcher's queue (each DELETED event holds its object until every watcher has read it) to a batch at a time rather
+#: than every pod at once.
 #: https://kubernetes.io/docs/reference/command-line-tools-reference/kube-controller-manager/
 BATCH = 500
 
