@@ -108,6 +108,13 @@ def test_bytes_that_cannot_be_read_leave_a_marker_line(tmp_path):
 # ------------------------------------------------------------------ PodLogs with a scripted API
 
 
+def not_found() -> Exception:
+    """What the kubernetes client raises for a pod that is gone (an ApiException's ``status`` 404)."""
+    gone = Exception("Not Found")
+    gone.status = 404
+    return gone
+
+
 class ScriptedCore:
     """Follow requests answer from a script (a list of chunks, or an exception, per request); the container runs
     as long as follows are left in the script; a plain read answers ``full`` (or raises it)."""
@@ -233,9 +240,7 @@ def test_at_most_max_streams_follow_at_once_and_ended_pods_are_read_once(tmp_pat
 
 
 def test_a_pod_deleted_before_its_log_was_read_is_reported_incomplete(tmp_path):
-    gone = Exception("Not Found")
-    gone.status = 404
-    core = ScriptedCore([[b"first line\n"]], gone)
+    core = ScriptedCore([[b"first line\n"]], not_found())
     logs = PodLogs(core, "ns", "workload", lambda line: None, tmp_path)
     logs.seen("p-3", 0, started=True, ended=False)
     incomplete = logs.close(grace=5, catch_up=10)
@@ -287,16 +292,10 @@ class DeletedAsItEnds:
         self.lines, self.ends, self.pod_after = lines, ends, pod_after
         self.followed, self.cut, self.requests = threading.Event(), threading.Event(), []
 
-    @staticmethod
-    def _not_found():
-        gone = Exception("Not Found")
-        gone.status = 404
-        return gone
-
     def read_namespaced_pod_log(self, *args, follow=False, **kwargs):
         self.requests.append(follow)
         if not follow:
-            raise self._not_found()
+            raise not_found()
 
         def stream(n):
             yield from self.lines
@@ -313,7 +312,7 @@ class DeletedAsItEnds:
             return SimpleNamespace(status=SimpleNamespace(phase="Running", container_statuses=[cs]),
                                    metadata=SimpleNamespace(deletion_timestamp=None))
         if self.pod_after == "gone":
-            raise self._not_found()
+            raise not_found()
         state = SimpleNamespace(waiting=None, running=None, terminated=SimpleNamespace(exit_code=143))
         cs = SimpleNamespace(name="workload", restart_count=0, state=state, last_state=None)
         return SimpleNamespace(status=SimpleNamespace(phase="Running", container_statuses=[cs]),
@@ -359,9 +358,7 @@ def test_a_follow_cut_by_the_reader_then_a_pod_deleted_says_the_log_was_not_read
 def test_a_pod_deleted_while_running_after_a_follow_timed_out_is_not_said_to_be_followed_to_its_end(tmp_path):
     """The server ended a follow while the container still ran (a timeout, a proxy): that end is not the log's
     end, so when the next request finds the pod gone, the log was not read to its end."""
-    gone = Exception("Not Found")
-    gone.status = 404
-    core = ScriptedCore([[b"one\n"], gone], gone)
+    core = ScriptedCore([[b"one\n"], not_found()], not_found())
     logs = PodLogs(core, "ns", "workload", lambda line: None, tmp_path)
     logs.seen("p-7", 0, started=True, ended=False)
     for _ in range(200):  # both follows asked for (the second one found the pod gone)
