@@ -216,13 +216,15 @@ class JobReport(BaseModel):
         """Running seconds summed over attempts, one entry per index (for the cost estimate)."""
         return [r.seconds for r in self.indexes] + list(self.succeeded_once.seconds)
 
-    def pod_indexes(self) -> dict[str, int]:
-        """Pod name -> the completion index it ran (original index, follow-up Jobs included), for every attempt
-        in the report: one pass, so callers look a pod up in O(1)."""
-        found = {a.pod: r.index for r in self.indexes for a in r.attempts} | {
-            r.pod: r.index for r in self.indexes if r.pod}
-        found.update(zip(self.succeeded_once.pod, self.succeeded_once.index, strict=True))
-        return found
+    def pod_index_pairs(self) -> Iterator[tuple[str, int]]:
+        """(pod name, the completion index it ran) for every attempt in the report (original index, follow-up
+        Jobs included), one pass, nothing held: callers keep only the pairs they need."""
+        for r in self.indexes:
+            for a in r.attempts:
+                yield a.pod, r.index
+            if r.pod:
+                yield r.pod, r.index
+        yield from zip(self.succeeded_once.pod, self.succeeded_once.index, strict=True)
 
 
 class OutputObject(BaseModel):

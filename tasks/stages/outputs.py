@@ -23,6 +23,7 @@ security token: anyone holding such a link can read that object until it expires
 """
 
 import bisect
+import functools
 import hashlib
 import json
 import logging
@@ -33,12 +34,12 @@ import tempfile
 import uuid
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -177,27 +178,35 @@ def list_prefix(oss: Any, bucket: str, prefix: str, *, max_keys: int = 1000) -> 
 
 
 class IndexTally:
-    """Per-index counts of a streamed listing, in compact columns: about 30 bytes per index, whatever the number
-    of objects (the sorted index prefixes, an owner array, object and byte counts, a marker flag).
+    """Per-index counts of a streamed listing, in compact columns: about 20 bytes per index, whatever the number
+    of objects (object and byte counts, a marker flag; an owner array only when the template needs one).
 
     ``add`` each listed object; ``problem(i)`` then says whether index ``i`` is complete per
     ``outputs.completeness``. Objects under ``<prefix>logs/`` (saved pod logs) belong to nothing and are not
     counted; others that belong to no index are counted in ``other_count`` (the first ``OTHERS_KEPT`` kept).
+
+    The index prefixes are searched in sorted order. When index order is already prefix order (the default
+    ``index-{index:05d}/`` up to 99,999) they are formatted on demand, never held (~9 MB at 100,000 indexes);
+    else they are sorted once and held with the index each belongs to.
     """
 
     def __init__(self, outputs: OutputsSpec, prefix: str, completions: int) -> None:
         self.outputs, self.prefix, self.completions = outputs, prefix, completions
-        prefixes = [index_prefix(outputs, prefix, i) for i in range(completions)]
-        order = sorted(range(completions), key=prefixes.__getitem__)
-        self._ordered = [prefixes[i] for i in order]
-        self._owner = array("l", order)
-        del prefixes, order
+        self._owner: array[int] | None = None
+        self._ordered: Sequence[str] = _PrefixesInOrder(outputs, prefix, completions)
+        if not _ascending(self._ordered):
+            prefixes = [index_prefix(outputs, prefix, i) for i in range(completions)]
+            order = sorted(range(completions), key=prefixes.__getitem__)
+            self._ordered = [prefixes[i] for i in order]
+            self._owner = array("l", order)
+            del prefixes, order
         self.counts = array("l", [0]) * completions
         self.sizes = array("q", [0]) * completions
         self.markers = bytearray(completions)
         self.other_keys: list[str] = []
         self.other_count = 0
         self._logs = prefix + LOGS_DIR
+        self._last = -1
 
     def owner_of(self, key: str) -> int | None:
         """The index whose prefix ``key`` starts with (the longest such prefix), or None; O(log n) per step.
@@ -206,17 +215,29 @@ class IndexTally:
         shorter one must be a prefix of their common part, so the search narrows to that (templates whose
         prefixes contain one another, like ``{index}`` without a slash, take a few steps).
         """
-        hi = len(self._ordered)
+        ordered, hi = self._ordered, len(self._ordered)
         probe = key
+        at = self._near(key)
         while True:
-            at = bisect.bisect_right(self._ordered, probe, 0, hi) - 1
+            if at is None:
+                at = bisect.bisect_right(ordered, probe, 0, hi) - 1
             if at < 0:
                 return None
-            candidate = self._ordered[at]
+            candidate = ordered[at]
             if key.startswith(candidate):
-                return self._owner[at]
+                self._last = at
+                return at if self._owner is None else self._owner[at]
             probe = os.path.commonprefix([candidate, probe])
-            hi = at
+            hi, at = at, None
+
+    def _near(self, key: str) -> int | None:
+        """``bisect_right(ordered, key) - 1`` when it is the position of the last match or the next one (OSS
+        lists keys in order, so it nearly always is: two comparisons instead of a search), else None."""
+        ordered, n = self._ordered, len(self._ordered)
+        for at in (self._last, self._last + 1):
+            if 0 <= at < n and ordered[at] <= key and (at + 1 == n or key < ordered[at + 1]):
+                return at
+        return None
 
     def add(self, obj: Listed) -> int | None:
         """Count one listed object; returns its index (None: a saved log, or an object of no index)."""
@@ -238,6 +259,39 @@ class IndexTally:
         """Why ``index`` is not complete per ``outputs.completeness`` (None: complete)."""
         return rule_problem(self.outputs, index_prefix(self.outputs, self.prefix, index), self.counts[index],
                             bool(self.markers[index]))
+
+
+class _PrefixesInOrder(Sequence[str]):
+    """Index ``i``'s prefix at position ``i``, formatted when asked (a read-only sequence for ``bisect``)."""
+
+    def __init__(self, outputs: OutputsSpec, prefix: str, completions: int) -> None:
+        self.completions = completions
+        # The tally asks for the same few neighbours object after object: the last 16 are kept.
+        self._format = functools.lru_cache(maxsize=16)(lambda i: index_prefix(outputs, prefix, i))
+
+    def __len__(self) -> int:
+        return self.completions
+
+    @overload
+    def __getitem__(self, at: int) -> str: ...
+    @overload
+    def __getitem__(self, at: slice) -> Sequence[str]: ...
+    def __getitem__(self, at: int | slice) -> str | Sequence[str]:
+        if isinstance(at, slice):
+            return [self[i] for i in range(*at.indices(self.completions))]
+        if not -self.completions <= at < self.completions:
+            raise IndexError(at)
+        return self._format(at % self.completions)
+
+
+def _ascending(items: Iterable[str]) -> bool:
+    """True when every item sorts strictly after the one before it (one pass, nothing held)."""
+    previous: str | None = None
+    for item in items:
+        if previous is not None and not previous < item:
+            return False
+        previous = item
+    return True
 
 
 def group_by_index(listed: Iterable[Listed], outputs: OutputsSpec, prefix: str,
@@ -278,19 +332,23 @@ def completeness_problem(outputs: OutputsSpec, idx_prefix: str, objects: list[Li
 def pod_index_finder(report: JobReport) -> Callable[[str], int | None]:
     """A function pod name -> the index that pod ran, built in one pass over the report.
 
-    From the report (every attempt, follow-up Jobs included: ``JobReport.pod_indexes``), else from the Indexed Job
-    pod name rule ``<job>-<index>-<suffix>``; None for a pod that is neither. Each look-up is O(1), so assigning
-    N pods costs O(N + records), where asking the report per pod cost O(N x records).
+    The Indexed Job pod name rule ``<job>-<index>-<suffix>`` answers for most pods; the report
+    (``JobReport.pod_index_pairs``: every attempt, follow-up Jobs included) answers for the rest, and only those
+    pods are kept in a dict (at 100,000 pods a dict of every name cost ~5 MB). None for a pod that is neither.
+    Each look-up is O(1), so assigning N pods costs O(N + records), where asking the report per pod cost
+    O(N x records).
     """
-    known = report.pod_indexes()
     by_name = re.compile(rf"{re.escape(report.job.name)}-(\d+)-[a-z0-9]+")
+
+    def parsed(pod: str) -> int | None:
+        m = by_name.fullmatch(pod)
+        return int(m.group(1)) if m else None
+
+    known = {pod: index for pod, index in report.pod_index_pairs() if parsed(pod) != index}
 
     def index_of(pod: str) -> int | None:
         found = known.get(pod)
-        if found is not None:
-            return found
-        m = by_name.fullmatch(pod)
-        return int(m.group(1)) if m else None
+        return found if found is not None else parsed(pod)
 
     return index_of
 
@@ -490,7 +548,7 @@ def collect_outputs(spec: BatchSpec, *, run_key: str, flow_run_name: str, report
         spec: validated parameters (``spec.outputs``).
         run_key: the run key (part of the prefix template).
         flow_run_name: the flow run's name (prefix template, and the local directory name).
-        report: from ``wait_for_job``: completions (``job``) and which pod ran which index (``pod_indexes``).
+        report: from ``wait_for_job``: completions (``job``) and which pod ran which index (``pod_index_pairs``).
         oss: an ``alibabacloud_oss_v2.Client``.
         log_dir: where ``wait_for_job`` wrote ``<pod>.log`` files (None: no logs to save).
         max_keys: listing page size (tests use a small one to exercise paging).
@@ -519,7 +577,7 @@ def collect_outputs(spec: BatchSpec, *, run_key: str, flow_run_name: str, report
                           parallel=outputs.max_parallel_downloads)
     # Saved logs by index, for the index lines: (index, pod) in the order ``saved`` holds them (by index).
     log_owner = array("l", (-1 if (i := index_of(pod)) is None else i for pod in saved))
-    del index_of  # the report's pod -> index dict: not needed past this point
+    del index_of
     tally = IndexTally(outputs, prefix, completions)
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = run_dir / MANIFEST_FILE

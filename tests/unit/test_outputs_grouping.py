@@ -25,3 +25,15 @@ def test_unpadded_templates_keep_index_1_and_10_apart() -> None:
     groups, _ = group_by_index(keys, outputs, prefix, 11)
     assert [o.key for o in groups[1]] == ["p/1/a"]
     assert [o.key for o in groups[10]] == ["p/10/a", "p/10/b"]
+
+
+def test_a_padding_too_narrow_for_the_job_still_finds_every_index() -> None:
+    # index-{index:02d}/ runs in index order up to 99, then index-100/ sorts before index-11/: the search must
+    # not trust index order there.
+    outputs = OutputsSpec(index_template="index-{index:02d}/")
+    indexes = (0, 5, 10, 99, 100, 101, 119)
+    keys = [Listed(index_prefix(outputs, "p/", i) + "out", 1, None) for i in indexes]
+    groups, others = group_by_index(keys, outputs, "p/", 120)
+    assert {i: [o.key for o in objs] for i, objs in groups.items() if objs} == {
+        i: [index_prefix(outputs, "p/", i) + "out"] for i in indexes}
+    assert others == []

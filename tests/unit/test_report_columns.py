@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from flows.summary import SUMMARY_MAX_ROWS, summary_markdown
 from tasks.handles import JobHandle, JobReport, split_records
 from tasks.spec import parse_spec
+from tasks.stages.outputs import pod_index_finder
 from tasks.stages.wait import Ledger, build_records, ledger_records
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -38,7 +39,7 @@ def test_a_report_keeps_every_record_exactly_with_simple_successes_in_columns():
                        indexes=notable, succeeded_once=plain)
     assert list(report.records()) == records
     assert report.index_count == 7 and sorted(report.all_seconds()) == sorted(r.seconds for r in records)
-    assert report.pod_indexes() == {"p0": 0, "p1": 1, "p2": 2, "r3": 3, "p3": 3, "p4": 4}
+    assert dict(report.pod_index_pairs()) == {"p0": 0, "p1": 1, "p2": 2, "r3": 3, "p3": 3, "p4": 4}
     # What Prefect hands to the next task survives a JSON round trip unchanged.
     assert list(JobReport.model_validate_json(report.model_dump_json()).records()) == records
 
@@ -107,3 +108,16 @@ def test_the_ledgers_columns_give_the_same_records_as_its_rows():
     pods["q6"] = pod("q6", 6, "Failed", 2)
     assert list(ledger_records(ledger, 13, finished=True)) == build_records(pods, 13, now=NOW, finished=True)
     assert [a.pod for a in ledger.attempts(6)] == ["p6", "q6"] and ledger.has("p0", 0) and not ledger.has("p9", 9)
+
+
+def test_the_pod_index_finder_answers_for_named_pods_follow_up_pods_and_strangers():
+    # j-<index>-<suffix> pods answer by the Indexed Job name rule; a follow-up Job's pod (another Job's name)
+    # answers from the report; a pod of neither kind has no index.
+    pods = {name: pod(name, index, "Succeeded") for name, index in
+            (("j-0-aaaaa", 0), ("j-1-bbbbb", 1), ("j-fu1-0-ccccc", 2), ("j-7-ddddd", 3))}
+    notable, plain = split_records(iter(build_records(pods, 4, now=NOW, finished=True)))
+    report = JobReport(job=JobHandle(namespace="d", name="j", uid="u", completions=4), succeeded=True,
+                       indexes=notable, succeeded_once=plain)
+    index_of = pod_index_finder(report)
+    assert [index_of(p) for p in ("j-0-aaaaa", "j-1-bbbbb", "j-fu1-0-ccccc", "j-7-ddddd")] == [0, 1, 2, 3]
+    assert index_of("j-12-eeeee") == 12 and index_of("other-0-aaaaa") is None and index_of("j-x-aaaaa") is None
