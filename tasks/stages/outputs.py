@@ -374,10 +374,10 @@ def save_pod_logs(oss: Any, bucket: str, prefix: str, log_dir: Path | None, *,
         return SavedLogs(logs_prefix)
     with os.scandir(log_dir) as it:
         names = [e.name[:-4] for e in it if e.name.endswith(".log") and not e.name.startswith(".") and e.is_file()]
-    if index_of is None:
-        names.sort()
-    else:
-        names.sort(key=lambda pod: (-1 if (i := index_of(pod)) is None else i, pod))
+    names.sort()
+    if index_of is not None:
+        # Stable: by index, then name. An int key per pod, not a (index, name) tuple (~6 MB less at 100,000).
+        names.sort(key=lambda pod: -1 if (i := index_of(pod)) is None else i)
 
     def upload(pod: str) -> None:
         call(oss.put_object, o.PutObjectRequest(bucket=bucket, key=f"{logs_prefix}{pod}.log",
