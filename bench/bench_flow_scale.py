@@ -109,11 +109,14 @@ def put_markers(sb: Sandbox, run_key: str, completions: int) -> None:
         list(pool.map(put, range(completions)))
 
 
-def stage_peaks(samples: list[tuple[float, float]], flow_log: str) -> list[tuple[str, float]]:
-    """Peak RSS (MB) of the flow process while each task ran: ``samples`` are (epoch seconds, MB); the task runs'
-    start and end come from the flow's console log (Prefect prints ``HH:MM:SS.mmm | INFO | Task run 'NAME' -
-    ...`` lines; the first line of a task run is its start, ``Finished in state`` its end); last, the peak after the
-    last task ended."""
+def stage_peaks(samples: list[tuple[float, float, float]], flow_log: str) -> list[tuple[str, float, float]]:
+    """(task, peak RSS in MB while it ran, how much the process's high-water mark rose meanwhile in MB) for each
+    task run of the flow, then for the time after the last task ended. ``samples`` are (epoch seconds, VmRSS MB,
+    VmHWM MB); the task runs' start and end come from the flow's console log (Prefect prints ``HH:MM:SS.mmm |
+    INFO | Task run 'NAME' - ...`` lines; the first line of a task run is its start, ``Finished in state`` its end).
+
+    VmHWM is the kernel's high-water mark (proc(5)): it never falls, so a rise places a peak in a task even when
+    the allocation lived shorter than the sampling interval and no VmRSS sample saw it."""
     import datetime as dt
     import re
 
@@ -128,11 +131,18 @@ def stage_peaks(samples: list[tuple[float, float]], flow_log: str) -> list[tuple
                         tzinfo=dt.UTC).timestamp()
         span = spans.setdefault(name, [t, t])
         span[0], span[1] = min(span[0], t), max(span[1], t)
-    peaks = [(name, max((mb for t, mb in samples if lo - 0.5 <= t <= hi + 0.5), default=float("nan")))
-             for name, (lo, hi) in sorted(spans.items(), key=lambda kv: kv[1][0])]
+
+    def within(lo: float, hi: float) -> tuple[float, float]:
+        inside = [(rss, hwm) for t, rss, hwm in samples if lo - 0.5 <= t <= hi + 0.5]
+        before = [hwm for t, _, hwm in samples if t < lo - 0.5]
+        if not inside:
+            return float("nan"), float("nan")
+        return max(r for r, _ in inside), max(h for _, h in inside) - (before[-1] if before else inside[0][1])
+
+    peaks = [(name, *within(lo, hi)) for name, (lo, hi) in sorted(spans.items(), key=lambda kv: kv[1][0])]
     last = max((hi for _, hi in spans.values()), default=None)
     if last is not None:  # the flow's finish: the ledger file, the summary artifact, the engine's own end
-        peaks.append(("after the last task", max((mb for t, mb in samples if t > last + 0.5), default=float("nan"))))
+        peaks.append(("after the last task", *within(last + 0.5, float("inf"))))
     return peaks
 
 
@@ -153,10 +163,10 @@ def one_run(api_url: str, *, run_key: str, completions: int, parallelism: int, t
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = t0 + timeout
         status, usage = 0, None
-        samples: list[tuple[float, float]] = []
+        samples: list[tuple[float, float, float]] = []
         while True:
             if timeline:
-                samples.append((time.time(), proc_status_mb(proc.pid)))
+                samples.append((time.time(), proc_status_mb(proc.pid), proc_status_mb(proc.pid, "VmHWM")))
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -181,8 +191,11 @@ def one_run(api_url: str, *, run_key: str, completions: int, parallelism: int, t
             raise RunFailed(f"{completions} completions: flow exited {proc.returncode}. Log tail:\n{tail}")
         if timeline:
             text = (work / "flow.log").read_text(errors="replace")
-            print(f"{run_key}: flow RSS peak while each task ran: " + ", ".join(
-                f"{name} {mb:.0f} MB" for name, mb in stage_peaks(samples, text)), flush=True)
+            last_hwm = max((hwm for _, _, hwm in samples if hwm == hwm), default=float("nan"))
+            print(f"{run_key}: flow RSS peak while each task ran (and the rise of its high-water mark): " + ", ".join(
+                f"{name} {mb:.0f} MB (+{rise:.0f})" for name, mb, rise in stage_peaks(samples, text))
+                + f"; high-water mark {last_hwm:.0f} MB at the last sample, {usage.ru_maxrss / 1024:.0f} MB at exit",
+                flush=True)
         return {"wall": wall, "flow_rss": usage.ru_maxrss / 1024, "sandbox_rss": sandbox_mb}
 
 
