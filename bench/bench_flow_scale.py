@@ -31,6 +31,7 @@ that one child: exact, the kernel's high-water mark), and the sandbox's peak RSS
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -191,7 +192,7 @@ def one_run(api_url: str, *, run_key: str, completions: int, parallelism: int, t
             raise RunFailed(f"{completions} completions: flow exited {proc.returncode}. Log tail:\n{tail}")
         if timeline:
             text = (work / "flow.log").read_text(errors="replace")
-            last_hwm = max((hwm for _, _, hwm in samples if hwm == hwm), default=float("nan"))
+            last_hwm = max((hwm for _, _, hwm in samples if not math.isnan(hwm)), default=float("nan"))
             print(f"{run_key}: flow RSS peak while each task ran (and the rise of its high-water mark): " + ", ".join(
                 f"{name} {mb:.0f} MB (+{rise:.0f})" for name, mb, rise in stage_peaks(samples, text))
                 + f"; high-water mark {last_hwm:.0f} MB at the last sample, {usage.ru_maxrss / 1024:.0f} MB at exit",

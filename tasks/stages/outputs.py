@@ -577,7 +577,6 @@ def collect_outputs(spec: BatchSpec, *, run_key: str, flow_run_name: str, report
                           parallel=outputs.max_parallel_downloads)
     # Saved logs by index, for the index lines: (index, pod) in the order ``saved`` holds them (by index).
     log_owner = array("l", (-1 if (i := index_of(pod)) is None else i for pod in saved))
-    del index_of
     tally = IndexTally(outputs, prefix, completions)
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = run_dir / MANIFEST_FILE
