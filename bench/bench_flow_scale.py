@@ -22,10 +22,16 @@ completions on this 2-core machine, which would measure the workload, not ask-ba
 fixed), and the pods run ``true``: the flow still lists and checks all N markers. The run sets ``job.rerun: all``:
 with the default ``missing`` the flow would find every index already complete and start no pod.
 
-Measured: wall time of the flow subprocess (spawn to exit), its peak RSS (``ru_maxrss`` from ``os.wait4`` on
-that one child: exact, the kernel's high-water mark), and the sandbox's peak RSS (VmHWM of its process read from
-/proc just before it is stopped; it includes the N marker objects it holds). A 10-completion warm-up run
-(Prefect server, page cache, imports) is not recorded.
+Measured: wall time of the flow subprocess (spawn to exit); its peak RSS: the kernel's high-water mark of the
+flow process's own address space (VmHWM), which the process writes at its last exit handler (``bench/own_peak.py``
+runs the module as ``python -m`` does), or the highest VmHWM sampled if higher (``--timeline``); and the sandbox's
+peak RSS (VmHWM of its process read from /proc just before it is stopped; it includes the N marker objects it
+holds). A 10-completion warm-up run (Prefect server, page cache, imports) is not recorded.
+
+Not ``ru_maxrss`` from ``os.wait4``: on Linux a child's ``ru_maxrss`` is at least its parent's high-water mark at
+spawn time (``bench/own_peak.py`` says why). After PUTting 100,000 markers through 100,000 futures at once, this
+script's own mark was ~385 MB: that is what the sixth session's 100,000 runs reported as the flow's "peak at
+exit". ``--timeline`` prints both figures.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +113,16 @@ def put_markers(sb: Sandbox, run_key: str, completions: int) -> None:
         key = prefix + out.index_template.format(index=i) + MARKER
         client.put_object(oss.PutObjectRequest(bucket=BUCKET, key=key, body=b""))
 
+    # A bounded window of requests in flight, not ``pool.map`` over all N (100,000 futures and results at once):
+    # this process's size at spawn time would otherwise count in the flow child's ``ru_maxrss`` (module docstring).
     with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(put, range(completions)))
+        window: deque[Future[None]] = deque()
+        for i in range(completions):
+            window.append(pool.submit(put, i))
+            if len(window) >= 256:
+                window.popleft().result()
+        for future in window:
+            future.result()
 
 
 def stage_peaks(samples: list[tuple[float, float, float]], flow_log: str) -> list[tuple[str, float, float]]:
@@ -158,10 +173,11 @@ def one_run(api_url: str, *, run_key: str, completions: int, parallelism: int, t
                        deadline_s=max(1800, int(timeout)))
         env = dict(os.environ, PREFECT_API_URL=api_url)
         log = open(work / "flow.log", "wb")  # noqa: SIM115
+        peak_file = work / "flow-peak-kb"
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "flows.ask_batch", "--params", str(pfile),
-                                 "--sandbox", str(sb.dir)], cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "own_peak.py"), str(peak_file),
+                                 "flows.ask_batch", "--params", str(pfile), "--sandbox", str(sb.dir)],
+                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = t0 + timeout
         status, usage = 0, None
         samples: list[tuple[float, float, float]] = []
@@ -190,14 +206,20 @@ def one_run(api_url: str, *, run_key: str, completions: int, parallelism: int, t
         if proc.returncode != 0:
             tail = (work / "flow.log").read_text(errors="replace")[-3000:]
             raise RunFailed(f"{completions} completions: flow exited {proc.returncode}. Log tail:\n{tail}")
+        try:
+            at_exit = int(peak_file.read_text()) / 1024
+        except (OSError, ValueError) as exc:
+            raise RunFailed(f"{completions} completions: the flow process wrote no peak RSS ({exc})") from exc
+        sampled = max((hwm for _, _, hwm in samples if not math.isnan(hwm)), default=float("nan"))
+        flow_mb = at_exit if math.isnan(sampled) else max(at_exit, sampled)
         if timeline:
             text = (work / "flow.log").read_text(errors="replace")
-            last_hwm = max((hwm for _, _, hwm in samples if not math.isnan(hwm)), default=float("nan"))
             print(f"{run_key}: flow RSS peak while each task ran (and the rise of its high-water mark): " + ", ".join(
                 f"{name} {mb:.0f} MB (+{rise:.0f})" for name, mb, rise in stage_peaks(samples, text))
-                + f"; high-water mark {last_hwm:.0f} MB at the last sample, {usage.ru_maxrss / 1024:.0f} MB at exit",
-                flush=True)
-        return {"wall": wall, "flow_rss": usage.ru_maxrss / 1024, "sandbox_rss": sandbox_mb}
+                + f"; high-water mark {sampled:.0f} MB at the last sample, {at_exit:.0f} MB at the last exit "
+                f"handler (not used: wait4's ru_maxrss {usage.ru_maxrss / 1024:.0f} MB, which is at least this "
+                "bench's own high-water mark at spawn)", flush=True)
+        return {"wall": wall, "flow_rss": flow_mb, "sandbox_rss": sandbox_mb}
 
 
 def run(sizes: list[tuple[int, int, int]], timeout: float,
@@ -311,7 +333,9 @@ def main(argv: list[str] | None = None) -> Any:
             "nothing, so this script PUTs every index's empty `_SUCCESS` marker before the flow starts (not "
             "timed): the flow has no 'no outputs' mode and a pod writing a signed OSS object needs a Python "
             "start-up, which would measure the workload. `outputs.download=false`; logs streamed live (default). "
-            "Wall: flow process spawn to exit. Flow RSS: `ru_maxrss` of that child (`os.wait4`). Sandbox RSS: "
+            "Wall: flow process spawn to exit. Flow RSS: the high-water mark (VmHWM) of the flow process's own "
+            "address space, written by its last exit handler (`bench/own_peak.py`; not `os.wait4`'s `ru_maxrss`, "
+            "which on Linux includes the spawning process's RSS). Sandbox RSS: "
             "its VmHWM (holds the N markers too). Median (min–max).")
         parts = [provenance(cmd, load), definition, body]
         if note:
