@@ -11,6 +11,10 @@ conventions: https://github.com/kubernetes/community/blob/master/contributors/de
 - watches as chunked `application/json`, one event per line, accepting `watch=true|True|1`, with bookmarks,
   `timeoutSeconds`, `sendInitialEvents`, and 410 Expired delivered *inside* the stream as an ERROR event;
 - server-side printing (`Accept: ...;as=Table;g=meta.k8s.io`) for `kubectl get` (tables.py);
+- metadata-only reads (`Accept: application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1` on a list,
+  `as=PartialObjectMetadata` on a get or watch), as client-go's metadata client asks for them
+  (https://github.com/kubernetes/client-go/blob/master/metadata/metadata.go): a `PartialObjectMetadataList` /
+  `PartialObjectMetadata` (`apiVersion: meta.k8s.io/v1`) holding each object's `metadata` only;
 - protobuf bodies from `kubectl create configmap|secret|namespace` (protobuf.py);
 - `dryRun=All` on every write, four patch types (patch.py), the status subresource, pods/log (+follow),
   DeleteOptions / propagationPolicy / preconditions, and Status bodies for every error (errors.py).
@@ -107,6 +111,23 @@ def strip_type(obj: Obj) -> Obj:
 def wants_table(request: web.Request) -> bool:
     accept = request.headers.get("Accept", "")
     return "as=Table" in accept and "g=meta.k8s.io" in accept
+
+
+def wants_metadata(request: web.Request, *, collection: bool) -> bool:
+    """True when the client's first acceptable media type is the metadata-only form: ``as=PartialObjectMetadataList``
+    for a list, ``as=PartialObjectMetadata`` for a get or a watch (``g=meta.k8s.io``, ``v=v1``), as client-go's
+    metadata client sends them with a plain ``application/json`` fallback after."""
+    first = request.headers.get("Accept", "").split(",")[0]
+    params = {k.strip(): v.strip() for k, _, v in (p.partition("=") for p in first.split(";")[1:])}
+    wanted = "PartialObjectMetadataList" if collection else "PartialObjectMetadata"
+    return params.get("as") == wanted and params.get("g") == "meta.k8s.io" and params.get("v") == "v1"
+
+
+def partial_metadata(obj: Obj) -> Obj:
+    """``obj`` as a ``meta.k8s.io/v1`` ``PartialObjectMetadata``: its ``metadata`` only. Unlike other list items,
+    those of a ``PartialObjectMetadataList`` carry their kind and apiVersion too (``asPartialObjectMetadataList``
+    in https://github.com/kubernetes/apiserver/blob/master/pkg/endpoints/handlers/response.go)."""
+    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata") or {}}
 
 
 def rfc3339_nano(ts: float) -> str:
@@ -346,6 +367,8 @@ class KubeApi:
             return json_response(tables.table(t.rt.plural, [obj], resource_version=obj["metadata"]
                                               ["resourceVersion"], include_object=request.query.get(
                                                   "includeObject", "Metadata")))
+        if wants_metadata(request, collection=False):
+            return json_response(partial_metadata(obj))
         return json_response(obj)
 
     async def list_or_watch(self, request: web.Request, t: Target) -> web.StreamResponse:
@@ -366,6 +389,9 @@ class KubeApi:
             meta["continue"] = result.continue_token
         if result.remaining is not None:
             meta["remainingItemCount"] = result.remaining
+        if wants_metadata(request, collection=True):
+            return json_response({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                                  "metadata": meta, "items": [partial_metadata(o) for o in result.items]})
         return json_response({"kind": f"{t.rt.kind}List", "apiVersion": t.rt.api_version, "metadata": meta,
                               "items": [strip_type(o) for o in result.items]})
 
@@ -545,6 +571,7 @@ class WatchStream:
         self.bookmarks = q.get("allowWatchBookmarks") in TRUE_VALUES
         self.initial_events = q.get("sendInitialEvents") in TRUE_VALUES
         self.table = wants_table(request)
+        self.metadata_only = wants_metadata(request, collection=False)
         self.include_object = q.get("includeObject", "Metadata")
         self.headers_sent = False
 
@@ -556,6 +583,8 @@ class WatchStream:
             obj = tables.table(self.t.rt.plural, [obj], resource_version=obj["metadata"].get("resourceVersion", ""),
                                include_object=self.include_object, headers=not self.headers_sent)
             self.headers_sent = True
+        elif self.metadata_only and etype in ("ADDED", "MODIFIED", "DELETED"):
+            obj = partial_metadata(obj)
         return orjson.dumps({"type": etype, "object": obj}) + b"\n"
 
     async def send(self, etype: str, obj: Obj) -> None:

@@ -110,3 +110,55 @@ def test_the_wait_time_counts_from_the_end_of_a_slow_list(core: client.CoreV1Api
         sandbox.sandbox.faults.update({"latency_ms": 0, "services": "k8s,oss,cs,nas"})
         releaser.join()
     assert left == (0, [])
+
+
+def test_waiting_for_pods_to_go_reads_their_metadata_only(core: client.CoreV1Api, run_key: str) -> None:
+    """Teardown only counts what is left and names a few: it asks for metadata-only lists and watch events
+    (``PartialObjectMetadata``, as client-go's metadata client does), not whole pods. At 100,000 pods a page of
+    500 whole pods is ~2 MB of JSON and ~9 MB parsed, each time; their metadata is a fraction of that."""
+    import json
+
+    names = held_pods(core, run_key, 3)
+    pages: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+
+    def recording(**kwargs: Any) -> Any:
+        resp = core.list_namespaced_pod(**kwargs)
+        if kwargs.get("watch"):
+            return _Recording(resp, events)
+        pages.append(json.loads(resp.data))
+        return resp
+
+    releaser = threading.Timer(0.5, release, (core, names))
+    releaser.start()
+    try:
+        left = wait_gone(recording, stall_seconds=5, what="pods", namespace="default",
+                         label_selector=run_selector(run_key))
+    finally:
+        releaser.join()  # every pod released, whatever happened
+    assert left == (0, [])
+    assert pages and all(p["kind"] == "PartialObjectMetadataList" for p in pages), [p["kind"] for p in pages]
+    assert pages[0]["items"] and all(set(item) == {"kind", "apiVersion", "metadata"} for item in pages[0]["items"])
+    assert {item["metadata"]["name"] for item in pages[0]["items"]} == set(names)
+    assert events and all(e["object"]["kind"] == "PartialObjectMetadata" and "spec" not in e["object"]
+                          for e in events if e["type"] in ("ADDED", "MODIFIED", "DELETED"))
+
+
+class _Recording:
+    """A watch response that records each event line as it is read (``iter_resp_lines`` reads ``stream``)."""
+
+    def __init__(self, resp: Any, events: list[dict[str, Any]]) -> None:
+        self._resp, self._events = resp, events
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        import json
+
+        buffer = b""
+        for chunk in self._resp.stream(*args, **kwargs):
+            yield chunk
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            self._events += [json.loads(line) for line in lines if line.strip()]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._resp, name)

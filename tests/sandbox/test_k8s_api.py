@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections import deque
@@ -465,6 +466,34 @@ def test_table_output(api_cluster: ApiClusterThread, core: client.CoreV1Api) -> 
     assert table["rows"][0]["cells"][1] == "0/1" and table["rows"][0]["cells"][2] == "Pending"
     _, jobs, _ = http(api_cluster, "GET", "/apis/batch/v1/jobs", headers={"Accept": accept})
     assert [c["name"] for c in jobs["columnDefinitions"]][:5] == ["Name", "Status", "Completions", "Duration", "Age"]
+
+
+def test_metadata_only_reads(api_cluster: ApiClusterThread, core: client.CoreV1Api) -> None:
+    """``as=PartialObjectMetadataList`` / ``as=PartialObjectMetadata`` (client-go's metadata client): each object's
+    metadata only, paged like any list, and asked for through the official client's ``_headers``."""
+    prefix = unique("meta")
+    for i in range(3):
+        core.create_namespaced_pod("default", make_pod(f"{prefix}-{i}"))
+    accept = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+    status, first, _ = http(api_cluster, "GET", "/api/v1/namespaces/default/pods?limit=2",
+                            headers={"Accept": accept})
+    assert status == 200 and (first["kind"], first["apiVersion"]) == ("PartialObjectMetadataList", "meta.k8s.io/v1")
+    assert len(first["items"]) == 2 and first["metadata"]["continue"]
+    assert all(set(item) == {"kind", "apiVersion", "metadata"} and item["kind"] == "PartialObjectMetadata"
+               for item in first["items"])
+    token = urllib.parse.quote(first["metadata"]["continue"])
+    _, rest, _ = http(api_cluster, "GET", f"/api/v1/namespaces/default/pods?limit=500&continue={token}",
+                      headers={"Accept": accept})
+    names = {i["metadata"]["name"] for i in first["items"] + rest["items"]}
+    assert {f"{prefix}-{i}" for i in range(3)} <= names
+    _, one, _ = http(api_cluster, "GET", f"/api/v1/namespaces/default/pods/{prefix}-0", headers={
+        "Accept": "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"})
+    assert one["kind"] == "PartialObjectMetadata" and one["metadata"]["name"] == f"{prefix}-0" and "spec" not in one
+    # Without the parameters, or with those of the other form, the whole objects as always.
+    _, plain, _ = http(api_cluster, "GET", "/api/v1/namespaces/default/pods", headers={"Accept": "application/json"})
+    assert plain["kind"] == "PodList" and "spec" in plain["items"][0]
+    listed = core.list_namespaced_pod("default", _preload_content=False, _headers={"Accept": accept})
+    assert json.loads(listed.data)["kind"] == "PartialObjectMetadataList"  # the official client's own header path
 
 
 # ------------------------------------------------------------------ patch, dry run, status, delete
