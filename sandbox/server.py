@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import resource
 import secrets
 import socket
 import string
@@ -59,6 +58,19 @@ class Settings:
     # seconds an Event lives after its last write (kube-apiserver --event-ttl, 1h); for clusters started later
     event_ttl_s: float = EVENT_TTL_S
     node: NodeConfig = field(default_factory=NodeConfig)
+
+
+def own_peak_rss_mb() -> float:
+    """This process's own peak resident set size in MB: ``VmHWM`` of ``/proc/self/status`` (proc(5),
+    https://man7.org/linux/man-pages/man5/proc.5.html). Not ``getrusage``'s ``ru_maxrss``: Linux folds the address
+    space an ``exec`` replaces into it (``exec_mmap`` in https://github.com/torvalds/linux/blob/master/fs/exec.c),
+    so a sandbox started by a big process (a benchmark holding 100,000 objects) would report that process's size.
+    NaN where ``/proc`` has no such field."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _free_port(preferred: int | None) -> int:
@@ -360,7 +372,7 @@ class Sandbox:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": own_peak_rss_mb(),
             "services": {name: {"requests": n, "operations": dict(sorted(self.service_routes.get(name, {}).items()))}
                          for name, n in sorted(self.service_requests.items())},
             "clusters": {

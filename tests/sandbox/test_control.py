@@ -91,3 +91,21 @@ def test_python_m_sandbox_sends_the_token(sandbox: Any) -> None:
                            "latency_ms=0"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and json.loads(proc.stdout)["latency_ms"] == 0, proc.stderr
+
+
+def test_stats_peak_rss_is_the_sandbox_own_not_its_launcher(tmp_path: Path) -> None:
+    # Launched by a process holding 400 MB (as a benchmark that has just PUT 100,000 objects), the sandbox must
+    # report its own peak, not the launcher's: Linux carries the replaced address space into ru_maxrss at exec.
+    from tests.sandbox.served import start_served, stop_served
+
+    ballast = b"\x01" * (400 << 20)  # touched pages: resident in this process, and in a fork of it
+    served = start_served(tmp_path / "sb")
+    try:
+        del ballast
+        peak = served.control("GET", "/stats")["peak_rss_mb"]
+        own = int(next(line for line in Path(f"/proc/{served.pid}/status").read_text().splitlines()
+                       if line.startswith("VmHWM:")).split()[1]) / 1024
+        assert peak < 300, f"the sandbox reported {peak:.0f} MB: its launcher's size, not its own ({own:.0f} MB)"
+        assert abs(peak - own) < 20
+    finally:
+        stop_served(served)
