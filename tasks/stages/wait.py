@@ -77,8 +77,9 @@ log = logging.getLogger("ask_batch.wait")
 MAX_EVENTS_PER_BATCH = 500  # watch events applied before the checks run once (bounded so progress still shows)
 #: Watch events parsed but not yet applied, at most. A full queue holds the watch threads back (back-pressure on
 #: the streams) rather than growing: a relist of a 100,000-pod Job would otherwise queue every pod at once
-#: (~17 KB each as parsed JSON). An API server ends a watch whose reader stays behind; the watch then resumes
-#: from the last version read, or relists (in pages) if that is too old.
+#: (~17 KB each as parsed JSON; each is queued in the watch's compact form, ``watched_pod``, instead). An API
+#: server ends a watch whose reader stays behind; the watch then resumes from the last version read, or relists
+#: (in pages) if that is too old.
 EVENT_QUEUE_SIZE = 1000
 #: Once the Job is finished, how long its pods' last watch events may take to arrive before the pods are listed
 #: instead (at 10,000 pods that list is 20 pages of JSON to read and parse).
@@ -127,8 +128,9 @@ class _Watcher:
     """
 
     def __init__(self, list_fn: Callable[..., Any], kwargs: dict[str, Any], kind: str, out: queue.Queue,
-                 timeout_s: int):
+                 timeout_s: int, shrink: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
         self.list_fn, self.kwargs, self.kind, self.out, self.timeout_s = list_fn, kwargs, kind, out, timeout_s
+        self.shrink = shrink  # applied to each object before it is queued (what the consumer reads, only)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._resp: Any = None
@@ -199,7 +201,7 @@ class _Watcher:
         for page in list_pages(self.list_fn, **self.kwargs):
             rv = rv or (page.get("metadata") or {}).get("resourceVersion")
             for item in page.get("items") or []:
-                if not self._put((self.kind, "ADDED", item)):
+                if not self._put((self.kind, "ADDED", self.shrink(item) if self.shrink else item)):
                     return rv
         return rv
 
@@ -226,7 +228,9 @@ class _Watcher:
                         return None
                     continue
                 rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
-                if event.get("type") != "BOOKMARK" and not self._put((self.kind, event["type"], obj)):
+                if event.get("type") == "BOOKMARK":
+                    continue
+                if not self._put((self.kind, event["type"], self.shrink(obj) if self.shrink else obj)):
                     break
         finally:
             with self._lock:
@@ -274,6 +278,17 @@ def compact_pod(pod: dict[str, Any]) -> dict[str, Any]:
         kept_status["conditions"] = [{k: c[k] for k in ("type", "status", "reason", "message") if k in c}
                                      for c in kept_status["conditions"]]
     small["status"] = kept_status
+    return small
+
+
+def watched_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    """What the pod watch queues for the wait: ``compact_pod`` plus the owners' UIDs and the restart policy, the
+    two things ``wait_for_job`` reads on arrival and then drops. Parsed on the watch thread and queued whole, a
+    pod is ~17 KB; a full queue of them (``EVENT_QUEUE_SIZE``) was tens of MB at 100,000 pods."""
+    small = compact_pod(pod)
+    owners = (pod.get("metadata") or {}).get("ownerReferences") or []
+    small["metadata"]["ownerReferences"] = [{"uid": o.get("uid")} for o in owners]
+    small["spec"] = {"restartPolicy": (pod.get("spec") or {}).get("restartPolicy")}
     return small
 
 
@@ -543,7 +558,7 @@ def wait_for_job(api_client: Any, job: JobHandle, *, run_key: str, options: Wait
                                              "field_selector": f"metadata.name={job.name}"},
                  "job", events, options.watch_seconds),
         _Watcher(core.list_namespaced_pod, {"namespace": job.namespace, "label_selector": pod_selector},
-                 "pod", events, options.watch_seconds),
+                 "pod", events, options.watch_seconds, shrink=watched_pod),
     ]
     for w in watchers:
         w.start()

@@ -92,3 +92,26 @@ def test_the_on_demand_try_is_appended_to_its_indexs_ledger():
         "succeeded", "d", 2, 9, 12)
     failed = merge_on_demand(first, [tried.model_copy(update={"succeeded": False, "reason": "BackoffLimitExceeded"})])
     assert not failed.succeeded and "on-demand try of index 1" in failed.reason
+
+
+def test_the_pod_watch_queues_what_the_wait_reads_and_little_else():
+    from tasks.stages.wait import _container, watched_pod
+
+    full = pod("p-0", 0, "Running")
+    full["metadata"].update({
+        "uid": "u-1", "resourceVersion": "7", "labels": {"ask-batch.io/run": "r"},
+        "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": "job-uid",
+                             "controller": True, "blockOwnerDeletion": True}],
+        "managedFields": [{"manager": "kube-controller-manager", "fieldsV1": {"f:spec": {"x" * 40: {}}}}] * 8})
+    full["spec"] = {"restartPolicy": "OnFailure", "nodeName": "virtual-kubelet",
+                    "containers": [{"name": "workload", "image": "registry/img:1", "command": ["sh", "-c", "y" * 800],
+                                    "env": [{"name": f"V{i}", "value": "z" * 60} for i in range(20)]}]}
+    full["status"]["containerStatuses"][0].update({"image": "registry/img:1", "imageID": "sha256:" + "0" * 64,
+                                                   "containerID": "eci://" + "1" * 64, "restartCount": 2})
+    small = watched_pod(full)
+    assert small["metadata"]["ownerReferences"] == [{"uid": "job-uid"}]
+    assert small["spec"] == {"restartPolicy": "OnFailure"}
+    assert small["metadata"]["labels"] == full["metadata"]["labels"]
+    assert small["metadata"]["annotations"] == full["metadata"]["annotations"]
+    assert small["status"]["phase"] == "Running" and _container(small) == _container(full)
+    assert len(repr(small)) * 3 < len(repr(full))
