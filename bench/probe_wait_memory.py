@@ -5,7 +5,7 @@ benchmark (bench_flow_scale.py), whose flow process peaks inside ``wait_for_job`
 process's RSS and the length of the wait's watch-event queue; with ``--trace`` it also runs tracemalloc and prints
 the top allocation sites (by traceback) of the snapshot taken at the highest traced size.
 
-    .venv/bin/python bench/probe_wait_memory.py --completions 10000 --parallelism 500 [--trace]
+    .venv/bin/python bench/probe_wait_memory.py --completions 10000 --parallelism 500 [--trace] [--reattach]
 
 Prints a table of samples (one row per 10 %% of the run) and the peak figures; writes nothing to RESULTS.md.
 """
@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
                         "(as the wait's last list does) and report the RSS it costs")
     parser.add_argument("--teardown", action="store_true", help="after the wait, delete the Job and time "
                         "teardown's wait for its pods to go (wait_gone), with the RSS it costs")
+    parser.add_argument("--reattach", action="store_true", help="after the wait, wait for the finished Job twice "
+                        "more (a re-attach or a task retry: the pod watch lists every pod at once), queueing whole "
+                        "pods as before commit 49d92ac and then the compact form; prints each one's traced peak")
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args(argv)
 
@@ -158,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"teardown's wait for {args.completions} pods to go: {time.monotonic() - t1:.1f} s, "
                   f"{left} left; RSS {before:.0f} MB before, {peak_gone[0]:.0f} MB peak, "
                   f"{proc_status_mb('self'):.0f} MB after")
+        if args.reattach:
+            reattach(wait_mod, api, handle, Path(logs), queues)
         if args.relist:
             # What the wait's last list costs when it runs (the watch had not shown every pod the Job counted):
             # every page read and parsed in a thread, as final_pods does.
@@ -191,6 +196,43 @@ def main(argv: list[str] | None = None) -> None:
             frames = [f for f in stat.traceback if "/tasks/" in f.filename or "/sandbox/" in f.filename]
             where = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in frames[:4]) or str(stat.traceback[0])
             print(f"  {stat.size / 2**20:7.1f} MB {stat.count:8d} blocks  {where}")
+
+
+def reattach(wait_mod: Any, api: Any, handle: Any, logs: Path, queues: _CountingQueues) -> None:
+    """Wait for the finished Job again, as a re-attach or a retried task does: the pod watch lists every pod and
+    queues them faster than the wait applies them. With whole parsed pods queued (the watch's ``shrink`` off: the
+    code before commit 49d92ac) and as the wait now queues them, twice each, alternating; tracemalloc's peak
+    (Python allocations only) during each, and the most events queued (sampled every 10 ms)."""
+    real_init = wait_mod._Watcher.__init__
+    # Twice each, alternating, so neither form gains from going second (caches, interned names).
+    for label, shrink in (("whole pods queued (before)", False), ("compact form queued (now)", True)) * 2:
+        def init(self: Any, *a: Any, _shrink: bool = shrink, **kw: Any) -> None:
+            real_init(self, *a, **kw)
+            if not _shrink:
+                self.shrink = None
+
+        wait_mod._Watcher.__init__ = init
+        most, stop = [0], threading.Event()
+
+        def count_queued(most: list[int] = most, stop: threading.Event = stop) -> None:
+            while not stop.wait(0.01):
+                most[0] = max(most[0], sum(q.qsize() for q in queues.made))
+
+        counter = threading.Thread(target=count_queued, daemon=True)
+        tracemalloc.start()
+        counter.start()
+        t1 = time.monotonic()
+        try:
+            wait_mod.wait_for_job(api, handle, run_key="probe", options=wait_mod.WaitOptions(
+                log_dir=logs, timeout_seconds=None), emit=lambda line: None)
+        finally:
+            stop.set()
+            counter.join()
+            peak = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+            wait_mod._Watcher.__init__ = real_init
+        print(f"re-attach, {label}: {time.monotonic() - t1:.1f} s, traced peak {peak:.1f} MB, "
+              f"most events queued {most[0]}", flush=True)
 
 
 if __name__ == "__main__":
