@@ -93,7 +93,6 @@ class IndexRecord(BaseModel):
     finished: str | None = Field(None, description="RFC 3339 end of the last attempt.")
     seconds: float = Field(0.0, description="Running time summed over attempts (for the cost estimate).")
     billed_seconds: float = Field(0.0, description="Instance time summed over attempts.")
-    log_key: str | None = Field(None, description="Where the pod log was saved (OSS key).")
 
     @property
     def reclaims(self) -> int:
@@ -125,8 +124,8 @@ class SucceededOnce(BaseModel):
     @staticmethod
     def holds(record: IndexRecord) -> bool:
         """True when ``record`` is exactly what ``record(k)`` would rebuild: succeeded (reason "completed") on its
-        only attempt, no log key, its fields those of that attempt."""
-        if record.status != "succeeded" or len(record.attempts) != 1 or record.log_key:
+        only attempt, its fields those of that attempt."""
+        if record.status != "succeeded" or len(record.attempts) != 1:
             return False
         a = record.attempts[0]
         return (a.outcome == "succeeded" and a.reason == "completed" and record.reason == a.reason
