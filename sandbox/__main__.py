@@ -18,6 +18,8 @@ import asyncio
 import gc
 import json
 import logging
+import os
+import shlex
 import signal
 import sys
 import urllib.error
@@ -117,7 +119,16 @@ def _detach(args: argparse.Namespace) -> None:
     verb = "started" if started else "already running"
     ready = "ready" if args.wait_ready is not None or not started else "starting"
     print(f"sandbox {verb} in {directory} (pid {pid}), {ready}: kubeconfig {directory / 'kubeconfig'}, log "
-          f"{directory / 'sandbox.log'}; stop it with: python -m sandbox stop --dir {directory}", flush=True)
+          f"{directory / 'sandbox.log'}; stop it with: {this_python()} -m sandbox stop --dir "
+          f"{shlex.quote(str(directory))}", flush=True)
+
+
+def this_python() -> str:
+    """The interpreter running this, as a shell word: relative to the working directory when below it (e.g.
+    ``.venv/bin/python``, what ``make run`` uses), else absolute. A plain shell's ``python`` may lack the sandbox's
+    packages, or not exist."""
+    path = os.path.relpath(sys.executable)
+    return shlex.quote(path if not path.startswith("..") else sys.executable)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -75,3 +75,19 @@ def test_a_sandbox_that_cannot_start_says_where_its_log_is(tmp_path: Path) -> No
     assert result.stderr.strip().startswith("the sandbox exited with code ")
     assert result.stderr.strip().endswith(f"see {directory / 'sandbox.log'}")
     assert "endpoints.json" in (directory / "sandbox.log").read_text()
+
+
+def test_the_printed_stop_command_works_in_a_plain_shell(tmp_path: Path) -> None:
+    # `make run` starts the sandbox with the project's .venv interpreter; a plain shell's `python` is not that one
+    # (or does not exist): the hint must name the interpreter that has the sandbox's packages.
+    directory = tmp_path / "sb"
+    started = sandbox_cli("serve", "--dir", str(directory), "--detach", "--wait-ready", "60")
+    try:
+        assert started.returncode == 0, started.stderr
+        hint = started.stdout.split("stop it with: ", 1)[1].strip()
+        plain = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp")}
+        stopped = subprocess.run(hint, shell=True, cwd=REPO, env=plain, text=True, capture_output=True, timeout=60)
+        assert stopped.returncode == 0 and "stopped" in stopped.stdout, (hint, stopped.stderr[-300:])
+    finally:
+        if (directory / "sandbox.pid").exists():
+            os.kill(int((directory / "sandbox.pid").read_text()), signal.SIGKILL)
