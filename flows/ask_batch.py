@@ -34,6 +34,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run as current_run
 from prefect.utilities.annotations import opaque
 
+from flows.console import plain_console_logging
 from flows.hooks import sweep
 from flows.run_files import (
     derive_run_key,
@@ -175,6 +176,7 @@ def ask_batch(job: JobSpec, config: ConfigSpec = _CONFIG, outputs: OutputsSpec =
     """
     from tasks.stages.outputs import collect_outputs_task, complete_indexes_task, ensure_bucket_task
 
+    plain_console_logging()  # an ARN's ":ram:" (or a workload's ":ok:") is not an emoji on the terminal
     logger = get_run_logger()
     from tasks.cloud.clients import _load_prefect_secret
 

@@ -227,6 +227,8 @@ def test_a_make_run_shows_in_the_ui_of_a_later_make_up(sandbox_dir: Path, workdi
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "make up" in done.stdout and "prefect server start" not in done.stdout + done.stderr
     assert "telemetry" not in (done.stdout + done.stderr).lower()
+    role = [line for line in (done.stdout + done.stderr).splitlines() if "assumes RAM role" in line]
+    assert role and "RAM role acs:ram::" in role[0], role  # as logged: Rich made ":ram:" a ram emoji
     first_id = RUN_URL.search(done.stdout).group(1)  # type: ignore[union-attr]
     wait_no_server(home)
     # `make up` on the same home (server only: the part that serves the UI and the API)
