@@ -86,18 +86,20 @@ def up_server(home: Path) -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class TemporaryServer:
-    """A Prefect API server (no UI) on ``home``'s database, for one CLI run; dies with this process."""
+    """A Prefect API server (no UI) on ``home``'s database, for one CLI run; dies with this process.
+
+    Its listening socket is made here, on a port the kernel chooses, and handed to the server (uvicorn's ``--fd``,
+    https://www.uvicorn.org/settings/#socket-binding): the port is held from the moment it is chosen, so no other
+    program can take it before the server serves it (closing a probe socket and letting the server bind the same
+    port later could lose it: "address already in use").
+    """
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.port = _free_port()
+        self._socket: socket.socket | None = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))  # bound, not listening: health checks are refused until it serves
+        self.port = int(self._socket.getsockname()[1])
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_file = home / "temporary-server.log"
 
@@ -120,10 +122,12 @@ class TemporaryServer:
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"})
         argv = [sys.executable, "-c", _DEATHSIG, str(os.getpid()), "-m", "uvicorn", "--app-dir",
                 str(Path(prefect.__file__).parent.parent), "--factory", "prefect.server.api.server:create_app",
-                "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
+                "--fd", str(self._held().fileno()), "--log-level", "error", "--lifespan", "on"]
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         pass_fds=[self._held().fileno()])
+        self._release()  # the server holds it now
         deadline = time.monotonic() + timeout
         while not healthy(self.api_url, timeout=1.0):
             if self.proc.poll() is not None:
@@ -136,8 +140,19 @@ class TemporaryServer:
             time.sleep(0.2)  # polling the health check of a child we just started
         return self.api_url
 
+    def _held(self) -> socket.socket:
+        if self._socket is None:
+            raise RuntimeError("this temporary server was started once already; make a new one")
+        return self._socket
+
+    def _release(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 5 s; safe to call twice."""
+        self._release()
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)

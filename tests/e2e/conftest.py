@@ -131,9 +131,3 @@ def wait_lock_free(spec: Any, key: str, *, timeout: float) -> None:
         time.sleep(1)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

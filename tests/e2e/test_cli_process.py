@@ -219,7 +219,7 @@ def test_one_spec_started_twice_from_two_homes_runs_once(sandbox_dir: Path, work
 def test_a_make_run_shows_in_the_ui_of_a_later_make_up(sandbox_dir: Path, workdir: Path,
                                                        homes: list[Path]) -> None:
     from deployments.local import Stack, http_json
-    from tests.e2e.conftest import free_port
+    from tests.ports import free_port
 
     home, key = homes[0], "cli-history"
     done = subprocess.run(cli(sandbox_dir, home, example_sets(workdir, key, sleep_seconds=0)), cwd=workdir,
@@ -245,3 +245,26 @@ def test_a_make_run_shows_in_the_ui_of_a_later_make_up(sandbox_dir: Path, workdi
         assert http_json(f"{stack.api_url}/flow_runs/{second_id}")["state_type"] == "COMPLETED"  # type: ignore[index]
     finally:
         stack.stop("server")
+
+
+def test_the_temporary_server_keeps_its_port_from_the_moment_it_is_chosen(homes: list[Path]) -> None:
+    """A CLI run's temporary server holds its port from the moment it is chosen: another program that starts
+    listening meanwhile (here, on the very port) cannot take it. It could: the port was found by binding port 0 and
+    closing it, and the server bound it again later; under parallel tests another server took it and the run
+    failed with "address already in use"."""
+    import socket
+
+    from deployments.local import http_json
+    from flows.prefect_home import TemporaryServer
+
+    server = TemporaryServer(homes[0])
+    squatter = socket.socket()
+    try:
+        with pytest.raises(OSError):
+            squatter.bind(("127.0.0.1", server.port))
+            squatter.listen()
+        url = server.start()
+        assert http_json(f"{url}/health") is True
+    finally:
+        squatter.close()
+        server.stop()
