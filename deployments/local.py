@@ -86,6 +86,20 @@ def wait_until(check: Callable[[], bool], *, timeout: float, what: str, interval
         time.sleep(interval)  # polling an external process's endpoint: there is nothing to wait on instead
 
 
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when a server could listen on ``host:port`` now: binds it with ``SO_REUSEADDR`` (as uvicorn does, so a
+    connection of an earlier server still in TIME_WAIT does not count) and lets it go."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _reset_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
@@ -230,6 +244,10 @@ class Stack:
         if self.server_healthy():
             (self.state / API_URL_FILE).write_text(self.api_url + "\n")
             return f"Prefect server: already answering at {self.ui_url}"
+        if not port_free(self.port):
+            raise StackError(f"port {self.port} on 127.0.0.1 is in use by another program (not a Prefect server "
+                             f"answering {self.api_url}/health): stop that program, or start on another port: "
+                             f"{sys.executable} -m deployments.local up --port {self.port + 1}")
         proc = self._spawn("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                                       "--port", str(self.port)])
         wait_until(self.server_healthy, timeout=timeout, alive=lambda: proc.poll() is None,

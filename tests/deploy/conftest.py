@@ -7,13 +7,13 @@ work from any clone, not just this checkout), its own PREFECT_HOME and a free po
 
 import contextlib
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from deployments.local import Stack
+from tests.ports import free_port  # noqa: F401 - also imported from here by the deploy tests
 
 REPO = Path(__file__).resolve().parents[2]
 NOT_COPIED = (".venv", ".git", ".sandbox", ".prefect", "outputs", "__pycache__", ".pytest_cache", ".ruff_cache",
@@ -24,10 +24,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "deploy: end-to-end on a real Prefect server, worker and sandbox (slow)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -22,3 +22,26 @@ def test_down_stops_the_sandbox_that_make_run_started(tmp_path: Path) -> None:
             import signal
 
             os.killpg(pid, signal.SIGKILL)
+
+
+def test_up_on_a_port_another_program_listens_on_says_so_before_starting_anything(tmp_path: Path) -> None:
+    """``make up`` when something else already listens on 4200 (another server, an earlier UI): a clear error that
+    names the port and the option, not "the process exited" after a server start that could never work."""
+    import socket
+
+    import pytest
+
+    from deployments.local import StackError
+
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    stack = Stack(state=tmp_path / ".prefect", port=other.getsockname()[1], sandbox_dir=None)
+    try:
+        with pytest.raises(StackError) as err:
+            stack.start_server(timeout=30)
+    finally:
+        other.close()
+    message = str(err.value)
+    assert f"port {stack.port}" in message and "--port" in message, message
+    assert not stack.pid_file("server").exists()  # nothing was started
