@@ -193,6 +193,8 @@ class Store:
         self.by_uid: dict[str, tuple[str, Key]] = {}
         self.dependents_of: dict[str, set[tuple[str, Key]]] = {}
         self.history: deque[HistoryEntry] = deque(maxlen=history_size)
+        # (plural, a paged list's resourceVersion) -> (history read up to, `_changed_since`'s answer)
+        self._as_of: dict[tuple[str, int], tuple[int, dict[Key, bytes | None]]] = {}
         # plural -> seconds an object lives after its last write (events: kube-apiserver's --event-ttl)
         self.ttl: dict[str, float] = dict(ttl or {})
         # plural -> (deadline, key, resourceVersion written), in write order (so in deadline order); see expire()
@@ -271,7 +273,10 @@ class Store:
                 list_rv = int(decoded["rv"])
             except Exception as exc:
                 raise errors.bad_request("continue key is not valid") from exc
-        keys = sorted(self.objects[plural])
+        # Later pages are served as of the first page's version (a paged list is one snapshot): what changed
+        # since is read back from the history ring.
+        changed = self._changed_since(plural, list_rv) if continue_token and list_rv < self.rv else {}
+        keys = sorted(self.objects[plural].keys() | changed.keys()) if changed else sorted(self.objects[plural])
         if start is not None:
             import bisect
 
@@ -282,7 +287,10 @@ class Store:
         for i, key in enumerate(keys):
             if namespace and key[0] != namespace:
                 continue
-            obj = self._decode(plural, self.objects[plural][key])
+            raw = changed[key] if key in changed else self.objects[plural][key]
+            if raw is None:
+                continue  # created after the list's version
+            obj = self._decode(plural, raw)
             if label and not label(obj):
                 continue
             if fieldm and not fieldm(obj):
@@ -294,7 +302,35 @@ class Store:
                 remaining = len(keys) - i
                 break
             items.append(obj)
-        return ListResult(items, str(self.rv), next_token, remaining)
+        return ListResult(items, str(list_rv), next_token, remaining)
+
+    def _changed_since(self, plural: str, since: int) -> dict[Key, bytes | None]:
+        """Each object of ``plural`` written after resourceVersion ``since``, with its encoding as of ``since``
+        (None: it did not exist then), for serving a list's later pages as of its first: kube-apiserver serves
+        every page from the first page's resourceVersion ("Retrieving large results sets in chunks",
+        https://kubernetes.io/docs/reference/using-api/api-concepts/). Kept per list while its pages are read,
+        so each history entry is decoded once per list. Raises 410 Expired, with the API server's message, when
+        the history ring no longer reaches back to ``since`` (as etcd compaction expires a continue token)."""
+        upto, changed = self._as_of.pop((plural, since), (since, {}))
+        oldest = self.history[0].rv if self.history else self.rv + 1
+        if upto < oldest - 1:
+            raise errors.gone("The provided continue parameter is too old to display a consistent list result. "
+                              "You can start a new list without the continue parameter.")
+        new = []
+        for entry in reversed(self.history):
+            if entry.rv <= upto:
+                break
+            if entry.plural == plural:
+                new.append(entry)
+        for entry in reversed(new):
+            meta = self._decode(plural, entry.raw)["metadata"]
+            key = self._key(self.rtype(plural), meta.get("namespace"), meta["name"])
+            if key not in changed:  # its first change after `since` holds what it was then
+                changed[key] = None if entry.type == "ADDED" else (entry.old_raw or entry.raw)
+        self._as_of[(plural, since)] = (self.rv, changed)
+        while len(self._as_of) > 16:  # lists whose pages are no longer read
+            self._as_of.pop(next(iter(self._as_of)))
+        return changed
 
     # ---------------------------------------------------------------- writing
 

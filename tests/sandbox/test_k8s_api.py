@@ -348,6 +348,34 @@ def test_limit_and_continue(core: client.CoreV1Api, api_cluster: ApiClusterThrea
     assert raw["kind"] == "ConfigMapList" and raw["apiVersion"] == "v1" and raw["metadata"]["resourceVersion"]
 
 
+def test_the_pages_of_a_list_are_one_snapshot(core: client.CoreV1Api) -> None:
+    """Every page of a paged list is served from the first page's resourceVersion, which every page reports
+    ("Retrieving large results sets in chunks", https://kubernetes.io/docs/reference/using-api/api-concepts/):
+    what is created, changed or deleted between pages does not show, and a watch from that version replays it."""
+    ns = unique("snap")
+    core.create_namespace({"metadata": {"name": ns}})
+    for i in range(6):
+        core.create_namespaced_config_map(ns, {"metadata": {"name": f"cm-{i}"}, "data": {"v": "old"}})
+    first = core.list_namespaced_config_map(ns, limit=2)
+    rv = first.metadata.resource_version
+    core.delete_namespaced_config_map("cm-3", ns)  # deleted after the first page: still listed
+    core.patch_namespaced_config_map("cm-4", ns, {"data": {"v": "new"}})  # changed: listed as it was
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "cm-9"}})  # created: not listed
+    items, token, versions = list(first.items), first.metadata._continue, [rv]
+    while token:
+        page = core.list_namespaced_config_map(ns, limit=2, _continue=token)
+        items += page.items
+        token, _ = page.metadata._continue, versions.append(page.metadata.resource_version)
+    assert [i.metadata.name for i in items] == [f"cm-{i}" for i in range(6)]
+    assert all(i.data == {"v": "old"} for i in items)
+    assert set(versions) == {rv}
+    watch = core.list_namespaced_config_map(ns, watch=True, resource_version=rv, timeout_seconds=1,
+                                            _preload_content=False)
+    events = [json.loads(line) for line in watch.data.splitlines() if line.strip()]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+        ("DELETED", "cm-3"), ("MODIFIED", "cm-4"), ("ADDED", "cm-9")]
+
+
 # ------------------------------------------------------------------ watch
 
 
@@ -384,6 +412,30 @@ async def test_watch_with_kubernetes_asyncio(api_cluster: ApiClusterThread) -> N
             async for event in stream:
                 types.append(event["type"])
         assert types == ["ADDED", "MODIFIED"]
+
+
+def test_a_continue_token_older_than_the_history_is_410_expired(api_cluster: ApiClusterThread,
+                                                                 core: client.CoreV1Api) -> None:
+    """A page can no longer be served as of its list's version once that version is compacted away: 410 Expired,
+    with the API server's message, and a new list (no continue token) works."""
+    ns = unique("expire")
+    core.create_namespace({"metadata": {"name": ns}})
+    for i in range(3):
+        core.create_namespaced_config_map(ns, {"metadata": {"name": f"cm-{i}"}})
+    store = api_cluster.cluster.store
+    saved = api_cluster.call(lambda: store.history)
+    api_cluster.call(lambda: setattr(store, "history", deque(saved, maxlen=3)))
+    try:
+        first = core.list_namespaced_config_map(ns, limit=1)
+        for i in range(5):
+            core.patch_namespaced_config_map(f"cm-{i % 3}", ns, {"data": {"n": str(i)}})
+        with pytest.raises(ApiException) as exc:
+            core.list_namespaced_config_map(ns, limit=1, _continue=first.metadata._continue)
+        assert exc.value.status == 410 and json.loads(exc.value.body)["reason"] == "Expired"
+        assert "continue parameter is too old" in exc.value.body
+        assert len(core.list_namespaced_config_map(ns).items) == 3
+    finally:
+        api_cluster.call(lambda: setattr(store, "history", deque(store.history, maxlen=200_000)))
 
 
 def test_watch_too_old_resource_version_is_410(api_cluster: ApiClusterThread, core: client.CoreV1Api) -> None:
