@@ -100,8 +100,13 @@ def _listed(list_fn: Callable[..., Any], **kwargs: Any) -> tuple[int, list[str],
     """(how many ``list_fn`` lists, the first ``LEFT_EXAMPLES`` names, the list's resourceVersion to watch from),
     read page by page as JSON and counted, not kept: at 100,000 pods, names alone are ~13 MB."""
     count, examples, rv = 0, list[str](), None
+
+    def restart() -> None:  # the list's snapshot expired between pages: it is read again from the start
+        nonlocal count, examples, rv
+        count, examples, rv = 0, [], None
+
     for page in list_pages(partial(call, list_fn, service="Kubernetes", operation="list (waiting for deletion)"),
-                           metadata_only=True, **kwargs):
+                           metadata_only=True, on_restart=restart, **kwargs):
         items = page.get("items") or []
         count += len(items)
         examples += [item["metadata"]["name"] for item in items[:LEFT_EXAMPLES - len(examples)]]
@@ -117,7 +122,10 @@ def wait_gone(list_fn: Callable[..., Any], *, stall_seconds: float, what: str = 
     ``--kube-api-qps``), so the pods of a 100,000-pod Job take many minutes to go: a fixed deadline would call
     them leaked while they are being deleted. The wait time counts from the end of the first list (reading
     100,000 pods from a busy API server takes minutes) and restarts at every deletion seen, by the watch or as a
-    smaller count in a later list. Logs progress every ``PROGRESS_SECONDS`` while they go.
+    smaller count in a later list. A later list's own time does not count either: it answers for the moment it
+    began (a paged list is one snapshot, "Retrieving large results sets in chunks" in
+    https://kubernetes.io/docs/reference/using-api/api-concepts/), and the watch that follows replays what went
+    while it was read. Logs progress every ``PROGRESS_SECONDS`` while they go.
 
     Returns (how many are left, up to ``LEFT_EXAMPLES`` of their names): (0, []) when all are gone. Holds no
     name per object: the list is paged and counted, the watch events are read as JSON one at a time (a DELETED
@@ -136,6 +144,7 @@ def wait_gone(list_fn: Callable[..., Any], *, stall_seconds: float, what: str = 
     previous: int | None = None
     next_progress = time.monotonic() + PROGRESS_SECONDS
     while True:
+        list_started = time.monotonic()
         count, examples, rv = _listed(list_fn, **kwargs)
         if first is None or (previous is not None and count < previous):
             # The wait time counts from here: reading 100,000 pods from a busy API server takes minutes, and
@@ -143,7 +152,9 @@ def wait_gone(list_fn: Callable[..., Any], *, stall_seconds: float, what: str = 
             last_gone = time.monotonic()
         first = count if first is None else first
         previous = count
-        remaining = last_gone + stall_seconds - time.monotonic()
+        # A list answers for the moment it began (every page of a paged list is served from the first page's
+        # snapshot), so its own time does not count: what goes while it is read is seen by the next watch.
+        remaining = last_gone + stall_seconds - list_started
         if not count or remaining <= 0:
             return count, examples
         try:

@@ -198,7 +198,12 @@ class _Watcher:
         response of hundreds of MB), every item as ADDED; returns the list's resourceVersion (that of the snapshot
         all pages come from)."""
         rv: str | None = None
-        for page in list_pages(self.list_fn, **self.kwargs):
+
+        def restart() -> None:  # the snapshot expired between pages: watch from the new one's version
+            nonlocal rv
+            rv = None
+
+        for page in list_pages(self.list_fn, on_restart=restart, **self.kwargs):
             rv = rv or (page.get("metadata") or {}).get("resourceVersion")
             for item in page.get("items") or []:
                 if not self._put((self.kind, "ADDED", self.shrink(item) if self.shrink else item)):

@@ -112,6 +112,74 @@ def test_the_wait_time_counts_from_the_end_of_a_slow_list(core: client.CoreV1Api
     assert left == (0, [])
 
 
+def test_a_later_list_does_not_count_against_the_wait_time(core: client.CoreV1Api, run_key: str, sandbox: Any,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every list after the first is slow too (100,000 pods from a busy API server) and watches end early (servers
+    and load balancers cut them): a list answers for the moment it began, so only the time up to then counts. Here
+    each pod goes just after a list was read, so only the next watch sees it go; the wait gave up after the second
+    list, with 3 pods still going, and called them left."""
+    from tasks.cloud import list_pages
+
+    names = held_pods(core, run_key, 4)
+    monkeypatch.setattr(list_pages, "PAGE_SIZE", 1)  # one page a pod at 0.4 s each: each list outlasts 1 s
+    to_release = list(names)
+
+    def listing(**kwargs: Any) -> Any:
+        resp = core.list_namespaced_pod(**kwargs)
+        if not kwargs.get("watch") and '"continue":' not in resp.data.decode() and to_release:
+            release(core, [to_release.pop(0)])  # the list is read: one pod goes, seen only by the next watch
+        return resp
+
+    sandbox.sandbox.faults.update({"latency_ms": 400, "watch_drop_after_s": 0.2, "services": "k8s"})
+    try:
+        left = wait_gone(listing, stall_seconds=1.0, what="pods", namespace="default",
+                         label_selector=run_selector(run_key))
+    finally:
+        sandbox.sandbox.faults.update({"latency_ms": 0, "watch_drop_after_s": 0, "services": "k8s,oss,cs,nas"})
+        release(core, to_release)
+    assert left == (0, [])
+    assert not to_release
+
+
+def test_a_list_whose_continue_token_expires_is_read_again_from_the_start(core: client.CoreV1Api, run_key: str,
+                                                                           sandbox: Any) -> None:
+    """A list of 100,000 pods read while the garbage collector deletes thousands a second can outlast the API
+    server's history (etcd compacts every 5 minutes): the next page answers 410 Expired. Teardown lists again from
+    the start, as client-go's pager does (``FullListIfExpired``), rather than failing."""
+    from collections import deque
+    from urllib.parse import urlparse
+
+    names = held_pods(core, run_key, 3)
+    port = urlparse(core.api_client.configuration.host).port
+    [cluster] = [c for c in sandbox.sandbox.kube_clusters.values() if c.port == port]
+    saved = sandbox.run(lambda: cluster.store.history)
+    pages, churned = [], []
+
+    def listing(**kwargs: Any) -> Any:
+        if kwargs.get("_continue") and not churned:  # between two pages: more changes than the history holds
+            sandbox.run(lambda: setattr(cluster.store, "history", deque(cluster.store.history, maxlen=3)))
+            for i in range(5):
+                churned.append(core.patch_namespaced_pod(names[i % 3], "default", {"metadata": {"labels": {
+                    "churn": str(i)}}}))
+            release(core, names)
+        pages.append(kwargs.get("_continue"))
+        return core.list_namespaced_pod(**kwargs)
+
+    import tasks.cloud.list_pages as list_pages
+
+    old_size, list_pages.PAGE_SIZE = list_pages.PAGE_SIZE, 1
+    try:
+        left = wait_gone(listing, stall_seconds=2, what="pods", namespace="default",
+                         label_selector=run_selector(run_key))
+    finally:
+        list_pages.PAGE_SIZE = old_size
+        sandbox.run(lambda: setattr(cluster.store, "history", deque(cluster.store.history, maxlen=saved.maxlen)))
+        if not churned:
+            release(core, names)
+    assert left == (0, [])
+    assert pages[:2] == [None, pages[1]] and pages[1] and None in pages[2:]  # the second page, then from the start
+
+
 def test_waiting_for_pods_to_go_reads_their_metadata_only(core: client.CoreV1Api, run_key: str) -> None:
     """Teardown only counts what is left and names a few: it asks for metadata-only lists and watch events
     (``PartialObjectMetadata``, as client-go's metadata client does), not whole pods. At 100,000 pods a page of
