@@ -193,6 +193,11 @@ class Store:
         self.by_uid: dict[str, tuple[str, Key]] = {}
         self.dependents_of: dict[str, set[tuple[str, Key]]] = {}
         self.history: deque[HistoryEntry] = deque(maxlen=history_size)
+        # A continue token expires this long after its list's first page, the earliest a real one can: kube-apiserver
+        # compacts etcd every 5 minutes (--etcd-compaction-interval,
+        # https://kubernetes.io/docs/reference/command-line-tools-reference/kube-apiserver/) to the revision of the
+        # compaction before, so a revision goes 5 to 10 minutes after it was written.
+        self.compaction_interval_s = 300.0
         # (plural, a paged list's resourceVersion) -> (history read up to, `_changed_since`'s answer)
         self._as_of: dict[tuple[str, int], tuple[int, dict[Key, bytes | None]]] = {}
         # plural -> seconds an object lives after its last write (events: kube-apiserver's --event-ttl)
@@ -265,16 +270,19 @@ class Store:
         label = parse_label_selector(label_selector)
         fieldm = parse_field_selector(field_selector, rt.field_labels, rt.kind)
         start: Key | None = None
-        list_rv = self.rv
+        list_rv, listed_at = self.rv, time.time()
         if continue_token:
             try:
                 decoded = orjson.loads(base64.urlsafe_b64decode(continue_token.encode()))
                 start = (decoded["ns"], decoded["name"])
-                list_rv = int(decoded["rv"])
+                list_rv, listed_at = int(decoded["rv"]), float(decoded.get("t", listed_at))
             except Exception as exc:
                 raise errors.bad_request("continue key is not valid") from exc
+            if time.time() - listed_at >= self.compaction_interval_s:
+                raise errors.gone("The provided continue parameter is too old to display a consistent list result. "
+                                  "You can start a new list without the continue parameter.")
         # Later pages are served as of the first page's version (a paged list is one snapshot): what changed
-        # since is read back from the history ring.
+        # since is read back from the history ring, while it reaches back that far.
         changed = self._changed_since(plural, list_rv) if continue_token and list_rv < self.rv else {}
         keys = sorted(self.objects[plural].keys() | changed.keys()) if changed else sorted(self.objects[plural])
         if start is not None:
@@ -297,7 +305,7 @@ class Store:
                 continue
             if limit and len(items) >= limit:
                 payload = {"ns": items[-1]["metadata"].get("namespace", ""),
-                           "name": items[-1]["metadata"]["name"], "rv": list_rv}
+                           "name": items[-1]["metadata"]["name"], "rv": list_rv, "t": listed_at}
                 next_token = base64.urlsafe_b64encode(orjson.dumps(payload)).decode()
                 remaining = len(keys) - i
                 break
@@ -309,13 +317,13 @@ class Store:
         (None: it did not exist then), for serving a list's later pages as of its first: kube-apiserver serves
         every page from the first page's resourceVersion ("Retrieving large results sets in chunks",
         https://kubernetes.io/docs/reference/using-api/api-concepts/). Kept per list while its pages are read,
-        so each history entry is decoded once per list. Raises 410 Expired, with the API server's message, when
-        the history ring no longer reaches back to ``since`` (as etcd compaction expires a continue token)."""
+        so each history entry is decoded once per list. Empty when the history ring no longer reaches back to
+        ``since``: the pages are then read as the objects are now (not faithful: etcd keeps every revision until
+        it is compacted, see ``compaction_interval_s``, where the ring holds a number of changes)."""
         upto, changed = self._as_of.pop((plural, since), (since, {}))
         oldest = self.history[0].rv if self.history else self.rv + 1
         if upto < oldest - 1:
-            raise errors.gone("The provided continue parameter is too old to display a consistent list result. "
-                              "You can start a new list without the continue parameter.")
+            return {}
         new = []
         for entry in reversed(self.history):
             if entry.rv <= upto:

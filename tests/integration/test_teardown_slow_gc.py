@@ -142,42 +142,40 @@ def test_a_later_list_does_not_count_against_the_wait_time(core: client.CoreV1Ap
 
 
 def test_a_list_whose_continue_token_expires_is_read_again_from_the_start(core: client.CoreV1Api, run_key: str,
-                                                                           sandbox: Any) -> None:
-    """A list of 100,000 pods read while the garbage collector deletes thousands a second can outlast the API
-    server's history (etcd compacts every 5 minutes): the next page answers 410 Expired. Teardown lists again from
-    the start, as client-go's pager does (``FullListIfExpired``), rather than failing."""
-    from collections import deque
+                                                                           sandbox: Any,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list of 100,000 pods read from a busy API server can outlast etcd's compaction (every 5 minutes): the
+    next page answers 410 Expired. Teardown lists again from the start, as client-go's pager does
+    (``FullListIfExpired``), rather than failing."""
     from urllib.parse import urlparse
+
+    from tasks.cloud import list_pages
 
     names = held_pods(core, run_key, 3)
     port = urlparse(core.api_client.configuration.host).port
     [cluster] = [c for c in sandbox.sandbox.kube_clusters.values() if c.port == port]
-    saved = sandbox.run(lambda: cluster.store.history)
-    pages, churned = [], []
+    monkeypatch.setattr(list_pages, "PAGE_SIZE", 1)
+    pages: list[str | None] = []
 
     def listing(**kwargs: Any) -> Any:
-        if kwargs.get("_continue") and not churned:  # between two pages: more changes than the history holds
-            sandbox.run(lambda: setattr(cluster.store, "history", deque(cluster.store.history, maxlen=3)))
-            for i in range(5):
-                churned.append(core.patch_namespaced_pod(names[i % 3], "default", {"metadata": {"labels": {
-                    "churn": str(i)}}}))
-            release(core, names)
         pages.append(kwargs.get("_continue"))
-        return core.list_namespaced_pod(**kwargs)
+        if not kwargs.get("_continue") or len([p for p in pages if p]) > 1:
+            return core.list_namespaced_pod(**kwargs)
+        release(core, names)  # they go while the list is read, and the list's snapshot is compacted away
+        sandbox.run(lambda: setattr(cluster.store, "compaction_interval_s", 0.0))
+        try:
+            return core.list_namespaced_pod(**kwargs)
+        finally:
+            sandbox.run(lambda: setattr(cluster.store, "compaction_interval_s", 300.0))
 
-    import tasks.cloud.list_pages as list_pages
-
-    old_size, list_pages.PAGE_SIZE = list_pages.PAGE_SIZE, 1
     try:
         left = wait_gone(listing, stall_seconds=2, what="pods", namespace="default",
                          label_selector=run_selector(run_key))
     finally:
-        list_pages.PAGE_SIZE = old_size
-        sandbox.run(lambda: setattr(cluster.store, "history", deque(cluster.store.history, maxlen=saved.maxlen)))
-        if not churned:
+        if len(pages) < 2:
             release(core, names)
     assert left == (0, [])
-    assert pages[:2] == [None, pages[1]] and pages[1] and None in pages[2:]  # the second page, then from the start
+    assert pages[:3] == [None, pages[1], None] and pages[1]  # the second page expired: from the start again
 
 
 def test_waiting_for_pods_to_go_reads_their_metadata_only(core: client.CoreV1Api, run_key: str) -> None:
