@@ -310,6 +310,8 @@ class Store:
                 remaining = len(keys) - i
                 break
             items.append(obj)
+        if next_token is None:
+            self._as_of.pop((plural, list_rv), None)  # the list's last page: nothing more is read as of it
         return ListResult(items, str(list_rv), next_token, remaining)
 
     def _changed_since(self, plural: str, since: int) -> dict[Key, bytes | None]:
@@ -336,7 +338,7 @@ class Store:
             if key not in changed:  # its first change after `since` holds what it was then
                 changed[key] = None if entry.type == "ADDED" else (entry.old_raw or entry.raw)
         self._as_of[(plural, since)] = (self.rv, changed)
-        while len(self._as_of) > 16:  # lists whose pages are no longer read
+        while len(self._as_of) > 4:  # lists whose last pages were never asked for
             self._as_of.pop(next(iter(self._as_of)))
         return changed
 
