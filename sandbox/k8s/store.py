@@ -284,7 +284,10 @@ class Store:
         # Later pages are served as of the first page's version (a paged list is one snapshot): what changed
         # since is read back from the history ring, while it reaches back that far.
         changed = self._changed_since(plural, list_rv) if continue_token and list_rv < self.rv else {}
-        keys = sorted(self.objects[plural].keys() | changed.keys()) if changed else sorted(self.objects[plural])
+        keys = sorted(self.objects[plural])  # in creation order, mostly sorted already: near linear
+        if changed:  # and those gone since the list's version: a second sorted run, merged (not a set: re-sorted)
+            keys += sorted(key for key in changed if key not in self.objects[plural])
+            keys.sort()
         if start is not None:
             import bisect
 
