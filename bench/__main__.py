@@ -7,7 +7,7 @@ RESULTS.md; this runner then rewrites the file's head: machine, date, how to rep
 section's closing note.
 
 - default: the figures of record (5+ repetitions each; quiet waiting scaled to 20 s vs 100 s Jobs; sandbox scale
-  and whole-flow scale 3 repetitions at 10,000 completions) — about 20 minutes on 2 cores, plus the whole-flow
+  and whole-flow scale 3 repetitions at 10,000 completions) — about 25 minutes on 2 cores, plus the whole-flow
   scale: about 2 minutes at 1,000 completions and up to 3 x 8 minutes at 10,000 (a run is killed after 480 s
   and the size then given up), plus many runs at once (20 ask-batch runs on one server, SQLite and PostgreSQL:
   up to about 30 minutes on a busy 2-core machine, each phase cut at 10 minutes);
@@ -38,12 +38,13 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "quiet": ("bench_quiet.py", ["--repeat", "5", "--short"], ["--repeat", "1", "--durations", "10", "30"]),
     "scale": ("bench_sandbox_scale.py", ["--repeat", "3"], ["--repeat", "1", "--completions", "2000"]),
     "input-fuzz": ("bench_input_fuzz.py", ["--examples", "5000"], ["--examples", "500"]),
+    "paged-list": ("bench_paged_list.py", ["--repeat", "3"], ["--repeat", "1", "--pods", "10000"]),
     "flow-scale": ("bench_flow_scale.py", ["--repeat", "3", "--baseline-repeat", "5"],
                    ["--repeat", "1", "--baseline-repeat", "1", "--completions", "2000", "--no-smoke"]),
     # 20 runs at once on one server (SQLite, PostgreSQL when installed) beside one run alone: up to ~30 minutes
     "concurrency": ("bench_concurrency.py", ["--runs", "20"], ["--runs", "4", "--databases", "sqlite"]),
 }
-ORDER = ["detect", "collect", "overhead", "quiet", "scale", "input-fuzz", "flow-scale", "concurrency"]
+ORDER = ["detect", "collect", "overhead", "quiet", "scale", "input-fuzz", "paged-list", "flow-scale", "concurrency"]
 
 HEAD = """# Benchmark results
 
