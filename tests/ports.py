@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 from pathlib import Path
+
+from deployments.local import port_free
 
 FIRST = 20000  # above the well-known and most registered ports in common use on a test machine
 BLOCK = 200  # ports per worker
@@ -45,11 +46,6 @@ def free_port() -> int:
                            f"ephemeral range (from {ephemeral_low()}); run fewer xdist workers")
     for _ in range(BLOCK):
         port = base + next(_next) % BLOCK
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
+        if port_free(port):
+            return port
     raise RuntimeError(f"no free port in {base}-{base + BLOCK - 1}")

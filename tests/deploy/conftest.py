@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from deployments.local import Stack
-from tests.ports import free_port  # noqa: F401 - also imported from here by the deploy tests
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 NOT_COPIED = (".venv", ".git", ".sandbox", ".prefect", "outputs", "__pycache__", ".pytest_cache", ".ruff_cache",
@@ -22,8 +22,6 @@ NOT_COPIED = (".venv", ".git", ".sandbox", ".prefect", "outputs", "__pycache__",
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "deploy: end-to-end on a real Prefect server, worker and sandbox (slow)")
-
-
 
 
 @contextlib.contextmanager

@@ -32,8 +32,9 @@ import pytest
 
 from deployments.k8s_pool import IMAGE_DIRECTORY_ENV, start_worker
 from deployments.local import Stack
-from tests.deploy.conftest import NOT_COPIED, REPO, free_port
+from tests.deploy.conftest import NOT_COPIED, REPO
 from tests.deploy.helpers import STAGES, api, artifacts, flow_run, poll, run_deployment_cli, run_params, task_runs
+from tests.ports import free_port
 
 # Several minutes (a flow pod per run, a sweep pod after the crash): `make test-slow`, which .ci/run runs too.
 pytestmark = [pytest.mark.deploy, pytest.mark.slow, pytest.mark.timeout(1500)]

@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 from deployments.local import Stack
-from tests.deploy.conftest import free_port, running_stack
+from tests.deploy.conftest import running_stack
 from tests.deploy.helpers import adhoc_run_end_to_end, api
+from tests.ports import free_port
 
 
 def _pg_bin() -> Path | None:

@@ -129,5 +129,3 @@ def wait_lock_free(spec: Any, key: str, *, timeout: float) -> None:
             return
         assert time.monotonic() < deadline, f"the lock of {key!r} was not freed after {timeout} s"
         time.sleep(1)
-
-
