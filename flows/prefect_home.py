@@ -120,13 +120,13 @@ class TemporaryServer:
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
         env.update({"PREFECT_HOME": str(self.home), "PREFECT_UI_ENABLED": "false",
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"})
+        fd = self._held().fileno()
         argv = [sys.executable, "-c", _DEATHSIG, str(os.getpid()), "-m", "uvicorn", "--app-dir",
                 str(Path(prefect.__file__).parent.parent), "--factory", "prefect.server.api.server:create_app",
-                "--fd", str(self._held().fileno()), "--log-level", "error", "--lifespan", "on"]
+                "--fd", str(fd), "--log-level", "error", "--lifespan", "on"]
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True,
-                                         pass_fds=[self._held().fileno()])
+                                         stderr=subprocess.STDOUT, start_new_session=True, pass_fds=[fd])
         self._release()  # the server holds it now
         deadline = time.monotonic() + timeout
         while not healthy(self.api_url, timeout=1.0):

@@ -335,9 +335,10 @@ class Store:
                 break
             if entry.plural == plural:
                 new.append(entry)
+        rt = self.rtype(plural)
         for entry in reversed(new):
             meta = self._decode(plural, entry.raw)["metadata"]
-            key = self._key(self.rtype(plural), meta.get("namespace"), meta["name"])
+            key = self._key(rt, meta.get("namespace"), meta["name"])
             if key not in changed:  # its first change after `since` holds what it was then
                 changed[key] = None if entry.type == "ADDED" else (entry.old_raw or entry.raw)
         self._as_of[(plural, since)] = (self.rv, changed)
