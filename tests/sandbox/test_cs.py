@@ -79,6 +79,9 @@ async def expect_error(coro: Awaitable[Any], code: str, status: int = 400,
 
 async def test_serverless_cluster_lifecycle(env: Env) -> None:
     c = env.client
+    # Long enough to read the cluster while it is being created on a loaded machine (0.3 s was not: the task was
+    # already "success" on a CI run that took 19 minutes); the test then waits for "running", it does not sleep.
+    env.sb.settings.cluster_create_delay_s = 5.0
     created = (await c.create_cluster_async(ask_request("batch-one"))).body
     assert created.cluster_id.startswith("c") and len(created.cluster_id) == 33
     assert (await c.describe_task_info_async(created.task_id)).body.state == "running"
